@@ -1,0 +1,221 @@
+"""Differential counts, exact intervals, prior-shift correction and marker summaries on known inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from phenotyping.differential import (
+    MIN_CELLS_FOR_DIFFERENTIAL,
+    adjusted_count,
+    adjusted_count_proportions,
+    clopper_pearson,
+    conditional_confusion,
+    differential,
+    em_corrected,
+    em_prior_shift,
+    marker_expression,
+    sample_differential,
+)
+
+CLASSES = ("neutrophil", "lymphocyte", "monocyte")
+
+
+# Newcombe 1998, Stat. Med. 17:857, Table I, method 5 (Clopper-Pearson exact), to 4 decimals.
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [(81, 263, 0.2527, 0.3676), (15, 148, 0.0578, 0.1617), (0, 20, 0.0, 0.1684), (1, 29, 0.0009, 0.1776)],
+)
+def test_clopper_pearson_matches_newcombe_1998(k, n, low, high):
+    lo, hi = clopper_pearson(k, n)
+    assert lo == pytest.approx(low, abs=5e-5)
+    assert hi == pytest.approx(high, abs=5e-5)
+
+
+@pytest.mark.parametrize("n", [1, 10, 200])
+def test_clopper_pearson_edges_have_closed_form(n):
+    # 0/n: upper = 1 - (alpha/2)^(1/n); n/n is its mirror image.
+    upper = 1 - 0.025 ** (1 / n)
+    assert clopper_pearson(0, n) == (0.0, pytest.approx(upper))
+    assert clopper_pearson(n, n) == (pytest.approx(1 - upper), 1.0)
+
+
+def test_clopper_pearson_rejects_bad_input():
+    with pytest.raises(ValueError, match="k=5"):
+        clopper_pearson(5, 3)
+    with pytest.raises(ValueError, match="n=0"):
+        clopper_pearson(0, 0)
+    with pytest.raises(ValueError, match="confidence"):
+        clopper_pearson(1, 3, confidence=95)
+
+
+def test_differential_counts_percentages_and_intervals():
+    labels = ["neutrophil"] * 130 + ["lymphocyte"] * 60 + ["monocyte"] * 10
+    d = differential(labels, CLASSES)
+    assert d.n_counted == 200
+    assert [r.count for r in d.classes] == [130, 60, 10]
+    assert sum(r.percent for r in d.classes) == pytest.approx(100.0)
+    assert d.percent("monocyte") == pytest.approx(5.0)
+    for r in d.classes:
+        assert r.ci_low < r.percent < r.ci_high
+        lo, hi = clopper_pearson(r.count, 200)
+        assert (r.ci_low, r.ci_high) == (pytest.approx(100 * lo), pytest.approx(100 * hi))
+    assert d.warnings == ()
+    json.dumps(d.to_dict())  # serialisable as is
+
+
+def test_differential_warns_below_200_cells_and_reports_absent_classes():
+    d = differential(["neutrophil"] * 50, CLASSES)
+    assert MIN_CELLS_FOR_DIFFERENTIAL == 200
+    assert any("CLSI H20-A2" in w for w in d.warnings)
+    mono = d.classes[2]
+    assert (mono.count, mono.percent, mono.ci_low) == (0, 0.0, 0.0)
+    assert mono.ci_high > 5.0  # 0/50 cannot exclude a few percent
+
+
+def test_differential_rejects_unknown_label_and_names_classes():
+    with pytest.raises(ValueError, match="basophil.*neutrophil"):
+        differential(["basophil"], CLASSES)
+    with pytest.raises(KeyError, match="eosinophil"):
+        differential(["neutrophil"], CLASSES).percent("eosinophil")
+
+
+def test_empty_differential_is_explicit():
+    d = differential([], CLASSES)
+    assert d.n_counted == 0 and any("empty" in w for w in d.warnings)
+
+
+# ---- prior shift ----------------------------------------------------------------------------------------------
+
+CONFUSION = np.array([[90, 8, 2], [10, 85, 5], [15, 5, 80]])  # rows: true, columns: predicted
+
+
+def test_adjusted_count_recovers_known_composition_exactly_in_expectation():
+    cond = conditional_confusion(CONFUSION)
+    truth = np.array([0.2, 0.7, 0.1])
+    observed = cond.T @ truth  # what classify-and-count would see
+    assert not np.allclose(observed, truth)  # the raw count is biased
+    assert adjusted_count_proportions(observed, cond) == pytest.approx(truth, abs=1e-9)
+
+
+def test_adjusted_count_clips_to_simplex():
+    cond = conditional_confusion(CONFUSION)
+    # A predicted fraction outside the image of C^T (no monocyte predictions at all).
+    p = adjusted_count_proportions(np.array([0.3, 0.7, 0.0]), cond)
+    assert (p >= 0).all() and p.sum() == pytest.approx(1.0)
+
+
+def test_adjusted_count_on_a_simulated_sample_covers_the_truth():
+    rng = np.random.default_rng(1)
+    cond = conditional_confusion(CONFUSION)
+    truth = np.array([0.2, 0.7, 0.1])
+    true_idx = rng.choice(3, size=4000, p=truth)
+    pred_idx = np.array([rng.choice(3, p=cond[t]) for t in true_idx])
+    predicted = [CLASSES[i] for i in pred_idx]
+    res = adjusted_count(predicted, CLASSES, CONFUSION * 10, n_bootstrap=200, seed=3)
+    raw = np.bincount(pred_idx, minlength=3) / pred_idx.size
+    est = np.array(res.percent) / 100
+    assert np.abs(est - truth).max() < np.abs(raw - truth).max()
+    for t, lo, hi in zip(truth * 100, res.ci_low, res.ci_high):
+        assert lo <= t <= hi
+    again = adjusted_count(predicted, CLASSES, CONFUSION * 10, n_bootstrap=200, seed=3)
+    assert again.ci_low == res.ci_low  # seeded
+
+
+def test_conditional_confusion_rejects_empty_row():
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        conditional_confusion(np.array([[5, 0], [0, 0]]))
+
+
+def _calibrated_posteriors(rng, prior_train, prior_test, n, sep=1.5):
+    """Posteriors that are exactly calibrated under ``prior_train`` for 1-D Gaussian classes."""
+    means = np.arange(len(prior_train)) * sep
+    y = rng.choice(len(prior_test), size=n, p=prior_test)
+    x = rng.normal(means[y], 1.0)
+    lik = np.exp(-0.5 * (x[:, None] - means[None, :]) ** 2)  # (N, K), p(x|y) up to a constant
+    post = lik * prior_train
+    return post / post.sum(axis=1, keepdims=True), y
+
+
+def test_em_recovers_a_shifted_prior():
+    rng = np.random.default_rng(0)
+    train = np.array([1 / 3, 1 / 3, 1 / 3])
+    test = np.array([0.6, 0.3, 0.1])
+    post, y = _calibrated_posteriors(rng, train, test, 20000)
+    naive = np.bincount(post.argmax(axis=1), minlength=3) / len(y)
+    prior, iters = em_prior_shift(post, train)
+    assert prior.sum() == pytest.approx(1.0)
+    assert prior == pytest.approx(test, abs=0.02)
+    assert np.abs(prior - test).max() < np.abs(naive - test).max()
+    assert iters > 1
+
+
+def test_em_is_identity_when_no_shift():
+    rng = np.random.default_rng(2)
+    train = np.array([0.5, 0.3, 0.2])
+    post, _ = _calibrated_posteriors(rng, train, train, 20000)
+    prior, _ = em_prior_shift(post, train)
+    assert prior == pytest.approx(train, abs=0.02)
+
+
+def test_em_corrected_bootstrap_interval_covers_truth():
+    rng = np.random.default_rng(4)
+    train = np.array([1 / 3, 1 / 3, 1 / 3])
+    test = np.array([0.15, 0.25, 0.6])
+    post, _ = _calibrated_posteriors(rng, train, test, 3000, sep=2.5)
+    res = em_corrected(post, CLASSES, train, n_bootstrap=100, seed=0)
+    for t, p, lo, hi in zip(test * 100, res.percent, res.ci_low, res.ci_high):
+        assert lo <= p <= hi
+        assert lo <= t <= hi
+    assert res.to_dict()["method"].startswith("EM")
+
+
+def test_em_raises_when_not_converged():
+    rng = np.random.default_rng(0)
+    post, _ = _calibrated_posteriors(rng, np.ones(3) / 3, np.array([0.8, 0.1, 0.1]), 500)
+    with pytest.raises(RuntimeError, match="max_iter"):
+        em_prior_shift(post, np.ones(3) / 3, max_iter=1)
+
+
+# ---- markers and the whole sample ------------------------------------------------------------------------------
+
+
+def test_marker_expression_median_iqr_per_class():
+    predicted = ["neutrophil"] * 5 + ["lymphocyte"] * 3
+    cd16 = [1, 2, 3, 4, 5, 10, float("nan"), 30]
+    m = {(s.label, s.target): s for s in marker_expression(predicted, {"CD16": cd16}, CLASSES)}
+    n = m[("neutrophil", "CD16")]
+    assert (n.n, n.median, n.q1, n.q3) == (5, 3.0, 2.0, 4.0)
+    ly = m[("lymphocyte", "CD16")]
+    assert (ly.n, ly.median) == (2, 20.0)  # the NaN is skipped
+    mono = m[("monocyte", "CD16")]
+    assert mono.n == 0 and math.isnan(mono.median)
+
+
+def test_marker_expression_rejects_misaligned_values():
+    with pytest.raises(ValueError, match="2 values for 3 cells"):
+        marker_expression(["neutrophil"] * 3, {"CD16": [1.0, 2.0]}, CLASSES)
+
+
+def test_sample_differential_to_dict_is_json():
+    rng = np.random.default_rng(0)
+    predicted = list(rng.choice(CLASSES, size=60))
+    probs = rng.dirichlet(np.ones(3), size=60)
+    s = sample_differential(
+        predicted,
+        CLASSES,
+        probabilities=probs,
+        confusion=CONFUSION,
+        training_prior=np.ones(3) / 3,
+        targets={"CD16": rng.normal(size=60)},
+        qc_counts={"empty": 2, "unidentified": 5},
+        n_bootstrap=20,
+    )
+    d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
+    assert d["n_cells"] == 67
+    assert d["qc_excluded"] == {"empty": 2, "unidentified": 5}
+    assert d["corrected"]["adjusted_count"]["n_bootstrap"] == 20
+    assert len(d["markers"]) == 3
