@@ -219,3 +219,13 @@ def test_sample_differential_to_dict_is_json():
     assert d["qc_excluded"] == {"empty": 2, "unidentified": 5}
     assert d["corrected"]["adjusted_count"]["n_bootstrap"] == 20
     assert len(d["markers"]) == 3
+
+
+def test_em_batched_weights_match_single_runs():
+    rng = np.random.default_rng(5)
+    post, _ = _calibrated_posteriors(rng, np.ones(3) / 3, np.array([0.5, 0.2, 0.3]), 400)
+    w = rng.multinomial(400, np.full(400, 1 / 400), size=2).astype(float)
+    both, _ = em_prior_shift(post, np.ones(3) / 3, weights=w)
+    for b in range(2):
+        one, _ = em_prior_shift(post, np.ones(3) / 3, weights=w[b])
+        assert both[b] == pytest.approx(one, abs=1e-6)
