@@ -1,0 +1,53 @@
+"""``python -m phenotyping ingest SOURCE --sample ID --specimen blood|balf``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from phenotyping.cli._common import add_db_argument, open_store, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest", help="ingest an image set (folder, .zip, manifest.csv or image) into a sample",
+        description="Ingest a single-cell image set into a sample (created if new). Prints JSON "
+                    '{"sample_id", "ingested", "duplicates", "rejected": [{"file", "reason"}]}; duplicates are '
+                    "also listed in rejected. Exit 0 if at least one cell was ingested, else 2.",
+    )
+    p.add_argument("source", type=Path, help="folder, .zip, manifest.csv or single image")
+    p.add_argument("--sample", required=True, help="sample id (letters, digits, '.', '_', '-')")
+    p.add_argument("--specimen", required=True, choices=["blood", "balf"])
+    p.add_argument("--pseudonym", default="", help="patient pseudonym (never a name)")
+    p.add_argument("--label-column", default=None,
+                   help="manifest column holding the reference class (default: label, cell_type, class or phase)")
+    p.add_argument("--user", default="cli", help="who is ingesting (recorded in the audit trail)")
+    add_db_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.settings import get_settings
+
+    settings = get_settings()
+    with open_store(args.db) as store:
+        if store.sample_exists(args.sample):
+            existing = store.get_sample(args.sample)
+            if existing.specimen.value != args.specimen:
+                raise ValueError(f"sample {args.sample} exists with specimen {existing.specimen.value}, "
+                                 f"not {args.specimen}")
+        else:
+            store.create_sample(Sample(id=args.sample, specimen=Specimen(args.specimen),
+                                       patient_pseudonym=args.pseudonym), actor=args.user)
+
+        def progress(done: int, total: int | None) -> None:
+            print(f"\r{done} files read", end="", file=sys.stderr, flush=True)
+
+        result = ingest_set(store, args.source, args.sample, actor=args.user, label_column=args.label_column,
+                            max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
+                            progress=progress if sys.stderr.isatty() else None)
+    print_json(result.model_dump(mode="json"))
+    return 0

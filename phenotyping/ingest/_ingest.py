@@ -1,0 +1,138 @@
+"""Ingest one image set into one sample: every usable file becomes a cell, every other file is reported."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from phenotyping.errors import ImageError, IngestError
+from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
+from phenotyping.ingest._sources import iter_source
+from phenotyping.schemas import IngestResult, RejectedFile
+
+_SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
+BATCH = 256
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+def ingest_set(
+    store,  # phenotyping.store.Store (not imported here, so this module stays free of duckdb)
+    source: str | Path,
+    sample_id: str,
+    *,
+    actor: str,
+    label_column: str | None = None,
+    expected_channels: int | None = None,
+    max_pixels: int = MAX_PLANE_PIXELS,
+    max_bytes: int = 64 * 1024 * 1024,
+    progress: ProgressFn | None = None,
+) -> IngestResult:
+    """Ingest a folder, .zip, manifest.csv or single image into an existing sample.
+
+    Cells are committed in batches of 256, each after its image files are durably written, so an interrupted
+    ingest keeps every committed cell, and running it again skips what is already there (reported as duplicates).
+
+    Args:
+        expected_channels: channels every cell must have; default: the sample's existing cells, else the first
+            usable file of the set.
+        progress: called as ``progress(files_seen, total_or_None)``.
+
+    Raises:
+        IngestError: the source cannot be read, or not one file of it is usable (the message lists the reasons).
+    """
+    store.get_sample(sample_id)
+    channels = expected_channels or store.sample_channel_count(sample_id)
+    hashes = store.known_hashes(sample_id)  # content hash -> name of the first file with it
+    keys = store.known_cell_keys(sample_id)
+    rejected: list[RejectedFile] = []
+    duplicates = 0
+    pending: list[dict] = []
+    ids: list[int] = []
+    seen = 0
+    last_report = time.monotonic()
+
+    def flush() -> None:
+        if pending:
+            ids.extend(store.add_cells(sample_id, pending, actor=actor))
+            pending.clear()
+
+    for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes):
+        seen += 1
+        if progress and time.monotonic() - last_report > 0.2:
+            progress(seen, None)
+            last_report = time.monotonic()
+        if entry.error:
+            rejected.append(RejectedFile(file=entry.name, reason=entry.error))
+            continue
+        assert entry.read is not None
+        try:
+            if entry.size > max_bytes:
+                raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
+                                             f"{max_bytes / 1e6:.0f} MB")
+            data = entry.read()
+            if len(data) > max_bytes:
+                raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
+            arr = read_image(data, entry.name, max_pixels=max_pixels)
+            if channels is None:
+                channels = int(arr.shape[0])
+            elif arr.shape[0] != channels:
+                raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but this sample's cells have {channels}; "
+                                             "a sample's images must all have the same channels")
+        except ImageError as e:
+            rejected.append(RejectedFile(file=entry.name, reason=e.reason))
+            continue
+        key = entry.cell_key or entry.name
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in hashes:
+            duplicates += 1
+            rejected.append(RejectedFile(file=entry.name, reason=f"duplicate: same content as {hashes[digest]}"))
+            continue
+        if key in keys:
+            duplicates += 1
+            rejected.append(RejectedFile(file=entry.name, reason=f"cell id {key!r} is already in sample {sample_id}"))
+            continue
+        _, rel = store.put_blob(data, suffix=_SUFFIX[sniff_format(data)])
+        hashes[digest] = entry.name
+        keys.add(key)
+        pending.append({
+            "cell_key": key, "content_hash": digest, "source_file": entry.name, "blob_path": rel,
+            "shape": tuple(arr.shape), "dtype": str(arr.dtype), "reference_label": entry.label,
+            "targets": entry.targets, "extra": entry.extra,
+        })
+        if len(pending) >= BATCH:
+            flush()
+    flush()
+    if progress:
+        progress(seen, seen)
+    if not ids:
+        if seen == 0:
+            raise IngestError(f"{source}: no files found")
+        reasons: dict[str, int] = {}
+        for r in rejected:
+            reasons[r.reason.split(" (")[0]] = reasons.get(r.reason.split(" (")[0], 0) + 1
+        top = "; ".join(f"{n}× {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        raise IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} ({top})")
+    return IngestResult(sample_id=sample_id, ingested=len(ids), duplicates=duplicates, rejected=rejected,
+                        cell_ids=ids)
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of a manifest.csv with ``path`` resolved against the manifest's folder (a ``Path``), other columns as str.
+
+    Raises IngestError for a missing 'path' column and ValueError for a path escaping the manifest's folder.
+    """
+    from phenotyping.ingest._sources import _parse_manifest, _safe_member_path
+
+    path = Path(path)
+    rows, _ = _parse_manifest(path.read_text(encoding="utf-8-sig"), str(path))
+    base = path.parent.resolve()
+    out = []
+    for i, r in enumerate(rows, start=2):
+        rel = _safe_member_path(r.get("path", ""))
+        if rel is None or not r.get("path"):
+            raise ValueError(f"{path} line {i}: path {r.get('path')!r} is empty or escapes the manifest's folder")
+        out.append({**r, "path": base / Path(*PurePosixPath(rel).parts)})
+    return out

@@ -1,0 +1,272 @@
+"""Enumerate the files of an image set: a folder, a .zip, a manifest.csv or a single image.
+
+Every entry carries its name inside the set, a way to read its bytes (bounded), and what the set says about it
+(a label from an ImageFolder layout, manifest columns). Problems found while listing (a path escaping the archive,
+a manifest row whose file is missing) become entries with an ``error`` so they are reported like any bad file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import stat
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from phenotyping.errors import IngestError
+from phenotyping.ingest._image import IMAGE_SUFFIXES
+
+MANIFEST_NAME = "manifest.csv"
+_JUNK_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
+_LABEL_COLUMNS = ("label", "cell_type", "class", "phase")
+_ID_COLUMNS = ("cell_id", "id")
+_NON_DATA_COLUMNS = {"path"}
+# A single-cell image is small; a zip member that claims to inflate this much more than it stores is refused.
+MAX_COMPRESSION_RATIO = 200
+
+
+@dataclass
+class Entry:
+    """One file of a set."""
+
+    name: str  # path inside the set (posix), shown to the user
+    read: Callable[[], bytes] | None = None
+    size: int = 0
+    cell_key: str | None = None
+    label: str | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _is_junk(parts: tuple[str, ...]) -> bool:
+    return any(p in _JUNK_PARTS or p.startswith("._") for p in parts)
+
+
+def _safe_member_path(name: str) -> PurePosixPath | None:
+    """The member's path if it stays inside the archive, else None (absolute, drive letter or '..')."""
+    name = name.replace("\\", "/")
+    p = PurePosixPath(name)
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in p.parts:
+        return None
+    return p
+
+
+def _strip_common_root(paths: list[PurePosixPath]) -> int:
+    """How many leading folders to ignore when reading labels from the layout.
+
+    A zip of a folder wraps everything in one top folder: that folder is not a class. Folders shared by all files
+    are stripped, but one folder above the files is always kept when files sit two or more folders deep, so a
+    single-class ImageFolder (``set/eosinophil/a.png``) keeps its class.
+    """
+    if not paths:
+        return 0
+    common = 0
+    while True:
+        heads = {p.parts[common] if len(p.parts) > common + 1 else None for p in paths}
+        if len(heads) != 1 or None in heads:
+            break
+        common += 1
+    min_dirs = min(len(p.parts) - 1 for p in paths)
+    return min(common, min_dirs - 1) if min_dirs >= 2 else common
+
+
+def _label_from_layout(rel: PurePosixPath) -> str | None:
+    """ImageFolder layout: the folder holding the file names its class."""
+    return rel.parts[-2] if len(rel.parts) >= 2 else None
+
+
+def _parse_manifest(text: str, manifest_name: str) -> tuple[list[dict[str, str]], list[str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        raise IngestError(f"{manifest_name}: the manifest is empty; it needs a header row with a 'path' column")
+    cols = [c.strip() for c in reader.fieldnames]
+    if "path" not in cols:
+        raise IngestError(f"{manifest_name}: no 'path' column (columns are {cols}); add a 'path' column holding "
+                          "each image's path relative to the manifest")
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    return rows, cols
+
+
+def _manifest_meta(rows: list[dict[str, str]], cols: list[str], label_column: str | None,
+                   manifest_name: str) -> tuple[str | None, str | None, set[str]]:
+    """Which column is the cell id, which the label, which are numeric targets."""
+    if label_column is not None and label_column not in cols:
+        raise IngestError(f"{manifest_name}: label column {label_column!r} not found; columns are {cols}")
+    label_col = label_column or next((c for c in _LABEL_COLUMNS if c in cols), None)
+    id_col = next((c for c in _ID_COLUMNS if c in cols), None)
+    numeric: set[str] = set()
+    for c in cols:
+        if c in _NON_DATA_COLUMNS or c in (label_col, id_col):
+            continue
+        values = [r.get(c, "") for r in rows if r.get(c, "")]
+        if values and all(_is_number(v) for v in values):
+            numeric.add(c)
+    return id_col, label_col, numeric
+
+
+def _is_number(v: str) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
+def _manifest_entries(rows: list[dict[str, str]], cols: list[str], manifest_name: str,
+                      resolve: Callable[[PurePosixPath], Entry | str], label_column: str | None) -> Iterator[Entry]:
+    id_col, label_col, numeric = _manifest_meta(rows, cols, label_column, manifest_name)
+    seen_ids: set[str] = set()
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        raw = row.get("path", "")
+        where = f"{manifest_name} line {i}"
+        if not raw:
+            yield Entry(name=where, error="empty 'path'")
+            continue
+        rel = _safe_member_path(raw)
+        if rel is None:
+            yield Entry(name=raw, error=f"path escapes the set's folder ({where})")
+            continue
+        found = resolve(rel)
+        if isinstance(found, str):
+            yield Entry(name=raw, error=f"{found} ({where})")
+            continue
+        key = row.get(id_col) if id_col else None
+        key = key or raw
+        if key in seen_ids:
+            yield Entry(name=raw, error=f"cell id {key!r} appears twice in the manifest ({where})")
+            continue
+        seen_ids.add(key)
+        found.cell_key = key
+        found.label = row.get(label_col) or None if label_col else None
+        found.targets = {c: float(row[c]) for c in numeric if row.get(c)}
+        found.extra = {c: row[c] for c in cols if c not in numeric and c not in ("path",) and row.get(c)}
+        yield found
+
+
+def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():
+        yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes)
+        return
+    files = sorted(p for p in root.rglob("*") if not p.is_dir() and not _is_junk(p.relative_to(root).parts))
+    rels = [PurePosixPath(p.relative_to(root).as_posix()) for p in files]
+    strip = _strip_common_root(rels)
+    for p, rel in zip(files, rels):
+        inner = PurePosixPath(*rel.parts[strip:])
+        if p.is_symlink():
+            yield Entry(name=rel.as_posix(), error="symbolic link; copy the file itself into the set")
+            continue
+        yield _file_entry(p, rel.as_posix(), label=_label_from_layout(inner), max_bytes=max_bytes)
+
+
+def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int) -> Entry:
+    size = path.stat().st_size
+
+    def read() -> bytes:
+        with open(path, "rb") as fh:
+            return fh.read(max_bytes + 1)
+
+    return Entry(name=name, read=read, size=size, cell_key=name, label=label)
+
+
+def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{manifest}: not UTF-8 text ({e}); save the manifest as UTF-8 CSV") from e
+    rows, cols = _parse_manifest(text, str(manifest))
+    base = manifest.parent.resolve()
+
+    def resolve(rel: PurePosixPath) -> Entry | str:
+        p = (base / rel).resolve()
+        if not p.is_relative_to(base):
+            return "path escapes the manifest's folder"
+        if not p.is_file():
+            return "listed in the manifest but not found"
+        return _file_entry(p, rel.as_posix(), label=None, max_bytes=max_bytes)
+
+    yield from _manifest_entries(rows, cols, manifest.name, resolve, label_column)
+
+
+def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None, max_bytes: int,
+             display: str | None = None) -> Iterator[Entry]:
+    display = display or str(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise IngestError(f"{display}: not a readable zip archive ({e})") from e
+    with zf:
+        members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            rel = _safe_member_path(info.filename)
+            if rel is None:
+                yield Entry(name=info.filename, error="path escapes the archive (absolute or '..'); refused")
+                continue
+            if _is_junk(rel.parts):
+                continue
+            members.append((info, rel))
+        strip = _strip_common_root([r for _, r in members])
+        inner = {PurePosixPath(*r.parts[strip:]): info for info, r in members}
+
+        def member_entry(info: zipfile.ZipInfo, rel: PurePosixPath, label: str | None) -> Entry:
+            name = info.filename
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                return Entry(name=name, error="symbolic link inside the archive; refused")
+            if info.flag_bits & 0x1:
+                return Entry(name=name, error="encrypted zip member; unpack it with its password first")
+            if info.file_size > max_bytes:
+                return Entry(name=name, error=f"{info.file_size / 1e6:.1f} MB uncompressed, above the per-file "
+                                              f"limit of {max_bytes / 1e6:.0f} MB")
+            if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO \
+                    and info.file_size > 1_000_000:
+                return Entry(name=name, error=f"compression ratio {info.file_size / info.compress_size:.0f}:1 "
+                                              "(possible zip bomb); refused")
+
+            def read() -> bytes:
+                with zf.open(info) as fh:  # reads at most max_bytes+1 whatever the header claims
+                    return fh.read(max_bytes + 1)
+
+            return Entry(name=name, read=read, size=info.file_size, cell_key=rel.as_posix(), label=label)
+
+        manifest_info = inner.get(PurePosixPath(MANIFEST_NAME))
+        if manifest_info is not None:
+            try:
+                text = zf.read(manifest_info).decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise IngestError(f"{display}: {MANIFEST_NAME} is not UTF-8 text ({e})") from e
+            rows, cols = _parse_manifest(text, f"{display}:{MANIFEST_NAME}")
+
+            def resolve(rel: PurePosixPath) -> Entry | str:
+                info = inner.get(rel)
+                if info is None:
+                    return "listed in the manifest but not in the archive"
+                e = member_entry(info, rel, None)
+                return e.error if e.error else e
+
+            yield from _manifest_entries(rows, cols, MANIFEST_NAME, resolve, label_column)
+            return
+        for rel_inner, info in sorted(inner.items()):
+            yield member_entry(info, rel_inner, _label_from_layout(rel_inner))
+
+
+def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
+    """Entries of any supported source; raises IngestError when the source itself cannot be read."""
+    source = Path(source)
+    if not source.exists():
+        raise IngestError(f"{source}: no such file or folder")
+    if source.is_dir():
+        yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes)
+    elif source.name.lower() == MANIFEST_NAME or source.suffix.lower() == ".csv":
+        yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes)
+    elif source.suffix.lower() == ".zip" or zipfile.is_zipfile(source):
+        yield from iter_zip(source, label_column=label_column, max_bytes=max_bytes)
+    elif source.suffix.lower() in IMAGE_SUFFIXES:
+        yield _file_entry(source, source.name, label=None, max_bytes=max_bytes)
+    else:
+        raise IngestError(f"{source}: not a folder, .zip, manifest .csv or image file")

@@ -1,0 +1,57 @@
+"""Runtime settings: one object, read once, from the environment (prefix ``LEUKO_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything that differs between installations.
+
+    Environment variables use the prefix ``LEUKO_`` (``LEUKO_DB_PATH=/data/lab.duckdb``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LEUKO_", env_file=".env", extra="ignore")
+
+    db_path: Path = Field(PROJECT_ROOT / "var" / "leuko.duckdb", description="DuckDB file; ':memory:' for tests")
+    data_dir: Path | None = Field(None, description="content-addressed image store; default: beside the DB file")
+    model_dir: Path = Field(PROJECT_ROOT / "models",
+                            description="folder of model folders (checkpoint + card); trained models are written here")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_upload_mb: int = Field(1024, ge=1, description="per-upload size limit in the app")
+    max_image_pixels: int = Field(4_000_000, ge=1, description="pixels per plane above which an image is refused")
+    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1, description="bytes per file above which it is refused")
+    max_files_per_set: int = Field(200_000, ge=1)
+    llm_model: str | None = Field(None, description="litellm route, e.g. 'openai/gpt-4o-mini'; None = template draft")
+    llm_timeout_s: float = 30.0
+    lab_name: str = "Research haematology laboratory"
+    lab_id: str = "LAB-001"
+
+    def model_search_path(self) -> list[Path]:
+        """Folders holding model folders: the installation's model_dir, then the models shipped with the code."""
+        shipped = PROJECT_ROOT / "models"
+        dirs = [self.model_dir]
+        if shipped.resolve() != self.model_dir.resolve():
+            dirs.append(shipped)
+        return dirs
+
+    def image_dir(self) -> Path:
+        """Where cell images are kept (content-addressed)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        if str(self.db_path) == ":memory:":
+            raise ValueError("an in-memory database needs an explicit data_dir for its images")
+        return self.db_path.parent / (self.db_path.stem + "-images")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings``)."""
+    return Settings()

@@ -1,0 +1,123 @@
+"""Decoding every supported format into channel-first arrays, and refusing bad files with a reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from phenotyping.errors import ImageError
+from phenotyping.ingest import read_image
+from tests.conftest import cell_array, encode
+
+
+@pytest.mark.parametrize("fmt", ["png", "bmp", "tiff"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lossless_formats_round_trip_8bit(fmt, channels):
+    arr = cell_array(c=channels)
+    out = read_image(encode(arr, fmt), f"cell.{fmt}")
+    assert out.shape == (channels, 32, 32)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_jpeg_decodes_close_to_original():
+    arr = cell_array(c=3)
+    out = read_image(encode(arr, "jpeg"), "cell.jpg")
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - arr.astype(int)).mean() < 12
+
+
+def test_png_16bit_keeps_dtype_and_values():
+    arr = cell_array(dtype=np.uint16)
+    out = read_image(encode(arr, "png"), "cell16.png")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_tiff_16bit_multichannel_with_metadata():
+    arr = cell_array(c=4, dtype=np.uint16)
+    out = read_image(encode(arr, "tiff"), "cell.tif")
+    assert out.shape == (4, 32, 32) and out.dtype == np.uint16
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_plain_multipage_tiff_pages_become_channels():
+    arr = cell_array(c=3, dtype=np.uint16)
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tw:
+        for page in arr:
+            tw.write(page, metadata=None)
+    out = read_image(buf.getvalue(), "pages.tif")
+    assert out.shape == (3, 32, 32)
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_imagej_hyperstack_gives_zstack_axes():
+    z, c = 5, 2
+    stack = np.stack([cell_array(c=c, dtype=np.uint16, seed=i) for i in range(z)])  # (Z, C, Y, X)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack, imagej=True, metadata={"axes": "ZCYX"})
+    out = read_image(buf.getvalue(), "stack.tif")
+    assert out.shape == (c, z, 32, 32)
+    np.testing.assert_array_equal(out, np.transpose(stack, (1, 0, 2, 3)))
+
+
+def test_ome_tiff_axes_are_read():
+    stack = np.stack([cell_array(c=2, dtype=np.uint16, seed=i) for i in range(3)])  # (Z, C, Y, X)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack, ome=True, metadata={"axes": "ZCYX"})
+    out = read_image(buf.getvalue(), "stack.ome.tif")
+    assert out.shape == (2, 3, 32, 32)
+
+
+def test_float_tiff_is_float32():
+    arr = cell_array().astype(np.float64) / 255
+    out = read_image(encode(arr, "tiff"), "phase.tif")
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file\n", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot decode PNG"),
+        (b"II*\x00" + b"\xff" * 40, "TIFF"),
+    ],
+)
+def test_bad_bytes_are_refused_with_reason(data, reason):
+    with pytest.raises(ImageError) as e:
+        read_image(data, "bad.file")
+    assert e.value.file == "bad.file"
+    assert reason in e.value.reason
+
+
+def test_truncated_png_is_refused():
+    data = encode(cell_array(h=64, w=64), "png")
+    with pytest.raises(ImageError, match="cannot decode PNG"):
+        read_image(data[: len(data) // 2], "cut.png")
+
+
+def test_50_megapixel_bomb_is_refused_before_decoding():
+    im = Image.new("1", (7100, 7100))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000  # tiny file, huge image
+    with pytest.raises(ImageError, match="megapixels"):
+        read_image(buf.getvalue(), "bomb.png")
+
+
+def test_tiff_bomb_is_refused_before_decoding():
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((8000, 8000), np.uint8), compression="zlib")
+    with pytest.raises(ImageError, match="megapixels"):
+        read_image(buf.getvalue(), "bomb.tif")
+
+
+def test_tiny_image_is_refused():
+    with pytest.raises(ImageError, match="at least"):
+        read_image(encode(np.zeros((1, 2, 2), np.uint8), "png"), "dot.png")
