@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pseudonym", default="", help="patient pseudonym (never a name)")
     p.add_argument("--label-column", default=None,
                    help="manifest column holding the reference class (default: label, cell_type, class or phase)")
+    p.add_argument("--bsccm-channels", default=None,
+                   help="for a BSCCM folder: comma-separated LED-array channels to keep "
+                        "(default DPC_Left,DPC_Right,DPC_Top,DPC_Bottom)")
+    p.add_argument("--bsccm-contrast", default="led_array", choices=["led_array", "dpc"],
+                   help="for a BSCCM folder: which images to read")
     p.add_argument("--user", default="cli", help="who is ingesting (recorded in the audit trail)")
     add_db_argument(p)
     p.set_defaults(func=run)
@@ -46,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int | None) -> None:
             print(f"\r{done} files read", end="", file=sys.stderr, flush=True)
 
+        bsccm = {"contrast": args.bsccm_contrast}
+        if args.bsccm_channels:
+            bsccm["channels"] = [c.strip() for c in args.bsccm_channels.split(",") if c.strip()]
         result = ingest_set(store, args.source, args.sample, actor=args.user, label_column=args.label_column,
                             max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                            progress=progress if sys.stderr.isatty() else None)
+                            progress=progress if sys.stderr.isatty() else None, bsccm_options=bsccm)
     print_json(result.model_dump(mode="json"))
     return 0

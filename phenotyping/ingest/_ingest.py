@@ -29,6 +29,7 @@ def ingest_set(
     max_pixels: int = MAX_PLANE_PIXELS,
     max_bytes: int = 64 * 1024 * 1024,
     progress: ProgressFn | None = None,
+    bsccm_options: dict | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into an existing sample.
 
@@ -39,6 +40,8 @@ def ingest_set(
         expected_channels: channels every cell must have; default: the sample's existing cells, else the first
             usable file of the set.
         progress: called as ``progress(files_seen, total_or_None)``.
+        bsccm_options: for a BSCCM folder, keyword arguments of :func:`phenotyping.ingest.bsccm.iter_bsccm`
+            (``contrast``, ``channels``, ``marker_columns``).
 
     Raises:
         IngestError: the source cannot be read, or not one file of it is usable (the message lists the reasons).
@@ -59,7 +62,8 @@ def ingest_set(
             ids.extend(store.add_cells(sample_id, pending, actor=actor))
             pending.clear()
 
-    for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes):
+    for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
+                             bsccm_options=bsccm_options):
         seen += 1
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)

@@ -255,12 +255,21 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
             yield member_entry(info, rel_inner, _label_from_layout(rel_inner))
 
 
-def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
-    """Entries of any supported source; raises IngestError when the source itself cannot be read."""
+def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int,
+                bsccm_options: dict | None = None) -> Iterator[Entry]:
+    """Entries of any supported source; raises IngestError when the source itself cannot be read.
+
+    ``bsccm_options`` are passed to :func:`phenotyping.ingest.bsccm.iter_bsccm` when the folder is a BSCCM root.
+    """
     source = Path(source)
     if not source.exists():
         raise IngestError(f"{source}: no such file or folder")
     if source.is_dir():
+        from phenotyping.ingest.bsccm import is_bsccm_root, iter_bsccm
+
+        if is_bsccm_root(source):
+            yield from iter_bsccm(source, **(bsccm_options or {}))
+            return
         yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes)
     elif source.name.lower() == MANIFEST_NAME or source.suffix.lower() == ".csv":
         yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes)
