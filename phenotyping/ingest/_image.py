@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from phenotyping.errors import ImageError
+from phenotyping.ingest._fasttiff import read_simple_tiff
 
 # Defaults; callers pass the installation's limits from Settings.
 MAX_PLANE_PIXELS = 4_000_000
@@ -168,7 +169,11 @@ def read_image(
     if fmt is None:
         raise ImageError(name, "not an image: the file is not PNG, JPEG, BMP or TIFF")
     if fmt == "tiff":
-        arr = _read_tiff(data, name, max_pixels, max_voxels)
+        arr = read_simple_tiff(data, max_pixels=max_pixels, max_voxels=max_voxels)
+        if arr is None:
+            arr = _read_tiff(data, name, max_pixels, max_voxels)
+        else:
+            _check_plane(name, arr.shape[-2], arr.shape[-1], max_pixels)
     else:
         arr = _read_pil(data, name, fmt, max_pixels)
     if arr.dtype == np.float32 and not np.isfinite(arr).all():
