@@ -13,7 +13,7 @@ import sys
 
 from phenotyping.errors import PhenotypingError
 
-COMMANDS = ("ingest", "samples")
+COMMANDS = ("ingest", "samples", "agreement")
 
 
 def build_parser() -> argparse.ArgumentParser:
