@@ -13,7 +13,7 @@ import sys
 
 from phenotyping.errors import PhenotypingError
 
-COMMANDS = ("ingest", "samples", "agreement")
+COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

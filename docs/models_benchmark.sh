@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Reproduces the "Models" section of docs/BENCHMARKS.md (2-core CPU, nice'd). Usage: bash docs/models_benchmark.sh OUTDIR
+# Each run writes OUTDIR/<name>/ (model folder), OUTDIR/<name>.train.json / .log and OUTDIR/<name>.eval.json;
+# wall times are in the card (training.wall_time_s) and OUTDIR/<name>.time.
+set -euo pipefail
+OUT=${1:?usage: models_benchmark.sh OUTDIR}
+PY=".venv/bin/python"
+D=../shared/data
+J="$D/ifc-jurkat-labelfree/manifest.csv"
+mkdir -p "$OUT"
+run() {  # name, train args…
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  nice -n 10 $PY -m phenotyping train "$@" --out "$OUT/$name" > "$OUT/$name.train.json" 2> "$OUT/$name.log"
+  echo "$(date +%s.%N) - $t0" | bc > "$OUT/$name.time"
+}
+ev() {  # name, evaluate args…
+  local name=$1; shift
+  nice -n 10 $PY -m phenotyping evaluate --model "$OUT/$name" "$@" > "$OUT/$name${EVSUFFIX:-}.eval.json"
+}
+JARGS=(--manifest "$J" --label-column phase --target-columns dna_content --channels brightfield,darkfield --seed 0)
+WBC=(--classes neutrophil,lymphocyte,monocyte,eosinophil --label-column cell_type --seed 0)
+BCCD=(--classes Neutrophil,Lymphocyte,Monocyte,Eosinophil --label-column cell_type --seed 0 --data-licence MIT)
+
+# 1. ifc-jurkat-labelfree, every architecture; test split = 15 % stratified hold-out written by train
+for a in hybrid cnn knn svm vit_small resnet18; do
+  run "jurkat-$a" "${JARGS[@]}" --arch "$a" --epochs 40 --patience 10; ev "jurkat-$a" --manifest "$J" --split test
+done
+run jurkat-published_standin "${JARGS[@]}" --arch published_standin --img-size 28 --epochs 40 --patience 10
+ev jurkat-published_standin --manifest "$J" --split test
+
+# 2. wbc-smear cross-source (4 classes; basophils dropped: 1 and 3 cells)
+run wbc-segwbc-hybrid --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" "${WBC[@]}" --arch hybrid_wide --epochs 60 \
+    --patience 15 --test-fraction 0
+EVSUFFIX=-on-bccd ev wbc-segwbc-hybrid --manifest "$D/wbc-smear/bccd" --label-column cell_type --drop-unknown
+run wbc-bccd-hybrid --manifest "$D/wbc-smear/bccd" "${BCCD[@]}" --arch hybrid_wide --epochs 60 --patience 15 \
+    --test-fraction 0
+EVSUFFIX=-on-segwbc ev wbc-bccd-hybrid --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" --drop-unknown
+
+# 3. data-volume curve on ifc-jurkat (same split; training-set fraction varies)
+for f in 0.01 0.03 0.1 0.3 1.0; do
+  for a in hybrid cnn knn svm; do
+    [ "$f" = "1.0" ] && continue   # 100 % = the runs of section 1
+    run "vol-$a-$f" "${JARGS[@]}" --arch "$a" --epochs 30 --patience 8 --fraction "$f"
+    ev "vol-$a-$f" --manifest "$J" --split test
+  done
+done

@@ -1,0 +1,72 @@
+"""``python -m phenotyping train``: train a cell model on a manifest and write a model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from phenotyping.cli._common import print_json
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model; writes DIR with checkpoint.pt and model_card.json",
+                       description="Train a cell model (see `phenotyping.models.list_models()`) on a manifest.csv or "
+                                   "ImageFolder folder. Progress per epoch on stderr; a JSON summary on stdout.")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest.csv, or a folder with one subfolder per class")
+    p.add_argument("--label-column", required=True, help="column with the class of each cell")
+    p.add_argument("--target-columns", type=_csv, default=[], help="comma-separated numeric columns to regress")
+    p.add_argument("--group-column", default=None, help="column whose groups never straddle train/val/test")
+    p.add_argument("--arch", default="hybrid", help="registered model name (default: hybrid)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs; early stopping on validation (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, order, augmentation")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--classes", type=_csv, default=None, help="keep only these labels, in this order (others dropped)")
+    p.add_argument("--channels", type=_csv, default=None,
+                   help="channel names, e.g. brightfield,darkfield or dpc_lr,dpc_tb (DPC names get direction-aware "
+                        "augmentation)")
+    p.add_argument("--log-targets", type=_csv, default=[], help="targets to log-transform before standardising")
+    p.add_argument("--img-size", type=int, default=None, help="input side length (default: image size, ≤ 64)")
+    p.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training split to use")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patience", type=int, default=6, help="epochs without validation improvement before stopping")
+    p.add_argument("--loss", choices=["uncertainty", "fixed"], default="uncertainty",
+                   help="multi-task weighting: learned uncertainty (Kendall 2018) or fixed equal weights")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="held-out test share (0 = none)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share (early stopping, calibration)")
+    p.add_argument("--data-licence", default=None, help="licence of the training data (default: LICENSE beside it)")
+    p.add_argument("--model-config", type=json.loads, default={},
+                   help='JSON object of extra create_model keywords, e.g. \'{"drop": 0.2}\'')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phenotyping.train import TrainConfig, train
+
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be ≥ 1, got {args.epochs}")
+    unknown_log = [t for t in args.log_targets if t not in args.target_columns]
+    if unknown_log:
+        raise ValueError(f"--log-targets {unknown_log} are not among --target-columns {args.target_columns}")
+    cfg = TrainConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                      patience=args.patience, loss=args.loss, val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, img_size=args.img_size, fraction=args.fraction,
+                      log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
+                      channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
+                      model_overrides=dict(args.model_config))
+    card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
+                 group_column=args.group_column, config=cfg)
+    print_json({"model": str(args.out), "id": card["id"], "architecture": card["architecture"]["name"],
+                "classes": card["classes"], "split": card["split"]["n"],
+                "validation": {k: card["validation"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                "validation_targets": card["validation"]["targets"],
+                "test": None if card["test"] is None else
+                {k: card["test"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")} |
+                {"targets": card["test"]["targets"]},
+                "wall_time_s": card["training"]["wall_time_s"]})
+    return 0

@@ -1,0 +1,403 @@
+"""Training data: manifest rows → fixed-size float arrays, channel-aware augmentation, grouped splits, target scaling.
+
+Axes: 2D cells are ``(C, H, W)``, z-stacks ``(C, Z, H, W)``; batches add a leading ``N``/``B``.
+Class imbalance is corrected exactly once, by class weights in the loss (:func:`class_weights`); the loader never
+over-samples, so the model's predicted proportions on a held-out set can be compared with the true ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from phenotyping.errors import ImageError
+
+IMAGE_FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------------------------------- manifests
+def load_rows(manifest: str | Path, *, label_column: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a manifest (``path`` resolved to a ``Path``, other columns as strings).
+
+    ``manifest`` may be a ``manifest.csv``, a folder holding one, or a folder in ImageFolder layout (one subfolder per
+    class); in the last case each row gets ``cell_id`` (file stem) and the subfolder name under ``label_column``
+    (``"label"`` if not given).
+
+    Raises:
+        FileNotFoundError: nothing at ``manifest``, or a folder with neither a manifest.csv nor class subfolders.
+    """
+    from phenotyping.ingest import read_manifest
+
+    p = Path(manifest)
+    if p.is_file():
+        return read_manifest(p)
+    if not p.is_dir():
+        raise FileNotFoundError(f"manifest {p} does not exist; pass a manifest.csv or an ImageFolder-layout folder")
+    if (p / "manifest.csv").is_file():
+        return read_manifest(p / "manifest.csv")
+    key = label_column or "label"
+    rows = [{"cell_id": f.stem, "path": f.resolve(), key: d.name}
+            for d in sorted(x for x in p.iterdir() if x.is_dir() and not x.name.startswith("."))
+            for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_FOLDER_SUFFIXES]
+    if not rows:
+        raise FileNotFoundError(f"{p} has no manifest.csv and no class subfolders with images "
+                                f"({', '.join(IMAGE_FOLDER_SUFFIXES)})")
+    return rows
+
+
+def column(rows: Sequence[dict[str, Any]], name: str, *, where: str = "manifest") -> list[str]:
+    """The values of column ``name``; raises KeyError naming the columns that exist."""
+    if rows and name not in rows[0]:
+        raise KeyError(f"column {name!r} is not in the {where}; columns: {', '.join(rows[0])}")
+    return [str(r[name]) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------- channels
+@dataclass(frozen=True)
+class ChannelSpec:
+    """How one channel behaves under the geometric augmentations.
+
+    ``hflip``/``vflip``: ``"same"`` (intensity unchanged, e.g. brightfield, darkfield, fluorescence),
+    ``"negate"`` (a signed difference image along that axis, e.g. DPC left−right under a horizontal flip) or
+    ``"swap:<name>"`` (the flip turns this image into its partner's, e.g. raw left/right half-illumination images).
+    ``rot90``: whether a 90° rotation keeps the channel's meaning (false for any direction-dependent channel).
+    """
+
+    name: str
+    hflip: str = "same"
+    vflip: str = "same"
+    rot90: bool = True
+
+
+CHANNEL_PRESETS: dict[str, ChannelSpec] = {
+    "dpc_lr": ChannelSpec("dpc_lr", hflip="negate", rot90=False),
+    "dpc_tb": ChannelSpec("dpc_tb", vflip="negate", rot90=False),
+    "dpc_left": ChannelSpec("dpc_left", hflip="swap:dpc_right", rot90=False),
+    "dpc_right": ChannelSpec("dpc_right", hflip="swap:dpc_left", rot90=False),
+    "dpc_top": ChannelSpec("dpc_top", vflip="swap:dpc_bottom", rot90=False),
+    "dpc_bottom": ChannelSpec("dpc_bottom", vflip="swap:dpc_top", rot90=False),
+}
+
+
+def channel_specs(names: Sequence[str]) -> list[ChannelSpec]:
+    """Specs for channel ``names``: DPC names from :data:`CHANNEL_PRESETS`, anything else symmetric.
+
+    Raises ValueError when a swap partner is missing from ``names``.
+    """
+    specs = [CHANNEL_PRESETS.get(n.lower(), ChannelSpec(n)) for n in names]
+    known = {s.name for s in specs}
+    for s in specs:
+        for rule in (s.hflip, s.vflip):
+            if rule.startswith("swap:") and rule[5:] not in known:
+                raise ValueError(f"channel {s.name!r} swaps with {rule[5:]!r} under a flip, but the channels are "
+                                 f"{list(names)}; add it or rename the channel")
+    return specs
+
+
+def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generator) -> np.ndarray:
+    """One random flip/rotation applied to ALL channels of one cell together, honouring each channel's spec.
+
+    Args:
+        x: ``(C, H, W)`` or ``(C, Z, H, W)`` raw (not yet normalised) intensities.
+        specs: one :class:`ChannelSpec` per channel.
+        rng: the random generator (seeded by the caller for reproducibility).
+    Returns:
+        a new array of the same shape. Rotations by 90° are drawn only when every channel allows them (and H == W).
+    """
+    if len(specs) != x.shape[0]:
+        raise ValueError(f"{len(specs)} channel specs for an image with {x.shape[0]} channels")
+    index = {s.name: i for i, s in enumerate(specs)}
+    out = x
+    for axis, attr in ((-1, "hflip"), (-2, "vflip")):
+        if rng.random() < 0.5:
+            out = np.flip(out, axis)
+            rules = [getattr(s, attr) for s in specs]
+            if any(r != "same" for r in rules):
+                src = [index[r[5:]] if r.startswith("swap:") else i for i, r in enumerate(rules)]
+                out = out[src]
+                sign = np.array([-1.0 if r == "negate" else 1.0 for r in rules], out.dtype)
+                out = out * sign.reshape((-1,) + (1,) * (out.ndim - 1))
+    if all(s.rot90 for s in specs) and x.shape[-1] == x.shape[-2]:
+        out = np.rot90(out, int(rng.integers(4)), axes=(-2, -1))
+    return np.ascontiguousarray(out)
+
+
+# ----------------------------------------------------------------------------------------------------- images
+def fit_to_size(img: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the longer side is at most ``size`` (area-averaging, aspect kept), then centre-pad to size × size.
+
+    Padding uses each channel's border median (the background). Works on ``(C, H, W)`` and ``(C, Z, H, W)``.
+    Returns float32.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = np.asarray(img, dtype=np.float32)
+    h, w = a.shape[-2:]
+    if max(h, w) > size:
+        s = size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        t = torch.from_numpy(a.reshape(-1, 1, h, w))
+        a = F.interpolate(t, size=(nh, nw), mode="area").numpy().reshape(a.shape[:-2] + (nh, nw))
+        h, w = nh, nw
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(a)
+    flat = a.reshape(a.shape[0], -1, h, w)
+    border = np.concatenate([flat[..., 0, :], flat[..., -1, :], flat[..., :, 0], flat[..., :, -1]], -1)
+    fill = np.median(border.reshape(a.shape[0], -1), 1).astype(np.float32)
+    out = np.empty(a.shape[:-2] + (size, size), np.float32)
+    out[...] = fill.reshape((-1,) + (1,) * (a.ndim - 1))
+    top, left = (size - h) // 2, (size - w) // 2
+    out[..., top:top + h, left:left + w] = a
+    return out
+
+
+def read_cell(path: str | Path) -> np.ndarray:
+    """Decode one cell image file with the project's reader (channel-first, native dtype)."""
+    from phenotyping.ingest import read_image
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageError(str(p), f"cannot read file ({e.strerror})") from e
+    return read_image(data, str(p))
+
+
+def load_images(paths: Sequence[str | Path], size: int, *, progress: Callable[[int, int], None] | None = None
+                ) -> np.ndarray:
+    """Read and fit every image to ``size``: returns float32 ``(N, C, size, size)`` (or ``(N, C, Z, size, size)``).
+
+    Raises ImageError naming the first file whose channel count or dimensionality differs from the first image's.
+    """
+    out: np.ndarray | None = None
+    for i, p in enumerate(paths):
+        a = fit_to_size(read_cell(p), size)
+        if out is None:
+            out = np.empty((len(paths),) + a.shape, np.float32)
+        elif a.shape != out.shape[1:]:
+            raise ImageError(str(p), f"shape after resizing {a.shape} differs from the first image's "
+                                     f"{out.shape[1:]} (channels or z-planes differ)")
+        out[i] = a
+        if progress and (i + 1) % 500 == 0:
+            progress(i + 1, len(paths))
+    if out is None:
+        raise ValueError("no images to load")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- normalisation
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything between a decoded image and the model input; saved in the model card.
+
+    ``mean``/``std`` are per channel, computed on the training split after :func:`fit_to_size`.
+    """
+
+    img_size: int
+    channels: list[str]
+    mean: list[float]
+    std: list[float]
+    channel_specs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, channels: Sequence[str], specs: Sequence[ChannelSpec]) -> Preprocess:
+        """Per-channel statistics of ``x`` (N, C, …)."""
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axes, dtype=np.float64)
+        std = np.maximum(x.std(axes, dtype=np.float64), 1e-6)
+        return cls(int(x.shape[-1]), list(channels), [float(v) for v in mean], [float(v) for v in std],
+                   [asdict(s) for s in specs])
+
+    def normalise(self, x: np.ndarray, *, batched: bool = False) -> np.ndarray:
+        """``(x − mean) / std`` per channel; ``x`` is one cell ``(C, …)`` or, with ``batched``, ``(N, C, …)``."""
+        shape = [1] * x.ndim
+        shape[1 if batched else 0] = -1
+        if x.shape[1 if batched else 0] != len(self.mean):
+            raise ValueError(f"image has {x.shape[1 if batched else 0]} channels, the model expects "
+                             f"{len(self.mean)} ({', '.join(self.channels)})")
+        return ((x - np.array(self.mean, np.float32).reshape(shape)) /
+                np.array(self.std, np.float32).reshape(shape)).astype(np.float32)
+
+    def specs(self) -> list[ChannelSpec]:
+        return [ChannelSpec(**s) for s in self.channel_specs] or [ChannelSpec(n) for n in self.channels]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class TargetScaler:
+    """Standardises regression targets: ``z = (f(y) − mean) / std`` with ``f = log`` where ``log`` is set.
+
+    Stored in the checkpoint and the card so predictions are mapped back to the manifest's units.
+    """
+
+    names: list[str]
+    log: list[bool]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, y: np.ndarray, names: Sequence[str], log: Sequence[bool]) -> TargetScaler:
+        y = cls._forward(np.asarray(y, np.float64), list(log), list(names))
+        mean, std = np.nanmean(y, 0), np.nanstd(y, 0)
+        return cls(list(names), [bool(v) for v in log], [float(v) for v in mean],
+                   [float(max(v, 1e-12)) for v in std])
+
+    @staticmethod
+    def _forward(y: np.ndarray, log: list[bool], names: list[str]) -> np.ndarray:
+        y = y.copy()
+        for j, lg in enumerate(log):
+            if lg:
+                col = y[:, j]
+                if np.nanmin(col) <= 0:
+                    raise ValueError(f"target {names[j]!r} has values ≤ 0; a log transform needs positive values")
+                y[:, j] = np.log(col)
+        return y
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        """Manifest units (N, M) → standardised (N, M) float32."""
+        z = self._forward(np.asarray(y, np.float64).reshape(len(y), -1), self.log, self.names)
+        return ((z - np.array(self.mean)) / np.array(self.std)).astype(np.float32)
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Standardised (N, M) → manifest units (N, M) float64."""
+        y = np.asarray(z, np.float64) * np.array(self.std) + np.array(self.mean)
+        for j, lg in enumerate(self.log):
+            if lg:
+                y[:, j] = np.exp(y[:, j])
+        return y
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_targets(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> np.ndarray:
+    """Target columns as float64 (N, M); empty cells become NaN; raises ValueError naming a non-numeric value."""
+    out = np.full((len(rows), len(names)), np.nan)
+    for j, n in enumerate(names):
+        for i, v in enumerate(column(rows, n)):
+            if v.strip() in ("", "nan", "NA"):
+                continue
+            try:
+                out[i, j] = float(v)
+            except ValueError:
+                raise ValueError(f"target column {n!r} row {i + 2}: {v!r} is not a number") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+def split_indices(labels: Sequence[str], groups: Sequence[str] | None = None, *, val_fraction: float = 0.15,
+                  test_fraction: float = 0.15, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified train/val/test split; with ``groups``, whole groups go to one split (no group leaks).
+
+    Uses scikit-learn's ``StratifiedShuffleSplit`` (no groups) or ``StratifiedGroupKFold`` (groups; the fold sizes
+    follow from the fractions). Returns sorted index arrays ``{"train", "val", "test"}`` (``test`` may be empty when
+    ``test_fraction`` is 0).
+
+    Raises:
+        ValueError: a grouped split would leave a class with no training cell — the groups are confounded with the
+            classes (e.g. every group holds only one or two classes) — or a split would be empty.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+    y = np.asarray(labels)
+    n = len(y)
+    idx = np.arange(n)
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"need 0 < val_fraction, 0 ≤ test_fraction, sum < 1; got {val_fraction}, {test_fraction}")
+
+    def holdout(sub: np.ndarray, frac: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
+        ys = y[sub]
+        if groups is None:
+            counts = np.unique(ys, return_counts=True)[1]
+            strat = ys if counts.min() >= 2 else None
+            if strat is None:
+                from sklearn.model_selection import ShuffleSplit
+                sp = ShuffleSplit(1, test_size=frac, random_state=seed + salt)
+            else:
+                sp = StratifiedShuffleSplit(1, test_size=frac, random_state=seed + salt)
+            a, b = next(sp.split(sub, strat if strat is not None else ys))
+            return sub[a], sub[b]
+        g = np.asarray(groups)[sub]
+        n_groups = len(np.unique(g))
+        if n_groups < 2:
+            raise ValueError(f"a grouped hold-out needs at least 2 groups; only {n_groups} remain; add groups or "
+                             "split without a group column")
+        k = max(2, min(round(1 / frac), n_groups))   # fewer groups than 1/frac: larger hold-out, see split sizes
+        a, b = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed + salt).split(sub, ys, g))
+        return sub[a], sub[b]
+
+    rest, test = holdout(idx, test_fraction, 1) if test_fraction > 0 else (idx, idx[:0])
+    train, val = holdout(rest, val_fraction / (1 - test_fraction), 2)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"the split left an empty train or validation set ({n} cells); add data")
+    if groups is not None:
+        missing = sorted(str(c) for c in set(np.concatenate([y[val], y[test]])) - set(y[train]))
+        if missing:
+            by_group: dict[str, set[str]] = {}
+            for gi, yi in zip(groups, y):
+                by_group.setdefault(str(gi), set()).add(str(yi))
+            table = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(by_group.items())[:12])
+            raise ValueError(f"splitting by the group column leaves class(es) {missing} with no training cell: "
+                             f"the groups are confounded with the classes ({table}). Use a group column whose "
+                             "groups each hold several classes, or split without --group-column")
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Balanced class weights ``n / (K · n_k)`` (classes absent from ``y`` get weight 0), float32 (K,)."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
+class CellDataset:
+    """Indexable (image, class, targets) triples for a ``torch.utils.data.DataLoader``.
+
+    ``images`` are fitted to size but not normalised; augmentation (if ``rng_seed`` is given) happens before
+    normalisation so sign flips of DPC channels act on the physical values. ``set_epoch`` reseeds augmentation so
+    runs are reproducible.
+    """
+
+    def __init__(self, images: np.ndarray, y: np.ndarray, targets: np.ndarray, pre: Preprocess, *,
+                 augment_seed: int | None = None):
+        self.images, self.y, self.targets, self.pre = images, y, targets, pre
+        self.specs = pre.specs()
+        self.augment_seed = augment_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, np.ndarray]:
+        x = self.images[i]
+        if self.augment_seed is not None:
+            rng = np.random.default_rng((self.augment_seed, self.epoch, i))
+            x = augment(x, self.specs, rng)
+        return self.pre.normalise(x), int(self.y[i]), self.targets[i]
+
+
+def stratified_fraction(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified subset holding ``fraction`` of each class (at least one cell per class present)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(rng.permutation(idx)[:max(1, math.ceil(fraction * len(idx)))])
+    return np.sort(np.concatenate(keep))

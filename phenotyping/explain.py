@@ -1,0 +1,119 @@
+"""Per-cell explanations (occlusion sensitivity, Grad-CAM) and 2D embeddings of penultimate features.
+
+All functions return NumPy arrays; plotting is the app's job. Inputs are normalised model inputs ``(C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _prob(model: Any, x: np.ndarray, target: int) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).logits, 1)[:, target].numpy()
+
+
+def occlusion_map(model: Any, x: np.ndarray, target: int, *, patch: int = 6, stride: int = 3,
+                  fill: float = 0.0, batch_size: int = 256) -> np.ndarray:
+    """Occlusion sensitivity (Zeiler & Fergus 2014): drop in the target-class probability when a ``patch`` × ``patch``
+    square (all channels) is set to ``fill`` (0 = the training mean after normalisation), averaged per pixel.
+
+    Args:
+        x: one normalised cell ``(C, H, W)``. target: class index.
+    Returns:
+        ``(H, W)`` float32; positive where hiding the pixel lowers the target probability.
+    """
+    c, h, w = x.shape
+    base = _prob(model, x[None], target)[0]
+    ys = list(range(0, max(h - patch, 0) + 1, stride))
+    xs = list(range(0, max(w - patch, 0) + 1, stride))
+    if ys[-1] != max(h - patch, 0):
+        ys.append(max(h - patch, 0))
+    if xs[-1] != max(w - patch, 0):
+        xs.append(max(w - patch, 0))
+    boxes = [(i, j) for i in ys for j in xs]
+    heat = np.zeros((h, w), np.float64)
+    count = np.zeros((h, w), np.float64)
+    for s in range(0, len(boxes), batch_size):
+        chunk = boxes[s:s + batch_size]
+        xb = np.repeat(x[None], len(chunk), 0).astype(np.float32)
+        for k, (i, j) in enumerate(chunk):
+            xb[k, :, i:i + patch, j:j + patch] = fill
+        drop = base - _prob(model, xb, target)
+        for k, (i, j) in enumerate(chunk):
+            heat[i:i + patch, j:j + patch] += drop[k]
+            count[i:i + patch, j:j + patch] += 1
+    return (heat / np.maximum(count, 1)).astype(np.float32)
+
+
+def grad_cam(model: Any, x: np.ndarray, target: int) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) on the model's ``cam_layer``: ReLU of the gradient-weighted sum of its
+    feature maps, upsampled bilinearly to the input size and scaled to [0, 1] (all zeros if the map is flat).
+
+    Args:
+        x: one normalised cell ``(C, H, W)``. target: class index.
+    Returns:
+        ``(H, W)`` float32.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    layer = getattr(model, "cam_layer", None)
+    if layer is None:
+        raise TypeError(f"{type(model).__name__} has no cam_layer; Grad-CAM needs a neural model")
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: Any, _i: Any, out: torch.Tensor) -> None:
+        out.retain_grad()
+        store["a"] = out
+
+    handle = layer.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        xt = torch.from_numpy(np.ascontiguousarray(x[None], np.float32)).requires_grad_(True)
+        with torch.enable_grad():
+            logit = model(xt).logits[0, target]
+            logit.backward()
+    finally:
+        handle.remove()
+        model.train(was_training)
+    a, g = store["a"], store["a"].grad                          # (1, K, h, w) each
+    cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))  # (1, 1, h, w)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    top = cam.max()
+    return (cam / top if top > 0 else cam).astype(np.float32)
+
+
+def embed_2d(features: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """2D embedding ``(N, 2)`` of penultimate features ``(N, D)``: ``"tsne"`` (scikit-learn) or ``"umap"``.
+
+    Raises:
+        ImportError: ``method="umap"`` without the ``umap-learn`` package (install it; no silent switch to t-SNE).
+        ValueError: an unknown method or fewer than 3 cells.
+    """
+    f = np.asarray(features, np.float32)
+    if len(f) < 3:
+        raise ValueError(f"need at least 3 cells to embed, got {len(f)}")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, (len(f) - 1) / 3), init="pca", random_state=seed).fit_transform(f)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as e:
+            raise ImportError("method='umap' needs the umap-learn package; install it or use method='tsne'") from e
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(f)
+    raise ValueError(f"unknown embedding method {method!r}; choose 'tsne' or 'umap'")
+
+
+def available_embeddings() -> list[str]:
+    """Embedding methods usable here: always ``"tsne"``, plus ``"umap"`` when umap-learn is installed."""
+    import importlib.util
+
+    return ["tsne"] + (["umap"] if importlib.util.find_spec("umap") is not None else [])

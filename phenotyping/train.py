@@ -1,0 +1,316 @@
+"""Train a cell model from a manifest and write a model folder (checkpoint + model card), top to bottom.
+
+Steps: read rows → split (stratified; grouped when a group column is given) → read and size images → per-channel
+normalisation and target standardisation fitted on the training split → fit (neural: AdamW, cosine learning rate,
+uncertainty-weighted multi-task loss with balanced class weights, early stopping on validation macro-F1 + mean
+Pearson; classical: one fit) → temperature scaling and the review threshold on the validation split → card.
+Everything random is seeded from ``TrainConfig.seed``; on CPU a rerun with the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from phenotyping.errors import PhenotypingError
+
+INTENDED_USE = "research model, not clinically validated"
+CLASS_WEIGHTING = "balanced class weights n/(K·n_k) in the cross-entropy; no over-sampling (corrected once)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options (saved in the card).
+
+    ``img_size`` None: the first image's longer side, capped at ``max_img_size``. ``fraction``: stratified share of
+    the training split actually used (data-volume curves). ``classes``: keep only these labels (others dropped and
+    counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``).
+    ``model_overrides``: extra ``create_model`` keywords.
+    """
+
+    arch: str = "hybrid"
+    epochs: int = 30
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    patience: int = 6
+    loss: str = "uncertainty"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    img_size: int | None = None
+    max_img_size: int = 64
+    fraction: float = 1.0
+    log_targets: tuple[str, ...] = ()
+    classes: tuple[str, ...] | None = None
+    channels: tuple[str, ...] | None = None
+    augment: bool = True
+    data_licence: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _licence(manifest: Path) -> str:
+    base = manifest if manifest.is_dir() else manifest.parent
+    for d in (base, base.parent):
+        for name in ("LICENSE", "LICENSE.txt", "LICENCE", "COPYING"):
+            f = d / name
+            if f.is_file():
+                first = next((ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()), "")
+                return f"{first} (from {f})"
+    return "unknown: no LICENSE file beside the manifest (pass --data-licence)"
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    import phenotyping
+    import phenotyping._tv_shim  # noqa: F401
+    import timm
+
+    return {"python": platform.python_version(), "phenotyping": phenotyping.__version__, "torch": torch.__version__,
+            "timm": timm.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def _default_channels(c: int) -> list[str]:
+    return ["red", "green", "blue"] if c == 3 else [f"ch{i}" for i in range(c)]
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    """Early-stopping score: validation macro-F1 plus mean Pearson r over targets (undefined r counts as 0)."""
+    rs = [v["pearson"] or 0.0 for v in metrics.get("targets", {}).values()]
+    return metrics["macro_f1"] + (float(np.mean(rs)) if rs else 0.0)
+
+
+def train(manifest: str | Path, label_column: str, out: str | Path, *, target_columns: Sequence[str] = (),
+          group_column: str | None = None, config: TrainConfig = TrainConfig(),
+          log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Train ``config.arch`` on the cells of ``manifest`` and write ``out`` (checkpoint + model_card.json + split.csv).
+
+    Returns the model card. Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns,
+    confounded groups, too few cells).
+    """
+    import torch
+
+    from phenotyping.calibration import fit_temperature, softmax, unidentified_threshold
+    from phenotyping.checkpoint import save_model_dir
+    from phenotyping.data import (CellDataset, Preprocess, TargetScaler, channel_specs, class_weights, column,
+                                  load_images, load_rows, parse_targets, split_indices, stratified_fraction)
+    from phenotyping.evaluate import classification_metrics, predict_arrays, regression_metrics
+    from phenotyping.losses import make_loss
+    from phenotyping.models import create_model
+
+    t_start = time.perf_counter()
+    manifest, out = Path(manifest), Path(out)
+    rng_seed = config.seed
+    torch.manual_seed(rng_seed)
+    np.random.seed(rng_seed)
+
+    # ---- rows, labels, targets
+    rows = load_rows(manifest, label_column=label_column)
+    labels = column(rows, label_column)
+    if config.classes is not None:
+        keep = [i for i, lab in enumerate(labels) if lab in config.classes]
+        dropped = len(rows) - len(keep)
+        absent = [c for c in config.classes if c not in set(labels)]
+        if absent:
+            raise ValueError(f"--classes {absent} do not occur in column {label_column!r}; "
+                             f"labels present: {sorted(set(labels))}")
+        if dropped:
+            log(f"dropped {dropped} cells whose {label_column} is not one of {list(config.classes)}")
+        rows, labels = [rows[i] for i in keep], [labels[i] for i in keep]
+        classes = list(config.classes)
+    else:
+        classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError(f"column {label_column!r} has {len(classes)} class(es); need at least 2")
+    y_all = np.array([classes.index(lab) for lab in labels], np.int64)
+    targets_raw = parse_targets(rows, target_columns) if target_columns else np.zeros((len(rows), 0))
+    groups = column(rows, group_column) if group_column else None
+    ids = column(rows, "cell_id") if rows and "cell_id" in rows[0] else [str(r["path"]) for r in rows]
+
+    # ---- split
+    split = split_indices(labels, groups, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                          seed=rng_seed)
+    train_idx = split["train"]
+    if config.fraction < 1:
+        train_idx = train_idx[stratified_fraction(y_all[train_idx], config.fraction, rng_seed)]
+    log(f"split: train {len(train_idx)} (of {len(split['train'])}), val {len(split['val'])}, "
+        f"test {len(split['test'])} cells" + (f"; grouped by {group_column}" if group_column else ""))
+
+    # ---- images
+    used = np.concatenate([train_idx, split["val"], split["test"]])
+    from phenotyping.data import read_cell
+    first = read_cell(rows[int(used[0])]["path"])
+    img_size = config.img_size or min(int(max(first.shape[-2:])), config.max_img_size)
+    t0 = time.perf_counter()
+    x = {k: load_images([rows[i]["path"] for i in idx], img_size) if len(idx) else None
+         for k, idx in (("train", train_idx), ("val", split["val"]), ("test", split["test"]))}
+    log(f"read {len(used)} images at {img_size}×{img_size} in {time.perf_counter() - t0:.1f}s")
+    n_chans = x["train"].shape[1]
+    dims = 3 if x["train"].ndim == 5 else 2
+    names = list(config.channels) if config.channels else _default_channels(n_chans)
+    if len(names) != n_chans:
+        raise ValueError(f"--channels names {len(names)} channels ({names}) but the images have {n_chans}")
+    pre = Preprocess.fit(x["train"], names, channel_specs(names))
+    scaler = None
+    if target_columns:
+        log_flags = [t in config.log_targets for t in target_columns]
+        scaler = TargetScaler.fit(targets_raw[train_idx], target_columns, log_flags)
+    z = scaler.transform(targets_raw) if scaler else np.zeros((len(rows), 0), np.float32)
+    y = {"train": y_all[train_idx], "val": y_all[split["val"]], "test": y_all[split["test"]]}
+    zt = {"train": z[train_idx], "val": z[split["val"]], "test": z[split["test"]]}
+    xn = {k: pre.normalise(v, batched=True) if v is not None else None for k, v in x.items()}
+
+    # ---- model
+    cfg = dict(in_chans=n_chans, num_classes=len(classes), num_targets=len(target_columns), img_size=img_size,
+               **config.model_overrides)
+    if dims == 3 and "3d" not in config.arch:
+        raise ValueError(f"the images are z-stacks (C, Z, H, W) but --arch {config.arch} is 2D; use a 3D variant "
+                         "such as hybrid3d or cnn3d")
+    model = create_model(config.arch, **cfg)
+    history: list[dict[str, Any]] = []
+    best_epoch = 0
+
+    def val_metrics(m: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        m.eval()
+        o = predict_arrays(m, xn["val"])
+        met = classification_metrics(y["val"], o["logits"].argmax(1), classes)
+        met["targets"] = regression_metrics(targets_raw[split["val"]], scaler.inverse(o["regression"]),
+                                            target_columns) if scaler else {}
+        return met, o
+
+    if getattr(model, "is_neural", True):
+        n_params = sum(p.numel() for p in model.parameters())
+        weights = torch.from_numpy(class_weights(y["train"], len(classes)))
+        loss_fn = make_loss(config.loss, len(target_columns), weights)
+        params = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
+                  {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+                  {"params": list(loss_fn.parameters()), "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(params, lr=config.lr)
+        ds = CellDataset(x["train"], y["train"], zt["train"], pre,
+                         augment_seed=rng_seed if config.augment else None)
+        gen = torch.Generator().manual_seed(rng_seed)
+        loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=gen,
+                                             drop_last=len(ds) > config.batch_size)
+        steps = max(1, config.epochs * len(loader))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / max(1, len(loader))) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        best_score, best_state, waited = -math.inf, None, 0
+        for epoch in range(1, config.epochs + 1):
+            t_ep = time.perf_counter()
+            ds.set_epoch(epoch)
+            model.train()
+            tot, nb = 0.0, 0
+            for xb, yb, zb in loader:
+                o = model(xb)
+                loss, _ = loss_fn(o.logits, o.regression, yb, zb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                tot, nb = tot + float(loss.detach()), nb + 1
+            met, _ = val_metrics(model)
+            score = _score(met)
+            rs = {k: v["pearson"] for k, v in met["targets"].items()}
+            history.append({"epoch": epoch, "train_loss": tot / max(nb, 1), "val_accuracy": met["accuracy"],
+                            "val_macro_f1": met["macro_f1"], "val_pearson": rs})
+            improved = score > best_score + 1e-4
+            if improved:
+                best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                waited += 1
+            r_txt = " ".join(f"r[{k}] {v:.3f}" for k, v in rs.items() if v is not None)
+            log(f"epoch {epoch}/{config.epochs} loss {tot / max(nb, 1):.4f} val acc {met['accuracy']:.3f} "
+                f"macro-F1 {met['macro_f1']:.3f} {r_txt} ({time.perf_counter() - t_ep:.1f}s)"
+                + (" *" if improved else ""))
+            if waited >= config.patience:
+                log(f"early stop: no validation improvement for {config.patience} epochs; best epoch {best_epoch}")
+                break
+        assert best_state is not None
+        model.load_state_dict(best_state)
+    else:
+        n_params = 0
+        t_fit = time.perf_counter()
+        model.fit(xn["train"], y["train"], zt["train"] if scaler else None)
+        log(f"fitted {config.arch} on {len(y['train'])} cells in {time.perf_counter() - t_fit:.1f}s")
+    model.eval()
+
+    # ---- validation metrics, calibration, test metrics
+    met, o = val_metrics(model)
+    temperature = fit_temperature(o["logits"], y["val"])
+    p_thr, thr_info = unidentified_threshold(softmax(o["logits"], temperature), y["val"])
+    test_met = None
+    if xn["test"] is not None:
+        ot = predict_arrays(model, xn["test"])
+        test_met = classification_metrics(y["test"], ot["logits"].argmax(1), classes)
+        test_met["targets"] = regression_metrics(targets_raw[split["test"]], scaler.inverse(ot["regression"]),
+                                                 target_columns) if scaler else {}
+    wall = time.perf_counter() - t_start
+
+    # ---- card
+    digest = hashlib.sha256(json.dumps([config.arch, cfg, classes, str(manifest.name), rng_seed, len(train_idx),
+                                        best_epoch], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    train_counts = np.bincount(y["train"], minlength=len(classes))
+    card: dict[str, Any] = {
+        "id": f"{out.name}-{digest}",
+        "name": out.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": INTENDED_USE,
+        "architecture": {"name": config.arch, "config": dict(model.config), "parameters": int(n_params)},
+        "input": {"channels": names, "channel_specs": pre.channel_specs, "img_size": img_size, "dims": dims,
+                  "resize": "longer side scaled to img_size by area averaging (never enlarged), then centre-padded "
+                            "with each channel's border median",
+                  "normalisation": {"mean": pre.mean, "std": pre.std}},
+        "classes": classes,
+        "targets": [{"name": n, "log": lg, "mean": m, "std": s} for n, lg, m, s in
+                    zip(scaler.names, scaler.log, scaler.mean, scaler.std)] if scaler else [],
+        "training": {"manifest": str(manifest), "data_licence": config.data_licence or _licence(manifest),
+                     "n_cells": len(rows), "label_column": label_column, "target_columns": list(target_columns),
+                     "group_column": group_column, "config": {**asdict(config), "img_size": img_size},
+                     "class_weighting": CLASS_WEIGHTING if getattr(model, "is_neural", True) else
+                     ("SVM class_weight=balanced" if model.config.get("kind") == "svm" else "none (kNN)"),
+                     "class_proportions": {c: float(n / max(train_counts.sum(), 1))
+                                           for c, n in zip(classes, train_counts)},
+                     "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
+                     "wall_time_s": round(wall, 1)},
+        "split": {"method": ("StratifiedGroupKFold hold-outs by " + group_column) if group_column else
+                  "stratified random hold-outs (StratifiedShuffleSplit)",
+                  "val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": rng_seed,
+                  "n": {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))},
+                  "file": "split.csv"},
+        "validation": met,
+        "test": test_met,
+        "calibration": {"temperature": temperature, "unidentified_threshold": p_thr, **thr_info,
+                        "method": "temperature scaling on the validation split (Guo et al. 2017)"},
+        "software": _versions(),
+    }
+    save_model_dir(out, model, card, preprocess=pre, targets=scaler)
+    with (out / "split.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "split"])
+        which = {int(i): "train" for i in train_idx}
+        which.update({int(i): "val" for i in split["val"]})
+        which.update({int(i): "test" for i in split["test"]})
+        for i in sorted(which):
+            w.writerow([ids[i], which[i]])
+    log(f"wrote {out} in {wall:.1f}s: val accuracy {met['accuracy']:.3f}, macro-F1 {met['macro_f1']:.3f}, "
+        f"T = {temperature:.2f}, review threshold {p_thr:.2f}")
+    return card
