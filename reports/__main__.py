@@ -1,0 +1,205 @@
+"""Reports command line: ``python -m reports COMMAND --help``.
+
+Commands print a JSON result on stdout. Passwords never go on the command line: they are read from a file
+(``--password-file``) or from the environment (``LEUKO_SIGNER_PASSWORD``, ``LEUKO_CA_PASSWORD``).
+Errors a user can fix are printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from phenotyping.errors import PhenotypingError
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def _password(file: Path | None, env: str, what: str) -> bytes:
+    if file is not None:
+        lines = file.read_text().splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"password file {file} is empty; put the {what} password on its first line")
+        return lines[0].encode()
+    value = os.environ.get(env)
+    if not value:
+        raise ValueError(f"no {what} password: give --{'ca-' if what == 'CA' else ''}password-file FILE or set "
+                         f"{env}")
+    return value.encode()
+
+
+# -- commands -----------------------------------------------------------------------------------------------------
+def _render(args: argparse.Namespace) -> int:
+    from reports.context import build_context
+    from reports.pdf import render
+
+    from phenotyping.cli._common import open_store
+
+    if args.out.exists():
+        raise FileExistsError(f"{args.out} exists; reports are never overwritten, choose another name")
+    with open_store(args.db, read_only=True) as store:
+        ctx = build_context(store, args.sample, version=args.version)
+    pdf = render(ctx)
+    with open(args.out, "xb") as f:
+        f.write(pdf)
+    _print_json({"out": str(args.out), "sample": ctx.sample_id, "report_id": ctx.report_id,
+                 "version": ctx.version, "status": ctx.status, "bytes": len(pdf)})
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from reports.signing import sign
+
+    password = _password(args.password_file, "LEUKO_SIGNER_PASSWORD", "signer")
+    _print_json(sign(args.pdf, args.key, args.out, password=password, reason=args.reason, location=args.location))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from reports.signing import verify
+
+    result = verify(args.pdf, trust=args.trust)
+    _print_json(result)
+    return 0 if result["intact"] else 1
+
+
+def _init_ca(args: argparse.Namespace) -> int:
+    from reports.keys import init_ca
+
+    password = _password(args.ca_password_file, "LEUKO_CA_PASSWORD", "CA")
+    cert = init_ca(args.out, name=args.name, organisation=args.organisation, password=password, years=args.years,
+                   key_type=args.key_type)
+    _print_json({"ca_certificate": str(cert), "ca_key": str(args.out / "ca.key.pem"),
+                 "note": "share ca.pem as the trust anchor (verify --trust); keep ca.key.pem offline"})
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from reports.keys import issue_signer
+
+    ca_password = _password(args.ca_password_file, "LEUKO_CA_PASSWORD", "CA")
+    password = _password(args.password_file, "LEUKO_SIGNER_PASSWORD", "signer")
+    out = issue_signer(args.ca, args.out, name=args.name, role=args.role, email=args.email, ca_password=ca_password,
+                       password=password, years=args.years, key_type=args.key_type)
+    _print_json({"signer_key": str(out), "name": args.name, "role": args.role})
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from reports.demo import demo_context
+    from reports.keys import init_ca, issue_signer
+    from reports.pdf import render
+    from reports.signing import sign, verify
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        init_ca(d / "ca", name="Benchmark CA", password=b"bench-ca-pw", key_type="ec")
+        issue_signer(d / "ca", d / "s.p12", name="Bench Signer", role="signer", ca_password=b"bench-ca-pw",
+                     password=b"bench-signer-pw", key_type="ec")
+        runs = []
+        for i in range(args.repeat):
+            ctx = demo_context(status="final")
+            t0 = time.perf_counter()
+            (d / f"r{i}.pdf").write_bytes(render(ctx))
+            t1 = time.perf_counter()
+            sign(d / f"r{i}.pdf", d / "s.p12", d / f"s{i}.pdf", password=b"bench-signer-pw")
+            t2 = time.perf_counter()
+            runs.append({"render_s": round(t1 - t0, 3), "sign_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)})
+        ok = verify(d / f"s{args.repeat - 1}.pdf")["intact"]
+    _print_json({"runs": runs, "first_run_includes_imports": True, "signature_intact": ok})
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("render", help="render a sample's report as PDF/A-3b",
+                       description="Render the latest (or --version) report of a sample to a new PDF/A-3b file "
+                                   "with its results JSON attached.")
+    p.add_argument("--sample", required=True, help="sample id")
+    p.add_argument("--version", type=int, default=None, help="report version (default: the latest)")
+    p.add_argument("--db", type=Path, default=None, help="DuckDB file (default: LEUKO_DB_PATH or var/leuko.duckdb)")
+    p.add_argument("--out", type=Path, required=True, help="PDF file to write (must not exist)")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file",
+                       description="Sign FILE.pdf with the signer's PKCS#12 key and write SIGNED.pdf (the input is "
+                                   "never changed). Password: --password-file or LEUKO_SIGNER_PASSWORD.")
+    p.add_argument("pdf", type=Path, help="PDF to sign")
+    p.add_argument("--key", type=Path, required=True, help="signer's PKCS#12 (.p12/.pfx) with chain")
+    p.add_argument("--out", type=Path, required=True, help="signed PDF to write (must not exist)")
+    p.add_argument("--password-file", type=Path, default=None, help="file whose first line is the key password")
+    p.add_argument("--reason", default="Report authorised", help="signing reason shown in the stamp")
+    p.add_argument("--location", default=None, help="signing location (optional)")
+    p.set_defaults(func=_sign)
+
+    p = sub.add_parser("verify", help="check a signed PDF",
+                       description='Print {"signed","intact","trusted","signer","signed_at","covers_whole_file"}; '
+                                   "exit status 1 when the signature is missing or broken.")
+    p.add_argument("pdf", type=Path)
+    p.add_argument("--trust", type=Path, default=None, help="trusted CA certificate(s), PEM or DER")
+    p.set_defaults(func=_verify)
+
+    keys = sub.add_parser("keys", help="create a lab CA and issue signer keys",
+                          description="Signing keys for a fresh installation (a real CA's PKCS#12 works too).")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = ksub.add_parser("init-ca", help="create a self-signed lab CA in a folder",
+                        description="Write ca.pem and the encrypted ca.key.pem into --out. CA password: "
+                                    "--ca-password-file or LEUKO_CA_PASSWORD.")
+    k.add_argument("--out", type=Path, required=True, help="folder for ca.pem and ca.key.pem")
+    k.add_argument("--name", required=True, help="CA common name, e.g. 'Haematology Lab Signing CA'")
+    k.add_argument("--organisation", default="", help="organisation name")
+    k.add_argument("--years", type=int, default=10)
+    k.add_argument("--key-type", choices=("rsa", "ec"), default="rsa")
+    k.add_argument("--ca-password-file", type=Path, default=None)
+    k.set_defaults(func=_init_ca)
+    k = ksub.add_parser("issue", help="issue a signer's PKCS#12 from the lab CA",
+                        description="Issue a signer key + certificate (+ CA chain) as a password-protected "
+                                    "PKCS#12. Passwords: --ca-password-file/LEUKO_CA_PASSWORD and "
+                                    "--password-file/LEUKO_SIGNER_PASSWORD.")
+    k.add_argument("--ca", type=Path, required=True, help="CA folder made by init-ca")
+    k.add_argument("--name", required=True, help="signer's full name")
+    k.add_argument("--role", required=True, help="signer's role, e.g. 'consultant haematologist'")
+    k.add_argument("--email", default="")
+    k.add_argument("--out", type=Path, required=True, help="PKCS#12 file to write (must not exist)")
+    k.add_argument("--years", type=int, default=2)
+    k.add_argument("--key-type", choices=("rsa", "ec"), default="rsa")
+    k.add_argument("--ca-password-file", type=Path, default=None)
+    k.add_argument("--password-file", type=Path, default=None, help="signer's new key password (first line)")
+    k.set_defaults(func=_issue)
+
+    p = sub.add_parser("bench", help="time render + sign of the full demo report",
+                       description="Render and sign the synthetic demo report --repeat times (throw-away keys).")
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("pyhanko").setLevel(logging.CRITICAL)  # path-building tracebacks for untrusted chains
+    logging.getLogger("pyhanko_certvalidator").setLevel(logging.CRITICAL)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except (PhenotypingError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Exports: a FHIR R4 Bundle (DiagnosticReport + one Observation per class + Specimen) and per-cell CSV.
+
+FHIR version: ``fhir.resources`` 8 ships R5 (default), R4B and STU3 models, no plain R4. The Bundle is validated
+with the R4B models; Bundle, DiagnosticReport, Observation and Specimen have the same structure in R4 and R4B for
+every element used here.
+
+How each class is encoded (an Observation):
+
+* ``valueQuantity`` — classify-and-count percentage, UCUM ``%``;
+* extension :data:`CI_EXTENSION` — its confidence interval (FHIR has no element for a CI): sub-extension
+  ``level`` (valueDecimal, e.g. 0.95), ``interval`` (valueRange in %) and ``method`` (valueString);
+* ``component`` (only when computed) — the prior-shift-corrected percentage, with its CI in the same extension;
+* ``referenceRange`` + ``interpretation`` (H/L/N, v3-ObservationInterpretation) — only for the laboratory's
+  reference interval, when configured (a CI is not a reference range, so it never goes there);
+* ``code`` — the LOINC "…/100 leukocytes in Blood by Automated count" code for the five blood classes, and always
+  a local code ``urn:leuko:cell-class|<label>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from reports.context import ReportContext, ResultRow
+
+CI_EXTENSION = "urn:leuko:fhir:StructureDefinition:confidence-interval"
+REPLACES_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaces-report-version"
+AMENDMENT_EXTENSION = "urn:leuko:fhir:StructureDefinition:amendment-reason"
+CLASS_SYSTEM = "urn:leuko:cell-class"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+SNOMED = "http://snomed.info/sct"
+INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+#: LOINC codes "<class>/100 leukocytes in Blood by Automated count" (blood specimens only).
+BLOOD_LOINC = {
+    "neutrophil": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
+    "lymphocyte": ("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
+    "monocyte": ("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
+    "eosinophil": ("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
+    "basophil": ("706-2", "Basophils/100 leukocytes in Blood by Automated count"),
+}
+SPECIMEN_SNOMED = {"blood": ("119297000", "Blood specimen"),
+                   "balf": ("258607008", "Bronchoalveolar lavage fluid sample")}
+
+
+def _pct(value: float) -> dict[str, Any]:
+    return {"value": round(float(value), 3), "unit": "%", "system": UCUM, "code": "%"}
+
+
+def _ci(level: float, low: float, high: float, method: str) -> dict[str, Any]:
+    return {"url": CI_EXTENSION, "extension": [
+        {"url": "level", "valueDecimal": level},
+        {"url": "interval", "valueRange": {"low": _pct(low), "high": _pct(high)}},
+        {"url": "method", "valueString": method},
+    ]}
+
+
+def _class_code(ctx: ReportContext, label: str) -> dict[str, Any]:
+    codings = []
+    key = label.strip().lower().removesuffix("s")
+    if ctx.specimen == "blood" and key in BLOOD_LOINC:
+        code, display = BLOOD_LOINC[key]
+        codings.append({"system": LOINC, "code": code, "display": display})
+    codings.append({"system": CLASS_SYSTEM, "code": label})
+    return {"coding": codings, "text": f"{label} / 100 leukocytes"}
+
+
+def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref: str) -> dict[str, Any]:
+    level = ctx.confidence
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": ctx.status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "laboratory"}]}],
+        "code": _class_code(ctx, row.label),
+        "subject": subject,
+        "specimen": {"reference": specimen_ref},
+        "issued": ctx.reported_at.isoformat(),
+        "valueQuantity": _pct(row.percent),
+        "method": {"text": f"{ctx.method.description}; model {ctx.method.model_name} "
+                           f"version {ctx.method.model_version}; {row.count} of {ctx.qc.counted_cells} cells"},
+        "extension": [_ci(level, row.ci_low, row.ci_high, "Clopper-Pearson exact binomial")],
+    }
+    if ctx.collected_at is not None:
+        obs["effectiveDateTime"] = ctx.collected_at.isoformat()
+    if row.corrected_percent is not None:
+        comp: dict[str, Any] = {
+            "code": {"coding": [{"system": CLASS_SYSTEM, "code": f"{row.label}:corrected"}],
+                     "text": f"{row.label} / 100 leukocytes, corrected for the classifier's error pattern "
+                             f"({ctx.method.correction_method or 'prior-shift correction'})"},
+            "valueQuantity": _pct(row.corrected_percent),
+        }
+        if row.corrected_ci_low is not None and row.corrected_ci_high is not None:
+            comp["extension"] = [_ci(level, row.corrected_ci_low, row.corrected_ci_high, "percentile bootstrap")]
+        obs["component"] = [comp]
+    if row.reference_low is not None and row.reference_high is not None:
+        obs["referenceRange"] = [{"low": _pct(row.reference_low), "high": _pct(row.reference_high),
+                                  "text": "laboratory reference interval"}]
+        flag = row.flag or "N"
+        obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": flag,
+                                              "display": {"H": "High", "L": "Low", "N": "Normal"}[flag]}]}]
+    return obs
+
+
+def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, Any]:
+    """The report as a FHIR R4 ``collection`` Bundle (validated), as a JSON-ready dict.
+
+    ``pdf`` (the rendered report) is embedded in ``DiagnosticReport.presentedForm`` when given.
+
+    Raises:
+        ValueError: the bundle does not validate (names the element).
+    """
+    subject = {"identifier": {"system": "urn:leuko:patient-pseudonym", "value": ctx.patient_pseudonym}}
+    specimen_url = f"urn:uuid:{uuid.uuid4()}"
+    code, display = SPECIMEN_SNOMED[ctx.specimen]
+    specimen: dict[str, Any] = {
+        "resourceType": "Specimen",
+        "accessionIdentifier": {"system": "urn:leuko:sample", "value": ctx.sample_id},
+        "type": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": ctx.specimen_label},
+        "subject": subject,
+    }
+    if ctx.collected_at is not None:
+        specimen["collection"] = {"collectedDateTime": ctx.collected_at.isoformat()}
+    obs_urls = [f"urn:uuid:{uuid.uuid4()}" for _ in ctx.results]
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "meta": {"versionId": str(ctx.version)},
+        "identifier": [{"system": f"urn:leuko:report:{ctx.lab_id}", "value": ctx.report_id}],
+        "status": ctx.status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
+                                  "display": "Hematology"}]}],
+        "code": {"coding": [{"system": "urn:leuko:report-type", "code": "leukocyte-differential"}],
+                 "text": "Leukocyte differential by label-free imaging"},
+        "subject": subject,
+        "issued": ctx.reported_at.isoformat(),
+        "performer": [{"display": f"{ctx.lab_name} ({ctx.lab_id})"}],
+        "specimen": [{"reference": specimen_url}],
+        "result": [{"reference": u} for u in obs_urls],
+    }
+    if ctx.collected_at is not None:
+        report["effectiveDateTime"] = ctx.collected_at.isoformat()
+    if ctx.signer is not None:
+        report["resultsInterpreter"] = [{"display": f"{ctx.signer.name} ({ctx.signer.role})"}]
+    if ctx.interpretation:
+        report["conclusion"] = ctx.interpretation
+    if ctx.status == "amended":
+        report["extension"] = [
+            {"url": REPLACES_EXTENSION, "valueIdentifier": {
+                "system": f"urn:leuko:report:{ctx.lab_id}",
+                "value": f"{ctx.replaces_report_id or ctx.report_id} v{ctx.replaces_version}"}},
+            {"url": AMENDMENT_EXTENSION, "valueString": ctx.amendment_reason},
+        ]
+    if pdf is not None:
+        report["presentedForm"] = [{"contentType": "application/pdf", "data": base64.b64encode(pdf).decode(),
+                                    "title": f"{ctx.report_id} v{ctx.version}"}]
+    entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report},
+               {"fullUrl": specimen_url, "resource": specimen}]
+    entries += [{"fullUrl": u, "resource": _observation(ctx, r, subject, specimen_url)}
+                for u, r in zip(obs_urls, ctx.results)]
+    bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": ctx.reported_at.isoformat(),
+              "entry": entries}
+    validate_bundle(bundle)
+    return bundle
+
+
+def validate_bundle(bundle: Mapping[str, Any]) -> None:
+    """Validate with the ``fhir.resources`` R4B models; raise ``ValueError`` naming the first problem."""
+    from fhir.resources.R4B.bundle import Bundle
+    from pydantic import ValidationError
+
+    try:
+        Bundle.model_validate(dict(bundle))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"FHIR bundle invalid at {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value  # keep spreadsheets from running text as a formula (CSV injection)
+    return value
+
+
+def cells_csv(rows: Iterable[Mapping[str, Any]], *, columns: Sequence[str] | None = None) -> str:
+    """Per-cell results as CSV text (header + one line per row).
+
+    ``columns`` fixes the order (default: the keys of the first row, then new keys as they appear). Missing values
+    are empty; text starting with ``= + - @`` is prefixed with ``'`` so that spreadsheets show it as text.
+    """
+    rows = list(rows)
+    if columns is None:
+        seen: dict[str, None] = {}
+        for r in rows:
+            seen.update(dict.fromkeys(r))
+        columns = list(seen)
+    unknown = {k for r in rows for k in r} - set(columns)
+    if unknown:
+        raise ValueError(f"rows have columns {sorted(unknown)} that are not in columns={list(columns)}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_cell(r.get(c)) for c in columns])
+    return buf.getvalue()

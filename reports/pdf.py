@@ -1,0 +1,113 @@
+"""Report rendering: Jinja2 (autoescape on) → HTML → WeasyPrint → PDF/A-3b with the results JSON attached.
+
+The rendered PDF carries an empty, visible signature field named :data:`SIGNATURE_FIELD` placed over the
+"Electronic signature" box of the last page, so that :func:`reports.signing.sign` can fill it. Only ``data:`` URLs
+are fetched while rendering (nothing from disk or network).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from reports.context import ReportContext
+from reports.draft import provenance_label
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SIGNATURE_FIELD = "ReportSignature"
+RESULTS_ATTACHMENT = "results.json"
+PDF_VARIANT = "pdf/a-3b"
+_PT_PER_CSS_PX = 0.75  # 1 CSS px = 1/96 in; 1 pt = 1/72 in
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def _signed(x: float | None) -> str:
+    return "—" if x is None else f"{x:+.1f}".replace("-", "−")
+
+
+def _dt(x: datetime | None) -> str:
+    if x is None:
+        return "not recorded"
+    if x.tzinfo is None:
+        raise ValueError(f"report times must be timezone-aware, got {x!r}")
+    return x.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=_pct, num=_num, signed=_signed, dt=_dt)
+    return env
+
+
+def render_html(ctx: ReportContext) -> str:
+    """The report as HTML (images as data URIs); the print stylesheet is ``templates/report.css``."""
+    env = _environment()
+    ba_uri = None
+    if ctx.bland_altman_svg:
+        ba_uri = "data:image/svg+xml;base64," + base64.b64encode(ctx.bland_altman_svg.encode()).decode()
+    return env.get_template("report.html.j2").render(
+        ctx=ctx, ba_uri=ba_uri,
+        provenance=provenance_label(ctx.interpretation_source, edited=ctx.interpretation_edited),
+    )
+
+
+def results_json_bytes(ctx: ReportContext) -> bytes:
+    """The machine-readable results attached inside the PDF (UTF-8 JSON)."""
+    return json.dumps(ctx.results_json(), indent=2, sort_keys=True, allow_nan=False).encode()
+
+
+def render(ctx: ReportContext) -> bytes:
+    """Render ``ctx`` to PDF/A-3b bytes, with ``results.json`` attached (AFRelationship /Data)."""
+    from weasyprint import CSS, HTML, Attachment
+    from weasyprint.urls import URLFetcher
+
+    fetcher = URLFetcher(allowed_protocols=["data"], fail_on_errors=True)
+    css = CSS(string=(TEMPLATES / "report.css").read_text(), url_fetcher=fetcher)
+    document = HTML(string=render_html(ctx), url_fetcher=fetcher).render(stylesheets=[css])
+    box = _signature_box(document)
+    attachment = Attachment(string=results_json_bytes(ctx).decode(), name=RESULTS_ATTACHMENT,
+                            description=f"Machine-readable results of report {ctx.report_id} v{ctx.version}",
+                            relationship="Data", url_fetcher=fetcher)
+    pdf = document.write_pdf(pdf_variant=PDF_VARIANT, attachments=[attachment], uncompressed_pdf=False,
+                             custom_metadata=False)
+    return _add_signature_field(pdf, *box)
+
+
+def _signature_box(document: Any) -> tuple[int, tuple[int, int, int, int]]:
+    """Page index and PDF box (x1, y1, x2, y2 in pt, origin bottom-left) of the #signature-area element."""
+    for index in range(len(document.pages) - 1, -1, -1):
+        page = document.pages[index]
+        if "signature-area" in page.anchors:
+            x1, y1, x2, y2 = (c * _PT_PER_CSS_PX for c in page.anchors["signature-area"])  # top-left origin
+            height_pt = page.height * _PT_PER_CSS_PX
+            return index, (round(x1), round(height_pt - y2), round(x2), round(height_pt - y1))
+    raise AssertionError("the report template lost its #signature-area element")
+
+
+def _add_signature_field(pdf: bytes, page: int, box: tuple[int, int, int, int]) -> bytes:
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign.fields import SigFieldSpec, append_signature_field
+
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    append_signature_field(writer, SigFieldSpec(sig_field_name=SIGNATURE_FIELD, on_page=page, box=box))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
