@@ -280,3 +280,141 @@ def facts_from_context(ctx: ReportContext) -> Facts:
               "agreement.loa_low": a.loa_low, "agreement.loa_high": a.loa_high}
     values = {k: float(x) for k, x in v.items() if math.isfinite(float(x))}
     return Facts(specimen=ctx.specimen, classes=classes, values=values, units=dict(_UNITS))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# From the store
+
+_STATUS = {"draft": "preliminary", "preliminary": "preliminary", "final": "final", "amended": "amended"}
+_METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"), ("accuracy", "accuracy"),
+            ("kappa", "Cohen's kappa"), ("n", "n cells"))
+
+
+def _person(store: Any, username: str | None) -> Person | None:
+    if not username:
+        return None
+    found = store.get_user(username)
+    if found is None:
+        return Person(name=username, role="user")
+    user = found[0]
+    return Person(name=user.display_name or user.username, role=user.role.value)
+
+
+def _edited(store: Any, rv: Any) -> bool:
+    """Whether the reviewer changed the drafted text: the text differs from the first version with this source.
+
+    Assumes the draft is saved, unedited, as the first version carrying its source (every later save is an edit).
+    """
+    for earlier in store.list_report_versions(rv.sample_id):
+        if earlier.interpretation_source == rv.interpretation_source:
+            return earlier.interpretation != rv.interpretation
+    return False
+
+
+def _thumbnail(data: bytes, name: str, size: int = 64) -> str:
+    """A cell image as a small 8-bit PNG data URI: first channel, middle z-plane, 1st–99th percentile stretch."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from phenotyping.ingest import read_image
+
+    arr = read_image(data, name)
+    plane = arr[0] if arr.ndim == 3 else arr[0, arr.shape[1] // 2]  # (H, W)
+    plane = plane.astype(np.float64)
+    lo, hi = np.percentile(plane, [1, 99])
+    img = np.clip((plane - lo) / (hi - lo if hi > lo else 1.0) * 255, 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img)
+    pil.thumbnail((size, size))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def build_context(
+    store: Any,
+    sample_id: str,
+    *,
+    version: int | None = None,
+    status: ReportStatus | None = None,
+    signer: Person | None = None,
+    reference_intervals: dict[str, tuple[float, float]] | None = None,
+    agreement: AgreementSummary | None = None,
+    bland_altman_svg: str | None = None,
+    gallery_per_class: int = 6,
+    settings: Any = None,
+) -> ReportContext:
+    """Assemble one report version of a sample from the store (``phenotyping.store.Store``).
+
+    The differential comes from :func:`phenotyping.results.sample_results` (the one place deciding which cells
+    are counted). Status defaults from the version: draft → preliminary, a version that amends another →
+    amended. ``signer`` defaults to the user who signed the version, if any. Agreement figures are per study, so the
+    caller passes them (``agreement``, ``bland_altman_svg``); the manual-count rows come from the sample.
+
+    Raises:
+        NotFoundError: no such sample or report version.
+        ValueError: the sample has no analysis model, so there is no differential to report.
+    """
+    from phenotyping.results import sample_results
+    from phenotyping.settings import get_settings
+
+    settings = settings or get_settings()
+    rv = store.get_report_version(sample_id, version)
+    res = sample_results(store, sample_id)
+    if res.differential is None or res.card is None or res.model_id is None:
+        raise ValueError(f"sample {sample_id!r} has no analysis model, so there is no differential to report; "
+                         "run `python -m phenotyping predict` first")
+    diff, card = res.differential, res.card
+    corrected = diff.adjusted_count or diff.em
+    corr = {} if corrected is None else {lab: (p, lo, hi) for lab, p, lo, hi in zip(
+        corrected.labels, corrected.percent, corrected.ci_low, corrected.ci_high)}
+    refs = reference_intervals or {}
+    rows = []
+    for c in diff.raw.classes:
+        cp = corr.get(c.label)
+        ref = refs.get(c.label)
+        rows.append(ResultRow(
+            label=c.label, count=c.count, percent=c.percent, ci_low=c.ci_low, ci_high=c.ci_high,
+            corrected_percent=None if cp is None else cp[0],
+            corrected_ci_low=None if cp is None or not math.isfinite(cp[1]) else cp[1],
+            corrected_ci_high=None if cp is None or not math.isfinite(cp[2]) else cp[2],
+            reference_low=None if ref is None else ref[0], reference_high=None if ref is None else ref[1]))
+    metrics_src = card.get("test") or card.get("validation") or {}
+    validation = {name: float(metrics_src[key]) for key, name in _METRICS
+                  if isinstance(metrics_src.get(key), (int, float))}
+    preds = store.list_predictions(sample_id, res.model_id)
+    model_version = preds[0].model_version if preds else str(card.get("version", "unknown"))
+    manual = []
+    model_pct = {c.label: c.percent for c in diff.raw.classes}
+    for m in store.get_manual_counts(sample_id):
+        pct = m.percent if m.percent is not None else (
+            100.0 * m.count / m.total_counted if m.count is not None and m.total_counted else None)
+        if pct is not None and m.cell_type in model_pct:
+            manual.append(ComparisonRow(label=m.cell_type, manual_percent=pct, model_percent=model_pct[m.cell_type]))
+    gallery: dict[str, list[str]] = {}
+    for r in res.cells:
+        if r.counted and r.final_label and len(gallery.setdefault(r.final_label, [])) < gallery_per_class:
+            gallery[r.final_label].append(_thumbnail(store.read_cell_bytes(r.cell), r.cell.source_file))
+    if status is None:
+        status = "amended" if rv.amends_version is not None and rv.status != "draft" else _STATUS[rv.status]
+    sample = res.sample
+    return ReportContext(
+        lab_name=settings.lab_name, lab_id=settings.lab_id, report_id=f"{settings.lab_id}-{sample_id}",
+        version=rv.version, status=status, amendment_reason=rv.amendment_reason,
+        replaces_version=rv.amends_version, patient_pseudonym=sample.patient_pseudonym, sample_id=sample_id,
+        specimen=sample.specimen.value, collected_at=sample.collected_at, reported_at=rv.created_at,
+        method=MethodInfo(model_name=res.model_id, model_version=model_version, validation=validation,
+                          validation_set="held-out test split" if card.get("test") else "validation split",
+                          correction_method=None if corrected is None else corrected.method),
+        results=rows, confidence=diff.raw.confidence,
+        markers=[MarkerRow(label=m.label, target=m.target, n=m.n, median=m.median, q1=m.q1, q3=m.q3)
+                 for m in diff.markers],
+        qc=QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=dict(diff.qc_counts)),
+        comparison=manual, agreement=agreement, bland_altman_svg=bland_altman_svg,
+        gallery={k: v for k, v in gallery.items() if v}, warnings=list(diff.raw.warnings),
+        interpretation=rv.interpretation, interpretation_source=rv.interpretation_source,
+        interpretation_edited=_edited(store, rv),
+        reviewer=_person(store, rv.created_by), signer=_person(store, rv.signed_by) or signer,
+    )

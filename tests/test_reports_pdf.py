@@ -74,9 +74,10 @@ def test_autoescape():
 
 
 def test_amended_needs_reason_and_replaced_version():
-    with pytest.raises(ValueError, match="amendment_reason"):
-        demo_context(status="amended").model_copy(update={}).model_validate(
-            {**demo_context(status="amended").model_dump(), "amendment_reason": ""})
+    amended = demo_context(status="amended").model_dump()
+    for change in ({"amendment_reason": ""}, {"replaces_version": None}):
+        with pytest.raises(ValueError, match="amendment_reason"):
+            ReportContext.model_validate({**amended, **change})
 
 
 def test_pdf_is_pdfa3b_with_results_attached(pdf_bytes):
