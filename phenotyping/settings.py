@@ -42,6 +42,14 @@ class Settings(BaseSettings):
             dirs.append(shipped)
         return dirs
 
+    def reports_dir(self) -> Path:
+        """Where rendered and signed report PDFs are kept (beside the DB file)."""
+        if self.data_dir is not None:
+            return self.data_dir.parent / (self.data_dir.name + "-reports")
+        if str(self.db_path) == ":memory:":
+            raise ValueError("an in-memory database needs an explicit data_dir")
+        return self.db_path.parent / (self.db_path.stem + "-reports")
+
     def image_dir(self) -> Path:
         """Where cell images are kept (content-addressed)."""
         if self.data_dir is not None:

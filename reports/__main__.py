@@ -64,6 +64,28 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from reports.workflow import export_cells_csv, export_fhir
+
+    from phenotyping.cli._common import open_store
+
+    if args.fhir is None and args.csv is None:
+        raise ValueError("give --fhir FILE.json and/or --csv FILE.csv")
+    for out in (args.fhir, args.csv):
+        if out is not None and out.exists():
+            raise FileExistsError(f"{out} exists; choose another name")
+    written = {}
+    with open_store(args.db, read_only=True) as store:
+        if args.fhir is not None:
+            args.fhir.write_text(json.dumps(export_fhir(store, args.sample), indent=2) + "\n", encoding="utf-8")
+            written["fhir"] = str(args.fhir)
+        if args.csv is not None:
+            args.csv.write_text(export_cells_csv(store, args.sample), encoding="utf-8")
+            written["csv"] = str(args.csv)
+    _print_json({"sample": args.sample, **written})
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from reports.signing import verify
 
@@ -152,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pdf", type=Path)
     p.add_argument("--trust", type=Path, default=None, help="trusted CA certificate(s), PEM or DER")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("export", help="export a sample's results as FHIR R4 JSON and/or per-cell CSV",
+                       description="Write the latest report version as a validated FHIR R4 Bundle (DiagnosticReport "
+                                   "+ one Observation per class; the signed PDF attached when there is one) and/or "
+                                   "the per-cell results as CSV.")
+    p.add_argument("--sample", required=True, help="sample id")
+    p.add_argument("--db", type=Path, default=None, help="DuckDB file (default: LEUKO_DB_PATH or var/leuko.duckdb)")
+    p.add_argument("--fhir", type=Path, default=None, help="FHIR Bundle JSON file to write")
+    p.add_argument("--csv", type=Path, default=None, help="per-cell CSV file to write")
+    p.set_defaults(func=_export)
 
     keys = sub.add_parser("keys", help="create a lab CA and issue signer keys",
                           description="Signing keys for a fresh installation (a real CA's PKCS#12 works too).")

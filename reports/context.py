@@ -345,6 +345,7 @@ def build_context(
     bland_altman_svg: str | None = None,
     gallery_per_class: int = 6,
     settings: Any = None,
+    report_version: Any = None,
 ) -> ReportContext:
     """Assemble one report version of a sample from the store (``phenotyping.store.Store``).
 
@@ -352,6 +353,8 @@ def build_context(
     are counted). Status defaults from the version: draft → preliminary, a version that amends another →
     amended. ``signer`` defaults to the user who signed the version, if any. Agreement figures are per study, so the
     caller passes them (``agreement``, ``bland_altman_svg``); the manual-count rows come from the sample.
+    ``report_version`` (a ``ReportVersion`` not yet saved) replaces the stored one, e.g. to collect the facts for
+    the first draft.
 
     Raises:
         NotFoundError: no such sample or report version.
@@ -361,7 +364,7 @@ def build_context(
     from phenotyping.settings import get_settings
 
     settings = settings or get_settings()
-    rv = store.get_report_version(sample_id, version)
+    rv = report_version if report_version is not None else store.get_report_version(sample_id, version)
     res = sample_results(store, sample_id)
     if res.differential is None or res.card is None or res.model_id is None:
         raise ValueError(f"sample {sample_id!r} has no analysis model, so there is no differential to report; "
