@@ -209,12 +209,16 @@ def adjusted_count_proportions(predicted_fraction: np.ndarray, conditional: np.n
     return p / total
 
 
+class EMNotConverged(RuntimeError):
+    """EM reached its iteration limit before the priors settled."""
+
+
 def em_prior_shift(
     probabilities: np.ndarray,
     training_prior: np.ndarray,
     *,
     tol: float = 1e-8,
-    max_iter: int = 1000,
+    max_iter: int = 20000,
     init: np.ndarray | None = None,
     weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
@@ -258,7 +262,8 @@ def em_prior_shift(
         if np.max(np.abs(new - prior)) < tol:
             return (new[0] if single else new), it
         prior = new
-    raise RuntimeError(f"EM prior estimate did not converge in {max_iter} iterations (tol={tol}); raise max_iter")
+    raise EMNotConverged(f"EM prior estimate did not converge in {max_iter} iterations (tol={tol}); a class prior "
+                         "is probably near 0, where EM converges slowly")
 
 
 def adjusted_count(
@@ -322,7 +327,7 @@ def em_corrected(
     confidence: float = 0.95,
     tol: float = 1e-8,
     bootstrap_tol: float = 1e-6,
-    max_iter: int = 1000,
+    max_iter: int = 20000,
 ) -> CorrectedComposition:
     """EM prior-shift correction (Saerens et al. 2002) with a percentile bootstrap CI over cells.
 
@@ -441,10 +446,12 @@ class SampleDifferential:
     qc_counts: Mapping[str, int]
     markers: tuple[MarkerSummary, ...]
     n_cells: int
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_cells": self.n_cells,
+            "notes": list(self.notes),
             "qc_excluded": dict(self.qc_counts),
             "raw": self.raw.to_dict(),
             "corrected": {
@@ -478,16 +485,20 @@ def sample_differential(
     """
     raw = differential(predicted, classes, confidence=confidence)
     acc = em = None
+    notes: list[str] = []
     if raw.n_counted and confusion is not None:
         acc = adjusted_count(predicted, classes, confusion, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
     if raw.n_counted and probabilities is not None and training_prior is not None:
-        em = em_corrected(
-            probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence
-        )
+        try:
+            em = em_corrected(
+                probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence
+            )
+        except EMNotConverged as e:  # one correction failing must not cost the raw differential
+            notes.append(f"EM correction not reported: {e}")
     qc = dict(qc_counts or {})
     markers = marker_expression(predicted, targets, classes) if targets else ()
     total = n_cells if n_cells is not None else raw.n_counted + sum(qc.values())
-    return SampleDifferential(raw, acc, em, qc, markers, total)
+    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes))
 
 
 # --------------------------------------------------------------------------------------------------------------

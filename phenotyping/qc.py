@@ -283,6 +283,29 @@ def calibration_from_card(card: Mapping[str, Any]) -> tuple[float, float]:
     return t, thr
 
 
+_REASON_PREFIX = {
+    "empty frame:": EMPTY,
+    "debris or fragment:": DEBRIS,
+    "multiple cells:": MULTIPLE_CELLS,
+    "out of focus:": OUT_OF_FOCUS,
+    "unidentified:": UNIDENTIFIED,
+}
+
+
+def reason_code(reason: str | None) -> str | None:
+    """The code of a stored reason written by this module (``"out of focus: …"`` → ``"out_of_focus"``).
+
+    Several reasons joined by ``"; "`` give the first one's code (the primary reason); a reason this module did not
+    write gives ``None``.
+    """
+    if not reason:
+        return None
+    for prefix, code in _REASON_PREFIX.items():
+        if reason.startswith(prefix):
+            return code
+    return None
+
+
 def count_reasons(codes: Iterable[str | None]) -> dict[str, int]:
     """Exclusions per primary reason, in the order of :data:`REASONS`; ``None`` (passed) is not counted.
 

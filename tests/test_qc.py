@@ -18,6 +18,7 @@ from phenotyping.qc import (
     check_image,
     check_images,
     count_reasons,
+    reason_code,
     unidentified_flags,
 )
 
@@ -154,3 +155,12 @@ def test_batched_checks_equal_single_checks_with_mixed_shapes():
         assert s.flags == b.flags
         assert s.measures.object_areas == pytest.approx(b.measures.object_areas)
     assert [r.code for r in batched] == [None, EMPTY, MULTIPLE_CELLS, None, OUT_OF_FOCUS]
+
+
+def test_stored_reasons_map_back_to_codes():
+    blurred = check_image(_blur(_scene([(20, 20, 9)]), 2.5))
+    two = check_image(_scene([(12, 12, 7), (28, 28, 7)]))
+    assert reason_code(blurred.reason) == OUT_OF_FOCUS
+    assert reason_code(two.reason) == two.code
+    assert reason_code(unidentified_flags(np.array([[0.5, 0.5]]), threshold=0.9)[0].reason) == UNIDENTIFIED
+    assert reason_code("unreadable image: truncated") is None and reason_code(None) is None
