@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from phenotyping.differential import (
+    EMNotConverged,
     MIN_CELLS_FOR_DIFFERENTIAL,
     adjusted_count,
     adjusted_count_proportions,
@@ -176,8 +177,20 @@ def test_em_corrected_bootstrap_interval_covers_truth():
 def test_em_raises_when_not_converged():
     rng = np.random.default_rng(0)
     post, _ = _calibrated_posteriors(rng, np.ones(3) / 3, np.array([0.8, 0.1, 0.1]), 500)
-    with pytest.raises(RuntimeError, match="max_iter"):
+    with pytest.raises(EMNotConverged, match="did not converge in 1 iterations"):
         em_prior_shift(post, np.ones(3) / 3, max_iter=1)
+
+
+def test_sample_differential_keeps_raw_when_em_fails():
+    rng = np.random.default_rng(0)
+    post, _ = _calibrated_posteriors(rng, np.ones(3) / 3, np.array([0.8, 0.1, 0.1]), 300)
+    predicted = [CLASSES[i] for i in post.argmax(1)]
+    from unittest import mock
+
+    with mock.patch("phenotyping.differential.em_corrected", side_effect=EMNotConverged("slow")):
+        s = sample_differential(predicted, CLASSES, probabilities=post, training_prior=np.ones(3) / 3, n_bootstrap=5)
+    assert s.em is None and s.raw.n_counted == 300
+    assert any("EM correction not reported" in n for n in s.notes)
 
 
 # ---- markers and the whole sample ------------------------------------------------------------------------------
