@@ -13,14 +13,14 @@ import sys
 
 from phenotyping.errors import PhenotypingError
 
-COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate")
+COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "composed-study")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phenotyping", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"phenotyping.cli.{name}").register(sub)
+        importlib.import_module(f"phenotyping.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

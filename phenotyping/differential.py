@@ -263,7 +263,7 @@ def em_prior_shift(
             return (new[0] if single else new), it
         prior = new
     raise EMNotConverged(f"EM prior estimate did not converge in {max_iter} iterations (tol={tol}); a class prior "
-                         "is probably near 0, where EM converges slowly")
+                         "is probably near 0, where EM converges slowly (raise max_iter or tol)")
 
 
 def adjusted_count(
