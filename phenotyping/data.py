@@ -191,11 +191,21 @@ def load_images(paths: Sequence[str | Path], size: int, *, progress: Callable[[i
 
 
 # ----------------------------------------------------------------------------------------------------- normalisation
+def _standardise_each(x: np.ndarray, *, batched: bool) -> np.ndarray:
+    """Each cell's channels to zero mean, unit std over their own pixels (and z-planes)."""
+    axes = tuple(range(2 if batched else 1, x.ndim))
+    m = x.mean(axes, keepdims=True, dtype=np.float64)
+    sd = np.maximum(x.std(axes, keepdims=True, dtype=np.float64), 1e-6)
+    return ((x - m) / sd).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Everything between a decoded image and the model input; saved in the model card.
 
-    ``mean``/``std`` are per channel, computed on the training split after :func:`fit_to_size`.
+    ``mode="dataset"``: ``mean``/``std`` are per channel, computed on the training split after :func:`fit_to_size`.
+    ``mode="per_image"``: each cell is first standardised per channel by its own mean and std (robust to stain and
+    illumination differences between sites), then by the training split's statistics of those standardised images.
     """
 
     img_size: int
@@ -203,15 +213,21 @@ class Preprocess:
     mean: list[float]
     std: list[float]
     channel_specs: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "dataset"
 
     @classmethod
-    def fit(cls, x: np.ndarray, channels: Sequence[str], specs: Sequence[ChannelSpec]) -> Preprocess:
+    def fit(cls, x: np.ndarray, channels: Sequence[str], specs: Sequence[ChannelSpec], *,
+            mode: str = "dataset") -> Preprocess:
         """Per-channel statistics of ``x`` (N, C, …)."""
+        if mode not in ("dataset", "per_image"):
+            raise ValueError(f"normalisation mode must be 'dataset' or 'per_image', got {mode!r}")
+        if mode == "per_image":
+            x = _standardise_each(x, batched=True)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         mean = x.mean(axes, dtype=np.float64)
         std = np.maximum(x.std(axes, dtype=np.float64), 1e-6)
         return cls(int(x.shape[-1]), list(channels), [float(v) for v in mean], [float(v) for v in std],
-                   [asdict(s) for s in specs])
+                   [asdict(s) for s in specs], mode)
 
     def normalise(self, x: np.ndarray, *, batched: bool = False) -> np.ndarray:
         """``(x − mean) / std`` per channel; ``x`` is one cell ``(C, …)`` or, with ``batched``, ``(N, C, …)``."""
@@ -220,6 +236,8 @@ class Preprocess:
         if x.shape[1 if batched else 0] != len(self.mean):
             raise ValueError(f"image has {x.shape[1 if batched else 0]} channels, the model expects "
                              f"{len(self.mean)} ({', '.join(self.channels)})")
+        if self.mode == "per_image":
+            x = _standardise_each(x, batched=batched)
         return ((x - np.array(self.mean, np.float32).reshape(shape)) /
                 np.array(self.std, np.float32).reshape(shape)).astype(np.float32)
 

@@ -38,6 +38,7 @@ class TrainConfig:
     the training split actually used (data-volume curves). ``classes``: keep only these labels (others dropped and
     counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``).
     ``model_overrides``: extra ``create_model`` keywords.
+    ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``).
     """
 
     arch: str = "hybrid"
@@ -57,6 +58,7 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None
     channels: tuple[str, ...] | None = None
     augment: bool = True
+    normalisation: str = "dataset"
     data_licence: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -168,7 +170,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     names = list(config.channels) if config.channels else _default_channels(n_chans)
     if len(names) != n_chans:
         raise ValueError(f"--channels names {len(names)} channels ({names}) but the images have {n_chans}")
-    pre = Preprocess.fit(x["train"], names, channel_specs(names))
+    pre = Preprocess.fit(x["train"], names, channel_specs(names), mode=config.normalisation)
     scaler = None
     if target_columns:
         log_flags = [t in config.log_targets for t in target_columns]
@@ -278,7 +280,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         "input": {"channels": names, "channel_specs": pre.channel_specs, "img_size": img_size, "dims": dims,
                   "resize": "longer side scaled to img_size by area averaging (never enlarged), then centre-padded "
                             "with each channel's border median",
-                  "normalisation": {"mean": pre.mean, "std": pre.std}},
+                  "normalisation": {"mode": pre.mode, "mean": pre.mean, "std": pre.std}},
         "classes": classes,
         "targets": [{"name": n, "log": lg, "mean": m, "std": s} for n, lg, m, s in
                     zip(scaler.names, scaler.log, scaler.mean, scaler.std)] if scaler else [],

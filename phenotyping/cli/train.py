@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multi-task weighting: learned uncertainty (Kendall 2018) or fixed equal weights")
     p.add_argument("--test-fraction", type=float, default=0.15, help="held-out test share (0 = none)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="validation share (early stopping, calibration)")
+    p.add_argument("--normalisation", choices=["dataset", "per-image"], default="dataset",
+                   help="per-channel statistics of the training set, or each cell standardised by its own (more "
+                        "robust across sites)")
     p.add_argument("--data-licence", default=None, help="licence of the training data (default: LICENSE beside it)")
     p.add_argument("--model-config", type=json.loads, default={},
                    help='JSON object of extra create_model keywords, e.g. \'{"drop": 0.2}\'')
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                       test_fraction=args.test_fraction, img_size=args.img_size, fraction=args.fraction,
                       log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
+                      normalisation=args.normalisation.replace("-", "_"),
                       model_overrides=dict(args.model_config))
     card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
                  group_column=args.group_column, config=cfg)
