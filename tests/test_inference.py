@@ -1,0 +1,191 @@
+"""Prediction over a stored sample with a tiny model: storage, QC exclusion, resume after interruption, predict CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import encode  # noqa: E402
+
+CLASSES = ["disc", "ring"]
+
+
+def _cell(kind: str, rng: np.random.Generator, size: int = 20) -> np.ndarray:
+    """2-channel uint16 cell: a bright textured disc or ring on a noisy background, or a blank frame."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - (size - 1) / 2, xx - (size - 1) / 2)
+    img = rng.normal(1000, 20, size=(2, size, size))
+    if kind == "disc":
+        img[:, r < 6] += 3000 + rng.normal(0, 300, size=(2, int((r < 6).sum())))
+    elif kind == "ring":
+        m = (r > 4) & (r < 7)
+        img[:, m] += 3000 + rng.normal(0, 300, size=(2, int(m.sum())))
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained ``test_hybrid`` saved as a model folder with a calibrated-looking card (no training needed)."""
+    from phenotyping.checkpoint import save_model_dir
+    from phenotyping.data import Preprocess, TargetScaler
+    from phenotyping.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_hybrid", in_chans=2, num_classes=2, num_targets=1, img_size=20).eval()
+    pre = Preprocess(img_size=20, channels=["brightfield", "darkfield"], mean=[1500.0, 1500.0], std=[1000.0, 1000.0])
+    scaler = TargetScaler(names=["cd16"], log=[False], mean=[5.0], std=[2.0])
+    card = {
+        "id": "tiny-0001", "classes": CLASSES, "architecture": {"name": "test_hybrid"},
+        "calibration": {"temperature": 1.5, "unidentified_threshold": 0.5},
+        "training": {"class_proportions": {"disc": 0.5, "ring": 0.5}},
+        "validation": {"confusion": [[9, 1], [2, 8]]},
+    }
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    save_model_dir(out, model, card, preprocess=pre, targets=scaler)
+    return out
+
+
+def _fill(store, n: int = 10, blanks: int = 2, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    cells = []
+    kinds = ["disc", "ring"] * (n // 2) + ["blank"] * blanks
+    for i, kind in enumerate(kinds):
+        data = encode(_cell(kind, rng), "tiff")
+        digest, rel = store.put_blob(data, suffix=".tif")
+        cells.append({"cell_key": f"c{i:03d}", "content_hash": digest, "source_file": f"c{i:03d}.tif",
+                      "blob_path": rel, "shape": (2, 20, 20), "dtype": "uint16", "reference_label": kind})
+    return store.add_cells("S1", cells, actor="tester")
+
+
+def test_predict_sample_stores_calibrated_predictions_and_excludes_blanks(store, sample, model_dir):
+    from phenotyping.inference import predict_sample
+    from phenotyping.schemas import QCState
+
+    ids = _fill(store)
+    seen = []
+    run = predict_sample(store, "S1", model_dir, device="cpu", batch_size=4,
+                         progress=lambda d, t, r: seen.append((d, t)))
+    assert (run.predicted, run.excluded, run.total_cells) == (10, 2, 12)
+    assert run.qc_counts["empty"] == 2
+    assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    preds = {p.cell_id: p for p in store.list_predictions("S1", "tiny-0001")}
+    assert set(preds) == set(ids[:10])
+    for p in preds.values():
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert p.confidence == pytest.approx(max(p.probabilities.values()))
+        assert p.predicted_class == max(p.probabilities, key=p.probabilities.get)
+        assert set(p.targets) == {"cd16"} and p.model_version == "tiny-0001"
+    states = {c.id: c for c in store.list_cells("S1")}
+    assert all(states[i].qc_state == QCState.excluded and "empty frame" in states[i].qc_reason for i in ids[10:])
+    assert all(states[i].qc_state == QCState.passed for i in ids[:10])
+
+
+def test_probabilities_are_temperature_scaled(store, sample, model_dir):
+    from phenotyping.calibration import softmax
+    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.data import fit_to_size
+    from phenotyping.ingest import read_image
+    from phenotyping.inference import predict_sample
+
+    ids = _fill(store, n=2, blanks=0)
+    predict_sample(store, "S1", model_dir, device="cpu")
+    lm = load_model_dir(model_dir)
+    cell = store.get_cell(ids[0])
+    arr = fit_to_size(read_image(store.read_cell_bytes(cell), cell.source_file), 20)[None]
+    with torch.inference_mode():
+        logits = lm.model(torch.from_numpy(lm.preprocess.normalise(arr, batched=True))).logits.numpy()
+    expect = softmax(logits, 1.5)[0]
+    got = store.list_predictions("S1", "tiny-0001")[0].probabilities
+    assert [got[c] for c in CLASSES] == pytest.approx(expect.tolist(), abs=1e-5)
+
+
+def test_interrupted_run_resumes_and_predicts_each_cell_once(store, sample, model_dir):
+    from phenotyping.inference import predict_sample
+
+    ids = _fill(store, n=10, blanks=0)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done: int, total: int, rate: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        predict_sample(store, "S1", model_dir, device="cpu", batch_size=4, progress=interrupt)
+    first = store.list_predictions("S1", "tiny-0001")
+    assert len(first) == 4  # the first batch was committed before the interruption
+    run = predict_sample(store, "S1", model_dir, device="cpu", batch_size=4)
+    assert (run.already_done, run.predicted) == (4, 6)
+    after = store.list_predictions("S1", "tiny-0001")
+    assert sorted(p.cell_id for p in after) == sorted(ids)
+    kept = {p.cell_id: p.created_at for p in first}
+    assert all(p.created_at == kept[p.cell_id] for p in after if p.cell_id in kept)  # not predicted twice
+    again = predict_sample(store, "S1", model_dir, device="cpu")
+    assert again.predicted == 0 and again.already_done == 10
+
+
+def test_unknown_device_and_missing_calibration_fail_loudly(store, sample, model_dir, tmp_path):
+    from phenotyping.inference import predict_sample, resolve_device
+
+    with pytest.raises(ValueError, match="tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+    card = json.loads((model_dir / "model_card.json").read_text())
+    del card["calibration"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.pt").write_bytes((model_dir / "checkpoint.pt").read_bytes())
+    (broken / "model_card.json").write_text(json.dumps(card))
+    _fill(store, n=2, blanks=0)
+    with pytest.raises(ValueError, match="unidentified_threshold"):
+        predict_sample(store, "S1", broken, device="cpu")
+
+
+def test_predict_cli_on_a_tiny_manifest(model_dir, tmp_path, capsys):
+    from phenotyping.__main__ import main
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "set"
+    root.mkdir()
+    rows = []
+    for i, kind in enumerate(["disc", "ring"] * 3 + ["blank"]):
+        name = f"cell{i}.tif"
+        (root / name).write_bytes(encode(_cell(kind, rng), "tiff"))
+        rows.append({"cell_id": f"k{i}", "path": name, "label": kind})
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["cell_id", "path", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "cells.csv"
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(root / "manifest.csv"), "--out", str(out),
+               "--bootstrap", "20", "--device", "cpu"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model_id"] == "tiny-0001"
+    assert result["qc_counts"]["empty"] == 1
+    diff = result["differential"]
+    n_unsure = result["qc_counts"]["unidentified"]
+    assert diff["raw"]["n_counted"] == 6 - n_unsure
+    assert diff["corrected"]["adjusted_count"] is None or diff["corrected"]["adjusted_count"]["n_bootstrap"] == 20
+    with out.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 7
+    assert set(table[0]) >= {"cell_id", "cell_key", "predicted_class", "p_disc", "p_ring", "cd16"}
+    blank = next(r for r in table if r["cell_key"] == "k6")
+    assert blank["qc_state"] == "excluded" and blank["predicted_class"] == "" and blank["counted"] == "0"
+
+
+def test_predict_cli_rejects_db_with_manifest(model_dir, tmp_path, capsys):
+    from phenotyping.__main__ import main
+
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(tmp_path), "--db", str(tmp_path / "x.db")])
+    assert rc == 2
+    assert "--db goes with --sample" in capsys.readouterr().err
