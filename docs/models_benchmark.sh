@@ -8,8 +8,9 @@ PY=".venv/bin/python"
 D=../shared/data
 J="$D/ifc-jurkat-labelfree/manifest.csv"
 mkdir -p "$OUT"
-run() {  # name, train args…
+run() {  # name, train args…  (skips runs already finished)
   local name=$1; shift
+  [ -f "$OUT/$name.time" ] && return 0
   local t0=$(date +%s.%N)
   nice -n 10 $PY -m phenotyping train "$@" --out "$OUT/$name" > "$OUT/$name.train.json" 2> "$OUT/$name.log"
   echo "$(date +%s.%N) - $t0" | bc > "$OUT/$name.time"
@@ -22,20 +23,18 @@ JARGS=(--manifest "$J" --label-column phase --target-columns dna_content --chann
 WBC=(--classes neutrophil,lymphocyte,monocyte,eosinophil --label-column cell_type --seed 0)
 BCCD=(--classes Neutrophil,Lymphocyte,Monocyte,Eosinophil --label-column cell_type --seed 0 --data-licence MIT)
 
-# 1. ifc-jurkat-labelfree, every architecture; test split = 15 % stratified hold-out written by train
-for a in hybrid cnn knn svm vit_small resnet18; do
-  run "jurkat-$a" "${JARGS[@]}" --arch "$a" --epochs 40 --patience 10; ev "jurkat-$a" --manifest "$J" --split test
-done
-run jurkat-published_standin "${JARGS[@]}" --arch published_standin --img-size 28 --epochs 40 --patience 10
-ev jurkat-published_standin --manifest "$J" --split test
-
-# 2. wbc-smear cross-source (4 classes; basophils dropped: 1 and 3 cells)
+# 1. wbc-smear cross-source (4 classes; basophils dropped: 1 and 3 cells)
 run wbc-segwbc-hybrid --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" "${WBC[@]}" --arch hybrid_wide --epochs 60 \
     --patience 15 --test-fraction 0
 EVSUFFIX=-on-bccd ev wbc-segwbc-hybrid --manifest "$D/wbc-smear/bccd" --label-column cell_type --drop-unknown
 run wbc-bccd-hybrid --manifest "$D/wbc-smear/bccd" "${BCCD[@]}" --arch hybrid_wide --epochs 60 --patience 15 \
     --test-fraction 0
 EVSUFFIX=-on-segwbc ev wbc-bccd-hybrid --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" --drop-unknown
+
+# 2. ifc-jurkat-labelfree, every architecture; test split = 15 % stratified hold-out written by train
+for a in hybrid cnn knn svm vit_small; do
+  run "jurkat-$a" "${JARGS[@]}" --arch "$a" --epochs 40 --patience 10; ev "jurkat-$a" --manifest "$J" --split test
+done
 
 # 3. data-volume curve on ifc-jurkat (same split; training-set fraction varies)
 for f in 0.01 0.03 0.1 0.3 1.0; do
@@ -45,3 +44,8 @@ for f in 0.01 0.03 0.1 0.3 1.0; do
     ev "vol-$a-$f" --manifest "$J" --split test
   done
 done
+
+# 4. the slow ones last: resnet18, and the published stand-in (~1 G multiply-adds per cell: fewer epochs)
+run jurkat-resnet18 "${JARGS[@]}" --arch resnet18 --epochs 25 --patience 6; ev jurkat-resnet18 --manifest "$J" --split test
+run jurkat-published_standin "${JARGS[@]}" --arch published_standin --img-size 28 --epochs 12 --patience 4
+ev jurkat-published_standin --manifest "$J" --split test
