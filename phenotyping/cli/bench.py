@@ -1,0 +1,49 @@
+"""``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from phenotyping.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="measure model-only and end-to-end throughput and peak memory",
+        description="Measure forward-pass throughput of the model (at its own input and at 4x28x28), of the published "
+                    "model's stand-in at 4x28x28, and the end-to-end speed of ingest -> QC -> predict -> store "
+                    "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="model folder (checkpoint.pt + model_card.json)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cells", type=int, default=10_000, help="cells for the end-to-end run (default 10000)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--from-files", nargs="?", type=Path, const=Path("auto"), default=None, metavar="PATH",
+                   help="end-to-end on real files: a manifest.csv or folder holding one (default: the model card's "
+                        "training manifest); without this flag, synthetic TIFFs are written first")
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per model measurement")
+    p.add_argument("--no-standin", action="store_true", help="skip the published-model stand-in")
+    p.add_argument("--model-only", action="store_true", help="skip the end-to-end run")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phenotyping.bench import run_bench
+    from phenotyping.checkpoint import load_card
+
+    if args.cells < 1:
+        raise ValueError(f"--cells {args.cells} must be >= 1")
+    source = args.from_files
+    if source == Path("auto"):
+        manifest = (load_card(args.model).get("training") or {}).get("manifest")
+        if not manifest or not Path(manifest).exists():
+            raise FileNotFoundError(f"--from-files without a path uses the model card's training manifest, but "
+                                    f"{manifest!r} does not exist here; pass --from-files PATH")
+        source = Path(manifest)
+    print("benchmarking (this takes a minute)...", file=sys.stderr)
+    print_json(run_bench(args.model, device=args.device, n_cells=args.cells, batch_size=args.batch_size,
+                         from_files=source, min_seconds=args.seconds, standin=not args.no_standin,
+                         end_to_end_run=not args.model_only))
+    return 0
