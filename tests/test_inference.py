@@ -189,3 +189,16 @@ def test_predict_cli_rejects_db_with_manifest(model_dir, tmp_path, capsys):
     rc = main(["predict", "--model", str(model_dir), "--manifest", str(tmp_path), "--db", str(tmp_path / "x.db")])
     assert rc == 2
     assert "--db goes with --sample" in capsys.readouterr().err
+
+
+def test_bench_pieces_run_on_a_tiny_model(model_dir, tmp_path):
+    from phenotyping.bench import end_to_end, flops_per_cell, model_speed
+    from phenotyping.models import create_model
+
+    m = create_model("test_hybrid", in_chans=2, num_classes=2, img_size=20)
+    speed = model_speed(m, (2, 20, 20), batch_size=4, min_seconds=0.0, warmup=0)
+    assert speed.batches_timed >= 3 and speed.cells_per_s > 0 and speed.parameters > 0
+    f1 = flops_per_cell(m, (2, 20, 20))
+    assert f1 is not None and 0 < f1 < flops_per_cell(m, (2, 40, 40))  # more pixels, more work
+    e2e = end_to_end(model_dir, n_cells=6, batch_size=4)
+    assert (e2e["ingested"], e2e["predicted"] + e2e["excluded"]) == (6, 6)
