@@ -13,7 +13,7 @@ import sys
 
 from phenotyping.errors import PhenotypingError
 
-COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "composed-study", "predict", "bench")
+COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "composed-study", "predict", "bench", "users")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,173 @@
+"""Local accounts: argon2id password hashes in the store, three roles, and what each role may do.
+
+Passwords are hashed with argon2id (RFC 9106) through ``argon2-cffi``'s ``PasswordHasher`` defaults; only the hash
+is stored. A user is authenticated by :func:`authenticate`; what the user may do follows from the role alone
+(:func:`can`). The first account of an installation is an admin, created by :func:`create_first_admin` (the app's
+first-run screen or ``python -m phenotyping users create-admin``).
+
+A signer's PKCS#12 signing key (see :mod:`reports.keys`) is kept encrypted with the signer's own password in the
+installation's key folder (:func:`signer_key_path`); the password is asked again at every signature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from phenotyping.errors import NotFoundError, PhenotypingError
+from phenotyping.schemas import Role, User
+
+MIN_PASSWORD_LENGTH = 10
+
+#: What each role may do. A reviewer prepares results; a signer also signs and reads the audit trail; an admin also
+#: manages users and models.
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "sample.write": frozenset({Role.reviewer, Role.signer, Role.admin}),
+    "analyse": frozenset({Role.reviewer, Role.signer, Role.admin}),
+    "review": frozenset({Role.reviewer, Role.signer, Role.admin}),
+    "counts": frozenset({Role.reviewer, Role.signer, Role.admin}),
+    "report.draft": frozenset({Role.reviewer, Role.signer, Role.admin}),
+    "report.sign": frozenset({Role.signer, Role.admin}),
+    "report.amend": frozenset({Role.signer, Role.admin}),
+    "audit.read": frozenset({Role.signer, Role.admin}),
+    "models.manage": frozenset({Role.admin}),
+    "users.manage": frozenset({Role.admin}),
+}
+
+_hasher = PasswordHasher()
+
+
+class AuthError(PhenotypingError):
+    """Wrong credentials, an inactive account or a refused account change."""
+
+
+def can(role: Role | str, permission: str) -> bool:
+    """Whether ``role`` has ``permission`` (a key of :data:`PERMISSIONS`; an unknown key is an error)."""
+    if permission not in PERMISSIONS:
+        raise KeyError(f"unknown permission {permission!r}; known: {sorted(PERMISSIONS)}")
+    return Role(role) in PERMISSIONS[permission]
+
+
+def check_password_strength(password: str, *, username: str = "") -> None:
+    """Refuse short passwords and the username itself (ValueError says which rule failed)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters (got {len(password)})")
+    if username and password.strip().lower() == username.strip().lower():
+        raise ValueError("the password must not be the username")
+
+
+def hash_password(password: str) -> str:
+    """argon2id hash in PHC string format (salt and parameters included)."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when ``password`` matches ``password_hash``; False for a mismatch or an unreadable hash."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def authenticate(store: Any, username: str, password: str) -> User:
+    """The active user with these credentials.
+
+    Raises:
+        AuthError: unknown user, wrong password or inactive account (one message for the first two, so the screen
+            does not tell which usernames exist).
+    """
+    found = store.get_user(username.strip().lower())
+    if found is None or not verify_password(found[1], password):
+        raise AuthError("unknown username or wrong password")
+    user, old_hash = found
+    if not user.active:
+        raise AuthError(f"account {user.username!r} is deactivated; ask an administrator")
+    if _hasher.check_needs_rehash(old_hash):  # parameters raised since the hash was made
+        store.update_user(user.username, actor=user.username, password_hash=hash_password(password))
+    return user
+
+
+def create_user(store: Any, username: str, password: str, role: Role | str, *, actor: str,
+                display_name: str = "") -> User:
+    """Create an account (audited with ``actor``). The username is lower-cased."""
+    username = username.strip().lower()
+    check_password_strength(password, username=username)
+    user = User(username=username, display_name=display_name.strip(), role=Role(role))
+    return store.create_user(user, password_hash=hash_password(password), actor=actor)
+
+
+def create_first_admin(store: Any, username: str, password: str, *, display_name: str = "") -> User:
+    """Create the installation's first account, an admin; refused once any account exists."""
+    if store.count_users() > 0:
+        raise AuthError("accounts already exist; an administrator creates further accounts on the Users screen")
+    return create_user(store, username, password, Role.admin, actor=username.strip().lower(),
+                       display_name=display_name)
+
+
+def change_password(store: Any, username: str, old_password: str, new_password: str) -> None:
+    """A user changes their own password (the old one is checked first)."""
+    user = authenticate(store, username, old_password)
+    check_password_strength(new_password, username=user.username)
+    store.update_user(user.username, actor=user.username, password_hash=hash_password(new_password))
+
+
+def set_password(store: Any, username: str, new_password: str, *, actor: str) -> None:
+    """An administrator resets a user's password."""
+    if store.get_user(username) is None:
+        raise NotFoundError(f"no user {username!r}")
+    check_password_strength(new_password, username=username)
+    store.update_user(username, actor=actor, password_hash=hash_password(new_password))
+
+
+def update_account(store: Any, username: str, *, actor: str, role: Role | str | None = None,
+                   active: bool | None = None) -> User:
+    """Change a user's role or deactivate/reactivate them; the last active admin cannot be demoted or deactivated."""
+    found = store.get_user(username)
+    if found is None:
+        raise NotFoundError(f"no user {username!r}")
+    user = found[0]
+    new_role = Role(role) if role is not None else user.role
+    new_active = user.active if active is None else bool(active)
+    if user.role == Role.admin and user.active and (new_role != Role.admin or not new_active):
+        admins = [u for u in store.list_users() if u.role == Role.admin and u.active]
+        if len(admins) <= 1:
+            raise AuthError(f"{username!r} is the last active admin; make another admin first")
+    return store.update_user(username, actor=actor, role=new_role, active=new_active)
+
+
+def keys_dir(settings: Any) -> Path:
+    """The installation's folder of signer keys (beside the database, like the image and report folders)."""
+    base = Path(settings.reports_dir())
+    return base.parent / (base.name.removesuffix("-reports") + "-keys")
+
+
+def signer_key_path(settings: Any, username: str) -> Path:
+    """Where ``username``'s PKCS#12 signing key is kept (it may not exist yet)."""
+    User(username=username, role=Role.signer)  # validates the name: it becomes a file name
+    return keys_dir(settings) / f"{username}.p12"
+
+
+def install_signer_key(settings: Any, username: str, data: bytes, password: bytes) -> Path:
+    """Check that ``data`` is a PKCS#12 file that ``password`` opens, then keep it as ``username``'s key (0600).
+
+    Raises:
+        ValueError: not a PKCS#12 file, wrong password, or no private key in it.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    try:
+        key, cert, _ = pkcs12.load_key_and_certificates(data, password)
+    except ValueError as e:
+        raise ValueError("cannot open this key file with that password (is it a PKCS#12 .p12/.pfx file?)") from e
+    if key is None or cert is None:
+        raise ValueError("the PKCS#12 file holds no private key and certificate")
+    path = signer_key_path(settings, username)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".p12.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
