@@ -56,7 +56,8 @@ class SampleResults:
     card: Mapping[str, Any] | None
     cells: tuple[CellResult, ...]
     differential: SampleDifferential | None
-    exclusions: Mapping[str, int] = field(default_factory=dict)
+    exclusions: Mapping[str, int] = field(default_factory=dict)  # by category: the reason's text before ':'
+
 
     @property
     def n_unidentified(self) -> int:
@@ -152,11 +153,12 @@ def sample_results(
     cells = store.list_cells(sample_id)
     if model_id is None:
         out = tuple(CellResult(c, None, None, None, {}, c.reviewed_label, False,
-                               f"excluded: {c.qc_reason}" if c.qc_state == QCState.excluded else NOT_ANALYSED)
-                    for c in cells)
+                               (c.qc_reason or "excluded by image QC") if c.qc_state == QCState.excluded
+                               else NOT_ANALYSED) for c in cells)
         ex: dict[str, int] = {}
         for c in out:
-            ex[c.exclusion] = ex.get(c.exclusion, 0) + 1  # type: ignore[index]
+            category = (c.exclusion or "").split(":")[0]
+            ex[category] = ex.get(category, 0) + 1
         return SampleResults(sample, None, None, out, None, ex)
     if card is None:
         card = load_card_for(model_id, store=store)
@@ -178,7 +180,8 @@ def sample_results(
         elif c.reviewed_label is None and (c.qc_state == QCState.unidentified or p.confidence < threshold):
             reason = UNIDENTIFIED
         if reason is not None:
-            exclusions[reason] = exclusions.get(reason, 0) + 1
+            category = reason.split(":")[0]  # "out of focus: focus 0.21 < 0.30" counts as "out of focus"
+            exclusions[category] = exclusions.get(category, 0) + 1
         results.append(CellResult(
             cell=c, predicted_class=p.predicted_class if p else None, confidence=p.confidence if p else None,
             probabilities=p.probabilities if p else None, targets=p.targets if p else {},

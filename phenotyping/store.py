@@ -603,12 +603,20 @@ class Store:
         results = list(results)
         if not results:
             return
+        import pandas as pd
+
+        batch = pd.DataFrame({"id": [int(i) for i, _, _ in results], "state": [st.value for _, st, _ in results],
+                              "reason": [r for _, _, r in results]})
         with self._tx() as cur:
-            cur.executemany("UPDATE cells SET qc_state = ?, qc_reason = ? WHERE id = ?",
-                            [[s.value, r, int(i)] for i, s, r in results])
+            cur.register("_qc_batch", batch)
+            try:
+                cur.execute("UPDATE cells SET qc_state = b.state, qc_reason = b.reason FROM _qc_batch b "
+                            "WHERE cells.id = b.id")
+            finally:
+                cur.unregister("_qc_batch")
             summary: dict[str, int] = {}
             for _, s, r in results:
-                key = s.value if s != QCState.excluded else f"excluded: {r}"
+                key = s.value if s != QCState.excluded else f"excluded: {(r or '').split(':')[0]}"
                 summary[key] = summary.get(key, 0) + 1
             self._audit(cur, actor=actor, action="cells.qc", entity="sample", entity_id=sample_id,
                         sample_id=sample_id, after=summary)
@@ -655,12 +663,25 @@ class Store:
         """Store (or replace) predictions; committed as one transaction so an interrupted run keeps whole batches."""
         if not predictions:
             return
+        import pandas as pd  # one DataFrame scan per batch; row-wise parameters cost ~3 ms a row here
+
+        batch = pd.DataFrame({
+            "cell_id": [int(p.cell_id) for p in predictions], "model_id": [p.model_id for p in predictions],
+            "model_version": [p.model_version for p in predictions],
+            "predicted_class": [p.predicted_class for p in predictions],
+            "confidence": [float(p.confidence) for p in predictions],
+            "probabilities": [_json(p.probabilities) for p in predictions],
+            "targets": [_json(p.targets) for p in predictions],
+            "created_at": [p.created_at for p in predictions]})
         with self._tx() as cur:
-            cur.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [[p.cell_id, sample_id, p.model_id, p.model_version, p.predicted_class, float(p.confidence),
-                  _json(p.probabilities), _json(p.targets), p.created_at] for p in predictions],
-            )
+            cur.register("_pred_batch", batch)
+            try:
+                cur.execute("DELETE FROM predictions WHERE (cell_id, model_id) IN "
+                            "(SELECT cell_id, model_id FROM _pred_batch)")
+                cur.execute("INSERT INTO predictions SELECT cell_id, ?, model_id, model_version, predicted_class, "
+                            "confidence, probabilities, targets, created_at FROM _pred_batch", [sample_id])
+            finally:
+                cur.unregister("_pred_batch")
 
     def predicted_cell_ids(self, sample_id: str, model_id: str) -> set[int]:
         return {int(r[0]) for r in self._cursor().execute(

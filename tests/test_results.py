@@ -62,3 +62,13 @@ def test_unknown_model_names_what_exists(tmp_path):
     assert model_dir_for("toy-1", search_path=[tmp_path]) == tmp_path / "m"
     with pytest.raises(NotFoundError, match="toy-1"):
         model_dir_for("nope", search_path=[tmp_path])
+
+
+def test_exclusions_are_grouped_by_category(store, sample):
+    ids = add_cells(store, 3)
+    predict(store, ids, ["neutrophil"] * 3, [0.9, 0.9, 0.9])
+    store.set_qc([(ids[0], QCState.excluded, "out of focus: focus 0.21 < 0.30"),
+                  (ids[1], QCState.excluded, "out of focus: focus 0.12 < 0.30")], sample_id="S1", actor="qc")
+    r = sample_results(store, "S1", model_id="toy-1", card=CARD, n_bootstrap=0)
+    assert r.exclusions == {"out of focus": 2}
+    assert r.cells[0].exclusion == "out of focus: focus 0.21 < 0.30"  # each cell keeps its full reason
