@@ -1,10 +1,8 @@
-"""Label-free leukocyte review: ``streamlit run app.py``."""
+"""Label-free leukocyte review: ``streamlit run app.py``. Pages live in pages/; what they share in pages/_common.py."""
 
 import streamlit as st
 
-st.set_page_config(page_title="Leukocyte review", page_icon="🔬", layout="wide")
+from pages._common import nav_pages
 
-pages = [
-    st.Page("pages/samples.py", title="Samples", icon="🧪", default=True),
-]
-st.navigation(pages).run()
+st.set_page_config(page_title="Leukocyte review", page_icon="🔬", layout="wide")
+st.navigation(nav_pages()).run()

@@ -1,14 +1,232 @@
-"""What every page shares: the one store connection of this server process."""
+"""What every page shares: the store and job runner of this server process, the logged-in user, navigation, the
+sample picker and header, one-line error messages, and uploads streamed to disk."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
 import streamlit as st
 
+from phenotyping.auth import can
+from phenotyping.errors import PhenotypingError
+from phenotyping.jobs import JobRunner
+from phenotyping.schemas import Role, User
 from phenotyping.settings import get_settings
 from phenotyping.store import Store
+
+#: Errors a user can act on: shown as one line, never as a traceback.
+USER_ERRORS = (PhenotypingError, ValueError, KeyError, FileNotFoundError, FileExistsError, TimeoutError)
+STATUS_BADGE = {"new": "gray", "analysed": "blue", "reviewed": "orange", "signed": "green", "amended": "violet"}
 
 
 @st.cache_resource(show_spinner=False)
 def get_store() -> Store:
     """The server's single read-write connection (DuckDB allows one writer per file); a cursor per thread."""
     return Store.from_settings(get_settings())
+
+
+@st.cache_resource(show_spinner=False)
+def get_runner() -> JobRunner:
+    """The server's background job runner (one worker); marks jobs of a previous server process failed."""
+    return JobRunner(get_store(), workers=1)
+
+
+# -- the user --------------------------------------------------------------------------------------------------------
+def current_user() -> User | None:
+    """The logged-in user, re-read from the store so a deactivation or role change applies at once."""
+    name = st.session_state.get("username")
+    if not name:
+        return None
+    found = get_store().get_user(name)
+    if found is None or not found[0].active:
+        st.session_state.pop("username", None)
+        return None
+    return found[0]
+
+
+def require_user() -> User:
+    user = current_user()
+    if user is None:
+        st.warning("Please log in.")
+        st.stop()
+    return user
+
+
+def allowed(user: User, permission: str) -> bool:
+    return can(user.role, permission)
+
+
+def require(user: User, permission: str, what: str) -> None:
+    """Stop the page with a message when ``user``'s role lacks ``permission``."""
+    if not can(user.role, permission):
+        st.info(f"{what} is for {' and '.join(sorted(r.value for r in _roles(permission)))} accounts; "
+                f"you are logged in as a {user.role.value}.")
+        st.stop()
+
+
+def _roles(permission: str) -> Iterable[Role]:
+    return [r for r in Role if can(r, permission)]
+
+
+def logout() -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def nav_pages() -> list[Any] | dict[str, list[Any]]:
+    """The pages this session may see: only Login when logged out; the review steps, then the lab pages by role."""
+    user = current_user()
+    if user is None:
+        return [st.Page("pages/login.py", title="Log in", icon=":material/login:", default=True)]
+    review = [
+        st.Page("pages/samples.py", title="Samples", icon=":material/science:", default=True),
+        st.Page("pages/analyse.py", title="Analyse", icon=":material/memory:"),
+        st.Page("pages/review.py", title="Review", icon=":material/grid_view:"),
+        st.Page("pages/agreement.py", title="Agreement", icon=":material/compare_arrows:"),
+        st.Page("pages/report.py", title="Report", icon=":material/description:"),
+    ]
+    lab = [st.Page("pages/models.py", title="Models", icon=":material/model_training:")]
+    if can(user.role, "audit.read"):
+        lab.append(st.Page("pages/audit.py", title="Audit", icon=":material/history:"))
+    if can(user.role, "users.manage"):
+        lab.append(st.Page("pages/users.py", title="Users", icon=":material/group:"))
+    lab.append(st.Page("pages/account.py", title="My account", icon=":material/person:"))
+    with st.sidebar:
+        st.caption(f"Logged in as **{user.display_name or user.username}** · {user.role.value}")
+        if st.button("Log out", key="logout", icon=":material/logout:"):
+            logout()
+            st.rerun()
+    return {"Sample": review, "Laboratory": lab}
+
+
+# -- messages --------------------------------------------------------------------------------------------------------
+def one_line(e: BaseException) -> str:
+    """The first line of an error's message (pydantic validation errors reduced to the field and the rule)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args and not isinstance(e, PhenotypingError) else str(e)
+    if "validation error" in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if len(lines) >= 3:
+            return f"{lines[1]}: {lines[2].split(' [type=')[0]}"
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    """Call ``fn``; a user error becomes a one-line ``st.error``. Returns ``(ok, result)``."""
+    try:
+        return True, fn(*args, **kwargs)
+    except USER_ERRORS as e:
+        st.error(one_line(e), icon=":material/error:")
+        return False, None
+
+
+def flash(message: str, kind: str = "success") -> None:
+    """Show ``message`` once, after the next rerun."""
+    st.session_state["_flash"] = (kind, message)
+
+
+def show_flash() -> None:
+    kind, message = st.session_state.pop("_flash", (None, None))
+    if message:
+        getattr(st, kind)(message)
+
+
+# -- samples ---------------------------------------------------------------------------------------------------------
+def pick_sample(store: Store) -> str | None:
+    """The sample the sample pages work on, chosen in the sidebar (kept across pages)."""
+    samples = store.list_samples()
+    if not samples:
+        st.info("No samples yet: create one on the Samples screen.")
+        return None
+    ids = [s["id"] for s in samples]
+    current = st.session_state.get("sample_id")
+    with st.sidebar:
+        sel = st.selectbox("Sample", ids, index=ids.index(current) if current in ids else 0)
+    st.session_state["sample_id"] = sel
+    return sel
+
+
+def sample_header(store: Store, sample_id: str) -> None:
+    """Id, specimen, status, cells and analysis model of the sample, on top of every sample screen."""
+    s = store.get_sample(sample_id)
+    model = store.analysis_model(sample_id)
+    with st.container(border=True):
+        c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 4])
+        c1.markdown(f"**Sample**  \n### {s.id}")
+        c2.markdown(f"**Specimen**  \n{s.specimen.value.upper()}")
+        c3.markdown(f"**Status**  \n:{STATUS_BADGE[s.status.value]}-badge[{s.status.value}]")
+        c4.markdown(f"**Cells**  \n{store.count_cells(sample_id):,}")
+        collected = s.collected_at.strftime("%Y-%m-%d %H:%M UTC") if s.collected_at else "not recorded"
+        c5.markdown(f"**Pseudonym** {s.patient_pseudonym or '—'}  \n**Collected** {collected}  \n"
+                    f"**Model** {model or 'not analysed yet'}")
+
+
+def results_token(store: Store, sample_id: str) -> tuple[Any, ...]:
+    """Changes whenever the sample's counted cells can change (reviews, predictions, analysis model, QC)."""
+    model = store.analysis_model(sample_id)
+    n_pred = len(store.predicted_cell_ids(sample_id, model)) if model else 0
+    return (sample_id, model, n_pred, len(store.list_review_actions(sample_id)), store.count_cells(sample_id))
+
+
+def sample_results_cached(store: Store, sample_id: str, *, n_bootstrap: int = 1000) -> Any:
+    """:func:`phenotyping.results.sample_results`, recomputed only when :func:`results_token` changes."""
+    from phenotyping.results import sample_results
+
+    token = (*results_token(store, sample_id), n_bootstrap)
+    cache = st.session_state.setdefault("_results_cache", {})
+    if cache.get("token") != token:
+        cache["token"] = token
+        cache["value"] = sample_results(store, sample_id, n_bootstrap=n_bootstrap)
+    return cache["value"]
+
+
+def differential_rows(res: Any) -> list[dict[str, Any]]:
+    """The differential as table rows: raw count, %, 95 % CI and the prior-shift-corrected % with its CI."""
+    d = res.differential
+    corrected = d.em or d.adjusted_count
+    corr = {}
+    if corrected is not None:
+        corr = {lab: (p, lo, hi) for lab, p, lo, hi in zip(corrected.labels, corrected.percent, corrected.ci_low,
+                                                            corrected.ci_high)}
+    rows = []
+    for c in d.raw.classes:
+        row = {"class": c.label, "cells": c.count, "raw %": round(c.percent, 1),
+               "raw 95% CI": f"{c.ci_low:.1f}–{c.ci_high:.1f}"}
+        if corrected is not None:
+            p, lo, hi = corr.get(c.label, (float("nan"),) * 3)
+            row[f"corrected % ({corrected.method})"] = round(p, 1)
+            row["corrected 95% CI"] = f"{lo:.1f}–{hi:.1f}"
+        rows.append(row)
+    return rows
+
+
+# -- uploads ---------------------------------------------------------------------------------------------------------
+def safe_relative(name: str) -> PurePosixPath:
+    """An uploaded file's name as a relative path without '..' or a root (folder uploads keep their sub-folders)."""
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+    if not parts:
+        raise ValueError(f"unusable file name {name!r}")
+    return PurePosixPath(*parts)
+
+
+def save_uploads(files: Iterable[Any], folder: Path, *, chunk_bytes: int = 1 << 20) -> list[Path]:
+    """Write uploaded files to ``folder`` in chunks (never the whole set in one bytes object); returns the paths."""
+    out = []
+    for f in files:
+        dest = folder / safe_relative(f.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        f.seek(0)
+        with open(dest, "wb") as fh:
+            shutil.copyfileobj(f, fh, chunk_bytes)
+        out.append(dest)
+    return out
+
+
+def upload_tempdir() -> tempfile.TemporaryDirectory:
+    """A temporary folder for one upload, beside the database (same disk as the image store)."""
+    base = Path(get_settings().image_dir()).parent
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".upload-", dir=base)

@@ -1,0 +1,153 @@
+"""Agreement: manual cytospin counts for this sample (editor or CSV), model vs manual, and method-comparison
+studies over many samples (Bland-Altman, Passing-Bablok and the results table), downloadable as CSV and SVG."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import streamlit as st
+
+from pages._common import (allowed, attempt, flash, get_store, pick_sample, require_user, sample_header,
+                           sample_results_cached, show_flash)
+from phenotyping.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
+from phenotyping.results import load_card_for
+from phenotyping.studies import import_manual_counts, run_study, save_manual_counts
+
+store = get_store()
+user = require_user()
+st.title("Agreement")
+sample_id = pick_sample(store)
+if sample_id is None:
+    st.stop()
+sample_header(store, sample_id)
+show_flash()
+
+model_id = store.analysis_model(sample_id)
+card = load_card_for(model_id, store=store) if model_id else None
+classes = list(card["classes"]) if card else sorted({c.cell_type for c in store.get_manual_counts(sample_id)})
+
+# -- manual counts of this sample -------------------------------------------------------------------------------------
+st.subheader("Manual count (cytospin)")
+if not classes:
+    st.info("Analyse the sample first: the manual count is entered per class of the model.")
+else:
+    saved = {c.cell_type: c for c in store.get_manual_counts(sample_id)}
+    total_saved = next((c.total_counted for c in saved.values() if c.total_counted), None)
+    rows = [{"cell_type": c, "count": saved[c].count if c in saved else None} for c in classes]
+    left, right = st.columns([3, 2])
+    with left:
+        edited = st.data_editor(rows, key=f"counts_{sample_id}", hide_index=True, width="stretch",
+                                disabled=["cell_type"] if allowed(user, "counts") else True,
+                                column_config={
+                                    "cell_type": st.column_config.TextColumn("Class"),
+                                    "count": st.column_config.NumberColumn("Cells counted", min_value=0, step=1,
+                                                                           format="%d")})
+        total = st.number_input("Total cells counted (optional; checks the sum)", min_value=0, step=1,
+                                value=int(total_saved or 0), key=f"total_{sample_id}")
+        if allowed(user, "counts") and st.button("Save manual count", type="primary", icon=":material/save:"):
+            entered = [{"cell_type": r["cell_type"], "count": r["count"], "total_counted": total or None}
+                       for r in edited if r["count"] is not None and str(r["count"]) != "nan"]
+            if not entered:
+                st.error("Enter at least one count.")
+            else:
+                ok, _ = attempt(save_manual_counts, store, sample_id, entered, actor=user.username,
+                                allowed_classes=classes)
+                if ok:
+                    flash("Manual count saved.")
+                    st.rerun()
+    with right:
+        if allowed(user, "counts"):
+            up = st.file_uploader("…or import a CSV (sample_id, cell_type, count or percent[, total_counted]); "
+                                  "it may hold many samples", type=["csv"], key="counts_csv")
+            if up is not None and st.button("Import CSV", icon=":material/upload_file:"):
+                text = io.TextIOWrapper(up, encoding="utf-8-sig")
+                ok, done = attempt(import_manual_counts, store, text, actor=user.username, allowed_classes=classes)
+                if ok:
+                    flash(f"Imported manual counts of {len(done)} sample(s): {', '.join(sorted(done))}.")
+                    st.rerun()
+
+    if saved and model_id:
+        res = sample_results_cached(store, sample_id)
+        if res.differential is not None:
+            manual_total = sum(c.count or 0 for c in saved.values())
+            corrected = res.differential.em or res.differential.adjusted_count
+            corr = corrected.as_mapping() if corrected is not None else {}
+            table = []
+            for c in res.differential.raw.classes:
+                m = saved.get(c.label)
+                manual_pct = (m.percent if m.percent is not None else
+                              100.0 * (m.count or 0) / manual_total if manual_total else None) if m else None
+                row = {"class": c.label, "manual %": None if manual_pct is None else round(manual_pct, 1),
+                       "model raw %": round(c.percent, 1),
+                       "raw − manual": None if manual_pct is None else round(c.percent - manual_pct, 1)}
+                if corrected is not None:
+                    row[f"model corrected % ({corrected.method})"] = round(corr.get(c.label, float("nan")), 1)
+                table.append(row)
+            st.markdown("**Model vs manual for this sample**")
+            st.dataframe(table, hide_index=True, width="stretch")
+
+# -- studies ----------------------------------------------------------------------------------------------------------
+st.divider()
+st.subheader("Method-comparison study")
+candidates = [s for s in store.samples_with_manual_counts() if store.analysis_model(s)]
+models = sorted({store.analysis_model(s) for s in candidates})
+if len(candidates) < 3:
+    st.caption(f"A study needs at least 3 analysed samples with manual counts; {len(candidates)} so far.")
+else:
+    with st.form("study"):
+        c1, c2 = st.columns([2, 3])
+        name = c1.text_input("Study name", value=f"study-{len(store.list_studies()) + 1}")
+        study_model = c2.selectbox("Model", models)
+        chosen = st.multiselect("Samples", candidates, default=candidates)
+        measure = st.radio("Difference measure", ["absolute", "percent"], horizontal=True,
+                           format_func={"absolute": "percentage points", "percent": "% of the mean"}.get)
+        go = st.form_submit_button("Run study", type="primary", disabled=not allowed(user, "counts"))
+    if go:
+        with st.spinner("Computing the agreement statistics…"):
+            ok, result = attempt(run_study, store, name.strip(), model_id=study_model, actor=user.username,
+                                 sample_ids=chosen, measure=measure)
+        if ok:
+            st.session_state["study_result"] = result
+
+result = st.session_state.get("study_result")
+if result is not None:
+    comparisons = {"raw": result.raw, **({"corrected": result.corrected} if result.corrected else {})}
+    which = st.radio("Model differential", list(comparisons), horizontal=True)
+    per_class = comparisons[which]
+    rows = []
+    for c, a in per_class.items():
+        s = a.summary()
+        pb = s["passing_bablok"] or {}
+        rows.append({"class": c, "n": s["n"], "bias": s["bias"], "LoA lower": s["loa_lower"],
+                     "LoA upper": s["loa_upper"], "PB slope": pb.get("slope"), "PB intercept": pb.get("intercept"),
+                     "CCC": s["ccc"], "Pearson r": s["pearson"]})
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.2f")
+                                for k in ("bias", "LoA lower", "LoA upper", "PB slope", "PB intercept", "CCC",
+                                          "Pearson r")})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    st.download_button("Download results (CSV)", buf.getvalue(), file_name=f"{result.name}-{which}.csv",
+                       mime="text/csv", icon=":material/download:")
+    cls = st.selectbox("Class", list(per_class))
+    a = per_class[cls]
+    f1, f2 = st.columns(2)
+    f1.plotly_chart(bland_altman_figure(a.bland_altman, title=f"Bland-Altman: {cls}", units="%"), key="ba")
+    f1.download_button("Bland-Altman (SVG)", bland_altman_svg(a.bland_altman, title=f"Bland-Altman: {cls}"),
+                       file_name=f"{result.name}-{cls}-bland-altman.svg", mime="image/svg+xml")
+    if a.passing_bablok is not None:
+        f2.plotly_chart(passing_bablok_figure(a.passing_bablok, title=f"Passing-Bablok: {cls}",
+                                              x_label="manual %", y_label="model %"), key="pb")
+        f2.download_button("Passing-Bablok (SVG)", passing_bablok_svg(a.passing_bablok, title=f"Passing-Bablok: {cls}"),
+                           file_name=f"{result.name}-{cls}-passing-bablok.svg", mime="image/svg+xml")
+    elif a.errors:
+        f2.info("Passing-Bablok: " + "; ".join(f"{k}: {v}" for k, v in a.errors.items()))
+
+saved_studies = store.list_studies()
+if saved_studies:
+    with st.expander(f"Saved studies ({len(saved_studies)})", icon=":material/folder_open:"):
+        st.dataframe([{**s, "created_at": s["created_at"].strftime("%Y-%m-%d %H:%M")} for s in saved_studies],
+                     hide_index=True, width="stretch")

@@ -1,0 +1,114 @@
+"""Analyse: pick a usable model (its card shown), run image QC + prediction as a background job, follow its progress."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._common import (allowed, attempt, differential_rows, get_runner, get_store, pick_sample, require_user,
+                           sample_header, sample_results_cached)
+from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
+
+store = get_store()
+runner = get_runner()
+user = require_user()
+st.title("Analyse")
+sample_id = pick_sample(store)
+if sample_id is None:
+    st.stop()
+sample_header(store, sample_id)
+
+models = usable_models(store)
+if not models:
+    st.warning("No usable model yet: an admin registers a model and marks it usable on the Models screen.")
+    st.stop()
+
+
+def card_summary(card: dict) -> None:
+    val = card.get("validation") or {}
+    cal = card.get("calibration") or {}
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Validation accuracy", f"{val['accuracy']:.1%}" if val.get("accuracy") is not None else "—")
+    c2.metric("Validation macro-F1", f"{val['macro_f1']:.2f}" if val.get("macro_f1") is not None else "—")
+    c3.metric("Review threshold", f"{cal['unidentified_threshold']:.2f}" if "unidentified_threshold" in cal else "—",
+              help="Cells whose calibrated confidence is below this wait in the unidentified queue.")
+    c4.metric("Input", f"{len(card['input']['channels'])} ch · {card['input']['img_size']} px")
+    st.markdown(f"**Classes** {', '.join(card['classes'])}  \n"
+                f"**Targets** {', '.join(t['name'] for t in card.get('targets', [])) or 'none'}  \n"
+                f"**Channels** {', '.join(card['input']['channels'])}  \n"
+                f"**Intended use** {card.get('intended_use', 'not stated')}  \n"
+                f"**Trained on** {(card.get('training') or {}).get('n_cells', '?')} cells · "
+                f"{(card.get('training') or {}).get('data_licence', 'licence not stated')}")
+
+
+ids = [m["id"] for m in models]
+current = store.analysis_model(sample_id)
+left, right = st.columns([2, 3])
+with left:
+    st.subheader("Model")
+    model_id = st.selectbox("Model", ids, index=ids.index(current) if current in ids else 0,
+                            label_visibility="collapsed")
+    job = active_job(store, kind="predict", sample_id=sample_id)
+    if current and current != model_id:
+        st.caption(f"The sample's differential currently uses {current}; running {model_id} makes it the "
+                   "analysis model.")
+    if allowed(user, "analyse") and st.button("Run analysis", type="primary", disabled=job is not None,
+                                              icon=":material/play_arrow:"):
+        ok, jid = attempt(submit_prediction, runner, sample_id, model_id, actor=user.username)
+        if ok:
+            st.session_state[f"job_{sample_id}"] = jid
+            st.rerun()
+with right:
+    with st.expander("Model card", expanded=False, icon=":material/info:"):
+        card_summary(next(m["card"] for m in models if m["id"] == model_id))
+
+st.subheader("Analysis job")
+jobs = store.list_jobs(sample_id=sample_id, kind="predict", limit=1)
+running = bool(jobs) and jobs[0]["status"] not in FINISHED
+
+
+@st.fragment(run_every=0.5 if running else None)
+def job_panel() -> None:
+    latest = store.list_jobs(sample_id=sample_id, kind="predict", limit=1)
+    if not latest:
+        st.caption("This sample has not been analysed yet.")
+        return
+    j = latest[0]
+    total = max(int(j["total"]), 1)
+    if j["status"] in ("queued", "running"):
+        rate = f" · {j['rate']:.0f} cells/s" if j["rate"] else ""
+        st.progress(min(j["done"] / total, 1.0), text=f"Job {j['id']} {j['status']}: {j['message']}{rate}")
+        st.caption("You can keep working on other screens; this panel follows the job.")
+        return
+    if running:  # it has just finished: refresh the whole screen so the differential appears
+        st.rerun(scope="app")
+    if j["status"] == "failed":
+        st.error(f"Job {j['id']} failed: {j['message']}", icon=":material/error:")
+    else:
+        st.success(f"Job {j['id']} finished ({j['params'].get('model_id')}): {j['message']}",
+                   icon=":material/check_circle:")
+
+
+job_panel()
+
+if store.analysis_model(sample_id) and not running:
+    res = sample_results_cached(store, sample_id)
+    if res.differential is not None:
+        st.subheader("Differential")
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Cells", f"{len(res.cells):,}")
+        m2.metric("Counted", f"{res.differential.raw.n_counted:,}")
+        m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
+        m4.metric("Excluded", f"{sum(v for k, v in res.exclusions.items()) - res.n_unidentified:,}")
+        st.dataframe(differential_rows(res), hide_index=True, width="stretch", key="differential")
+        for w in (*res.differential.raw.warnings, *res.differential.notes):
+            st.caption(f"⚠ {w}")
+        st.page_link("pages/review.py", label="Review the cells", icon=":material/grid_view:")
+
+with st.expander("Earlier analysis jobs", icon=":material/history:"):
+    rows = [{"job": j["id"], "status": j["status"], "model": j["params"].get("model_id"), "by": j["created_by"],
+             "started": j["created_at"].strftime("%Y-%m-%d %H:%M:%S"), "message": j["message"]}
+            for j in store.list_jobs(sample_id=sample_id, kind="predict", limit=20)]
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch")
+    else:
+        st.caption("None.")

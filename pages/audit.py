@@ -1,0 +1,47 @@
+"""Audit: the append-only audit trail, filterable by sample, user and action, with a check of its hash chain."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from pages._common import get_store, require, require_user
+
+store = get_store()
+user = require_user()
+st.title("Audit")
+require(user, "audit.read", "The audit trail")
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
+samples = ["(all)"] + [s["id"] for s in store.list_samples()]
+users = ["(all)"] + [u.username for u in store.list_users()]
+sample = c1.selectbox("Sample", samples, index=samples.index(st.session_state["sample_id"])
+                      if st.session_state.get("sample_id") in samples else 0)
+actor = c2.selectbox("User", users)
+action = c3.text_input("Action", placeholder="e.g. cell.reclassify")
+limit = c4.number_input("Rows", 10, 10000, 500, step=100)
+events = store.list_audit(sample_id=None if sample == "(all)" else sample, actor=None if actor == "(all)" else actor,
+                          action=action.strip() or None, limit=int(limit))
+
+
+def _short(value: object) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 160 else text[:157] + "…"
+
+
+st.dataframe([{"#": e.id, "when (UTC)": e.at.strftime("%Y-%m-%d %H:%M:%S"), "user": e.actor, "action": e.action,
+               "entity": f"{e.entity} {e.entity_id}", "sample": e.sample_id or "", "before": _short(e.before),
+               "after": _short(e.after)} for e in events],
+             hide_index=True, width="stretch", height=min(38 + 35 * max(len(events), 1), 640),
+             column_config={"before": st.column_config.TextColumn(width="medium"),
+                            "after": st.column_config.TextColumn(width="large")})
+st.caption(f"{len(events)} event(s), newest first.")
+if st.button("Verify the audit chain", icon=":material/verified_user:"):
+    intact, bad = store.verify_audit_chain()
+    if intact:
+        st.success("The audit chain is intact: no row was changed or removed.")
+    else:
+        st.error(f"The audit chain is broken at row {bad}: a row was changed or removed.")

@@ -1,0 +1,198 @@
+"""Review: the differential (raw and corrected, with CIs), the gallery by class and the unidentified queue,
+reclassification in one click, explanations on demand, the embedding map and marker expression per class."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._common import (allowed, attempt, differential_rows, flash, get_store, pick_sample, require_user,
+                           sample_header, sample_results_cached, show_flash)
+from phenotyping.cellview import cell_display, embedding_map, explain_cell
+from phenotyping.errors import PhenotypingError
+from phenotyping.results import model_dir_for
+from phenotyping.schemas import SampleStatus
+
+EXTRA_LABELS = ("debris", "other")  # reviewed labels that exclude a cell from the count ("reviewed as …")
+PAGE_SIZE = 40
+COLUMNS = 8
+
+store = get_store()
+user = require_user()
+st.title("Review")
+sample_id = pick_sample(store)
+if sample_id is None:
+    st.stop()
+sample_header(store, sample_id)
+show_flash()
+if store.analysis_model(sample_id) is None:
+    st.info("This sample has not been analysed yet: run a model on the Analyse screen first.")
+    st.stop()
+
+res = sample_results_cached(store, sample_id)
+classes = list(res.card["classes"])
+by_id = {r.cell.id: r for r in res.cells}
+model_dir = model_dir_for(res.model_id, store=store)
+
+# -- differential -----------------------------------------------------------------------------------------------------
+d = res.differential
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Cells", f"{len(res.cells):,}")
+m2.metric("Counted", f"{d.raw.n_counted:,}")
+m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
+m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
+st.dataframe(differential_rows(res), hide_index=True, width="stretch", key="review_differential")
+for w in (*d.raw.warnings, *d.notes):
+    st.caption(f"⚠ {w}")
+if res.n_unidentified:
+    st.warning(f"Signing is blocked: {res.n_unidentified} unidentified cell(s) await review. Open the "
+               "unidentified queue below and give each a class (or debris/other).", icon=":material/block:")
+elif allowed(user, "review") and res.sample.status == SampleStatus.analysed:
+    if st.button("Mark the review complete", icon=":material/task_alt:"):
+        store.set_sample_status(sample_id, SampleStatus.reviewed, actor=user.username, reason="review complete")
+        flash("Review marked complete.")
+        st.rerun()
+
+tab_gallery, tab_map, tab_markers, tab_excluded = st.tabs(
+    ["Gallery", "Embedding map", "Marker expression", "Exclusions"])
+
+# -- gallery ----------------------------------------------------------------------------------------------------------
+with tab_gallery:
+    groups: dict[str, list] = {"Unidentified queue": [r for r in res.cells if r.unidentified]}
+    for c in classes:
+        groups[c] = [r for r in res.cells if r.counted and r.final_label == c]
+    groups["Excluded"] = [r for r in res.cells if r.exclusion and not r.unidentified]
+    groups["All cells"] = list(res.cells)
+    names = list(groups)
+    default = 0 if groups["Unidentified queue"] else 1
+    g1, g2 = st.columns([4, 2])
+    group = g1.radio("Show", names, index=default, horizontal=True, key=f"group_{sample_id}",
+                     format_func=lambda n: f"{n} ({len(groups[n])})")
+    order = g2.selectbox("Sort by", ["confidence, lowest first", "confidence, highest first", "cell id"],
+                         key="order")
+    cells = groups[group]
+    if order != "cell id":
+        cells = sorted(cells, key=lambda r: (r.confidence is None, r.confidence or 0.0),
+                       reverse=order.startswith("confidence, highest"))
+    n_pages = max(1, -(-len(cells) // PAGE_SIZE))
+    page = st.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=f"page_{sample_id}_{group}") \
+        if n_pages > 1 else 1
+    shown = cells[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    # The selection is the ticked checkboxes (their state is known before they are drawn again below).
+    selected = {int(str(k)[5:]) for k, v in st.session_state.items() if str(k).startswith("pick_") and v
+                and int(str(k)[5:]) in by_id}
+
+    if allowed(user, "review"):
+        with st.container(border=True):
+            n_sel = len(selected)
+            st.markdown(f"**Reclassify the {n_sel} selected cell(s)** as:" if n_sel else
+                        "Tick cells below, then click a class to reclassify them.")
+            bcols = st.columns(len(classes) + len(EXTRA_LABELS) + 1)
+            for col, label in zip(bcols, [*classes, *EXTRA_LABELS]):
+                if col.button(label, key=f"to_{label}", disabled=not n_sel, width="stretch"):
+                    ok, changed = attempt(store.reclassify, sorted(selected), label, actor=user.username,
+                                          model_id=res.model_id)
+                    if ok:
+                        for k in [k for k in st.session_state if str(k).startswith("pick_")]:
+                            del st.session_state[k]
+                        flash(f"{changed} cell(s) reclassified as {label}.")
+                        st.rerun()
+            if bcols[-1].button("Select page", key="select_page", width="stretch"):
+                for r in shown:
+                    st.session_state[f"pick_{r.cell.id}"] = True
+                st.rerun()
+
+    if not shown:
+        st.caption("No cells here.")
+    for start in range(0, len(shown), COLUMNS):
+        cols = st.columns(COLUMNS)
+        for col, r in zip(cols, shown[start:start + COLUMNS]):
+            with col:
+                try:
+                    st.image(cell_display(store, r.cell), width="stretch")
+                except PhenotypingError as e:
+                    st.caption(f"image unreadable: {e}")
+                label = r.final_label or "—"
+                conf = "" if r.confidence is None else f" · {r.confidence:.2f}"
+                reviewed = " ✎" if r.cell.reviewed_label else ""
+                st.checkbox(f"#{r.cell.id} {label}{conf}{reviewed}", key=f"pick_{r.cell.id}",
+                            help=r.exclusion or f"predicted {r.predicted_class}")
+
+    if selected:
+        with st.expander("Why did the model say that? (explanation of the first selected cell)",
+                         icon=":material/visibility:"):
+            first = by_id.get(min(selected))
+            e1, e2 = st.columns(2)
+            method = e1.radio("Method", ["gradcam", "occlusion"], horizontal=True,
+                              format_func={"gradcam": "Grad-CAM", "occlusion": "Occlusion"}.get)
+            target = e2.selectbox("For class", ["(predicted)", *classes])
+            if first is not None and st.button("Explain", icon=":material/visibility:"):
+                with st.spinner("Computing…"):
+                    ok, ex = attempt(explain_cell, store, first.cell, model_dir, method=method,
+                                     target=None if target == "(predicted)" else target)
+                if ok:
+                    i1, i2 = st.columns(2)
+                    i1.image(ex.display, caption=f"cell #{first.cell.id} as the model sees it", width=240)
+                    i2.image(ex.image, caption=f"{method} for {ex.target} (red: evidence)", width=240)
+
+# -- embedding map ----------------------------------------------------------------------------------------------------
+with tab_map:
+    emb_key = ("emb", sample_id, res.model_id)
+    st.caption("2D t-SNE map of the model's penultimate features, coloured by the current label. Click a point to "
+               "see its cell.")
+    if st.button("Compute the map", icon=":material/scatter_plot:"):
+        analysed = [r.cell for r in res.cells if r.predicted_class is not None]
+        with st.spinner(f"Embedding {min(len(analysed), 2000):,} cells…"):
+            ok, out = attempt(embedding_map, store, analysed, model_dir)
+        if ok:
+            st.session_state[emb_key] = out
+    if emb_key in st.session_state:
+        import plotly.express as px
+
+        cell_ids, xy = st.session_state[emb_key]
+        labels = [by_id[i].final_label if by_id[i].counted else (by_id[i].exclusion or "excluded") for i in cell_ids]
+        fig = px.scatter(x=xy[:, 0], y=xy[:, 1], color=labels, custom_data=[cell_ids],
+                         labels={"x": "t-SNE 1", "y": "t-SNE 2", "color": "label"}, template="plotly_white",
+                         height=520)
+        fig.update_traces(marker={"size": 6})
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="emb_chart")
+        points = (event.selection.points if event and event.selection else []) or []
+        if points:
+            cid = int(points[0]["customdata"][0])
+            r = by_id[cid]
+            p1, p2 = st.columns([1, 3])
+            p1.image(cell_display(store, r.cell), width=160)
+            p2.markdown(f"**Cell #{cid}** · {r.cell.source_file}  \nPredicted **{r.predicted_class}** "
+                        f"({(r.confidence or 0):.2f}) · final label **{r.final_label}**  \n"
+                        f"{r.exclusion or 'counted'}")
+
+# -- markers ----------------------------------------------------------------------------------------------------------
+with tab_markers:
+    names = sorted({t for r in res.cells for t in r.targets})
+    if not names:
+        st.caption("This model predicts no continuous markers.")
+    else:
+        import plotly.express as px
+
+        target = st.selectbox("Marker", names)
+        counted = [r for r in res.cells if r.counted and target in r.targets]
+        fig = px.histogram(x=[r.targets[target] for r in counted], color=[r.final_label for r in counted],
+                           barmode="overlay", opacity=0.6, nbins=40, template="plotly_white", height=420,
+                           labels={"x": target, "color": "class"})
+        st.plotly_chart(fig, key="marker_hist")
+        rows = [{"class": m.label, "cells": m.n, "median": m.median, "Q1": m.q1, "Q3": m.q3}
+                for m in d.markers if m.target == target]
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+# -- exclusions -------------------------------------------------------------------------------------------------------
+with tab_excluded:
+    if res.exclusions:
+        st.dataframe([{"reason": k, "cells": v} for k, v in sorted(res.exclusions.items(), key=lambda kv: -kv[1])],
+                     hide_index=True, width="stretch")
+    else:
+        st.caption("No cell is excluded.")
+    actions = store.list_review_actions(sample_id)
+    if actions:
+        st.markdown("**Review decisions**")
+        st.dataframe([{"cell": a.cell_id, "from": a.old_label, "to": a.new_label, "by": a.actor,
+                       "at": a.at.strftime("%Y-%m-%d %H:%M:%S")} for a in reversed(actions)],
+                     hide_index=True, width="stretch", height=min(38 + 35 * len(actions), 320))

@@ -1,0 +1,52 @@
+"""Users (admin): create accounts, change roles, deactivate, reset passwords."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._common import attempt, flash, get_store, require, require_user, show_flash
+from phenotyping.auth import MIN_PASSWORD_LENGTH, create_user, set_password, update_account
+from phenotyping.schemas import Role
+
+store = get_store()
+user = require_user()
+st.title("Users")
+require(user, "users.manage", "Managing users")
+show_flash()
+
+accounts = store.list_users()
+st.dataframe([{"username": u.username, "name": u.display_name, "role": u.role.value, "active": u.active}
+              for u in accounts], hide_index=True, width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("New account")
+    with st.form("new_user", clear_on_submit=True):
+        username = st.text_input("Username", help="lower-case letters, digits, '.', '_' or '-'")
+        display = st.text_input("Full name")
+        role = st.selectbox("Role", [r.value for r in Role])
+        pw = st.text_input("Initial password", type="password", help=f"At least {MIN_PASSWORD_LENGTH} characters")
+        if st.form_submit_button("Create account", type="primary"):
+            ok, u = attempt(create_user, store, username, pw, role, actor=user.username, display_name=display)
+            if ok:
+                flash(f"Account {u.username} ({u.role.value}) created.")
+                st.rerun()
+with right:
+    st.subheader("Change an account")
+    names = [u.username for u in accounts]
+    who = st.selectbox("Account", names)
+    target = next(u for u in accounts if u.username == who)
+    new_role = st.selectbox("Role", [r.value for r in Role], index=[r.value for r in Role].index(target.role.value),
+                            key=f"role_{who}")
+    active = st.checkbox("Active", value=target.active, key=f"active_{who}")
+    if st.button("Save changes"):
+        ok, _ = attempt(update_account, store, who, actor=user.username, role=new_role, active=active)
+        if ok:
+            flash(f"Account {who} updated.")
+            st.rerun()
+    new_pw = st.text_input("New password", type="password", key=f"pw_{who}")
+    if st.button("Reset password") and new_pw:
+        ok, _ = attempt(set_password, store, who, new_pw, actor=user.username)
+        if ok:
+            flash(f"Password of {who} reset.")
+            st.rerun()
