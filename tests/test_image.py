@@ -121,3 +121,14 @@ def test_tiff_bomb_is_refused_before_decoding():
 def test_tiny_image_is_refused():
     with pytest.raises(ImageError, match="at least"):
         read_image(encode(np.zeros((1, 2, 2), np.uint8), "png"), "dot.png")
+
+
+def test_truncated_png_is_refused_even_after_weasyprint_import():
+    import weasyprint  # noqa: F401  (sets PIL's LOAD_TRUNCATED_IMAGES = True process-wide)
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    data = encode(cell_array(h=64, w=64), "png")
+    with pytest.raises(ImageError, match="cannot decode PNG"):
+        read_image(data[: len(data) // 2], "cut.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for WeasyPrint

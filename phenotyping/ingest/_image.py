@@ -7,7 +7,10 @@ OME or ImageJ metadata where present, so a z-stack becomes ``(C, Z, H, W)``).
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from phenotyping.ingest._fasttiff import read_simple_tiff
 MAX_PLANE_PIXELS = 4_000_000
 MAX_TOTAL_VOXELS = 64_000_000
 MIN_SIDE = 4
+_PIL_FLAG_LOCK = threading.Lock()
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -57,11 +61,26 @@ def _check_plane(name: str, h: int, w: int, max_pixels: int) -> None:
         raise ImageError(name, f"image is only {w}×{h} pixels; a cell image needs at least {MIN_SIDE}×{MIN_SIDE}")
 
 
+@contextmanager
+def _strict_truncation() -> Iterator[None]:
+    """Refuse truncated files whatever another library set: WeasyPrint sets PIL's process-wide
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` when imported, which would silently pad a cut-off cell image."""
+    from PIL import ImageFile
+
+    with _PIL_FLAG_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _strict_truncation():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
