@@ -3,6 +3,7 @@ sample picker and header, one-line error messages, and uploads streamed to disk.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -13,7 +14,7 @@ import streamlit as st
 
 from phenotyping.auth import can
 from phenotyping.errors import PhenotypingError
-from phenotyping.jobs import JobRunner
+from phenotyping.jobs import JobRunner, warm_up_models
 from phenotyping.schemas import Role, User
 from phenotyping.settings import get_settings
 from phenotyping.store import Store
@@ -31,8 +32,11 @@ def get_store() -> Store:
 
 @st.cache_resource(show_spinner=False)
 def get_runner() -> JobRunner:
-    """The server's background job runner (one worker); marks jobs of a previous server process failed."""
-    return JobRunner(get_store(), workers=1)
+    """The server's background job runner (one worker); marks jobs of a previous server process failed and starts
+    loading the usable models in the background, so the first analysis does not wait for torch and the weights."""
+    runner = JobRunner(get_store(), workers=1)
+    warm_up_models(runner.store)
+    return runner
 
 
 # -- the user --------------------------------------------------------------------------------------------------------
@@ -171,16 +175,21 @@ def results_token(store: Store, sample_id: str) -> tuple[Any, ...]:
     return (sample_id, model, n_pred, len(store.list_review_actions(sample_id)), store.count_cells(sample_id))
 
 
-def sample_results_cached(store: Store, sample_id: str, *, n_bootstrap: int = 1000) -> Any:
-    """:func:`phenotyping.results.sample_results`, recomputed only when :func:`results_token` changes."""
+def sample_results_cached(store: Store, sample_id: str, *, n_bootstrap: int = 0) -> Any:
+    """:func:`phenotyping.results.sample_results`, recomputed only when :func:`results_token` changes.
+
+    ``n_bootstrap=0`` (the default on interactive screens) gives the raw differential with its exact CIs and the
+    corrected point estimates in about 0.1 s per 1,000 cells; the corrected CIs need the bootstrap (seconds).
+    """
     from phenotyping.results import sample_results
 
     token = (*results_token(store, sample_id), n_bootstrap)
     cache = st.session_state.setdefault("_results_cache", {})
-    if cache.get("token") != token:
-        cache["token"] = token
-        cache["value"] = sample_results(store, sample_id, n_bootstrap=n_bootstrap)
-    return cache["value"]
+    if token not in cache:
+        if len(cache) > 8:
+            cache.clear()
+        cache[token] = sample_results(store, sample_id, n_bootstrap=n_bootstrap)
+    return cache[token]
 
 
 def differential_rows(res: Any) -> list[dict[str, Any]]:
@@ -198,7 +207,7 @@ def differential_rows(res: Any) -> list[dict[str, Any]]:
         if corrected is not None:
             p, lo, hi = corr.get(c.label, (float("nan"),) * 3)
             row[f"corrected % ({corrected.method})"] = round(p, 1)
-            row["corrected 95% CI"] = f"{lo:.1f}–{hi:.1f}"
+            row["corrected 95% CI"] = f"{lo:.1f}–{hi:.1f}" if math.isfinite(lo) and math.isfinite(hi) else "—"
         rows.append(row)
     return rows
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages._common import allowed, attempt, flash, get_runner, get_store, require_user, show_flash
 from phenotyping.checkpoint import load_card
-from phenotyping.jobs import FINISHED, submit_evaluation, submit_training
+from phenotyping.jobs import FINISHED, submit_evaluation, submit_training, warm_up_models
 from phenotyping.results import find_model_dirs
 from phenotyping.settings import get_settings
 
@@ -44,6 +44,7 @@ if admin and unregistered:
         ok, _ = attempt(store.register_model, pick, path=str(unregistered[pick]),
                         card=load_card(unregistered[pick]), actor=user.username, usable=True)
         if ok:
+            warm_up_models(store)
             flash(f"{pick} registered and usable.")
             st.rerun()
 

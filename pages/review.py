@@ -13,8 +13,9 @@ from phenotyping.results import model_dir_for
 from phenotyping.schemas import SampleStatus
 
 EXTRA_LABELS = ("debris", "other")  # reviewed labels that exclude a cell from the count ("reviewed as …")
-PAGE_SIZE = 40
-COLUMNS = 8
+PAGE_SIZE = 36
+COLUMNS = 6
+BUTTONS_PER_ROW = 5
 
 store = get_store()
 user = require_user()
@@ -28,7 +29,9 @@ if store.analysis_model(sample_id) is None:
     st.info("This sample has not been analysed yet: run a model on the Analyse screen first.")
     st.stop()
 
-res = sample_results_cached(store, sample_id)
+boot = st.toggle("Bootstrap CIs for the corrected percentages (1,000 resamples; takes seconds)",
+                 key="bootstrap_ci")
+res = sample_results_cached(store, sample_id, n_bootstrap=1000 if boot else 0)
 classes = list(res.card["classes"])
 by_id = {r.cell.id: r for r in res.cells}
 model_dir = model_dir_for(res.model_id, store=store)
@@ -86,19 +89,27 @@ with tab_gallery:
             n_sel = len(selected)
             st.markdown(f"**Reclassify the {n_sel} selected cell(s)** as:" if n_sel else
                         "Tick cells below, then click a class to reclassify them.")
-            bcols = st.columns(len(classes) + len(EXTRA_LABELS) + 1)
-            for col, label in zip(bcols, [*classes, *EXTRA_LABELS]):
-                if col.button(label, key=f"to_{label}", disabled=not n_sel, width="stretch"):
-                    ok, changed = attempt(store.reclassify, sorted(selected), label, actor=user.username,
-                                          model_id=res.model_id)
-                    if ok:
-                        for k in [k for k in st.session_state if str(k).startswith("pick_")]:
-                            del st.session_state[k]
-                        flash(f"{changed} cell(s) reclassified as {label}.")
-                        st.rerun()
-            if bcols[-1].button("Select page", key="select_page", width="stretch"):
+            targets = [*classes, *EXTRA_LABELS]
+            for row_start in range(0, len(targets), BUTTONS_PER_ROW):
+                bcols = st.columns(BUTTONS_PER_ROW)
+                for col, label in zip(bcols, targets[row_start:row_start + BUTTONS_PER_ROW]):
+                    if col.button(label, key=f"to_{label}", disabled=not n_sel, width="stretch",
+                                  type="primary" if label in classes else "secondary"):
+                        ok, changed = attempt(store.reclassify, sorted(selected), label, actor=user.username,
+                                              model_id=res.model_id)
+                        if ok:
+                            for k in [k for k in st.session_state if str(k).startswith("pick_")]:
+                                del st.session_state[k]
+                            flash(f"{changed} cell(s) reclassified as {label}.")
+                            st.rerun()
+            s1, s2, _ = st.columns([1, 1, 3])
+            if s1.button("Select page", key="select_page", width="stretch", icon=":material/select_all:"):
                 for r in shown:
                     st.session_state[f"pick_{r.cell.id}"] = True
+                st.rerun()
+            if s2.button("Clear selection", key="clear_selection", width="stretch", disabled=not n_sel):
+                for k in [k for k in st.session_state if str(k).startswith("pick_")]:
+                    del st.session_state[k]
                 st.rerun()
 
     if not shown:
@@ -113,9 +124,11 @@ with tab_gallery:
                     st.caption(f"image unreadable: {e}")
                 label = r.final_label or "—"
                 conf = "" if r.confidence is None else f" · {r.confidence:.2f}"
-                reviewed = " ✎" if r.cell.reviewed_label else ""
-                st.checkbox(f"#{r.cell.id} {label}{conf}{reviewed}", key=f"pick_{r.cell.id}",
-                            help=r.exclusion or f"predicted {r.predicted_class}")
+                reviewed = " (reviewed)" if r.cell.reviewed_label else ""
+                st.checkbox(f"#{r.cell.id}", key=f"pick_{r.cell.id}",
+                            help=f"{r.cell.source_file}: predicted {r.predicted_class}"
+                                 + (f"; {r.exclusion}" if r.exclusion else ""))
+                st.caption(f"**{label}**{conf}{reviewed}")
 
     if selected:
         with st.expander("Why did the model say that? (explanation of the first selected cell)",

@@ -171,6 +171,22 @@ def load_model_cached(model_dir: str | Path) -> Any:
         return _model_cache[key]
 
 
+def warm_up_models(store: Any) -> threading.Thread:
+    """Load every usable registered model on a background daemon thread (imports torch once, reads the weights),
+    so that the first prediction of a server process does not pay for it. Failures are logged, not raised: the
+    prediction job reports them when it loads the model itself."""
+    def load_all() -> None:
+        for m in usable_models(store):
+            try:
+                load_model_cached(m["path"])
+            except Exception:  # noqa: BLE001 - reported again, to the user, by the job that needs the model
+                log.exception("warm-up: could not load model %s from %s", m["id"], m["path"])
+
+    t = threading.Thread(target=load_all, name="leuko-model-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def usable_models(store: Any) -> list[dict[str, Any]]:
     """Registered models marked usable whose folder still exists: ``{"id", "path", "card"}``."""
     return [m for m in store.list_models() if m["usable"] and Path(m["path"]).is_dir()]

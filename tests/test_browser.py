@@ -1,0 +1,254 @@
+"""End to end in a real browser: Debian's chromium driven by playwright against ``streamlit run app.py``.
+
+Creates the admin with the CLI, logs in, registers the shipped Jurkat model, creates a sample, uploads a 1,000-cell
+zip built from ../shared/data/ifc-jurkat-labelfree, runs the analysis, reviews the unidentified queue, imports the
+manual count, drafts and edits the interpretation, installs a signing key, signs and downloads the signed PDF.
+Screenshots of every page go to a temporary folder and, when ``LEUKO_SCREENSHOT_DIR`` is set, there too. The time
+from the upload to the differential on screen is printed and written to ``timings.json`` beside the screenshots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, shared_data
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ADMIN_PW = "browser-admin-pw"
+KEY_PW = "browser-key-pw"
+N_CELLS = 1000
+MODEL_ID = "jurkat-hybrid-fdc9fdfcb0"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jurkat_zip(out: Path, n: int) -> tuple[Path, dict[str, int]]:
+    """A zip of ``n`` Jurkat cells (seeded random subset) with its manifest; returns it and the class counts."""
+    root = shared_data("ifc-jurkat-labelfree")
+    with (root / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows = random.Random(0).sample(rows, n)
+    counts: dict[str, int] = {}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        lines = ["cell_id,path,phase,dna_content"]
+        for r in rows:
+            z.write(root / r["path"], r["path"])
+            lines.append(f"{r['cell_id']},{r['path']},{r['phase']},{r['dna_content']}")
+            counts[r["phase"]] = counts.get(r["phase"], 0) + 1
+        z.writestr("manifest.csv", "\n".join(lines) + "\n")
+    return out, counts
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    env = {**os.environ, "LEUKO_DB_PATH": str(tmp_path / "lab.duckdb"), "LEUKO_ADMIN_PASSWORD": ADMIN_PW,
+           "LEUKO_MODEL_DIR": str(tmp_path / "models")}
+    env.pop("LEUKO_LLM_MODEL", None)
+    subprocess.run([sys.executable, "-m", "phenotyping", "users", "create-admin", "--username", "admin",
+                    "--display-name", "Dr Admin"], env=env, check=True, cwd=PROJECT_ROOT, capture_output=True)
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the server did not start; log:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+        yield url, tmp_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_review_workflow_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from reports.keys import init_ca, issue_signer
+
+    url, _ = server
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    extra = Path(os.environ["LEUKO_SCREENSHOT_DIR"]) if os.environ.get("LEUKO_SCREENSHOT_DIR") else None
+    zip_path, truth = _jurkat_zip(tmp_path / "jurkat-1000.zip", N_CELLS)
+    init_ca(tmp_path / "ca", name="Browser test CA", password=b"ca-secret-1", key_type="ec")
+    p12 = issue_signer(tmp_path / "ca", tmp_path / "admin.p12", name="Dr Admin", role="haematologist",
+                       ca_password=b"ca-secret-1", password=KEY_PW.encode(), key_type="ec")
+    counts_csv = tmp_path / "manual.csv"
+    counts_csv.write_text("sample_id,cell_type,count\n" + "".join(f"JK-0001,{c},{n}\n" for c, n in truth.items()))
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+
+        def idle() -> None:
+            """Wait until the script run ends (Streamlit's status widget disappears)."""
+            page.wait_for_timeout(300)
+            page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0",
+                                   timeout=120_000)
+
+        def shot(name: str) -> None:
+            idle()
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+            if extra is not None:
+                extra.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shots / f"{name}.png", extra / f"{name}.png")
+
+        def nav(title: str) -> None:
+            page.get_by_role("link", name=title, exact=True).click()
+            expect(page.get_by_role("heading", name=title, exact=True).first).to_be_visible()
+            idle()
+
+        def no_exception() -> None:
+            assert page.locator('[data-testid="stException"]').count() == 0
+
+        page.goto(url)
+        expect(page.get_by_role("button", name="Log in")).to_be_visible()
+        shot("01-login")
+        page.get_by_label("Username", exact=True).fill("admin")
+        page.get_by_label("Password", exact=True).fill(ADMIN_PW)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("heading", name="Samples", exact=True).first).to_be_visible()
+
+        # Models: register the shipped model as usable
+        nav("Models")
+        page.get_by_role("button", name="Register as usable").click()
+        expect(page.get_by_text(f"{MODEL_ID} registered and usable")).to_be_visible()
+        shot("07-models")
+
+        # Samples: create, upload the zip, ingest
+        nav("Samples")
+        page.get_by_label("Sample id", exact=True).fill("JK-0001")
+        page.get_by_label("Patient pseudonym", exact=True).fill("PSEUDO-17")
+        page.get_by_role("button", name="Create sample").click()
+        expect(page.get_by_text("Sample JK-0001 created")).to_be_visible()
+        idle()
+        t_upload = time.perf_counter()
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(zip_path))
+        expect(page.get_by_text("jurkat-1000.zip")).to_be_visible()
+        page.get_by_role("button", name="Ingest").click()
+        expect(page.get_by_text(f"{N_CELLS:,} cells ingested into JK-0001")).to_be_visible(timeout=120_000)
+        t_ingested = time.perf_counter()
+        nav("Analyse")
+        page.get_by_role("button", name="Run analysis").click()
+        expect(page.get_by_role("heading", name="Differential")).to_be_visible(timeout=180_000)
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+        t_diff = time.perf_counter()
+        no_exception()
+        shot("02-analyse")
+        timings = {"cells": N_CELLS, "upload_to_ingested_s": round(t_ingested - t_upload, 2),
+                   "upload_to_differential_s": round(t_diff - t_upload, 2)}
+        print(f"\nbrowser timings: {timings}")
+        (shots / "timings.json").write_text(json.dumps(timings, indent=2))
+        if extra is not None:
+            shutil.copy(shots / "timings.json", extra / "timings.json")
+        nav("Samples")
+        shot("01-samples")
+
+        # Review: reclassify one cell, then clear the unidentified queue page by page
+        nav("Review")
+        shot("03-review")
+        page.locator('[data-testid="stCheckbox"]').filter(has_text="#").first.click()
+        idle()
+        page.get_by_role("button", name="G1", exact=True, disabled=False).click()
+        expect(page.get_by_text("1 cell(s) reclassified as G1")).to_be_visible()
+        for _ in range(60):
+            idle()
+            if page.get_by_text("Signing is blocked").count() == 0:
+                break
+            page.get_by_role("button", name="Select page", disabled=False).click()
+            idle()
+            page.get_by_role("button", name="other", exact=True, disabled=False).click()
+        expect(page.get_by_text("Signing is blocked")).to_have_count(0)
+        no_exception()
+        shot("03-review-done")
+
+        # Agreement: the manual count from a CSV
+        nav("Agreement")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(counts_csv))
+        idle()
+        page.get_by_role("button", name="Import CSV").click()
+        expect(page.get_by_text("Imported manual counts of 1 sample(s)")).to_be_visible()
+        expect(page.get_by_text("Model vs manual for this sample")).to_be_visible()
+        no_exception()
+        shot("04-agreement")
+
+        # Report: draft, edit, install the key, sign, download
+        nav("Report")
+        page.get_by_role("button", name="Generate draft").click()
+        expect(page.get_by_text("Draft v1 written")).to_be_visible()
+        box = page.get_by_role("textbox", name="Interpretation")
+        box.fill(box.input_value() + " Reviewed in the browser test.")
+        box.press("Control+Enter")
+        idle()
+        page.get_by_role("button", name="Save edit").click()
+        expect(page.get_by_text("Saved as version 2")).to_be_visible()
+        page.get_by_role("button", name="Preview the PDF").click()
+        expect(page.get_by_text("page 1", exact=True)).to_be_visible(timeout=120_000)
+        shot("05-report-preview")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(p12))
+        idle()
+        page.get_by_label("Key password", exact=True).fill(KEY_PW)
+        page.get_by_role("button", name="Keep this key").click()
+        expect(page.get_by_text("Signing key installed")).to_be_visible()
+        page.get_by_label("Key password", exact=True).fill("not-the-password")
+        page.get_by_role("button", name="Sign the report").click()
+        expect(page.locator('[data-testid="stAlertContentError"]').first).to_be_visible()
+        page.get_by_label("Key password", exact=True).fill(KEY_PW)
+        page.get_by_role("button", name="Sign the report").click()
+        expect(page.get_by_text("Version 2 signed (final)")).to_be_visible(timeout=120_000)
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Signed PDF").click()
+        pdf = tmp_path / "signed.pdf"
+        dl.value.save_as(pdf)
+        assert pdf.read_bytes().startswith(b"%PDF-")
+        no_exception()
+        shot("05-report-signed")
+
+        nav("Audit")
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+        assert page.get_by_text("report.sign").count() >= 1  # the grid's accessible cells (drawn on a canvas)
+        shot("06-audit")
+        browser.close()
+
+    from reports.signing import verify
+
+    result = verify(pdf, trust=tmp_path / "ca" / "ca.pem")
+    assert result["intact"]
