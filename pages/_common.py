@@ -14,7 +14,7 @@ import streamlit as st
 
 from phenotyping.auth import can
 from phenotyping.errors import PhenotypingError
-from phenotyping.jobs import JobRunner, warm_up_models
+from phenotyping.jobs import JobRunner
 from phenotyping.schemas import Role, User
 from phenotyping.settings import get_settings
 from phenotyping.store import Store
@@ -35,7 +35,7 @@ def get_runner() -> JobRunner:
     """The server's background job runner (one worker); marks jobs of a previous server process failed and starts
     loading the usable models in the background, so the first analysis does not wait for torch and the weights."""
     runner = JobRunner(get_store(), workers=1)
-    warm_up_models(runner.store)
+    runner.warm_up()
     return runner
 
 
@@ -86,6 +86,7 @@ def nav_pages() -> list[Any] | dict[str, list[Any]]:
     user = current_user()
     if user is None:
         return [st.Page("pages/login.py", title="Log in", icon=":material/login:", default=True)]
+    get_runner()  # started with the first logged-in page: fails orphaned jobs, loads the usable models
     review = [
         st.Page("pages/samples.py", title="Samples", icon=":material/science:", default=True),
         st.Page("pages/analyse.py", title="Analyse", icon=":material/memory:"),

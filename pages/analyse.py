@@ -102,6 +102,8 @@ if store.analysis_model(sample_id) and not running:
         st.dataframe(differential_rows(res), hide_index=True, width="stretch", key="differential")
         for w in (*res.differential.raw.warnings, *res.differential.notes):
             st.caption(f"⚠ {w}")
+        st.caption("Raw CIs: Clopper-Pearson exact. The corrected percentages' bootstrap CIs are computed on the "
+                   "Review screen on request; the report always includes them.")
         st.page_link("pages/review.py", label="Review the cells", icon=":material/grid_view:")
 
 with st.expander("Earlier analysis jobs", icon=":material/history:"):

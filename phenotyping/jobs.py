@@ -97,6 +97,12 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leuko-job")
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
+        self._warm: threading.Thread | None = None
+
+    def warm_up(self) -> threading.Thread:
+        """Start :func:`warm_up_models` for this runner's store (joined by :meth:`shutdown`)."""
+        self._warm = warm_up_models(self.store)
+        return self._warm
 
     def submit(self, kind: str, fn: JobFn, *, actor: str, sample_id: str | None = None,
                params: dict[str, Any] | None = None, total: int = 0) -> int:
@@ -143,6 +149,8 @@ class JobRunner:
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)
+        if wait and self._warm is not None:
+            self._warm.join()
 
 
 def active_job(store: Any, *, kind: str, sample_id: str | None = None) -> dict[str, Any] | None:
