@@ -196,7 +196,7 @@ def sample_results_cached(store: Store, sample_id: str, *, n_bootstrap: int = 0)
 def differential_rows(res: Any) -> list[dict[str, Any]]:
     """The differential as table rows: raw count, %, 95 % CI and the prior-shift-corrected % with its CI."""
     d = res.differential
-    corrected = d.em or d.adjusted_count
+    corrected = d.corrected
     corr = {}
     if corrected is not None:
         corr = {lab: (p, lo, hi) for lab, p, lo, hi in zip(corrected.labels, corrected.percent, corrected.ci_low,

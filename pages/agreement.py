@@ -71,7 +71,7 @@ else:
         res = sample_results_cached(store, sample_id)
         if res.differential is not None:
             manual_total = sum(c.count or 0 for c in saved.values())
-            corrected = res.differential.em or res.differential.adjusted_count
+            corrected = res.differential.corrected
             corr = corrected.as_mapping() if corrected is not None else {}
             table = []
             for c in res.differential.raw.classes:

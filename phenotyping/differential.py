@@ -448,6 +448,15 @@ class SampleDifferential:
     n_cells: int
     notes: tuple[str, ...] = ()
 
+    @property
+    def corrected(self) -> CorrectedComposition | None:
+        """The prior-shift-corrected composition that screens, studies and reports show as "corrected %".
+
+        The one rule, so that a reviewer signs the numbers they reviewed: EM (Saerens et al. 2002) when it could be
+        computed, else the adjusted count (Forman 2008), else ``None``.
+        """
+        return self.em if self.em is not None else self.adjusted_count
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_cells": self.n_cells,

@@ -17,9 +17,6 @@ from phenotyping.results import load_card_for, sample_results
 from phenotyping.schemas import ManualCount
 from phenotyping.study import StudyResult, compute_study
 
-# Which prior-shift correction a study compares: EM on the model's probabilities (Saerens et al. 2002) where the card
-# allows it, else the adjusted count from the validation confusion matrix.
-CORRECTION_ORDER = ("em", "adjusted_count")
 
 
 def import_manual_counts(
@@ -79,11 +76,11 @@ def model_percentages(store: Any, sample_id: str, *, model_id: str, card: Mappin
     if d is None or d.raw.n_counted == 0:
         raise ValueError(f"sample {sample_id!r} has no counted cells for model {model_id!r}; analyse it first")
     raw = {c.label: c.percent for c in d.raw.classes}
-    for method in CORRECTION_ORDER:
-        comp = getattr(d, method)
-        if comp is not None:
-            return raw, comp.as_mapping(), method, d.raw.n_counted
-    return raw, None, None, d.raw.n_counted
+    comp = d.corrected  # the same correction the screens and the report show
+    if comp is None:
+        return raw, None, None, d.raw.n_counted
+    method = "em" if comp is d.em else "adjusted_count"
+    return raw, comp.as_mapping(), method, d.raw.n_counted
 
 
 def run_study(

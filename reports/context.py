@@ -370,7 +370,7 @@ def build_context(
         raise ValueError(f"sample {sample_id!r} has no analysis model, so there is no differential to report; "
                          "run `python -m phenotyping predict` first")
     diff, card = res.differential, res.card
-    corrected = diff.adjusted_count or diff.em
+    corrected = diff.corrected
     corr = {} if corrected is None else {lab: (p, lo, hi) for lab, p, lo, hi in zip(
         corrected.labels, corrected.percent, corrected.ci_low, corrected.ci_high)}
     refs = reference_intervals or {}
