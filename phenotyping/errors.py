@@ -31,3 +31,7 @@ class ImageError(PhenotypingError, ValueError):
 
 class IngestError(PhenotypingError, ValueError):
     """A whole image set could not be used."""
+
+
+class SampleLocked(PhenotypingError):
+    """A change that would alter the results of a sample whose latest report version is signed."""

@@ -183,7 +183,7 @@ def predict_sample(
         for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda"):
             qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold)
             store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
-            store.add_predictions(preds, sample_id=sample_id)
+            store.add_predictions(preds, sample_id=sample_id, actor=actor)
             counts["predicted"] += len(preds)
             counts["excluded"] += sum(1 for _, s, _ in qc_rows if s == QCState.excluded)
             counts["unidentified"] += unsure

@@ -13,6 +13,9 @@ Design:
   not as blobs: the database stays small and fast to copy, and the bytes a lab received are kept verbatim. A file is
   written to a temporary name, fsynced and renamed *before* its row is committed, so a process killed mid-ingest
   leaves at worst an unreferenced file, never a row without its image.
+- While a sample's latest report version is signed, the sample is locked: changes that would alter its results
+  (cells, image QC, predictions, reviews, the analysis model, manual counts) raise :class:`SampleLocked`, checked in
+  the same transaction as the write. A new report version that amends the signed one (with a reason) unlocks it.
 - All SQL uses ``?`` parameters.
 """
 
@@ -31,7 +34,7 @@ from typing import Any
 
 import duckdb
 
-from phenotyping.errors import DatabaseInUseError, NotFoundError, StoreError
+from phenotyping.errors import DatabaseInUseError, NotFoundError, SampleLocked, StoreError
 from phenotyping.schemas import (
     AuditEvent,
     Cell,
@@ -388,6 +391,27 @@ class Store:
             prev = r["hash"]
         return True, None
 
+    # -- the signed-sample lock ------------------------------------------------------------------------------------
+    def signed_lock(self, sample_id: str) -> ReportVersion | None:
+        """The signed report version that locks the sample's results, or None when they may change."""
+        rows = self._rows("SELECT * FROM reports WHERE sample_id = ? ORDER BY version DESC LIMIT 1", [sample_id])
+        if rows and rows[0]["signed_at"] is not None:
+            return self._report_from_row(rows[0])
+        return None
+
+    @staticmethod
+    def _refuse_if_signed(cur: duckdb.DuckDBPyConnection, sample_id: str, change: str) -> None:
+        """Raise SampleLocked when the sample's latest report version is signed (called inside the write's tx)."""
+        rows = cur.execute("SELECT version, signed_by, signed_at FROM reports WHERE sample_id = ? "
+                           "ORDER BY version DESC LIMIT 1", [sample_id]).fetchall()  # fetchall: result complete
+        row = rows[0] if rows else None
+        if row is not None and row[2] is not None:
+            at = _utc(row[2])
+            raise SampleLocked(
+                f"sample {sample_id} is locked: its report version {row[0]} was signed by {row[1]} on "
+                f"{at:%Y-%m-%d %H:%M} UTC, and {change} would change its signed results; "
+                f"amend the report (with a reason) to change it")
+
     # -- samples ---------------------------------------------------------------------------------------------------
     def create_sample(self, sample: Sample, *, actor: str) -> Sample:
         with self._tx() as cur:
@@ -474,6 +498,7 @@ class Store:
         if row[0] == model_id:
             return
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, f"choosing model {model_id} for its differential")
             cur.execute("UPDATE samples SET analysis_model_id = ? WHERE id = ?", [model_id, sample_id])
             self._audit(cur, actor=actor, action="sample.analysis_model", entity="sample", entity_id=sample_id,
                         sample_id=sample_id, before={"model_id": row[0]}, after={"model_id": model_id})
@@ -544,6 +569,7 @@ class Store:
         if self.db_path != ":memory:":
             os.sync()  # the image files reach the disk before their rows are committed
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, f"adding {len(rows)} cell(s)")
             ids = [int(r[0]) for r in cur.execute(
                 "SELECT nextval('cell_id_seq') FROM range(?)", [len(rows)]).fetchall()]
             import pandas as pd  # a DataFrame scan inserts a batch far faster than row-wise parameters
@@ -608,6 +634,7 @@ class Store:
         batch = pd.DataFrame({"id": [int(i) for i, _, _ in results], "state": [st.value for _, st, _ in results],
                               "reason": [r for _, _, r in results]})
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, f"changing the image QC of {len(results)} cell(s)")
             cur.register("_qc_batch", batch)
             try:
                 cur.execute("UPDATE cells SET qc_state = b.state, qc_reason = b.reason FROM _qc_batch b "
@@ -631,12 +658,16 @@ class Store:
         if not new_label or not new_label.strip():
             raise ValueError("new_label must be a non-empty class name")
         changed = 0
+        unlocked: set[str] = set()
         with self._tx() as cur:
             for cid in cell_ids:
                 row = cur.execute("SELECT sample_id, reviewed_label FROM cells WHERE id = ?", [int(cid)]).fetchone()
                 if row is None:
                     raise NotFoundError(f"no cell with id {cid}")
                 sample_id, old = row
+                if sample_id not in unlocked:
+                    self._refuse_if_signed(cur, sample_id, f"reclassifying cell {cid} as {new_label!r}")
+                    unlocked.add(sample_id)
                 if old is None and model_id:
                     p = cur.execute("SELECT predicted_class FROM predictions WHERE cell_id = ? AND model_id = ?",
                                     [int(cid), model_id]).fetchone()
@@ -659,8 +690,16 @@ class Store:
             "SELECT * FROM review_actions WHERE sample_id = ? ORDER BY id", [sample_id])]
 
     # -- predictions -----------------------------------------------------------------------------------------------
-    def add_predictions(self, predictions: Sequence[Prediction], *, sample_id: str) -> None:
-        """Store (or replace) predictions; committed as one transaction so an interrupted run keeps whole batches."""
+    def add_predictions(self, predictions: Sequence[Prediction], *, sample_id: str, actor: str) -> None:
+        """Store (or replace) predictions; committed as one transaction so an interrupted run keeps whole batches.
+
+        One audit event per model in the batch (normally one per batch) records the model id and version, the
+        number of cells, how many earlier predictions it replaced, and the predicted classes counted.
+
+        Raises:
+            ValueError: a prediction's cell is not a cell of ``sample_id``.
+            SampleLocked: the sample's latest report version is signed.
+        """
         if not predictions:
             return
         import pandas as pd  # one DataFrame scan per batch; row-wise parameters cost ~3 ms a row here
@@ -674,14 +713,31 @@ class Store:
             "targets": [_json(p.targets) for p in predictions],
             "created_at": [p.created_at for p in predictions]})
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, f"writing {len(batch)} prediction(s)")
             cur.register("_pred_batch", batch)
             try:
+                stray = cur.execute("SELECT b.cell_id FROM _pred_batch b LEFT JOIN cells c ON c.id = b.cell_id "
+                                    "WHERE c.sample_id IS DISTINCT FROM ? LIMIT 5", [sample_id]).fetchall()
+                if stray:
+                    raise ValueError(f"predictions for cell(s) {[int(r[0]) for r in stray]} given for sample "
+                                     f"{sample_id}, but those cells are not in it; pass each sample's own cells")
+                summary = cur.execute(
+                    "SELECT b.model_id, b.model_version, count(*), count(p.cell_id) FROM _pred_batch b "
+                    "LEFT JOIN predictions p ON p.cell_id = b.cell_id AND p.model_id = b.model_id "
+                    "GROUP BY ALL ORDER BY b.model_id, b.model_version").fetchall()
                 cur.execute("DELETE FROM predictions WHERE (cell_id, model_id) IN "
                             "(SELECT cell_id, model_id FROM _pred_batch)")
                 cur.execute("INSERT INTO predictions SELECT cell_id, ?, model_id, model_version, predicted_class, "
                             "confidence, probabilities, targets, created_at FROM _pred_batch", [sample_id])
             finally:
                 cur.unregister("_pred_batch")
+            for model_id, version, n, replaced in summary:
+                mine = batch[(batch["model_id"] == model_id) & (batch["model_version"] == version)]
+                classes = {str(k): int(v) for k, v in mine["predicted_class"].value_counts().sort_index().items()}
+                self._audit(cur, actor=actor, action="predictions.save", entity="sample", entity_id=sample_id,
+                            sample_id=sample_id,
+                            after={"model_id": model_id, "model_version": version, "cells": int(n),
+                                   "replaced": int(replaced), "classes": classes})
 
     def predicted_cell_ids(self, sample_id: str, model_id: str) -> set[int]:
         return {int(r[0]) for r in self._cursor().execute(
@@ -698,6 +754,7 @@ class Store:
 
     def delete_predictions(self, sample_id: str, model_id: str, *, actor: str) -> int:
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, f"deleting the predictions of model {model_id}")
             n = cur.execute("SELECT count(*) FROM predictions WHERE sample_id = ? AND model_id = ?",
                             [sample_id, model_id]).fetchone()[0]
             cur.execute("DELETE FROM predictions WHERE sample_id = ? AND model_id = ?", [sample_id, model_id])
@@ -716,6 +773,7 @@ class Store:
                   for c in self.get_manual_counts(sample_id)]
         now = utcnow()
         with self._tx() as cur:
+            self._refuse_if_signed(cur, sample_id, "replacing the manual counts")
             cur.execute("DELETE FROM manual_counts WHERE sample_id = ?", [sample_id])
             cur.executemany("INSERT INTO manual_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [[sample_id, c.cell_type, c.count, c.percent, c.total_counted, actor, now] for c in counts])
@@ -744,12 +802,17 @@ class Store:
     def add_report_version(self, sample_id: str, *, interpretation: str, source: str, actor: str,
                            status: str = "draft", amends_version: int | None = None,
                            amendment_reason: str | None = None) -> ReportVersion:
-        """Save a new report version (every saved edit is a new version; nothing is overwritten)."""
+        """Save a new report version (every saved edit is a new version; nothing is overwritten).
+
+        After a signed version only an amendment (``amends_version`` and a reason) may follow; it unlocks the sample.
+        """
         self.get_sample(sample_id)
         if amends_version is not None and not (amendment_reason or "").strip():
             raise ValueError("an amendment needs a reason")
         with self._tx() as cur:
             last = cur.execute("SELECT max(version) FROM reports WHERE sample_id = ?", [sample_id]).fetchone()[0]
+            if amends_version is None:
+                self._refuse_if_signed(cur, sample_id, "a new report version that is not an amendment")
             version = int(last or 0) + 1
             rv = ReportVersion(sample_id=sample_id, version=version, status=status, interpretation=interpretation,
                                interpretation_source=source, amends_version=amends_version,

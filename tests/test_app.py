@@ -92,7 +92,7 @@ def lab(app_env):
         conf = 0.5 if k < 2 else 0.9
         preds.append(Prediction(cell_id=cid, model_id="toy-1", model_version="1", predicted_class=label,
                                 confidence=conf, probabilities={c: conf if c == label else 1 - conf for c in CLASSES}))
-    store.add_predictions(preds, sample_id="S1")
+    store.add_predictions(preds, sample_id="S1", actor="rev")
     store.set_analysis_model("S1", "toy-1", actor="rev")
     store.set_sample_status("S1", SampleStatus.analysed, actor="rev")
     return store, ids

@@ -30,7 +30,7 @@ def _fill(store: Store, model_dir) -> None:
     store.add_predictions([
         Prediction(cell_id=i, model_id="toy-1", model_version="2025.1", predicted_class=lab, confidence=0.9,
                    probabilities={c: 0.9 if c == lab else 0.1 for c in CLASSES}, targets={"cd16": 5.0})
-        for i, lab in zip(ids, labels)], sample_id="S1")
+        for i, lab in zip(ids, labels)], sample_id="S1", actor="model")
     store.set_qc([(ids[0], QCState.excluded, "out of focus")], sample_id="S1", actor="qc")
     store.set_analysis_model("S1", "toy-1", actor="rev")
     store.set_manual_counts("S1", [ManualCount(sample_id="S1", cell_type="neutrophil", percent=60.0),

@@ -26,7 +26,7 @@ def predict(store, ids, labels, confs):
                    probabilities={"neutrophil": cf if lab == "neutrophil" else 1 - cf,
                                   "lymphocyte": cf if lab == "lymphocyte" else 1 - cf},
                    targets={"cd16": 10.0 if lab == "neutrophil" else 1.0})
-        for i, lab, cf in zip(ids, labels, confs)], sample_id="S1")
+        for i, lab, cf in zip(ids, labels, confs)], sample_id="S1", actor="model")
 
 
 def test_counting_rules(store, sample):

@@ -53,7 +53,7 @@ def test_reclassify_writes_review_and_audit(store, sample):
     ids = add_cells(store, 3)
     store.add_predictions([Prediction(cell_id=i, model_id="m1", model_version="1", predicted_class="neutrophil",
                                       confidence=0.9, probabilities={"neutrophil": 0.9, "monocyte": 0.1})
-                           for i in ids], sample_id="S1")
+                           for i in ids], sample_id="S1", actor="model")
     assert store.reclassify(ids[:2], "monocyte", actor="rev", model_id="m1") == 2
     assert store.reclassify(ids[:1], "monocyte", actor="rev", model_id="m1") == 0  # no change, no record
     assert [c.reviewed_label for c in store.list_cells("S1")] == ["monocyte", "monocyte", None]
@@ -167,3 +167,100 @@ def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
     s = Store(db)
     assert s.count_cells("K") == n
     s.close()
+
+
+def predictions(ids, label="neutrophil", model_id="m1"):
+    return [Prediction(cell_id=i, model_id=model_id, model_version="1.2", predicted_class=label, confidence=0.9,
+                       probabilities={label: 0.9, "other": 0.1}) for i in ids]
+
+
+def test_every_change_writes_its_audit_event(store, sample):
+    ids = add_cells(store, 3)
+    store.update_sample("S1", actor="clerk", notes="haemolysed")
+    store.set_qc([(ids[0], QCState.passed, None), (ids[1], QCState.excluded, "empty frame: no cell")],
+                 sample_id="S1", actor="qc")
+    store.add_predictions(predictions(ids), sample_id="S1", actor="runner")
+    store.add_predictions(predictions(ids[:1], label="monocyte"), sample_id="S1", actor="runner")
+    store.set_analysis_model("S1", "m1", actor="rev")
+    store.add_report_version("S1", interpretation="text", source="template", actor="rev")
+    store.mark_report_signed("S1", 1, signer="sig", status="final", pdf_path="r.pdf", pdf_hash="ab")
+    by_action = {}
+    for e in store.list_audit(sample_id="S1"):
+        by_action.setdefault(e.action, []).append(e)
+    assert by_action["sample.update"][0].actor == "clerk"
+    assert by_action["sample.update"][0].after == {"notes": "haemolysed"}
+    assert by_action["cells.ingest"][0].after["cells"] == 3 and by_action["cells.ingest"][0].actor == "tester"
+    assert by_action["cells.qc"][0].after == {"passed": 1, "excluded: empty frame": 1}
+    assert by_action["sample.analysis_model"][0].after == {"model_id": "m1"}
+    assert by_action["report.version"][0].after["version"] == 1
+    assert by_action["report.sign"][0].actor == "sig" and by_action["report.sign"][0].after["status"] == "final"
+    saves = by_action["predictions.save"]  # one event per batch, not per cell; newest first
+    assert len(saves) == 2 and all(e.actor == "runner" for e in saves)
+    assert saves[1].after == {"model_id": "m1", "model_version": "1.2", "cells": 3, "replaced": 0,
+                              "classes": {"neutrophil": 3}}
+    assert saves[0].after == {"model_id": "m1", "model_version": "1.2", "cells": 1, "replaced": 1,
+                              "classes": {"monocyte": 1}}
+    assert store.verify_audit_chain() == (True, None)
+
+
+def test_predictions_for_another_samples_cells_are_refused(store, sample):
+    ids = add_cells(store, 2)
+    store.create_sample(Sample(id="S2", specimen=Specimen.blood), actor="t")
+    with pytest.raises(ValueError, match=r"not in it"):
+        store.add_predictions(predictions(ids), sample_id="S2", actor="runner")
+    assert store.list_predictions("S2", "m1") == [] and store.list_predictions("S1", "m1") == []
+
+
+def test_signed_sample_is_locked_until_amended(store, sample):
+    from phenotyping.errors import SampleLocked
+
+    ids = add_cells(store, 3)
+    store.add_predictions(predictions(ids), sample_id="S1", actor="runner")
+    store.set_manual_counts("S1", [ManualCount(sample_id="S1", cell_type="neutrophil", count=100,
+                                               total_counted=100)], actor="tech")
+    store.add_report_version("S1", interpretation="text", source="template", actor="rev")
+    assert store.signed_lock("S1") is None
+    store.mark_report_signed("S1", 1, signer="sig", status="final", pdf_path="r.pdf", pdf_hash="ab")
+    assert store.signed_lock("S1").version == 1
+    n_audit = len(store.list_audit())
+    data = png_bytes(cell_array(seed=99))
+    digest, rel = store.put_blob(data, suffix=".png")
+    attempts = {
+        "reclassify": lambda: store.reclassify(ids[:1], "monocyte", actor="rev", model_id="m1"),
+        "set_qc": lambda: store.set_qc([(ids[0], QCState.excluded, "blur")], sample_id="S1", actor="qc"),
+        "add_predictions": lambda: store.add_predictions(predictions(ids, "monocyte"), sample_id="S1",
+                                                         actor="runner"),
+        "delete_predictions": lambda: store.delete_predictions("S1", "m1", actor="rev"),
+        "set_analysis_model": lambda: store.set_analysis_model("S1", "m2", actor="rev"),
+        "set_manual_counts": lambda: store.set_manual_counts(
+            "S1", [ManualCount(sample_id="S1", cell_type="neutrophil", count=90, total_counted=100)], actor="tech"),
+        "add_cells": lambda: store.add_cells("S1", [{"cell_key": "late", "content_hash": digest,
+                                                     "source_file": "late.png", "blob_path": rel,
+                                                     "shape": (1, 32, 32), "dtype": "uint8"}], actor="t"),
+        "unamended report version": lambda: store.add_report_version("S1", interpretation="new", source="template",
+                                                                     actor="rev"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(SampleLocked) as e:
+            attempt()
+        msg = str(e.value)
+        assert "S1" in msg and "version 1" in msg and "amend the report (with a reason)" in msg, (what, msg)
+    # nothing changed, nothing audited
+    assert len(store.list_audit()) == n_audit
+    assert [c.reviewed_label for c in store.list_cells("S1")] == [None] * 3
+    assert {p.predicted_class for p in store.list_predictions("S1", "m1")} == {"neutrophil"}
+    assert store.get_manual_counts("S1")[0].count == 100 and store.count_cells("S1") == 3
+    # other samples are not locked
+    store.create_sample(Sample(id="S2", specimen=Specimen.blood), actor="t")
+    store.set_manual_counts("S2", [ManualCount(sample_id="S2", cell_type="neutrophil", count=1, total_counted=1)],
+                            actor="tech")
+    # an amendment (with a reason) unlocks
+    store.add_report_version("S1", interpretation="text", source="template", actor="rev", status="draft",
+                             amends_version=1, amendment_reason="cell 1 is a monocyte")
+    assert store.signed_lock("S1") is None
+    assert store.reclassify(ids[:1], "monocyte", actor="rev", model_id="m1") == 1
+    store.set_qc([(ids[0], QCState.passed, None)], sample_id="S1", actor="qc")
+    # signing the amendment locks again
+    store.mark_report_signed("S1", 2, signer="sig", status="amended", pdf_path="r2.pdf", pdf_hash="cd")
+    with pytest.raises(SampleLocked, match="version 2"):
+        store.reclassify(ids[1:2], "monocyte", actor="rev", model_id="m1")

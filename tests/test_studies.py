@@ -20,7 +20,7 @@ def make_sample(store, sid, n_neut, n_lymph):
         Prediction(cell_id=i, model_id="toy-1", model_version="1", predicted_class=lab, confidence=0.95,
                    probabilities={"neutrophil": 0.95 if lab == "neutrophil" else 0.05,
                                   "lymphocyte": 0.95 if lab == "lymphocyte" else 0.05})
-        for i, lab in zip(ids, labels)], sample_id=sid)
+        for i, lab in zip(ids, labels)], sample_id=sid, actor="model")
     store.set_analysis_model(sid, "toy-1", actor="t")
 
 
