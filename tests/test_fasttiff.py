@@ -75,3 +75,23 @@ def test_real_jurkat_files_match():
         fast = read_simple_tiff(data, **LIMITS)
         assert fast is not None
         np.testing.assert_array_equal(fast, reference(data))
+
+
+@pytest.mark.parametrize("compression", ["lzw", "jpeg"])
+def test_declines_lzw_and_jpeg_so_tifffile_decodes_them(compression):
+    from phenotyping.ingest import read_image
+
+    arr = np.moveaxis((np.random.default_rng(3).random((3, 24, 24)) * 200).astype(np.uint8), 0, -1)
+    buf = io.BytesIO()
+    if compression == "jpeg":
+        tifffile.imwrite(buf, arr, photometric="rgb", compression="jpeg")
+    else:
+        tifffile.imwrite(buf, np.moveaxis(arr, -1, 0), photometric="minisblack", compression="lzw",
+                         metadata={"axes": "CYX"})
+    data = buf.getvalue()
+    assert read_simple_tiff(data, **LIMITS) is None
+    out = read_image(data, f"{compression}.tif")
+    np.testing.assert_array_equal(out, reference(data))
+    assert out.shape == (3, 24, 24)
+    if compression == "lzw":
+        np.testing.assert_array_equal(out, np.moveaxis(arr, -1, 0))

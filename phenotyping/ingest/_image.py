@@ -1,7 +1,12 @@
 """Decode one single-cell image file into a channel-first array.
 
 Supported: PNG, JPEG, BMP and TIFF (8/16-bit, float; single- or multi-channel; multi-page TIFF as channels; axes from
-OME or ImageJ metadata where present, so a z-stack becomes ``(C, Z, H, W)``).
+OME or ImageJ metadata where present, so a z-stack becomes ``(C, Z, H, W)``; LZW, Deflate and JPEG-compressed TIFF
+through ``imagecodecs``).
+
+16-bit colour and grey+alpha PNGs are decoded by libpng through ``imagecodecs`` (Pillow would reduce them to 8 bits).
+An alpha channel that is the same everywhere carries no image information and is dropped (the caller is told through
+``notes``); one that varies is refused, because a mask is not an intensity channel.
 """
 
 from __future__ import annotations
@@ -76,7 +81,43 @@ def _strict_truncation() -> Iterator[None]:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
+_PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}
+
+
+def _png_16bit_colour(data: bytes) -> bool:
+    """True for a 16-bit RGB, grey+alpha or RGBA PNG (IHDR bit depth at byte 24, colour type at byte 25)."""
+    return len(data) > 25 and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in _PNG_COLOUR_TYPES
+
+
+def _decode_png16(data: bytes, name: str) -> np.ndarray:
+    try:
+        import imagecodecs
+    except ImportError as e:
+        raise ImageError(name, "16-bit colour PNG needs the 'imagecodecs' package to keep its 16 bits "
+                               "(pip install -r requirements.txt)") from e
+    try:
+        arr = imagecodecs.png_decode(data)
+    except Exception as e:  # imagecodecs.PngError for corrupt or truncated data
+        raise ImageError(name, f"cannot decode PNG: {e}") from e
+    if arr.dtype != np.uint16 or arr.ndim != 3:
+        raise ImageError(name, f"16-bit PNG decoded as {arr.dtype} {arr.shape}; expected 16-bit (H, W, C)")
+    return arr
+
+
+def _drop_alpha(arr: np.ndarray, name: str, notes: list[str] | None) -> np.ndarray:
+    """``arr`` is (H, W, C) whose last channel is alpha: drop it when constant, refuse the file when it varies."""
+    alpha = arr[..., -1]
+    lo, hi = int(alpha.min()), int(alpha.max())
+    if lo != hi:
+        raise ImageError(name, f"its alpha (transparency) channel varies ({lo} to {hi}); a cell image's channels "
+                               "must all be intensities: export the image without transparency (or the mask as a "
+                               "separate file)")
+    if notes is not None:
+        notes.append(f"alpha channel dropped (the same value, {lo}, everywhere)")
+    return arr[..., :-1]
+
+
+def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int, notes: list[str] | None = None) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -85,6 +126,11 @@ def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             _check_plane(name, h, w, max_pixels)
+            if fmt == "png" and _png_16bit_colour(data):
+                arr16 = _decode_png16(data, name)
+                if data[25] in (4, 6):
+                    arr16 = _drop_alpha(arr16, name, notes)
+                return _normalise_dtype(np.ascontiguousarray(np.moveaxis(arr16, -1, 0)))
             im.load()
     except ImageError:
         raise
@@ -95,6 +141,10 @@ def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode in ("La", "RGBa"):  # premultiplied alpha
+        im = im.convert("LA" if mode == "La" else "RGBA")
     elif mode == "1":
         im = im.convert("L")
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -105,8 +155,8 @@ def _read_pil(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[None]
     else:
-        if im.mode == "RGBA" and arr.shape[-1] == 4 and (arr[..., 3] == 255).all():
-            arr = arr[..., :3]  # an opaque alpha channel carries no information
+        if im.mode in ("LA", "RGBA"):
+            arr = _drop_alpha(arr, name, notes)
         arr = np.moveaxis(arr, -1, 0)
     return _normalise_dtype(np.ascontiguousarray(arr))
 
@@ -118,6 +168,8 @@ def _read_tiff(data: bytes, name: str, max_pixels: int, max_voxels: int) -> np.n
         with tifffile.TiffFile(io.BytesIO(data)) as tf:
             if not tf.series:
                 raise ImageError(name, "TIFF holds no image data")
+            if len(tf.series) > 1:
+                raise ImageError(name, _several_series_reason(tf))
             series = tf.series[0]
             axes = series.axes.upper()
             shape = tuple(int(s) for s in series.shape)
@@ -134,6 +186,27 @@ def _read_tiff(data: bytes, name: str, max_pixels: int, max_voxels: int) -> np.n
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error… for corrupt data
         raise ImageError(name, f"cannot decode TIFF: {e}") from e
     return _tiff_to_cfirst(arr, axes, name)
+
+
+def _several_series_reason(tf) -> str:
+    """Why a TIFF whose pages do not form one image is refused, naming the page shapes."""
+    n_pages = len(tf.pages)
+    groups: list[tuple[str, list[int]]] = []  # (shape, 1-based page numbers), in page order
+    for i, page in enumerate(tf.pages[:64], start=1):
+        shape = "×".join(str(int(x)) for x in page.shape) + f" {page.dtype}"
+        if groups and groups[-1][0] == shape:
+            groups[-1][1].append(i)
+        else:
+            groups.append((shape, [i]))
+    described = ", ".join(f"page{'s' if len(p) > 1 else ''} {p[0]}{f'–{p[-1]}' if len(p) > 1 else ''}: {shape}"
+                          for shape, p in groups)
+    if n_pages > 64:
+        described += f", … ({n_pages} pages)"
+    if len({shape for shape, _ in groups}) > 1:
+        return (f"TIFF pages differ in size or type ({described}); pages are read as the channels of one cell, so "
+                "they must all have the same height, width and bit depth: export the cell's channels at one size")
+    return (f"TIFF holds {len(tf.series)} separate images ({described}); one file must hold one cell: save its "
+            "channels as one image (pages or a C axis)")
 
 
 def _tiff_to_cfirst(arr: np.ndarray, axes: str, name: str) -> np.ndarray:
@@ -167,6 +240,7 @@ def read_image(
     *,
     max_pixels: int = MAX_PLANE_PIXELS,
     max_voxels: int = MAX_TOTAL_VOXELS,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
     """Decode one image file.
 
@@ -175,6 +249,8 @@ def read_image(
         name: the file's name, used in error messages.
         max_pixels: largest accepted plane (height × width).
         max_voxels: largest accepted total number of values (channels × z × height × width).
+        notes: when given, a sentence is appended for each change made while decoding that a user should know
+            about (a constant alpha channel dropped).
 
     Returns:
         ``(C, H, W)`` for a 2D image or ``(C, Z, H, W)`` for a z-stack, dtype uint8, uint16 or float32.
@@ -194,7 +270,7 @@ def read_image(
         else:
             _check_plane(name, arr.shape[-2], arr.shape[-1], max_pixels)
     else:
-        arr = _read_pil(data, name, fmt, max_pixels)
+        arr = _read_pil(data, name, fmt, max_pixels, notes)
     if arr.dtype == np.float32 and not np.isfinite(arr).all():
         raise ImageError(name, "image contains NaN or infinite values")
     return arr
