@@ -20,9 +20,13 @@ from scipy import stats
 
 Measure = Literal["absolute", "percent", "ratio"]
 MEASURES: tuple[str, ...] = ("absolute", "percent", "ratio")
+X_AXIS: dict[str, str] = {"absolute": "mean of the two methods", "percent": "mean of the two methods",
+                          "ratio": "geometric mean of the two methods"}  # fmt: skip
+"""The Bland-Altman x-axis (``BlandAltmanResult.means``, ``RegressionLimits.at``) for each measure."""
 
 __all__ = [
     "MEASURES",
+    "X_AXIS",
     "BlandAltmanResult",
     "JsonResult",
     "ClassPerformance",
@@ -154,7 +158,11 @@ class RegressionLimits(JsonResult):
 
     ``bias(A) = b0 + b1*A``; the absolute residuals are regressed on A, ``|R| = c0 + c1*A``; since
     ``E|R| = sigma * sqrt(2/pi)`` for normal residuals, the limits are ``bias(A) -/+ z*sqrt(pi/2)*(c0 + c1*A)``.
-    For ``measure='ratio'`` all of this is on the log scale and ``at()`` back-transforms.
+
+    The x-axis is ``x_axis``, the same axis as ``BlandAltmanResult.means``: for ``absolute``/``percent`` A is the
+    arithmetic mean of the two methods; for ``ratio`` (``log_scale``) the fit is on the log scale against the mean of
+    the two logs, ``A = log(sqrt(reference * test))``, so :meth:`at` takes the *geometric* mean of the two methods,
+    takes its log, and back-transforms the results to ratios.
     """
 
     b0: float
@@ -163,11 +171,16 @@ class RegressionLimits(JsonResult):
     c1: float
     z: float
     log_scale: bool
+    x_axis: str
 
-    def at(self, mean: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(lower, bias, upper)`` at the given mean(s) of the two methods, in the result's units."""
-        a = np.asarray(mean, dtype=float)
+    def at(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lower, bias, upper)`` at ``x`` on :attr:`x_axis` (the axis of ``BlandAltmanResult.means``: the mean of
+        the two methods, or for ``ratio`` their geometric mean ``sqrt(reference * test)``), in the result's units."""
+        a = np.asarray(x, dtype=float)
         if self.log_scale:
+            if np.any(a <= 0):
+                raise ValueError("ratio regression limits are defined at positive geometric means only; got "
+                                 f"{a[a <= 0][:5].tolist()}")
             a = np.log(a)
         bias = self.b0 + self.b1 * a
         half = self.z * math.sqrt(math.pi / 2.0) * (self.c0 + self.c1 * a)
@@ -183,8 +196,10 @@ class BlandAltmanResult(JsonResult):
 
     Units: ``absolute`` - the input units; ``percent`` - 100*(test-reference)/mean of the two, in %; ``ratio`` -
     ``bias``, limits and their CIs are ratios test/reference (back-transformed from natural logs) and ``sd`` is the
-    SD of the log ratios. ``means``/``differences`` are the plotted points (for ``ratio``, the arithmetic mean and the
-    ratio). CIs: ``bias_ci`` is the exact t interval; ``loa_ci_method`` says how the limits' CIs were made.
+    SD of the log ratios. ``means``/``differences`` are the plotted points on the axis named by ``x_axis``: the mean
+    of the two methods and the difference, or for ``ratio`` the geometric mean ``sqrt(reference * test)`` (the
+    back-transformed mean of the logs the statistics use) and the ratio. CIs: ``bias_ci`` is the exact t interval;
+    ``loa_ci_method`` says how the limits' CIs were made.
     """
 
     measure: str
@@ -204,6 +219,36 @@ class BlandAltmanResult(JsonResult):
     means: tuple[float, ...]
     differences: tuple[float, ...]
     labels: tuple[str, ...] | None
+    x_axis: str
+
+
+def _differences(
+    x: np.ndarray, y: np.ndarray, measure: str, names: tuple[str, ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(differences, x-axis values)`` of the statistics for ``measure``: ``y - x`` and the mean; 100*(y - x)/mean
+    and the mean; or ``log(y) - log(x)`` and the mean of the logs."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    mean_xy = (x + y) / 2.0
+    if measure == "absolute":
+        return y - x, mean_xy
+    if measure == "percent":
+        zero = np.flatnonzero(mean_xy == 0)
+        if zero.size:
+            which = [names[i] for i in zero] if names else zero.tolist()
+            raise ValueError(
+                f"percent differences are undefined where both methods are 0 (samples {which[:10]}); "
+                "use measure='absolute' or leave those samples out"
+            )
+        return 100.0 * (y - x) / mean_xy, mean_xy
+    nonpos = np.flatnonzero((x <= 0) | (y <= 0))
+    if nonpos.size:
+        which = [names[i] for i in nonpos] if names else nonpos.tolist()
+        raise ValueError(
+            f"measure='ratio' needs positive values in both methods; samples {which[:10]} have a value <= 0; "
+            "use measure='absolute' or 'percent'"
+        )
+    return np.log(y) - np.log(x), (np.log(x) + np.log(y)) / 2.0
 
 
 def bland_altman(
@@ -248,27 +293,7 @@ def bland_altman(
         raise ValueError(f"z must be positive, got {z!r}")
     names = _labels(labels, x.size)
 
-    mean_xy = (x + y) / 2.0
-    if measure == "absolute":
-        d, a_reg = y - x, mean_xy
-    elif measure == "percent":
-        zero = np.flatnonzero(mean_xy == 0)
-        if zero.size:
-            which = [names[i] for i in zero] if names else zero.tolist()
-            raise ValueError(
-                f"percent differences are undefined where both methods are 0 (samples {which[:10]}); "
-                "use measure='absolute' or leave those samples out"
-            )
-        d, a_reg = 100.0 * (y - x) / mean_xy, mean_xy
-    else:
-        nonpos = np.flatnonzero((x <= 0) | (y <= 0))
-        if nonpos.size:
-            which = [names[i] for i in nonpos] if names else nonpos.tolist()
-            raise ValueError(
-                f"measure='ratio' needs positive values in both methods; samples {which[:10]} have a value <= 0; "
-                "use measure='absolute' or 'percent'"
-            )
-        d, a_reg = np.log(y) - np.log(x), (np.log(x) + np.log(y)) / 2.0
+    d, a_reg = _differences(x, y, measure, names)
 
     n = d.size
     dbar = float(d.mean())
@@ -293,7 +318,7 @@ def bland_altman(
     prop = _proportional_bias(a_reg, d, confidence)
     reg: RegressionLimits | None = None
     if regression_loa == "always" or (regression_loa == "auto" and prop.p_value < alpha):
-        reg = _regression_limits(a_reg, d, z=z, log_scale=measure == "ratio")
+        reg = _regression_limits(a_reg, d, z=z, measure=measure)
 
     if measure == "ratio":
         ex = math.exp
@@ -302,13 +327,14 @@ def bland_altman(
             bias_ci=(ex(bias_ci[0]), ex(bias_ci[1])),
             loa_lower_ci=(ex(lower_ci[0]), ex(lower_ci[1])), loa_upper_ci=(ex(upper_ci[0]), ex(upper_ci[1])),
             z=z, confidence=confidence, loa_ci_method=method, proportional_bias=prop, regression_limits=reg,
-            means=tuple(mean_xy.tolist()), differences=tuple(np.exp(d).tolist()), labels=names,
+            means=tuple(np.exp(a_reg).tolist()), differences=tuple(np.exp(d).tolist()), labels=names,
+            x_axis=X_AXIS[measure],
         )  # fmt: skip
     return BlandAltmanResult(
         measure=measure, n=n, bias=dbar, sd=sd, loa_lower=lo, loa_upper=hi, bias_ci=bias_ci,
         loa_lower_ci=lower_ci, loa_upper_ci=upper_ci, z=z, confidence=confidence, loa_ci_method=method,
         proportional_bias=prop, regression_limits=reg, means=tuple(a_reg.tolist()), differences=tuple(d.tolist()),
-        labels=names,
+        labels=names, x_axis=X_AXIS[measure],
     )  # fmt: skip
 
 
@@ -323,13 +349,14 @@ def _proportional_bias(a: np.ndarray, d: np.ndarray, confidence: float) -> Propo
     )
 
 
-def _regression_limits(a: np.ndarray, d: np.ndarray, *, z: float, log_scale: bool) -> RegressionLimits | None:
+def _regression_limits(a: np.ndarray, d: np.ndarray, *, z: float, measure: str) -> RegressionLimits | None:
     if np.ptp(a) == 0:
         return None
     b1, b0 = np.polyfit(a, d, 1)
     r = np.abs(d - (b0 + b1 * a))
     c1, c0 = np.polyfit(a, r, 1)
-    return RegressionLimits(b0=float(b0), b1=float(b1), c0=float(c0), c1=float(c1), z=z, log_scale=log_scale)
+    return RegressionLimits(b0=float(b0), b1=float(b1), c0=float(c0), c1=float(c1), z=z,
+                            log_scale=measure == "ratio", x_axis=X_AXIS[measure])
 
 
 @dataclass(frozen=True)
@@ -337,9 +364,12 @@ class RepeatedBlandAltmanResult(JsonResult):
     """Limits of agreement with several paired replicates per subject (Bland & Altman 2007, §4: true value varies).
 
     ``sd`` is the SD of a single difference, ``sqrt(between_var + within_var)``; ``between_var`` is set to 0 (and
-    ``between_var_truncated`` is True) when the ANOVA estimate is negative, as that paper prescribes.
+    ``between_var_truncated`` is True) when the ANOVA estimate is negative, as that paper prescribes. Units as in
+    :class:`BlandAltmanResult`: for ``ratio`` the variances and ``sd`` are on the natural-log scale and ``bias`` and
+    the limits are back-transformed ratios test/reference. ``divisor`` is the ANOVA's lambda (below).
     """
 
+    measure: str
     n_subjects: int
     n_pairs: int
     bias: float
@@ -347,6 +377,7 @@ class RepeatedBlandAltmanResult(JsonResult):
     within_var: float
     between_var: float
     between_var_truncated: bool
+    divisor: float
     loa_lower: float
     loa_upper: float
     z: float
@@ -357,6 +388,7 @@ def bland_altman_repeated(
     reference: Sequence[float] | np.ndarray,
     test: Sequence[float] | np.ndarray,
     *,
+    measure: Measure = "absolute",
     z: float = 1.96,
 ) -> RepeatedBlandAltmanResult:
     """Bland-Altman for several paired (reference, test) replicates per subject (Bland & Altman 2007,
@@ -364,13 +396,16 @@ def bland_altman_repeated(
 
     One-way ANOVA of the differences by subject: ``within_var = MS_within``;
     ``between_var = (MS_between - MS_within) / lambda`` with ``lambda = ((sum m)^2 - sum m^2) / ((n-1) sum m)``
-    for m_i pairs of subject i. The bias is the mean of all differences.
+    for m_i pairs of subject i and n subjects. The bias is the mean of all differences. ``measure`` transforms the
+    differences as :func:`bland_altman` does (``percent`` of the pair mean, or log ratios).
     """
     x, y = _paired(reference, test)
     subj = np.asarray([str(s) for s in subject])
     if subj.size != x.size:
         raise ValueError(f"subject has {subj.size} entries but there are {x.size} pairs; give one subject id per pair")
-    d = y - x
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z!r}")
+    d, _ = _differences(x, y, measure, tuple(subj.tolist()))
     ids, inverse, m = np.unique(subj, return_inverse=True, return_counts=True)
     k, big_n = ids.size, d.size
     if k < 2:
@@ -379,7 +414,7 @@ def bland_altman_repeated(
         raise ValueError("every subject has a single pair; use bland_altman() for one pair per subject")
     sums = np.bincount(inverse, weights=d)
     means = sums / m
-    grand = d.mean()
+    grand = float(d.mean())
     ss_between = float(np.sum(m * (means - grand) ** 2))
     ss_within = float(np.sum((d - means[inverse]) ** 2))
     ms_between = ss_between / (k - 1)
@@ -389,9 +424,13 @@ def bland_altman_repeated(
     truncated = between < 0
     between = max(between, 0.0)
     sd = math.sqrt(between + ms_within)
+    lo, hi = grand - z * sd, grand + z * sd
+    if measure == "ratio":
+        grand, lo, hi = math.exp(grand), math.exp(lo), math.exp(hi)
     return RepeatedBlandAltmanResult(
-        n_subjects=int(k), n_pairs=int(big_n), bias=float(grand), sd=sd, within_var=ms_within, between_var=between,
-        between_var_truncated=bool(truncated), loa_lower=float(grand) - z * sd, loa_upper=float(grand) + z * sd, z=z,
+        measure=measure, n_subjects=int(k), n_pairs=int(big_n), bias=grand, sd=sd, within_var=ms_within,
+        between_var=between, between_var_truncated=bool(truncated), divisor=float(lam), loa_lower=lo, loa_upper=hi,
+        z=z,
     )  # fmt: skip
 
 

@@ -270,3 +270,40 @@ def test_results_are_frozen_and_json_safe():
         r.bias = 0.0  # type: ignore[misc]
     json.dumps(r.to_dict(), allow_nan=False)
     json.dumps(ag.ccc(MINI_WRIGHT, WRIGHT).to_dict(), allow_nan=False)
+
+
+def test_ratio_regression_limits_use_the_geometric_mean_axis():
+    # log(test) - log(ref) = 0.2 log(ref) + noise: proportional bias on the log scale
+    rng = np.random.default_rng(7)
+    ref = rng.uniform(2, 60, 40)
+    test = ref**1.2 * np.exp(rng.normal(0, 0.05, 40))
+    r = ag.bland_altman(ref, test, measure="ratio", regression_loa="always")
+    reg = r.regression_limits
+    assert reg is not None and reg.log_scale and r.x_axis == reg.x_axis == "geometric mean of the two methods"
+    g = np.sqrt(ref * test)
+    assert r.means == pytest.approx(tuple(g))  # the plotted x is the geometric mean, the axis at() takes
+    mean_log = (np.log(ref) + np.log(test)) / 2
+    b1, b0 = np.polyfit(mean_log, np.log(test / ref), 1)
+    lo, mid, hi = reg.at(g)
+    assert mid == pytest.approx(np.exp(b0 + b1 * mean_log))
+    assert np.all(lo < mid) and np.all(mid < hi)
+    # the arithmetic mean is a different x: passing it would shift the line, which is why the axis is explicit
+    assert not np.allclose(reg.at((ref + test) / 2)[1], mid)
+    with pytest.raises(ValueError, match="positive"):
+        reg.at([0.0])
+    a = ag.bland_altman(ref, test, regression_loa="always")
+    assert a.x_axis == a.regression_limits.x_axis == "mean of the two methods"
+    assert a.means == pytest.approx(tuple((ref + test) / 2))
+
+
+def test_repeated_measures_measures_and_validation():
+    subjects = ["a", "a", "b", "b", "c", "c"]
+    ref = [10.0, 20.0, 5.0, 8.0, 30.0, 12.0]
+    r = ag.bland_altman_repeated(subjects, ref, [1.5 * v for v in ref], measure="ratio")
+    assert r.measure == "ratio" and r.bias == pytest.approx(1.5) and r.sd == pytest.approx(0.0, abs=1e-12)
+    p = ag.bland_altman_repeated(subjects, ref, [v + 2 for v in ref], measure="percent")
+    assert p.bias == pytest.approx(np.mean([100 * 2 / (v + 1) for v in ref]))
+    with pytest.raises(ValueError, match="positive"):
+        ag.bland_altman_repeated(subjects, [0.0] + ref[1:], ref, measure="ratio")
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        ag.bland_altman_repeated(["a"] * 3, [1, 2, 3], [1, 2, 4])

@@ -1,4 +1,5 @@
-"""Passing-Bablok regression against published reference results (data and printed values cited per test).
+"""Published reference results (data and printed values cited per test): Passing-Bablok regression against
+mcr/calanas, Lin's CCC, and repeated-measures Bland-Altman (Bland & Altman 2007).
 
 Reference implementation: the R package mcr (Manuilova E, Schuetzenmeister A, Model F; Roche Diagnostics, CRAN),
 whose unit tests (inst/unitTests/runit.mcPaBa.R, test.mc.paba.call) compare its Passing-Bablok fit with values
@@ -21,6 +22,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from phenotyping import agreement as ag
 
@@ -161,3 +163,83 @@ def test_passing_bablok_td15_point_estimates_exact():
     assert slopes[lo + 1] == pytest.approx(CALANAS_TD15_SLOPE_CI[0], abs=1e-13)
     assert slopes[hi - 1] == pytest.approx(CALANAS_TD15_SLOPE_CI[1], abs=1e-13)
     assert r.slope_ci[0] < CALANAS_TD15_SLOPE_CI[0] and r.slope_ci[1] > CALANAS_TD15_SLOPE_CI[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lin's concordance correlation coefficient
+
+
+# SimplyAgree (Caldwell AR 2022, J Open Source Softw 7:4148), data set `reps` (the package's data from Zou 2013,
+# Stat Methods Med Res 22:630; its x, y pairs are the first replicates of subjects 1-4 of the Bland & Altman 2007
+# cardiac data below), the 18 rows with both x and y. The vignette "Agreement Tests" (articles/agree_tests.md) prints
+# for agree_test(x = reps$x, y = reps$y, agree.level = .8):
+#   Bias 0.4383 (-0.1669, 1.0436); Lower LoA -1.1214 (-1.8037, -0.4391); Upper LoA 1.9980 (1.3157, 2.6803) [90 % CIs]
+#   CCC: 0.4791, 95% C.I. [0.1276, 0.7237]   (Lin 1989 with the 2000 correction, z-transform CI)
+REPS_X = [7.83, 7.42, 7.89, 7.12, 6.16, 7.26, 6.71, 4.75, 5.24, 4.86, 4.78, 6.05, 5.42, 4.21, 3.61, 3.72, 3.87, 3.92]
+REPS_Y = [6.57, 5.62, 6.90, 6.57, 4.06, 4.29, 4.26, 4.71, 5.50, 5.08, 5.02, 6.01, 5.67, 4.14, 4.20, 4.61, 4.68, 5.04]
+
+
+def test_ccc_simplyagree_published_example():
+    """Lin's CCC reproduced to the printed 4 decimals on a published example.
+
+    Lin 1989's own worked example (Biometrics 45:255) could not be found with its data in any reachable source, so
+    this uses the SimplyAgree vignette's printed output on its `reps` data (cited above), which computes the CCC and
+    its z-transform CI as Lin 1989/2000 define them.
+    """
+    c = ag.ccc(REPS_X, REPS_Y)
+    assert round(c.ccc, 4) == 0.4791
+    assert tuple(round(v, 4) for v in c.ci) == (0.1276, 0.7237)
+    assert ag.ccc(REPS_Y, REPS_X).ccc == pytest.approx(c.ccc)  # symmetric in the two methods
+    # the same vignette's Bland-Altman output on these data (x - y; 80 % limits with 90 % CIs, Bland & Altman 1999
+    # approximate SE) confirms the transcription of the data
+    r = ag.bland_altman(REPS_Y, REPS_X, z=float(stats.norm.ppf(0.9)), confidence=0.90, loa_ci="approximate")
+    assert round(r.bias, 4) == 0.4383
+    assert (round(r.loa_lower, 4), round(r.loa_upper, 4)) == (-1.1214, 1.9980)
+    assert tuple(round(v, 4) for v in r.loa_lower_ci) == (-1.8037, -0.4391)
+    assert tuple(round(v, 4) for v in r.loa_upper_ci) == (1.3157, 2.6803)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Repeated-measures Bland-Altman
+
+
+# Bland & Altman 2007, J Biopharm Stat 17:571-582, Table 1: cardiac ejection fraction by radionuclide
+# ventriculography (RV) and impedance cardiography (IC), 12 subjects, 60 pairs (also Bland & Altman 1999, SMMR 8:135,
+# Table 4, and MethComp's data set `cardiac`). Rows (subject, RV, IC).
+EJECTION = [
+    (1, 7.83, 6.57), (1, 7.42, 5.62), (1, 7.89, 6.90), (1, 7.12, 6.57), (1, 7.88, 6.35), (2, 6.16, 4.06),
+    (2, 7.26, 4.29), (2, 6.71, 4.26), (2, 6.54, 4.09), (3, 4.75, 4.71), (3, 5.24, 5.50), (3, 4.86, 5.08),
+    (3, 4.78, 5.02), (3, 6.05, 6.01), (3, 5.42, 5.67), (4, 4.21, 4.14), (4, 3.61, 4.20), (4, 3.72, 4.61),
+    (4, 3.87, 4.68), (4, 3.92, 5.04), (5, 3.13, 3.03), (5, 2.98, 2.86), (5, 2.85, 2.77), (5, 3.17, 2.46),
+    (5, 3.09, 2.32), (5, 3.12, 2.43), (6, 5.92, 5.90), (6, 6.42, 5.81), (6, 5.92, 5.70), (6, 6.27, 5.76),
+    (7, 7.13, 5.09), (7, 6.62, 4.63), (7, 6.58, 4.61), (7, 6.93, 5.09), (8, 4.54, 4.72), (8, 4.81, 4.61),
+    (8, 5.11, 4.36), (8, 5.29, 4.20), (8, 5.39, 4.36), (8, 5.57, 4.20), (9, 4.48, 3.17), (9, 4.92, 3.12),
+    (9, 3.97, 2.96), (10, 4.22, 4.35), (10, 4.65, 4.62), (10, 4.74, 3.16), (10, 4.44, 3.53), (10, 4.50, 3.53),
+    (11, 6.78, 7.20), (11, 6.07, 6.09), (11, 6.52, 7.00), (11, 6.42, 7.10), (11, 6.41, 7.40), (11, 5.76, 6.80),
+    (12, 5.06, 4.50), (12, 4.72, 4.20), (12, 4.90, 3.80), (12, 4.80, 3.80), (12, 4.90, 4.20), (12, 5.10, 4.50),
+]  # fmt: skip
+
+
+def test_bland_altman_2007_true_value_varies():
+    """Bland & Altman 2007, §4 (true value varies), differences RV - IC: mean difference 0.6022, residual (within-
+    subject) mean square 0.1707, ANOVA divisor 4.9818, variance of a single difference 0.9813, SD 0.9906, limits of
+    agreement -1.3395 to 2.5438; ignoring the subjects, SD 0.9611. The paper itself could not be opened here: the
+    values are the paper's (Tables 2-3) as quoted to 7-8 digits by a third-party test suite
+    (github.com/erenozen/opendose, engine/tests/test_methodcomp_extras.py), checked here to 4 decimals. The data's
+    first 18 pairs are the SimplyAgree `reps` data checked against printed output in
+    ``test_ccc_simplyagree_published_example``.
+    """
+    subject = [str(s) for s, _, _ in EJECTION]
+    rv = [v for _, v, _ in EJECTION]
+    ic = [v for _, _, v in EJECTION]
+    r = ag.bland_altman_repeated(subject, ic, rv)
+    assert (r.n_subjects, r.n_pairs) == (12, 60)
+    assert round(r.bias, 4) == 0.6022
+    assert round(r.within_var, 4) == 0.1707
+    assert round(r.divisor, 4) == 4.9818  # (60^2 - sum m_i^2) / ((12 - 1) * 60)
+    assert round(r.within_var + r.between_var, 4) == 0.9813
+    assert round(r.sd, 4) == 0.9906
+    assert (round(r.loa_lower, 4), round(r.loa_upper, 4)) == (-1.3395, 2.5438)
+    assert not r.between_var_truncated
+    # ignoring that the pairs come from 12 subjects understates the SD
+    assert round(ag.bland_altman(ic, rv).sd, 4) == 0.9611
