@@ -14,7 +14,11 @@ from typing import Any
 
 from phenotyping.agreement import BlandAltmanResult, PassingBablokResult
 
-__all__ = ["bland_altman_figure", "bland_altman_svg", "passing_bablok_figure", "passing_bablok_svg"]
+__all__ = ["LABEL_ALL_UP_TO", "bland_altman_figure", "bland_altman_svg", "labelled_points", "passing_bablok_figure",
+           "passing_bablok_svg"]
+
+LABEL_ALL_UP_TO = 30
+"""SVG Bland-Altman plots label every point up to this many samples, beyond it only those outside the limits."""
 
 _UNITS = {"absolute": "test − reference", "percent": "(test − reference) / mean, %", "ratio": "test / reference"}
 
@@ -52,13 +56,14 @@ def bland_altman_figure(result: BlandAltmanResult, *, title: str = "Bland-Altman
     if result.regression_limits is not None:
         import numpy as np
 
+        # result.means is the regression's own x-axis (for ratio: geometric means), as RegressionLimits.at expects
         xs = np.linspace(min(result.means), max(result.means), 50)
         lo, mid, hi = result.regression_limits.at(xs)
         for name, ys in (("regression bias", mid), ("regression LoA", lo), ("regression LoA ", hi)):
             fig.add_trace(go.Scatter(x=xs.tolist(), y=ys.tolist(), mode="lines", name=name.strip(),
                                      line={"dash": "dot", "color": "#7f7f7f"}, showlegend=name != "regression LoA "))
     ylab = _UNITS[result.measure] + (f" ({units})" if units and result.measure == "absolute" else "")
-    fig.update_layout(title=title, xaxis_title="mean of the two methods" + (f" ({units})" if units else ""),
+    fig.update_layout(title=title, xaxis_title=result.x_axis + (f" ({units})" if units else ""),
                       yaxis_title=ylab, xaxis_range=[x0, x1], template="plotly_white")  # fmt: skip
     if result.measure == "ratio":
         fig.update_yaxes(type="log")
@@ -111,13 +116,27 @@ def _svg(fig: Any) -> str:
     return buf.getvalue()
 
 
+def labelled_points(result: BlandAltmanResult, *, label_all_up_to: int = LABEL_ALL_UP_TO) -> list[int]:
+    """Indices of the points the SVG plot labels with their sample id: all of them for up to ``label_all_up_to``
+    samples, otherwise only those outside the limits of agreement (none without ``result.labels``)."""
+    if not result.labels:
+        return []
+    if result.n <= label_all_up_to:
+        return list(range(result.n))
+    return [i for i, d in enumerate(result.differences) if d < result.loa_lower or d > result.loa_upper]
+
+
 def bland_altman_svg(result: BlandAltmanResult, *, title: str = "Bland-Altman", units: str = "") -> str:
-    """The Bland-Altman plot of :func:`bland_altman_figure` as an SVG document (matplotlib, no pyplot)."""
+    """The Bland-Altman plot of :func:`bland_altman_figure` as an SVG document (matplotlib, no pyplot); points are
+    labelled with their sample id in a small font (see :func:`labelled_points`)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(result.means, result.differences, s=18, color="#333333", zorder=3)
+    for i in labelled_points(result):
+        ax.annotate(result.labels[i], (result.means[i], result.differences[i]), xytext=(3, 3),  # type: ignore[index]
+                    textcoords="offset points", fontsize=6, color="#333333", zorder=4)
     x0, x1 = _x_range(result.means)
     for name, value, ci, colour, style in (
         ("bias", result.bias, result.bias_ci, "#1f77b4", "-"),
@@ -131,13 +150,14 @@ def bland_altman_svg(result: BlandAltmanResult, *, title: str = "Bland-Altman", 
     if result.regression_limits is not None:
         import numpy as np
 
+        # result.means is the regression's own x-axis (for ratio: geometric means), as RegressionLimits.at expects
         xs = np.linspace(min(result.means), max(result.means), 50)
         for ys in result.regression_limits.at(xs):
             ax.plot(xs, ys, color="#7f7f7f", ls=":", lw=1)
     if result.measure == "ratio":
         ax.set_yscale("log")
     ax.set_xlim(x0, x1)
-    ax.set_xlabel("mean of the two methods" + (f" ({units})" if units else ""))
+    ax.set_xlabel(result.x_axis + (f" ({units})" if units else ""))
     ax.set_ylabel(_UNITS[result.measure])
     ax.set_title(title)
     return _svg(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from phenotyping import agreement as ag
 from phenotyping import figures
@@ -57,3 +58,39 @@ def test_svg_strings():
     assert "<svg" in svg2 and "identity" in svg2
     ratio = ag.bland_altman([10, 20, 30, 40], [11, 21, 33, 41], measure="ratio")
     assert "<svg" in figures.bland_altman_svg(ratio)
+
+
+def test_svg_labels_every_point_up_to_30_samples():
+    res = _ba()
+    assert figures.labelled_points(res) == list(range(12))
+    svg = figures.bland_altman_svg(res)
+    for i in range(12):
+        assert f"<!-- S{i} -->" in svg  # matplotlib writes each text's string beside its glyphs
+    unlabelled = ag.bland_altman([1, 2, 3, 4], [1.1, 2.2, 2.9, 4.3])
+    assert figures.labelled_points(unlabelled) == []
+
+
+def test_svg_labels_only_outliers_beyond_30_samples():
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(10, 60, 40)
+    test = ref + rng.normal(0, 1, 40)
+    test[[5, 17]] += [15.0, -15.0]  # two points far outside the limits
+    res = ag.bland_altman(ref, test, labels=[f"P{i:02d}" for i in range(40)])
+    outside = [i for i, d in enumerate(res.differences) if not res.loa_lower <= d <= res.loa_upper]
+    assert figures.labelled_points(res) == outside and {5, 17} <= set(outside)
+    svg = figures.bland_altman_svg(res)
+    assert "<!-- P05 -->" in svg and "<!-- P17 -->" in svg
+    inside = next(i for i in range(40) if i not in outside)
+    assert f"<!-- P{inside:02d} -->" not in svg
+
+
+def test_ratio_regression_lines_use_the_plotted_axis():
+    rng = np.random.default_rng(4)
+    ref = rng.uniform(2, 60, 30)
+    res = ag.bland_altman(ref, ref**1.2 * np.exp(rng.normal(0, 0.05, 30)), measure="ratio", regression_loa="always")
+    fig = figures.bland_altman_figure(res)
+    line = next(t for t in fig.data if t.name == "regression bias")
+    assert min(line.x) == pytest.approx(min(res.means)) and max(line.x) == pytest.approx(max(res.means))
+    assert list(line.y) == pytest.approx(list(res.regression_limits.at(np.asarray(line.x))[1]))
+    assert fig.layout.xaxis.title.text == "geometric mean of the two methods"
+    assert "geometric mean of the two methods" in figures.bland_altman_svg(res)
