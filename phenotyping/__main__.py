@@ -13,7 +13,8 @@ import sys
 
 from phenotyping.errors import PhenotypingError
 
-COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "composed-study", "predict", "bench", "users")
+COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "calibrate", "composed-study", "predict", "bench",
+            "users")
 
 
 def build_parser() -> argparse.ArgumentParser:

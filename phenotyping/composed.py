@@ -3,11 +3,21 @@
 No public data set pairs images with manual (cytospin) counts per sample, so the method comparison is demonstrated
 on composed samples (issue 5). Each sample has a random composition (Dirichlet around the held-out pool's class
 frequencies, so rare classes stay rare) from which ``cells_per_sample`` held-out cells are imaged. Its "manual count"
-is the true labels of ``manual_cells`` further cells of the same composition (a second aliquot, as a cytospin is), so
-it carries the binomial counting error of a real 200-cell manual differential. The model's differential is computed
-over the imaged cells, raw and prior-shift-corrected, and — to show what the review step adds — after a reviewer has
-resolved the unidentified queue (modelled as a perfect reviewer giving each queued cell its true label). Cells are
-drawn with replacement within a class, so small pools can fill a sample.
+is the sample's true composition counted on ``manual_cells`` cells of a second aliquot (a multinomial draw, as a
+cytospin slide is another portion of the specimen), so it carries the binomial counting error of a real 200-cell
+manual differential, independent of the imaged cells. (Subsampling the imaged cells' own labels instead would share
+their sampling error and understate a 200-vs-400-cell disagreement by a factor of about √3.)
+
+The model's side follows the app exactly (:func:`phenotyping.results.sample_results` rules): cells whose calibrated
+confidence is below the card's unidentified threshold wait for review and are not counted, so
+
+- ``raw``, ``adjusted_count``, ``em``: the differential before review, over the confident cells;
+- ``reviewed``: after a reviewer resolved the unidentified queue (modelled as a perfect reviewer giving each queued
+  cell its true label) — the differential a signed report shows;
+- ``reviewed_corrected``: the corrected % of the signed report (:attr:`SampleDifferential.corrected` with the
+  reviewed cells taken as certain).
+
+Cells are drawn with replacement within a class, so small pools can fill a sample.
 """
 
 from __future__ import annotations
@@ -69,14 +79,14 @@ def composed_study(
     present = np.array([len(ix) > 0 for ix in by_class])
     base = np.array([len(ix) for ix in by_class], float)
     base = base / base.sum()  # compositions vary around the held-out pool's class frequencies
-    confusion = np.asarray(card["validation"]["confusion"], float)
-    props = card["training"]["class_proportions"]
-    prior = np.array([props[c] for c in classes], float)
-    threshold = float(card["calibration"]["unidentified_threshold"])
+    from phenotyping.results import _card_arrays
+
+    confusion, prior, threshold, notes = _card_arrays(card, classes)
     rng = np.random.default_rng(seed)
     manual, manual_n = {}, {}
-    model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in ("raw", "adjusted_count", "em", "reviewed")}
-    model_n: dict[str, int] = {}
+    names = ("raw", "adjusted_count", "em", "reviewed", "reviewed_corrected")
+    model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in names}
+    model_n: dict[str, dict[str, int]] = {m: {} for m in names}
     for s in range(n_samples):
         sid = f"composed-{s:02d}"
         comp = rng.dirichlet(np.where(present, concentration * base, 1e-3))
@@ -88,23 +98,39 @@ def composed_study(
         manual_n[sid] = manual_cells
         p = probs[idx]
         pred = p.argmax(1)
-        d = sample_differential([classes[i] for i in pred], classes, probabilities=p, confusion=confusion,
-                                training_prior=prior, n_bootstrap=0)
-        model["raw"][sid] = {c.label: c.percent for c in d.raw.classes}
-        model["adjusted_count"][sid] = d.adjusted_count.as_mapping()
-        model["em"][sid] = d.em.as_mapping()
-        reviewed = np.where(p.max(1) < threshold, y[idx], pred)  # the queue resolved by a (perfect) reviewer
-        model["reviewed"][sid] = {c: 100.0 * float(np.mean(reviewed == i)) for i, c in enumerate(classes)}
-        model_n[sid] = cells_per_sample
+        sure = p.max(1) >= threshold
+        before = sample_differential([classes[i] for i in pred[sure]], classes, probabilities=p[sure],
+                                     confusion=confusion, training_prior=prior, n_bootstrap=0)
+        for name, comp_ in (("raw", None), ("adjusted_count", before.adjusted_count), ("em", before.em)):
+            if name != "raw" and comp_ is None:
+                continue
+            model[name][sid] = ({c.label: c.percent for c in before.raw.classes} if comp_ is None
+                                else comp_.as_mapping())
+            model_n[name][sid] = int(sure.sum())
+        final = np.where(sure, pred, y[idx])  # the queue resolved by a (perfect) reviewer
+        onehot = np.eye(k)[final]
+        after = sample_differential([classes[i] for i in final], classes,
+                                    probabilities=np.where(sure[:, None], p, onehot), confusion=confusion,
+                                    training_prior=prior, n_bootstrap=0, reviewed=list(~sure))
+        model["reviewed"][sid] = {c.label: c.percent for c in after.raw.classes}
+        model_n["reviewed"][sid] = cells_per_sample
+        if after.corrected is not None:
+            model["reviewed_corrected"][sid] = after.corrected.as_mapping()
+            model_n["reviewed_corrected"][sid] = cells_per_sample
     out: dict[str, Any] = {
         "settings": {"n_samples": n_samples, "cells_per_sample": cells_per_sample, "manual_cells": manual_cells,
                      "concentration": concentration, "seed": seed, "pool_cells": int(len(y)),
                      "pool_counts": {c: int(len(ix)) for c, ix in zip(classes, by_class)},
-                     "unidentified_threshold": threshold, "model_id": card["id"]},
+                     "unidentified_threshold": threshold, "model_id": card["id"],
+                     "manual_count": "true composition counted on a second aliquot (multinomial)",
+                     "corrected_shown": "em" if "em" in model and model["em"] else "adjusted_count"},
+        "notes": notes,
         "comparisons": {},
     }
     for name, diffs in model.items():
-        res = compute_study(f"composed-{name}", manual, diffs, manual_totals=manual_n, model_totals=model_n,
+        if not diffs:
+            continue
+        res = compute_study(f"composed-{name}", manual, diffs, manual_totals=manual_n, model_totals=model_n[name],
                             classes=classes, model_version=str(card["id"]))
         out["comparisons"][name] = {c: _brief(a.summary()) for c, a in res.raw.items()}
     return out

@@ -160,8 +160,8 @@ class CorrectedComposition:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
             "confidence": self.confidence,
-            "classes": [
-                {"label": lab, "percent": p, "ci_low": lo, "ci_high": hi}
+            "classes": [  # CIs are null when no bootstrap was run (JSON has no NaN)
+                _nan_to_none({"label": lab, "percent": p, "ci_low": lo, "ci_high": hi})
                 for lab, p, lo, hi in zip(self.labels, self.percent, self.ci_low, self.ci_high)
             ],
             "notes": list(self.notes),
@@ -275,11 +275,12 @@ def adjusted_count(
     seed: int = 0,
     confidence: float = 0.95,
     resample_validation: bool = True,
+    fixed: Sequence[str] = (),
 ) -> CorrectedComposition:
     """Adjusted classify-and-count (Forman 2008, K classes) with a percentile bootstrap CI.
 
     Args:
-        predicted: predicted class of each counted cell.
+        predicted: predicted class of each counted cell whose class comes from the model.
         classes: the model's classes, in the order of ``confusion``'s rows and columns.
         confusion: validation confusion matrix of counts, rows = true class, columns = predicted class.
         n_bootstrap: bootstrap resamples (cells resampled with replacement).
@@ -287,6 +288,8 @@ def adjusted_count(
         confidence: two-sided level of the percentile interval.
         resample_validation: also resample each confusion row (multinomial with its own count) so that the
             interval includes the uncertainty of the validation estimate, not only of this sample's cells.
+        fixed: the class of each counted cell whose class a reviewer set; these are certain and are added to the
+            corrected model-classified cells, not corrected themselves.
     """
     classes = _check_classes(classes)
     _check_confidence(confidence)
@@ -297,23 +300,33 @@ def adjusted_count(
         raise ValueError(f"confusion matrix has shape {conf.shape}, expected ({k}, {k}) for classes {list(classes)}")
     cond = conditional_confusion(conf)
     idx = _label_indices(predicted, classes)
-    n = idx.size
+    fixed_idx = _label_indices(fixed, classes)
+    n = idx.size + fixed_idx.size
     if n == 0:
         raise ValueError("no counted cells: nothing to correct")
-    counts = np.bincount(idx, minlength=k)
-    point = adjusted_count_proportions(counts / n, cond)
+    # one multinomial over 2K categories: model-classified cells by predicted class, then reviewed cells by class
+    cells = np.concatenate([np.bincount(idx, minlength=k), np.bincount(fixed_idx, minlength=k)])
+
+    def combine(c: np.ndarray, cond_b: np.ndarray) -> np.ndarray:
+        n_model = c[:k].sum()
+        model = adjusted_count_proportions(c[:k] / n_model, cond_b) * n_model if n_model else np.zeros(k)
+        return (model + c[k:]) / c.sum()
+
+    point = combine(cells, cond)
     rng = np.random.default_rng(seed)
     boots = np.empty((n_bootstrap, k))
     row_totals = conf.sum(axis=1).round().astype(np.int64)
     for b in range(n_bootstrap):
-        q = rng.multinomial(n, counts / n) / n
+        c_cells = rng.multinomial(n, cells / n)
         if resample_validation:
             c_b = np.vstack([rng.multinomial(t, r) for t, r in zip(row_totals, cond)]).astype(float)
             c_b = c_b / c_b.sum(axis=1, keepdims=True)
         else:
             c_b = cond
-        boots[b] = adjusted_count_proportions(q, c_b)
+        boots[b] = combine(c_cells, c_b)
     notes = ["confusion matrix treated as exact" if not resample_validation else "CI includes validation resampling"]
+    if fixed_idx.size:
+        notes.append(f"{fixed_idx.size} reviewed cell(s) counted as reviewed, not corrected")
     return _corrected("adjusted count (Forman 2008)", classes, point, boots, n, n_bootstrap, seed, confidence, notes)
 
 
@@ -484,19 +497,29 @@ def sample_differential(
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    reviewed: Sequence[bool] | None = None,
+    notes: Sequence[str] = (),
 ) -> SampleDifferential:
     """Assemble a sample's differential from its counted cells.
 
-    ``predicted``, ``probabilities`` rows and ``targets`` values describe the counted (QC-passed) cells only.
-    The adjusted count needs ``confusion``; EM needs ``probabilities`` and ``training_prior``; each is ``None``
-    in the result when its inputs are missing or no cell was counted. ``qc_counts`` maps an exclusion reason to
-    its number of cells; ``n_cells`` is every cell of the sample (default: counted + excluded).
+    ``predicted``, ``probabilities`` rows, ``reviewed`` and ``targets`` values describe the counted (QC-passed) cells
+    only; ``predicted`` holds each cell's final class (the reviewer's where there is one). The adjusted count needs
+    ``confusion`` and corrects only cells not ``reviewed``; EM needs ``probabilities`` (one-hot rows for reviewed
+    cells, which EM leaves unchanged) and ``training_prior``, the prior the probabilities were fitted under (see
+    :mod:`phenotyping.postfit`). Each correction is ``None`` in the result when its inputs are missing or no cell was
+    counted. ``qc_counts`` maps an exclusion reason to its number of cells; ``n_cells`` is every cell of the sample
+    (default: counted + excluded); ``notes`` are carried into the result (e.g. why a correction is missing).
     """
     raw = differential(predicted, classes, confidence=confidence)
     acc = em = None
-    notes: list[str] = []
+    notes = list(notes)
+    if reviewed is not None and len(reviewed) != len(predicted):
+        raise ValueError(f"reviewed has {len(reviewed)} flags for {len(predicted)} counted cells")
     if raw.n_counted and confusion is not None:
-        acc = adjusted_count(predicted, classes, confusion, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
+        flags = list(reviewed) if reviewed is not None else [False] * len(predicted)
+        acc = adjusted_count([p for p, r in zip(predicted, flags) if not r], classes, confusion,
+                             n_bootstrap=n_bootstrap, seed=seed, confidence=confidence,
+                             fixed=[p for p, r in zip(predicted, flags) if r])
     if raw.n_counted and probabilities is not None and training_prior is not None:
         try:
             em = em_corrected(

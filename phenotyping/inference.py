@@ -34,16 +34,23 @@ from phenotyping.qc import UNIDENTIFIED, QCConfig, QCResult, check_images, count
 ProgressFn = Callable[[int, int, float], None]
 
 DEFAULT_BATCH_SIZE = 256
+#: Reason prefix of a cell whose stored file could not be decoded (never re-checked).
+UNREADABLE = "unreadable image"
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"cuda"`` when asked for or (``"auto"``) when available, else ``"cpu"``.
+def resolve_device(device: str | None = None) -> str:
+    """``"cuda"`` when asked for or (``"auto"``) when available, else ``"cpu"``; ``None`` reads ``Settings.device``
+    (``LEUKO_DEVICE``).
 
     Raises:
         ValueError: an unknown device name, or ``"cuda"`` requested where torch sees no CUDA device.
     """
     import torch
 
+    if device is None:
+        from phenotyping.settings import get_settings
+
+        device = get_settings().device
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
     if device == "auto":
@@ -75,9 +82,17 @@ def model_version(card: dict[str, Any]) -> str:
 
 
 def qc_config_from_card(card: dict[str, Any]) -> QCConfig:
-    """The card's ``qc`` section as a :class:`QCConfig`; the defaults (set for label-free crops) when it has none."""
+    """The card's ``qc`` section (image-QC thresholds learned from the model's training images) as a QCConfig.
+
+    Raises:
+        ValueError: the card has none. QC thresholds depend on the imaging set-up (the Jurkat defaults exclude nearly
+            every stained-smear crop as out of focus), so there is no silent default.
+    """
     section = card.get("qc")
-    return QCConfig.from_dict(section) if section else QCConfig()
+    if not section:
+        raise ValueError(f"model card of {card.get('id', '?')!r} has no qc section (image-QC thresholds for its "
+                         "imaging set-up); run `python -m phenotyping calibrate --model MODEL_DIR` once, or retrain")
+    return QCConfig.from_dict(section)
 
 
 @dataclass(frozen=True)
@@ -127,7 +142,7 @@ def predict_sample(
     sample_id: str,
     model: Any,
     *,
-    device: str = "auto",
+    device: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     qc_config: QCConfig | None = None,
     progress: ProgressFn | None = None,
@@ -139,16 +154,18 @@ def predict_sample(
     Args:
         store: a :class:`phenotyping.store.Store`.
         model: a :class:`phenotyping.checkpoint.LoadedModel`, or the path of a model folder.
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, or ``None`` for the setting
+            ``LEUKO_DEVICE`` (default ``auto``).
         batch_size: cells per forward pass and per committed batch.
-        qc_config: image-QC thresholds (default: the card's ``qc`` section, else :class:`QCConfig` defaults).
+        qc_config: image-QC thresholds (default: the card's ``qc`` section; a card without one is an error).
         progress: ``progress(done, total, cells_per_s)`` after each batch; an exception it raises stops the run
             after that batch was committed.
         actor: recorded in the audit trail.
         threads: CPU intra-op threads for torch (default: :func:`cpu_threads`).
 
-    Cells already excluded by image QC are not checked again; a cell that failed to decode is excluded with the
-    decoder's reason.
+    Image QC is part of a model's input (its thresholds come from the card), so every cell without a prediction from
+    this model is checked again, including cells another model's QC excluded; only cells whose file could not be
+    decoded are skipped (they stay excluded with the decoder's reason).
     """
     import torch
 
@@ -170,7 +187,8 @@ def predict_sample(
     store.get_sample(sample_id)
     cells = store.list_cells(sample_id)
     done_ids = store.predicted_cell_ids(sample_id, lm.id)
-    todo = [c for c in cells if c.id not in done_ids and c.qc_state != QCState.excluded]
+    todo = [c for c in cells if c.id not in done_ids
+            and not (c.qc_state == QCState.excluded and (c.qc_reason or "").startswith(UNREADABLE))]
     already = len(cells) - len(todo)
     net = lm.model.to(dev).eval()
     prev_threads = torch.get_num_threads()
@@ -228,7 +246,7 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
             errors.append(None)
         except ImageError as e:
             arrays.append(None)
-            errors.append(f"unreadable image: {e.reason}")
+            errors.append(f"{UNREADABLE}: {e.reason}")
     ok = [i for i, a in enumerate(arrays) if a is not None]
     qc: list[QCResult | None] = [None] * len(cells)
     for i, r in zip(ok, check_images([arrays[i] for i in ok], qc_cfg)):

@@ -119,17 +119,48 @@ def load_card_for(model_id: str, *, store: Any = None, search_path: list[Path] |
 
 
 # -- the sample ------------------------------------------------------------------------------------------------------
-def _card_arrays(card: Mapping[str, Any], classes: list[str]) -> tuple[np.ndarray | None, np.ndarray | None, float]:
-    confusion = (card.get("validation") or {}).get("confusion")
+def _card_arrays(card: Mapping[str, Any], classes: list[str]
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, float, list[str]]:
+    """``(confusion for the adjusted count, posterior prior for EM, unidentified threshold, notes)`` from a card.
+
+    Nothing missing is silently dropped: each correction that cannot be computed gets a note saying why.
+
+    Raises:
+        ValueError: the card has no ``calibration.unidentified_threshold`` (the review queue would silently vanish).
+    """
+    from phenotyping.postfit import card_posterior_prior
+
+    notes: list[str] = []
+    validation = card.get("validation") or {}
+    confusion = validation.get("confusion_confident")
+    if confusion is None and validation.get("confusion") is not None:
+        confusion = validation["confusion"]
+        notes.append("adjusted count uses the confusion of all validation cells; the card has no confusion of the "
+                     "cells above the unidentified threshold (run `python -m phenotyping calibrate` on the model)")
     conf = np.asarray(confusion, dtype=float) if confusion is not None else None
-    if conf is not None and conf.shape != (len(classes), len(classes)):
+    if conf is None:
+        notes.append("adjusted count not computed: the model card has no validation confusion matrix")
+    elif conf.shape != (len(classes), len(classes)):
+        notes.append(f"adjusted count not computed: the card's confusion matrix is {conf.shape[0]}×{conf.shape[1]} "
+                     f"but the model has {len(classes)} classes")
         conf = None
-    props = (card.get("training") or {}).get("class_proportions")
-    prior = np.asarray([float(props.get(c, 0.0)) for c in classes]) if isinstance(props, Mapping) else None
-    if prior is not None and prior.sum() <= 0:
+    elif (conf.sum(axis=1) == 0).any():
+        empty = [c for c, row in zip(classes, conf) if row.sum() == 0]
+        notes.append(f"adjusted count not computed: no validation cell of {empty} (above the unidentified "
+                     "threshold), so their misclassification rates are unknown")
+        conf = None
+    prior, why = card_posterior_prior(card, classes)
+    if why:
+        notes.append(why)
+    elif prior is not None and (prior <= 0).any():
+        notes.append(f"EM correction not computed: classes {[c for c, p in zip(classes, prior) if p <= 0]} have no "
+                     "training cells, so the model's probabilities say nothing about them")
         prior = None
-    threshold = float((card.get("calibration") or {}).get("unidentified_threshold", 0.0))
-    return conf, prior, threshold
+    cal = card.get("calibration") or {}
+    if "unidentified_threshold" not in cal:
+        raise ValueError(f"model card {card.get('id', '?')!r} has no calibration.unidentified_threshold, so its "
+                         "unsure cells cannot be queued for review; run `python -m phenotyping calibrate` on it")
+    return conf, prior, float(cal["unidentified_threshold"]), notes
 
 
 def sample_results(
@@ -163,7 +194,7 @@ def sample_results(
     if card is None:
         card = load_card_for(model_id, store=store)
     classes = list(card["classes"])
-    conf, prior, threshold = _card_arrays(card, classes)
+    conf, prior, threshold, notes = _card_arrays(card, classes)
     preds = {p.cell_id: p for p in store.list_predictions(sample_id, model_id)}
     results: list[CellResult] = []
     exclusions: dict[str, int] = {}
@@ -188,6 +219,7 @@ def sample_results(
             final_label=final, counted=reason is None, exclusion=reason))
     counted = [r for r in results if r.counted]
     labels = [r.final_label for r in counted]
+    reviewed = [r.cell.reviewed_label is not None for r in counted]
     probs = None
     if counted and prior is not None:
         rows = []
@@ -201,5 +233,5 @@ def sample_results(
     targets = {t: [float(r.targets.get(t, np.nan)) for r in counted] for t in target_names} or None
     diff = sample_differential(labels, classes, probabilities=probs, confusion=conf, training_prior=prior,
                                targets=targets, qc_counts=exclusions, n_cells=len(cells),
-                               n_bootstrap=n_bootstrap, seed=seed)
+                               n_bootstrap=n_bootstrap, seed=seed, reviewed=reviewed, notes=notes)
     return SampleResults(sample, model_id, card, tuple(results), diff, exclusions)

@@ -304,6 +304,16 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
                         "method": "temperature scaling on the validation split (Guo et al. 2017)"},
         "software": _versions(),
     }
+    # ---- post-fit sections: the prior the probabilities assume, confident confusion, image QC (phenotyping.postfit)
+    from phenotyping.postfit import apply_sections, card_sections
+
+    qc_pick = np.random.default_rng(rng_seed).permutation(train_idx)[:2000]
+    apply_sections(card, card_sections(
+        classes=classes, train_counts=train_counts.tolist(), class_weighting=card["training"]["class_weighting"],
+        val_probabilities=softmax(o["logits"], temperature), val_y=y["val"], threshold=p_thr,
+        train_images=[read_cell(rows[int(i)]["path"]) for i in sorted(qc_pick)]))
+    log(f"image QC from {len(qc_pick)} training images: {card['qc_calibration']['training_pass_rate']:.1%} pass"
+        + (f"; disabled: {card['qc_calibration']['disabled']}" if card["qc_calibration"]["disabled"] else ""))
     save_model_dir(out, model, card, preprocess=pre, targets=scaler)
     with (out / "split.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -35,6 +35,7 @@ def model_dir(tmp_path_factory) -> Path:
     from phenotyping.checkpoint import save_model_dir
     from phenotyping.data import Preprocess, TargetScaler
     from phenotyping.models import create_model
+    from phenotyping.qc import QCConfig
 
     torch.manual_seed(0)
     model = create_model("test_hybrid", in_chans=2, num_classes=2, num_targets=1, img_size=20).eval()
@@ -45,6 +46,7 @@ def model_dir(tmp_path_factory) -> Path:
         "calibration": {"temperature": 1.5, "unidentified_threshold": 0.5},
         "training": {"class_proportions": {"disc": 0.5, "ring": 0.5}},
         "validation": {"confusion": [[9, 1], [2, 8]]},
+        "qc": QCConfig().to_dict(),  # the label-free defaults suit these 20×20 synthetic crops
     }
     out = tmp_path_factory.mktemp("models") / "tiny"
     save_model_dir(out, model, card, preprocess=pre, targets=scaler)
@@ -147,6 +149,85 @@ def test_unknown_device_and_missing_calibration_fail_loudly(store, sample, model
     _fill(store, n=2, blanks=0)
     with pytest.raises(ValueError, match="unidentified_threshold"):
         predict_sample(store, "S1", broken, device="cpu")
+
+
+def _copy_model(model_dir: Path, dest: Path, **card_changes) -> Path:
+    card = json.loads((model_dir / "model_card.json").read_text())
+    for key, value in card_changes.items():
+        if value is None:
+            card.pop(key, None)
+        else:
+            card[key] = value
+    dest.mkdir()
+    (dest / "checkpoint.pt").write_bytes((model_dir / "checkpoint.pt").read_bytes())
+    (dest / "model_card.json").write_text(json.dumps(card))
+    return dest
+
+
+def test_card_without_qc_thresholds_is_refused(store, sample, model_dir, tmp_path):
+    from phenotyping.inference import predict_sample
+
+    no_qc = _copy_model(model_dir, tmp_path / "no-qc", qc=None)
+    _fill(store, n=2, blanks=0)
+    with pytest.raises(ValueError, match="no qc section.*phenotyping calibrate"):
+        predict_sample(store, "S1", no_qc, device="cpu")
+
+
+def test_image_qc_is_rechecked_with_each_models_thresholds(store, sample, model_dir, tmp_path):
+    """A cell excluded by one model's QC is checked again by a model whose card allows it (and vice versa)."""
+    from phenotyping.inference import predict_sample
+    from phenotyping.qc import QCConfig
+    from phenotyping.schemas import QCState
+
+    _fill(store, n=4, blanks=0)
+    strict = _copy_model(model_dir, tmp_path / "strict", id="strict-1",
+                         qc=QCConfig(min_focus=1e6).to_dict())  # nothing is sharp enough
+    run = predict_sample(store, "S1", strict, device="cpu")
+    assert (run.predicted, run.excluded) == (0, 4)
+    assert all(c.qc_state == QCState.excluded for c in store.list_cells("S1"))
+    run = predict_sample(store, "S1", model_dir, device="cpu")  # the default thresholds pass these cells
+    assert (run.predicted, run.excluded) == (4, 0)
+    assert all(c.qc_state == QCState.passed for c in store.list_cells("S1"))
+
+
+def test_device_setting_is_used_when_none_is_given(monkeypatch):
+    from phenotyping.inference import resolve_device
+    from phenotyping.settings import get_settings
+
+    monkeypatch.setenv("LEUKO_DEVICE", "cpu")
+    get_settings.cache_clear()
+    try:
+        assert resolve_device(None) == "cpu"
+        if not torch.cuda.is_available():
+            monkeypatch.setenv("LEUKO_DEVICE", "cuda")
+            get_settings.cache_clear()
+            with pytest.raises(ValueError, match="no CUDA"):
+                resolve_device(None)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_predict_cli_without_bootstrap_prints_valid_json(model_dir, tmp_path, capsys):
+    """--bootstrap 0 leaves the corrected CIs empty: they print as null (JSON has no NaN), not as a crash."""
+    from phenotyping.__main__ import main
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "set"
+    root.mkdir()
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "path"])
+        for i, kind in enumerate(["disc", "ring"] * 3):
+            (root / f"c{i}.tif").write_bytes(encode(_cell(kind, rng), "tiff"))
+            w.writerow([f"k{i}", f"c{i}.tif"])
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(root / "manifest.csv"), "--bootstrap", "0",
+               "--device", "cpu"])
+    assert rc == 0
+    diff = json.loads(capsys.readouterr().out)["differential"]
+    acc = diff["corrected"]["adjusted_count"]
+    if acc is not None:
+        assert all(c["ci_low"] is None and c["ci_high"] is None for c in acc["classes"])
+        assert all(isinstance(c["percent"], float) for c in acc["classes"])
 
 
 def test_predict_cli_on_a_tiny_manifest(model_dir, tmp_path, capsys):

@@ -72,3 +72,66 @@ def test_exclusions_are_grouped_by_category(store, sample):
     r = sample_results(store, "S1", model_id="toy-1", card=CARD, n_bootstrap=0)
     assert r.exclusions == {"out of focus": 2}
     assert r.cells[0].exclusion == "out of focus: focus 0.21 < 0.30"  # each cell keeps its full reason
+
+
+def test_card_gaps_are_notes_not_silent(store, sample):
+    """A card without the pieces a correction needs says so in the differential's notes."""
+    ids = add_cells(store, 4)
+    predict(store, ids, ["neutrophil", "lymphocyte"] * 2, [0.9] * 4)
+    store.set_analysis_model("S1", "toy-1", actor="rev")
+    bare = {"id": "toy-1", "classes": CARD["classes"], "calibration": CARD["calibration"]}
+    r = sample_results(store, "S1", card=bare, n_bootstrap=0)
+    assert r.differential.adjusted_count is None and r.differential.em is None
+    notes = " ".join(r.differential.notes)
+    assert "no validation confusion matrix" in notes and "posterior_prior" in notes
+    with pytest.raises(ValueError, match="unidentified_threshold"):
+        sample_results(store, "S1", card={**bare, "calibration": {}}, n_bootstrap=0)
+
+
+def test_em_uses_the_prior_the_probabilities_assume():
+    """Balanced class weights fit posteriors under a uniform prior: EM must divide by that, not by the frequencies.
+
+    The cells' posteriors below are exactly Bayes posteriors under a uniform prior (two 1-D Gaussian classes), the
+    sample's true composition equals the training frequencies (no shift at all); EM with the right prior recovers it,
+    EM with the training frequencies drifts.
+    """
+    import numpy as np
+
+    from phenotyping.differential import em_prior_shift
+    from phenotyping.postfit import card_posterior_prior
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(20000) < 0.2).astype(int)  # 80 % class 0, 20 % class 1
+    x = rng.normal(np.where(y == 1, 1.5, 0.0), 1.0)
+    lik = np.stack([np.exp(-0.5 * x**2), np.exp(-0.5 * (x - 1.5) ** 2)], axis=1)
+    post_uniform = lik / lik.sum(1, keepdims=True)
+    card = {"training": {"class_weighting": "balanced class weights n/(K·n_k) in the cross-entropy",
+                         "class_proportions": {"a": 0.8, "b": 0.2}}}
+    prior, why = card_posterior_prior(card, ["a", "b"])
+    assert why is None and prior.tolist() == [0.5, 0.5]
+    right, _ = em_prior_shift(post_uniform, prior)
+    wrong, _ = em_prior_shift(post_uniform, np.array([0.8, 0.2]))
+    assert right[1] == pytest.approx(0.2, abs=0.02)
+    assert abs(wrong[1] - 0.2) > 0.05
+    knn = {"training": {"class_weighting": "none (kNN)", "class_proportions": {"a": 0.8, "b": 0.2}}}
+    assert card_posterior_prior(knn, ["a", "b"])[0].tolist() == pytest.approx([0.8, 0.2])
+    stored = {"training": {"posterior_prior": {"classes": {"a": 0.3, "b": 0.7}}}}
+    assert card_posterior_prior(stored, ["a", "b"])[0].tolist() == pytest.approx([0.3, 0.7])
+
+
+def test_reviewed_cells_are_not_corrected_by_the_adjusted_count(store, sample):
+    """Cells a reviewer labelled are certain: only model-classified cells go through the confusion matrix."""
+    ids = add_cells(store, 6)
+    predict(store, ids, ["neutrophil"] * 6, [0.9] * 6)
+    store.set_analysis_model("S1", "toy-1", actor="rev")
+    card = {**CARD, "validation": {"confusion_confident": [[40, 10], [10, 40]]}}
+    before = sample_results(store, "S1", card=card, n_bootstrap=0).differential
+    assert before.adjusted_count.as_mapping()["neutrophil"] == pytest.approx(100.0)  # 6/6 predicted → clipped at 1
+    store.reclassify(ids, "neutrophil", actor="rev", model_id="toy-1")  # a reviewer confirms every cell
+    after = sample_results(store, "S1", card=card, n_bootstrap=20).differential
+    assert after.adjusted_count.as_mapping() == pytest.approx({"neutrophil": 100.0, "lymphocyte": 0.0})
+    assert after.adjusted_count.ci_low[0] == pytest.approx(100.0)  # nothing uncertain is left
+    store.reclassify(ids[:3], "lymphocyte", actor="rev", model_id="toy-1")
+    mixed = sample_results(store, "S1", card=card, n_bootstrap=0).differential
+    assert mixed.adjusted_count.as_mapping()["lymphocyte"] == pytest.approx(50.0)
+    assert not any("all validation cells" in n for n in mixed.notes)  # the confident confusion was used

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--manifest", type=Path, help="manifest.csv, image folder or .zip to predict without a database")
     src.add_argument("--sample", help="id of a sample already ingested into the database")
     p.add_argument("--out", type=Path, default=None, help="CSV file: one row per cell")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="default: the LEUKO_DEVICE setting (auto: CUDA when available, else CPU)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the corrected CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
@@ -90,6 +91,7 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
 
 def qc_counts(res: Any) -> dict[str, int]:
     """Exclusions of the whole sample per reason code (image QC, unidentified, not analysed, reviewed as other)."""
+    from phenotyping.inference import UNREADABLE
     from phenotyping.qc import REASONS, reason_code
     from phenotyping.results import NOT_ANALYSED, UNIDENTIFIED
 
@@ -104,7 +106,8 @@ def qc_counts(res: Any) -> dict[str, int]:
         elif c.exclusion.startswith("reviewed as "):
             key = "reviewed_as_other"
         else:
-            key = reason_code(c.cell.qc_reason) or "other"
+            key = reason_code(c.cell.qc_reason) or (
+                "unreadable" if (c.cell.qc_reason or "").startswith(UNREADABLE) else "other")
         counts[key] = counts.get(key, 0) + 1
     return counts
 

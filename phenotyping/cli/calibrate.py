@@ -1,0 +1,33 @@
+"""``python -m phenotyping calibrate``: recompute a model card's post-fit sections (prior, confusion, image QC)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from phenotyping.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="recompute a model card's posterior prior, confident confusion and image-QC thresholds",
+        description="Bring a model folder's card up to date without retraining: the prior its probabilities assume "
+                    "(for EM correction), the validation confusion of cells above the unidentified threshold (for "
+                    "the adjusted count) and image-QC thresholds learned from its training images. Uses the "
+                    "folder's split.csv; weights, classes, temperature and threshold are unchanged. Prints the "
+                    "new sections as JSON.")
+    p.add_argument("--model", type=Path, required=True, help="model folder (checkpoint + card + split.csv)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="the manifest the model was trained on (default: the card's training.manifest)")
+    p.add_argument("--qc-cells", type=int, default=2000, help="training images used for the QC thresholds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phenotyping.postfit import calibrate_model_dir
+
+    card = calibrate_model_dir(args.model, args.manifest, max_qc_cells=args.qc_cells)
+    print_json({"model_id": card["id"], "posterior_prior": card["training"]["posterior_prior"],
+                "confusion_confident": card["validation"]["confusion_confident"], "qc": card["qc"],
+                "qc_calibration": card["qc_calibration"], "postfit": card["postfit"]})
+    return 0
