@@ -13,10 +13,9 @@ from typing import Any
 
 from phenotyping.counts import parse_counts, read_counts_csv, sample_percentages, sample_totals
 from phenotyping.errors import NotFoundError
-from phenotyping.results import load_card_for, sample_results
-from phenotyping.schemas import ManualCount
-from phenotyping.study import StudyResult, compute_study
-
+from phenotyping.results import SampleResults, load_card_for, sample_results
+from phenotyping.schemas import ManualCount, QCState
+from phenotyping.study import DEFAULT_MANUAL_CELLS, StudyResult, classification_agreement, compute_study
 
 
 def import_manual_counts(
@@ -72,6 +71,11 @@ def model_percentages(store: Any, sample_id: str, *, model_id: str, card: Mappin
                       n_bootstrap: int = 0) -> tuple[dict[str, float], dict[str, float] | None, str | None, int]:
     """The model's raw and corrected percentages for one sample, the correction used, and the cells counted."""
     res = sample_results(store, sample_id, model_id=model_id, card=card, n_bootstrap=n_bootstrap)
+    return _percentages(res, sample_id, model_id)
+
+
+def _percentages(res: SampleResults, sample_id: str, model_id: str
+                 ) -> tuple[dict[str, float], dict[str, float] | None, str | None, int]:
     d = res.differential
     if d is None or d.raw.n_counted == 0:
         raise ValueError(f"sample {sample_id!r} has no counted cells for model {model_id!r}; analyse it first")
@@ -83,6 +87,33 @@ def model_percentages(store: Any, sample_id: str, *, model_id: str, card: Mappin
     return raw, comp.as_mapping(), method, d.raw.n_counted
 
 
+def reviewed_cells(results: Iterable[SampleResults]) -> tuple[list[str], list[str], dict[str, int]]:
+    """``(reviewer's labels, the model's predicted classes, excluded)`` over the reviewed cells of the samples.
+
+    A reviewed cell pairs its ``reviewed_label`` (the reference) with the analysis model's ``predicted_class`` (the
+    test). Reviewed cells without a prediction by the model, and cells excluded by image QC (the model is not meant
+    to classify them), are left out and counted in ``excluded``; labels outside the model's classes are kept here
+    and left out by :func:`phenotyping.study.classification_agreement`.
+    """
+    ref: list[str] = []
+    pred: list[str] = []
+    excluded: dict[str, int] = {}
+    for res in results:
+        for r in res.cells:
+            if r.cell.reviewed_label is None:
+                continue
+            if r.predicted_class is None:
+                why = "no prediction by this model"
+            elif r.cell.qc_state == QCState.excluded:
+                why = "excluded by image QC"
+            else:
+                ref.append(r.cell.reviewed_label)
+                pred.append(r.predicted_class)
+                continue
+            excluded[why] = excluded.get(why, 0) + 1
+    return ref, pred, excluded
+
+
 def run_study(
     store: Any,
     name: str,
@@ -92,8 +123,16 @@ def run_study(
     sample_ids: Sequence[str] | None = None,
     measure: str = "absolute",
     card: Mapping[str, Any] | None = None,
+    manual_cells: Sequence[int] = DEFAULT_MANUAL_CELLS,
 ) -> StudyResult:
     """Compare manual counts with the model's differentials over samples and save the study.
+
+    Per class: the method-comparison statistics of the model's raw and corrected differentials against the manual
+    counts (:func:`phenotyping.study.compute_study`), with the counting error of the manual counts and of manual
+    counts of ``manual_cells`` cells. Over the samples' reviewed cells: the model's pre-classification against the
+    reviewers' labels (sensitivity, specificity, efficiency per class, Cohen's kappa;
+    :func:`phenotyping.study.classification_agreement`). Everything comes from
+    :func:`phenotyping.results.sample_results`. Saved with the model version (``card["version"]``, else its id).
 
     Args:
         sample_ids: default: every sample with manual counts.
@@ -113,22 +152,29 @@ def run_study(
     manual = sample_percentages(manual_rows)
     manual_n = sample_totals(manual_rows)
     raw, corrected, model_n, methods = {}, {}, {}, set()
+    results = []
     for s in ids:
-        r, c, method, n = model_percentages(store, s, model_id=model_id, card=card)
+        res = sample_results(store, s, model_id=model_id, card=card, n_bootstrap=0)
+        results.append(res)
+        r, c, method, n = _percentages(res, s, model_id)
         raw[s], model_n[s] = r, n
         if c is not None:
             corrected[s] = c
             methods.add(method)
     use_corrected = corrected if len(corrected) == len(ids) and len(methods) == 1 else None
+    ref_labels, pred_labels, excluded = reviewed_cells(results)
+    cls = classification_agreement(ref_labels, pred_labels, classes=classes, excluded=excluded)
     version = str(card.get("version") or card["id"])
     result = compute_study(
         name, manual, raw, model_corrected=use_corrected,
         manual_totals=manual_n if len(manual_n) == len(ids) else None, model_totals=model_n,
         classes=classes, measure=measure, model_version=version,  # type: ignore[arg-type]
+        manual_cells=manual_cells, classification=cls,
     )
     per_class = {f"{c}|raw": a.summary() for c, a in result.raw.items()}
     if result.corrected is not None:
         per_class.update({f"{c}|corrected": a.summary() for c, a in result.corrected.items()})
+    per_class.update({f"{c}|classification": p.to_dict() for c, p in cls.per_class.items()})
     summary = result.summary()
     summary["correction_method"] = next(iter(methods)) if use_corrected is not None else None
     store.save_study(name, sample_ids=ids, model_id=model_id, model_version=version, result=summary,
