@@ -79,6 +79,46 @@ def flops_per_cell(model: Any, input_shape: tuple[int, ...], *, device: str = "c
     return int(counter.get_total_flops())
 
 
+def measured_peak_flops(device: str = "cpu", *, min_seconds: float = 1.0) -> dict[str, Any]:
+    """The machine's dense matrix-multiply throughput, the yardstick for "fraction of peak".
+
+    A square matmul (4096² in the autocast dtype on CUDA, as the models run there; 1024² float32 on CPU) is timed
+    for ``min_seconds``; 2·n³ FLOPs per product. This is a measured peak, not the vendor's datasheet number.
+    """
+    import torch
+
+    from phenotyping.inference import autocast_dtype
+
+    cuda = device == "cuda"
+    n = 4096 if cuda else 1024
+    dtype = autocast_dtype() if cuda else torch.float32
+    a = torch.randn((n, n), device=device, dtype=dtype)
+    b = torch.randn((n, n), device=device, dtype=dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_seconds and reps >= 3:
+                break
+    flops = 2.0 * n**3 * reps / elapsed
+    return {"flops_per_s": flops, "matmul": f"{n}x{n} {str(dtype).replace('torch.', '')}", "device": device}
+
+
+def fraction_of_peak(speed: ModelSpeed, peak_flops_per_s: float) -> float | None:
+    """Share of the measured matmul peak that the model's counted FLOPs reach at its measured cells/s."""
+    if not speed.flops_per_cell or peak_flops_per_s <= 0:
+        return None
+    return speed.cells_per_s * speed.flops_per_cell / peak_flops_per_s
+
+
 def model_speed(model: Any, input_shape: tuple[int, ...], *, device: str = "cpu", batch_size: int = 256,
                 min_seconds: float = 3.0, warmup: int = 2, amp: bool = True) -> ModelSpeed:
     """Time forward passes on random normalised input until ``min_seconds`` have passed (after ``warmup`` batches).
@@ -218,17 +258,22 @@ def run_bench(model_dir: str | Path, *, device: str = "auto", n_cells: int = 10_
     if cfg.get("dims", 2) == 3:
         raise ValueError(f"model {lm.id} takes z-stacks; the benchmark covers 2D models only")
     out: dict[str, Any] = {"model_id": lm.id, "device": dev, "machine": machine(), "model": {}}
-    out["model"]["native"] = asdict(model_speed(lm.model, native, device=dev, batch_size=batch_size,
-                                                min_seconds=min_seconds))
+    peak = measured_peak_flops(dev)
+    out["measured_peak"] = peak
+
+    def timed(model: Any, shape: tuple[int, ...]) -> tuple[ModelSpeed, dict[str, Any]]:
+        speed = model_speed(model, shape, device=dev, batch_size=batch_size, min_seconds=min_seconds)
+        frac = fraction_of_peak(speed, peak["flops_per_s"])
+        return speed, {**asdict(speed), "fraction_of_peak": None if frac is None else round(frac, 5)}
+
+    _, out["model"]["native"] = timed(lm.model, native)
     if standin:
         k, m = cfg.get("num_classes", len(lm.classes)), cfg.get("num_targets", 0)
         same_arch = create_model(cfg["arch"], **{**cfg, "in_chans": STANDIN_INPUT[0], "img_size": STANDIN_INPUT[1]})
         pub = create_model(STANDIN_ARCH, in_chans=STANDIN_INPUT[0], num_classes=k, num_targets=m,
                            img_size=STANDIN_INPUT[1])
-        a = model_speed(same_arch, STANDIN_INPUT, device=dev, batch_size=batch_size, min_seconds=min_seconds)
-        b = model_speed(pub, STANDIN_INPUT, device=dev, batch_size=batch_size, min_seconds=min_seconds)
-        out["model"]["arch_at_4x28x28"] = asdict(a)
-        out["model"]["published_standin_4x28x28"] = asdict(b)
+        a, out["model"]["arch_at_4x28x28"] = timed(same_arch, STANDIN_INPUT)
+        b, out["model"]["published_standin_4x28x28"] = timed(pub, STANDIN_INPUT)
         out["model"]["speedup_vs_standin"] = round(a.cells_per_s / b.cells_per_s, 2)
     if dev == "cuda":
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

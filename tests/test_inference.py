@@ -283,3 +283,14 @@ def test_bench_pieces_run_on_a_tiny_model(model_dir, tmp_path):
     assert f1 is not None and 0 < f1 < flops_per_cell(m, (2, 40, 40))  # more pixels, more work
     e2e = end_to_end(model_dir, n_cells=6, batch_size=4)
     assert (e2e["ingested"], e2e["predicted"] + e2e["excluded"]) == (6, 6)
+
+
+def test_fraction_of_peak_relates_model_flops_to_a_measured_matmul():
+    from phenotyping.bench import ModelSpeed, fraction_of_peak, measured_peak_flops
+
+    peak = measured_peak_flops("cpu", min_seconds=0.05)
+    assert peak["flops_per_s"] > 0 and peak["matmul"].endswith("float32")
+    speed = ModelSpeed(arch="x", input_shape=(2, 20, 20), parameters=1, batch_size=1, cells_per_s=1000.0,
+                       ms_per_batch=1.0, batches_timed=3, flops_per_cell=2_000_000)
+    assert fraction_of_peak(speed, 4e9) == pytest.approx(0.5)
+    assert fraction_of_peak(ModelSpeed(**{**speed.__dict__, "flops_per_cell": None}), 4e9) is None
