@@ -24,8 +24,9 @@ def load_rows(manifest: str | Path, *, label_column: str | None = None) -> list[
     """Rows of a manifest (``path`` resolved to a ``Path``, other columns as strings).
 
     ``manifest`` may be a ``manifest.csv``, a folder holding one, or a folder in ImageFolder layout (one subfolder per
-    class); in the last case each row gets ``cell_id`` (file stem) and the subfolder name under ``label_column``
-    (``"label"`` if not given).
+    class); in the last case each row gets ``cell_id`` = ``"<class folder>/<file name>"`` (unique even when two
+    class folders hold files of the same name) and the subfolder name under ``label_column`` (``"label"`` if not
+    given). A manifest's own ``cell_id`` column is kept as it is.
 
     Raises:
         FileNotFoundError: nothing at ``manifest``, or a folder with neither a manifest.csv nor class subfolders.
@@ -40,7 +41,7 @@ def load_rows(manifest: str | Path, *, label_column: str | None = None) -> list[
     if (p / "manifest.csv").is_file():
         return read_manifest(p / "manifest.csv")
     key = label_column or "label"
-    rows = [{"cell_id": f.stem, "path": f.resolve(), key: d.name}
+    rows = [{"cell_id": f"{d.name}/{f.name}", "path": f.resolve(), key: d.name}
             for d in sorted(x for x in p.iterdir() if x.is_dir() and not x.name.startswith("."))
             for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_FOLDER_SUFFIXES]
     if not rows:
@@ -62,8 +63,10 @@ class ChannelSpec:
     """How one channel behaves under the geometric augmentations.
 
     ``hflip``/``vflip``: ``"same"`` (intensity unchanged, e.g. brightfield, darkfield, fluorescence),
-    ``"negate"`` (a signed difference image along that axis, e.g. DPC left−right under a horizontal flip) or
-    ``"swap:<name>"`` (the flip turns this image into its partner's, e.g. raw left/right half-illumination images).
+    ``"negate"`` (a signed difference image along that axis, e.g. DPC left−right under a horizontal flip),
+    ``"swap:<name>"`` (the flip turns this image into its partner's, e.g. raw left/right half-illumination images) or
+    ``"never"`` (the flip would turn the image into one that is not among the channels, e.g. a left half-pupil image
+    without its right partner: that flip is not applied to the cell at all).
     ``rot90``: whether a 90° rotation keeps the channel's meaning (false for any direction-dependent channel).
     """
 
@@ -73,7 +76,12 @@ class ChannelSpec:
     rot90: bool = True
 
 
+# Keys are lower-case channel names. The BSCCM reader (phenotyping.ingest.bsccm) writes the LED-array names
+# (DPC_Left, DPC_Right, DPC_Top, DPC_Bottom, Brightfield, DF_<NA>…) and "DPC" for its computed DPC image, which is
+# the left−right asymmetry image (I_L − I_R)/(I_L + I_R): a horizontal flip negates it, a vertical flip keeps it and
+# a 90° rotation would turn it into a top−bottom image. Brightfield and full darkfield rings are symmetric (default).
 CHANNEL_PRESETS: dict[str, ChannelSpec] = {
+    "dpc": ChannelSpec("dpc", hflip="negate", rot90=False),
     "dpc_lr": ChannelSpec("dpc_lr", hflip="negate", rot90=False),
     "dpc_tb": ChannelSpec("dpc_tb", vflip="negate", rot90=False),
     "dpc_left": ChannelSpec("dpc_left", hflip="swap:dpc_right", rot90=False),
@@ -81,21 +89,69 @@ CHANNEL_PRESETS: dict[str, ChannelSpec] = {
     "dpc_top": ChannelSpec("dpc_top", vflip="swap:dpc_bottom", rot90=False),
     "dpc_bottom": ChannelSpec("dpc_bottom", vflip="swap:dpc_top", rot90=False),
 }
+# Any other "<pattern>_Left/_Right/_Top/_Bottom" channel (e.g. BSCCM's half-annulus darkfield DF_50_Bottom) is a
+# half-pattern image like the DPC ones; single-LED images (BSCCM-coherent "led_119") are lit from one unknown
+# direction, so no flip or rotation keeps their meaning.
+_HALVES = {"left": ("hflip", "right"), "right": ("hflip", "left"), "top": ("vflip", "bottom"),
+           "bottom": ("vflip", "top")}
+
+
+def _preset(name: str) -> ChannelSpec:
+    import re
+
+    low = name.lower()
+    if low in CHANNEL_PRESETS:
+        return CHANNEL_PRESETS[low]
+    m = re.fullmatch(r"(.+)_(left|right|top|bottom)", low)
+    if m:
+        attr, other = _HALVES[m.group(2)]
+        return ChannelSpec(low, rot90=False, **{attr: f"swap:{m.group(1)}_{other}"})
+    if re.fullmatch(r"led_?\d+", low):
+        return ChannelSpec(low, hflip="never", vflip="never", rot90=False)
+    return ChannelSpec(name)
 
 
 def channel_specs(names: Sequence[str]) -> list[ChannelSpec]:
-    """Specs for channel ``names``: DPC names from :data:`CHANNEL_PRESETS`, anything else symmetric.
+    """Specs for channel ``names`` (matched case-insensitively): see :data:`CHANNEL_PRESETS`; anything else symmetric.
 
-    Raises ValueError when a swap partner is missing from ``names``.
+    Each spec keeps the channel's own spelling, and a swap names its partner as spelled in ``names``. A half-pattern
+    channel whose partner is not among ``names`` gets ``"never"`` for that flip (the flip is then not applied).
+
+    Raises:
+        ValueError: two channels have the same name (ignoring case).
     """
-    specs = [CHANNEL_PRESETS.get(n.lower(), ChannelSpec(n)) for n in names]
-    known = {s.name for s in specs}
-    for s in specs:
-        for rule in (s.hflip, s.vflip):
-            if rule.startswith("swap:") and rule[5:] not in known:
-                raise ValueError(f"channel {s.name!r} swaps with {rule[5:]!r} under a flip, but the channels are "
-                                 f"{list(names)}; add it or rename the channel")
+    by_low = {n.lower(): n for n in names}
+    if len(by_low) != len(names):
+        raise ValueError(f"channel names must differ (ignoring case); got {list(names)}")
+    specs = []
+    for n in names:
+        p = _preset(n)
+        rules = {}
+        for attr in ("hflip", "vflip"):
+            rule = getattr(p, attr)
+            if rule.startswith("swap:"):
+                rule = f"swap:{by_low[rule[5:]]}" if rule[5:] in by_low else "never"
+            rules[attr] = rule
+        specs.append(ChannelSpec(n, rot90=p.rot90, **rules))
     return specs
+
+
+def describe_augmentation(specs: Sequence[ChannelSpec]) -> str:
+    """One line saying which flips/rotations :func:`augment` draws for these channels and what each does."""
+    parts = []
+    for attr, label in (("hflip", "horizontal flip"), ("vflip", "vertical flip")):
+        never = [s.name for s in specs if getattr(s, attr) == "never"]
+        if never:
+            parts.append(f"no {label} (it would change the meaning of {', '.join(never)})")
+            continue
+        order = [s.name for s in specs]
+        how = [f"{s.name} negated" if getattr(s, attr) == "negate" else f"{s.name} ↔ {getattr(s, attr)[5:]}"
+               for s in specs if getattr(s, attr) == "negate"
+               or (getattr(s, attr).startswith("swap:") and order.index(s.name) < order.index(getattr(s, attr)[5:]))]
+        parts.append(label + (f" ({'; '.join(how)})" if how else ""))
+    fixed = [s.name for s in specs if not s.rot90]
+    parts.append(f"no 90° rotations (direction-dependent: {', '.join(fixed)})" if fixed else "90° rotations")
+    return ", ".join(parts)
 
 
 def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generator) -> np.ndarray:
@@ -106,16 +162,17 @@ def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generato
         specs: one :class:`ChannelSpec` per channel.
         rng: the random generator (seeded by the caller for reproducibility).
     Returns:
-        a new array of the same shape. Rotations by 90° are drawn only when every channel allows them (and H == W).
+        a new array of the same shape. A flip is skipped when any channel's rule for it is ``"never"``; rotations by
+        90° are drawn only when every channel allows them (and H == W).
     """
     if len(specs) != x.shape[0]:
         raise ValueError(f"{len(specs)} channel specs for an image with {x.shape[0]} channels")
     index = {s.name: i for i, s in enumerate(specs)}
     out = x
     for axis, attr in ((-1, "hflip"), (-2, "vflip")):
-        if rng.random() < 0.5:
+        rules = [getattr(s, attr) for s in specs]
+        if rng.random() < 0.5 and "never" not in rules:
             out = np.flip(out, axis)
-            rules = [getattr(s, attr) for s in specs]
             if any(r != "same" for r in rules):
                 src = [index[r[5:]] if r.startswith("swap:") else i for i, r in enumerate(rules)]
                 out = out[src]
@@ -124,6 +181,83 @@ def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generato
     if all(s.rot90 for s in specs) and x.shape[-1] == x.shape[-2]:
         out = np.rot90(out, int(rng.integers(4)), axes=(-2, -1))
     return np.ascontiguousarray(out)
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def image_channel_names(path: str | Path) -> list[str] | None:
+    """Channel names stored in one image file's metadata, or None when it carries none.
+
+    Reads TIFF metadata only (no pixels): tifffile's JSON description ``{"Channel": {"Name": [...]}}`` (what the BSCCM
+    reader writes), ImageJ slice ``Labels`` (taken when the labels of the first plane's channels repeat in every
+    z-plane/time point) and OME-XML ``Pixels/Channel/@Name``. PNG, JPEG and BMP files carry no channel names.
+
+    Raises:
+        ImageError: the file cannot be opened, or its TIFF header cannot be parsed.
+    """
+    import tifffile
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        with tifffile.TiffFile(p) as tf:
+            names: list[Any] | None = None
+            shaped = tf.shaped_metadata
+            if shaped and isinstance(shaped[0], dict) and isinstance(shaped[0].get("Channel"), dict):
+                names = shaped[0]["Channel"].get("Name")
+            elif tf.is_imagej and tf.imagej_metadata and tf.imagej_metadata.get("Labels"):
+                ij = tf.imagej_metadata
+                labels = list(ij["Labels"])
+                c = int(ij.get("channels") or len(labels))
+                if c and len(labels) % c == 0 and all(labels[i:i + c] == labels[:c] for i in range(0, len(labels), c)):
+                    names = labels[:c]
+            elif tf.is_ome and tf.ome_metadata:
+                names = _ome_channel_names(tf.ome_metadata)
+    except OSError as e:
+        raise ImageError(str(p), f"cannot read file ({e.strerror or e})") from e
+    except Exception as e:  # tifffile raises TiffFileError, ValueError… for a corrupt header
+        raise ImageError(str(p), f"cannot read the TIFF metadata: {e}") from e
+    if isinstance(names, str):
+        names = [names]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        return None
+    return [n.strip() for n in names]
+
+
+def _ome_channel_names(xml: str) -> list[str] | None:
+    """``Name`` of each ``Channel`` of the first OME ``Image`` (None if any is unnamed)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    image = next((el for el in root if el.tag.endswith("}Image") or el.tag == "Image"), None)
+    if image is None:
+        return None
+    pixels = next((el for el in image if el.tag.endswith("Pixels")), None)
+    chans = [el for el in (pixels if pixels is not None else []) if el.tag.endswith("Channel")]
+    names = [el.get("Name") for el in chans]
+    return names if names and all(names) else None  # type: ignore[return-value]
+
+
+def channel_names_from_images(paths: Sequence[str | Path]) -> list[str] | None:
+    """The channel names every image in ``paths`` carries (see :func:`image_channel_names`), or None if none has any.
+
+    Raises:
+        ValueError: two files disagree (different names, or names in one and none in the other); the message names
+            both files and both lists.
+    """
+    first: tuple[Path, list[str] | None] | None = None
+    for p in paths:
+        names = image_channel_names(p)
+        if first is None:
+            first = (Path(p), names)
+        elif names != first[1]:
+            raise ValueError(f"the images disagree on their channel names: {first[0]} has "
+                             f"{first[1] or 'none'}, {p} has {names or 'none'}; give every image the same channels "
+                             "in the same order (or pass --channels to name them yourself)")
+    return first[1] if first else None
 
 
 # ----------------------------------------------------------------------------------------------------- images

@@ -43,19 +43,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequ
     }
 
 
-def ccc(x: np.ndarray, y: np.ndarray) -> float:
-    """Lin's concordance correlation coefficient (Lin 1989, Biometrics 45:255), population moments."""
-    mx, my = x.mean(), y.mean()
-    sxy = ((x - mx) * (y - my)).mean()
-    return float(2 * sxy / (x.var() + y.var() + (mx - my) ** 2))
-
-
 def regression_metrics(true: np.ndarray, pred: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """Per target: Pearson r, Spearman ρ, mean absolute error (target units), Lin's CCC; NaN truths are skipped.
 
-    A statistic that is undefined (fewer than 3 cells, or a constant column) is ``None``.
+    CCC is :func:`phenotyping.agreement.ccc` (truth as the reference method). A statistic that is undefined (fewer
+    than 3 cells, or a constant column) is ``None``.
     """
     from scipy.stats import pearsonr, spearmanr
+
+    from phenotyping.agreement import ccc
 
     out: dict[str, dict[str, float | None]] = {}
     for j, name in enumerate(names):
@@ -66,7 +62,7 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray, names: Sequence[str])
                          "mae": float(np.abs(t - p).mean()) if ok.any() else None, "ccc": None}
             continue
         out[name] = {"pearson": float(pearsonr(t, p)[0]), "spearman": float(spearmanr(t, p)[0]),
-                     "mae": float(np.abs(t - p).mean()), "ccc": ccc(t, p)}
+                     "mae": float(np.abs(t - p).mean()), "ccc": ccc(t, p).ccc}
     return out
 
 
@@ -186,7 +182,26 @@ def _select_split(rows: list[dict[str, Any]], model_dir: Path, split: str) -> li
     if key is None:
         raise PhenotypingError("--split needs a cell_id column in the manifest")
     sel = [r for r in rows if r["cell_id"] in ids]
+    if not sel and all("/" not in i for i in ids):
+        sel = _legacy_image_folder_match(rows, ids, f)
     if len(sel) != len(ids):
         raise PhenotypingError(f"{len(ids) - len(sel)} cell(s) of split {split!r} are not in this manifest; "
                                "use the manifest the model was trained on")
     return sel
+
+
+def _legacy_image_folder_match(rows: list[dict[str, Any]], ids: set[str], f: Path) -> list[dict[str, Any]]:
+    """Rows for a split.csv written before ImageFolder ids became ``class/file``: ids were bare file stems.
+
+    Matches only when every stem in the folder is unique; otherwise which cell was meant cannot be told.
+    """
+    stems: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "/" in str(r["cell_id"]):
+            stems.setdefault(Path(str(r["cell_id"])).stem, []).append(r)
+    clashes = sorted(k for k, v in stems.items() if len(v) > 1 and k in ids)
+    if clashes:
+        raise PhenotypingError(f"{f} names cells by file stem (written by an older version), and stem(s) "
+                               f"{clashes[:5]} occur in more than one class folder; retrain to get unique ids")
+    return [r for r in rows if "/" in str(r["cell_id"]) and Path(str(r["cell_id"])).stem in ids]
+

@@ -54,6 +54,12 @@ class UncertaintyWeightedLoss(nn.Module):
                  "sigma2_cls": float(self.log_var_cls.detach().exp())}
         return total, parts
 
+    def describe(self, target_names: list[str] | None = None) -> dict[str, object]:
+        """The learned task variances σ² = exp(s) (a larger σ² down-weights that task), for the model card."""
+        names = target_names or [f"target{j}" for j in range(self.log_var_reg.numel())]
+        return {"kind": "uncertainty", "sigma2_cls": float(self.log_var_cls.detach().exp()),
+                "sigma2_reg": {n: float(v) for n, v in zip(names, self.log_var_reg.detach().exp().tolist())}}
+
 
 class FixedWeightLoss(nn.Module):
     """``w_cls · CE + w_reg · mean_m(MSE_m)`` with fixed weights."""
@@ -69,6 +75,10 @@ class FixedWeightLoss(nn.Module):
         ce, mse = _task_losses(logits, regression, y, targets, self.class_weight)
         total = self.w_cls * ce + (self.w_reg * mse.mean() if mse.numel() else 0.0)
         return total, {"ce": float(ce.detach()), "mse": float(mse.detach().mean()) if mse.numel() else 0.0}
+
+    def describe(self, target_names: list[str] | None = None) -> dict[str, object]:
+        """The fixed weights, for the model card."""
+        return {"kind": "fixed", "w_cls": self.w_cls, "w_reg": self.w_reg}
 
 
 def make_loss(kind: str, num_targets: int, class_weight: torch.Tensor | None = None) -> nn.Module:

@@ -36,7 +36,8 @@ class TrainConfig:
 
     ``img_size`` None: the first image's longer side, capped at ``max_img_size``. ``fraction``: stratified share of
     the training split actually used (data-volume curves). ``classes``: keep only these labels (others dropped and
-    counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``).
+    counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``);
+    None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
     ``model_overrides``: extra ``create_model`` keywords.
     ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``).
     """
@@ -67,15 +68,102 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _licence(manifest: Path) -> str:
+# Licences whose terms require derived works to be shared under the same licence (strong or weak copyleft,
+# share-alike), matched against SPDX-style ids.
+_COPYLEFT = r"^(A|L)?GPL|^MPL|^EUPL|^ODbL|^CC-BY(-NC)?-SA"
+_SPDX_IN_TEXT = (r"\b((?:A|L)?GPL-\d\.\d(?:-only|-or-later)?|Apache-2\.0|MPL-2\.0|EUPL-1\.[12]|BSD-[234]-Clause|MIT|ISC|"
+                 r"CC0-1\.0|CC-BY(?:-NC)?(?:-SA|-ND)?-\d\.\d|ODbL-1\.0|Unlicense|PSF-2\.0)(?![\w.-])")
+_GNU_FAMILY = {"": "GPL", "AFFERO ": "AGPL", "LESSER ": "LGPL", "LIBRARY ": "LGPL"}
+
+
+def _gnu_id(kind: str, version: str, suffix: str = "") -> str:
+    return f"{_GNU_FAMILY[kind or '']}-{version if '.' in version else version + '.0'}{suffix}"
+
+
+def detect_licence(text: str) -> str | None:
+    """The SPDX-style identifier of a licence text (``"GPL-3.0"``, ``"BSD-3-Clause"``, ``"MIT"``…), or None.
+
+    Recognises an ``SPDX-License-Identifier:`` line, the GNU licences by their title block ("GNU GENERAL PUBLIC
+    LICENSE / Version 3, 29 June 2007") or their "either version N … or any later version" notice, Apache, MPL, EUPL,
+    PSF, BSD 2/3/4-clause, MIT, ISC, the Unlicense, CC0, the Creative Commons BY family and ODbL. A file that bundles
+    several licences (numpy's, scipy's) is identified by the one that comes first. A plain GNU licence text cannot say
+    "only" or "or later", so it comes back as e.g. ``GPL-3.0``.
+    """
+    import re
+
+    up = " ".join(text.split()).upper()
+    found: list[tuple[int, str]] = []
+
+    def first(pattern: str, make: Callable[[re.Match[str]], str]) -> None:
+        m = re.search(pattern, up)
+        if m:
+            found.append((m.start(), make(m)))
+
+    m = re.search(r"SPDX-LICENSE-IDENTIFIER:\s*([A-Z0-9.+-]+)", up)
+    if m:
+        raw = re.search(r"SPDX-License-Identifier:\s*([A-Za-z0-9.+-]+)", text, re.IGNORECASE)
+        found.append((m.start(), raw.group(1) if raw else m.group(1)))
+    first(r"GNU (AFFERO |LESSER |LIBRARY )?GENERAL PUBLIC LICENSE,? VERSION (\d(?:\.\d)?), (?:\d{1,2} )?[A-Z]+ \d{4}",
+          lambda m: _gnu_id(m.group(1), m.group(2)))
+    first(r"GNU (AFFERO |LESSER |LIBRARY )?GENERAL PUBLIC LICENSE AS PUBLISHED BY THE FREE SOFTWARE FOUNDATION, "
+          r"EITHER VERSION (\d(?:\.\d)?) OF THE LICENSE, OR \(AT YOUR OPTION\) ANY LATER VERSION",
+          lambda m: _gnu_id(m.group(1), m.group(2), "-or-later"))
+    first(r"APACHE LICENSE,? VERSION (\d\.\d)", lambda m: f"Apache-{m.group(1)}")
+    first(r"MOZILLA PUBLIC LICENSE,? VERSION (\d\.\d)", lambda m: f"MPL-{m.group(1)}")
+    first(r"EUROPEAN UNION PUBLIC LICEN[CS]E,? V(?:ERSION|\.) ?(\d\.\d)", lambda m: f"EUPL-{m.group(1)}")
+    first(r"PYTHON SOFTWARE FOUNDATION LICENSE,? VERSION 2", lambda m: "PSF-2.0")
+    first(r"CC0 1\.0 UNIVERSAL", lambda m: "CC0-1.0")
+    parts = {"-NONCOMMERCIAL": "-NC", "-SHAREALIKE": "-SA", "-NODERIVATIVES": "-ND", "-NODERIVS": "-ND"}
+    if "CREATIVE COMMONS" in up:
+        first(r"ATTRIBUTION((?:-NONCOMMERCIAL)?(?:-SHAREALIKE|-NODERIVATIVES|-NODERIVS)?) (\d\.\d)",
+              lambda m: f"CC-BY{''.join(parts[p] for p in re.findall(r'-[A-Z]+', m.group(1)))}-{m.group(2)}")
+    first(r"OPEN DATABASE LICEN[CS]E", lambda m: "ODbL-1.0")
+
+    def bsd(m: re.Match[str]) -> str:
+        window = up[m.start():m.start() + 2000]
+        if "ALL ADVERTISING MATERIALS MENTIONING" in window:
+            return "BSD-4-Clause"
+        if re.search(r"NEITHER THE NAMES? OF|NAMES? OF (ITS|THE|ANY) CONTRIBUTORS MAY NOT", window):
+            return "BSD-3-Clause"
+        return "BSD-2-Clause"
+
+    first(r"REDISTRIBUTION AND USE IN SOURCE AND BINARY FORMS", bsd)
+    first(r"PERMISSION IS HEREBY GRANTED, FREE OF CHARGE, TO ANY PERSON OBTAINING A COPY", lambda m: "MIT")
+    first(r"PERMISSION TO USE, COPY, MODIFY, AND(?:/OR)? DISTRIBUTE THIS SOFTWARE FOR ANY PURPOSE", lambda m: "ISC")
+    first(r"FREE AND UNENCUMBERED SOFTWARE RELEASED INTO THE PUBLIC DOMAIN", lambda m: "Unlicense")
+    return min(found)[1] if found else None
+
+
+def licence_terms(spdx: str | None) -> dict[str, Any]:
+    """What the card states about a data licence: ``{"spdx", "copyleft", "note"}`` (a note, not legal advice)."""
+    import re
+
+    copyleft = bool(spdx) and re.match(_COPYLEFT, spdx, re.IGNORECASE) is not None
+    note = None
+    if copyleft:
+        note = (f"The training data are licensed under {spdx}, a copyleft (share-alike) licence. These weights were "
+                "trained on those data; whether the licence's terms extend to the weights or to their redistribution "
+                "is not settled here: check before sharing them. This is a note, not legal advice.")
+    elif spdx and "-NC" in spdx.upper():
+        note = (f"The training data are licensed under {spdx}, which restricts commercial use; check whether that "
+                "affects these weights before using them commercially. This is a note, not legal advice.")
+    return {"spdx": spdx, "copyleft": copyleft, "note": note}
+
+
+def _licence(manifest: Path) -> tuple[str, str | None]:
+    """The data licence for the card: (text, SPDX id or None), from a LICENSE file beside the manifest or above."""
     base = manifest if manifest.is_dir() else manifest.parent
     for d in (base, base.parent):
-        for name in ("LICENSE", "LICENSE.txt", "LICENCE", "COPYING"):
+        for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "COPYING"):
             f = d / name
             if f.is_file():
-                first = next((ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()), "")
-                return f"{first} (from {f})"
-    return "unknown: no LICENSE file beside the manifest (pass --data-licence)"
+                text = f.read_text(errors="replace")
+                spdx = detect_licence(text)
+                if spdx is None:
+                    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+                    return f"unrecognised licence text starting {first[:60]!r} (from {f}; pass --data-licence)", None
+                return f"{spdx} (from {f})", spdx
+    return "unknown: no LICENSE file beside the manifest (pass --data-licence)", None
 
 
 def _versions() -> dict[str, str]:
@@ -90,8 +178,43 @@ def _versions() -> dict[str, str]:
             "timm": timm.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
+def _check_unique_ids(ids: Sequence[str], rows: Sequence[dict[str, Any]], manifest: Path) -> None:
+    """split.csv and ``evaluate --split`` find cells by cell_id, so a repeated id would put a cell in the wrong split."""
+    seen: dict[str, int] = {}
+    for i, cid in enumerate(ids):
+        if cid in seen:
+            raise ValueError(f"{manifest}: cell_id {cid!r} is used twice ({rows[seen[cid]]['path']} and "
+                             f"{rows[i]['path']}); split.csv matches cells by cell_id, so give every cell its own id")
+        seen[cid] = i
+
+
 def _default_channels(c: int) -> list[str]:
     return ["red", "green", "blue"] if c == 3 else [f"ch{i}" for i in range(c)]
+
+
+def _channel_names(config: TrainConfig, paths: Sequence[Path], n_chans: int,
+                   log: Callable[[str], None]) -> tuple[list[str], str]:
+    """Channel names and where they came from: ``--channels``, else the images' metadata, else generic names
+    (said on stderr: generic channels are treated as symmetric under flips and rotations)."""
+    from phenotyping.data import channel_names_from_images
+
+    if config.channels:
+        names = list(config.channels)
+        if len(names) != n_chans:
+            raise ValueError(f"--channels names {len(names)} channels ({names}) but the images have {n_chans}")
+        return names, "--channels"
+    found = channel_names_from_images(paths)
+    if found is not None:
+        if len(found) != n_chans:
+            raise ValueError(f"{paths[0]} names {len(found)} channels in its metadata ({found}) but its image has "
+                             f"{n_chans}; fix the file's metadata or pass --channels")
+        log(f"channels from the images' metadata: {', '.join(found)}")
+        return found, "image metadata"
+    names = _default_channels(n_chans)
+    log(f"note: the images carry no channel names and --channels was not given: channels {', '.join(names)} are "
+        "treated as symmetric under flips and 90° rotations. If any is direction-dependent (DPC), name the channels "
+        "with --channels (e.g. dpc_left,dpc_right or DPC) to get direction-aware augmentation")
+    return names, "generic (no names in the images, no --channels): treated as symmetric"
 
 
 def _score(metrics: dict[str, Any]) -> float:
@@ -113,6 +236,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     from phenotyping.calibration import fit_temperature, softmax, unidentified_threshold
     from phenotyping.checkpoint import save_model_dir
     from phenotyping.data import (CellDataset, Preprocess, TargetScaler, channel_specs, class_weights, column,
+                                  describe_augmentation,
                                   load_images, load_rows, parse_targets, split_indices, stratified_fraction)
     from phenotyping.evaluate import classification_metrics, predict_arrays, regression_metrics
     from phenotyping.losses import make_loss
@@ -146,6 +270,20 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     targets_raw = parse_targets(rows, target_columns) if target_columns else np.zeros((len(rows), 0))
     groups = column(rows, group_column) if group_column else None
     ids = column(rows, "cell_id") if rows and "cell_id" in rows[0] else [str(r["path"]) for r in rows]
+    _check_unique_ids(ids, rows, manifest)
+
+    # ---- data licence (stated in the card; a copyleft licence is noted there and here)
+    if config.data_licence:
+        import re
+
+        given = re.search(_SPDX_IN_TEXT, config.data_licence, re.IGNORECASE)
+        licence_text = config.data_licence
+        licence_spdx = given.group(1) if given else detect_licence(config.data_licence)
+    else:
+        licence_text, licence_spdx = _licence(manifest)
+    licence = licence_terms(licence_spdx)
+    if licence["note"]:
+        log(f"note: {licence['note']}")
 
     # ---- split
     split = split_indices(labels, groups, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
@@ -167,10 +305,11 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     log(f"read {len(used)} images at {img_size}×{img_size} in {time.perf_counter() - t0:.1f}s")
     n_chans = x["train"].shape[1]
     dims = 3 if x["train"].ndim == 5 else 2
-    names = list(config.channels) if config.channels else _default_channels(n_chans)
-    if len(names) != n_chans:
-        raise ValueError(f"--channels names {len(names)} channels ({names}) but the images have {n_chans}")
-    pre = Preprocess.fit(x["train"], names, channel_specs(names), mode=config.normalisation)
+    names, names_from = _channel_names(config, [rows[int(i)]["path"] for i in used], n_chans, log)
+    specs = channel_specs(names)
+    if config.augment:
+        log(f"augmentation: {describe_augmentation(specs)}")
+    pre = Preprocess.fit(x["train"], names, specs, mode=config.normalisation)
     scaler = None
     if target_columns:
         log_flags = [t in config.log_targets for t in target_columns]
@@ -215,6 +354,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / max(1, len(loader))) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         best_score, best_state, waited = -math.inf, None, 0
+        loss_weights: dict[str, Any] | None = None
         for epoch in range(1, config.epochs + 1):
             t_ep = time.perf_counter()
             ds.set_epoch(epoch)
@@ -237,6 +377,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
             improved = score > best_score + 1e-4
             if improved:
                 best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
+                loss_weights = loss_fn.describe(list(target_columns))
             else:
                 waited += 1
             r_txt = " ".join(f"r[{k}] {v:.3f}" for k, v in rs.items() if v is not None)
@@ -249,7 +390,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         assert best_state is not None
         model.load_state_dict(best_state)
     else:
-        n_params = 0
+        n_params, loss_weights = 0, None
         t_fit = time.perf_counter()
         model.fit(xn["train"], y["train"], zt["train"] if scaler else None)
         log(f"fitted {config.arch} on {len(y['train'])} cells in {time.perf_counter() - t_fit:.1f}s")
@@ -277,20 +418,22 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,
         "architecture": {"name": config.arch, "config": dict(model.config), "parameters": int(n_params)},
-        "input": {"channels": names, "channel_specs": pre.channel_specs, "img_size": img_size, "dims": dims,
+        "input": {"channels": names, "channel_names_from": names_from, "channel_specs": pre.channel_specs, "img_size": img_size, "dims": dims,
                   "resize": "longer side scaled to img_size by area averaging (never enlarged), then centre-padded "
                             "with each channel's border median",
                   "normalisation": {"mode": pre.mode, "mean": pre.mean, "std": pre.std}},
         "classes": classes,
         "targets": [{"name": n, "log": lg, "mean": m, "std": s} for n, lg, m, s in
                     zip(scaler.names, scaler.log, scaler.mean, scaler.std)] if scaler else [],
-        "training": {"manifest": str(manifest), "data_licence": config.data_licence or _licence(manifest),
+        "training": {"manifest": str(manifest), "data_licence": licence_text,
+                     "data_licence_terms": licence,
                      "n_cells": len(rows), "label_column": label_column, "target_columns": list(target_columns),
                      "group_column": group_column, "config": {**asdict(config), "img_size": img_size},
                      "class_weighting": CLASS_WEIGHTING if getattr(model, "is_neural", True) else
                      ("SVM class_weight=balanced" if model.config.get("kind") == "svm" else "none (kNN)"),
                      "class_proportions": {c: float(n / max(train_counts.sum(), 1))
                                            for c, n in zip(classes, train_counts)},
+                     "loss_weights": loss_weights,
                      "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
                      "wall_time_s": round(wall, 1)},
         "split": {"method": ("StratifiedGroupKFold hold-outs by " + group_column) if group_column else

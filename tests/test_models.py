@@ -181,11 +181,21 @@ def test_dpc_channels_negate_or_swap_under_flips_and_never_rotate():
             assert np.allclose(a[0], bf) and np.allclose(a[1], bf + 1)
 
 
-def test_swap_partner_must_exist():
-    from phenotyping.data import channel_specs
+def test_lone_half_pupil_image_is_never_flipped_across_its_axis():
+    from phenotyping.data import augment, channel_specs
 
-    with pytest.raises(ValueError, match="dpc_right"):
-        channel_specs(["dpc_left", "brightfield"])
+    specs = channel_specs(["dpc_left", "brightfield"])        # no dpc_right to swap with
+    assert specs[0].hflip == "never" and specs[0].vflip == "same"
+    img = np.arange(25, dtype=np.float32).reshape(5, 5)
+    x = np.stack([img, img * 2])
+    seen = set()
+    for seed in range(30):
+        a = augment(x, specs, np.random.default_rng(seed))
+        assert np.array_equal(a[0], img) or np.array_equal(a[0], img[::-1, :])   # identity or vertical flip only
+        seen.add(a[0].tobytes())
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="differ"):
+        channel_specs(["DPC_Left", "dpc_left"])
 
 
 def test_fit_to_size_pads_and_shrinks():
