@@ -1,9 +1,9 @@
 """Batched prediction over a sample's cells: decode → image QC → model → calibrated probabilities → store.
 
-The pipeline streams the sample's cells from the store in batches. A background thread reads and decodes the next
-batch (file read, TIFF/PNG decode, QC, resize, normalise) while the model runs on the current one, so the model never
-waits on the decoder; on CUDA the batch is put in pinned memory and copied asynchronously, and the forward pass runs
-under bf16 (or fp16) autocast. Each batch's QC outcomes and predictions are committed before the next batch starts:
+The pipeline streams the sample's cells from the store in batches. Background threads read and decode the next
+batches (file read, TIFF/PNG decode, QC, resize, normalise) while the model runs on the current one (one thread on
+CPU, up to eight on CUDA), so the model does not wait on the decoder; on CUDA the batch is put in pinned memory and
+copied asynchronously, and the forward pass runs under bf16 (or fp16) autocast. Each batch's QC outcomes and predictions are committed before the next batch starts:
 an interrupted run keeps every committed batch, and running it again predicts only the cells that have no prediction
 from this model yet.
 
@@ -17,8 +17,6 @@ from the stored confidence and the card's ``calibration.unidentified_threshold``
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -198,7 +196,7 @@ def predict_sample(
     codes: list[str | None] = []
     unreadable = 0
     try:
-        for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda"):
+        for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda", workers=decode_workers(dev)):
             qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold)
             store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
             store.add_predictions(preds, sample_id=sample_id, actor=actor)
@@ -262,46 +260,45 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
     return _Batch(list(cells), qc, errors, x, passed)
 
 
-def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg: QCConfig, *, pin: bool):
-    """Yield prepared batches in order, preparing the next one on a background thread (queue depth 2)."""
+def decode_workers(device: str) -> int:
+    """Background decoding threads: one on CPU (the model needs the other cores); on CUDA, up to 8 of the CPU cores
+    (file reads, zlib and PIL release the GIL, so threads scale until the GPU is fed)."""
+    if device != "cuda":
+        return 1
+    return max(1, min(8, cpu_threads(background_decoding=True)))
+
+
+def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg: QCConfig, *, pin: bool,
+              workers: int = 1):
+    """Yield prepared batches in order while ``workers`` background threads prepare the next ones.
+
+    At most ``workers + 1`` batches are prepared ahead of the consumer, so memory stays bounded; an exception raised
+    while preparing a batch is re-raised where that batch would have been yielded. When the consumer stops early
+    (an interrupted run), batches not yet started are cancelled.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     chunks = [cells[i:i + batch_size] for i in range(0, len(cells), batch_size)]
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    _END = object()
-
-    def put(item: object) -> bool:
-        """Queue ``item`` unless the consumer has stopped; never blocks for good."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for chunk in chunks:
-                if stop.is_set() or not put(_prepare(store, chunk, lm, qc_cfg, pin)):
-                    return
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            put(e)
-            return
-        put(_END)
-
-    t = threading.Thread(target=work, name="phenotyping-decode", daemon=True)
-    t.start()
+    if not chunks:
+        return
+    ahead = max(1, workers) + 1
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="phenotyping-decode")
+    pending: list[Any] = []
     try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        nxt = 0
+        while nxt < len(chunks) and len(pending) < ahead:
+            pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+            nxt += 1
+        while pending:
+            batch = pending.pop(0).result()
+            if nxt < len(chunks):
+                pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+                nxt += 1
+            yield batch
     finally:
-        stop.set()
-        t.join(timeout=5)
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, threshold: float
