@@ -1,7 +1,9 @@
 """Background jobs: long work (prediction, training, evaluation) on worker threads, tracked in the store's jobs table.
 
-A :class:`JobRunner` owns a small thread pool. :meth:`JobRunner.submit` records a ``queued`` job and returns its id at
-once; a worker then runs the job's function, which reports ``(done, total, rate, message)`` through a
+A :class:`JobRunner` runs jobs in *lanes*, one worker thread each by default: training has its own lane, so a
+training job (minutes to hours) never holds up an analysis; prediction, evaluation and any other kind share the
+``analysis`` lane. :meth:`JobRunner.submit` records a ``queued`` job and returns its id at once; the job's lane then
+runs its function, which reports ``(done, total, rate, message)`` through a
 :class:`Progress` (written to the jobs table at most every ``min_interval_s``, and always at the end). A job ends
 ``done`` with its result (a JSON-able dict), or ``failed`` with a one-line message saying why; the traceback goes to
 the log. Nothing here imports Streamlit: the app polls :meth:`phenotyping.store.Store.get_job`, and so can a CLI or a
@@ -9,6 +11,11 @@ test (:meth:`JobRunner.wait`).
 
 Jobs do not survive the process: a new runner marks queued/running jobs of a previous process as failed
 (:meth:`phenotyping.store.Store.fail_orphaned_jobs`).
+
+CPU threads: jobs in two lanes can run at once, and two torch jobs each using every core would only slow each
+other down. A job asks :meth:`Progress.cpu_share` for its share (the cores divided by the jobs running now) and sets
+torch's intra-op threads in its own worker thread (OpenMP thread counts are per calling thread); training asks again
+after each epoch, so it takes every core back when the analysis has finished.
 """
 
 from __future__ import annotations
@@ -16,13 +23,16 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,9 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED, "cancelled")
+#: Job kind -> lane; kinds not named here run in :data:`DEFAULT_LANE`.
+LANES: dict[str, str] = {"train": "training"}
+DEFAULT_LANE = "analysis"
 
 
 class JobError(PhenotypingError):
@@ -41,11 +54,17 @@ class JobError(PhenotypingError):
 class Progress:
     """What a job's function reports; writes to the jobs table at most every ``min_interval_s`` seconds."""
 
-    def __init__(self, store: Any, job_id: int, *, min_interval_s: float = 0.5):
+    def __init__(self, store: Any, job_id: int, *, min_interval_s: float = 0.5,
+                 cpu_share: Callable[[], int] | None = None):
         self.store = store
         self.job_id = job_id
         self.min_interval_s = min_interval_s
         self._last = 0.0
+        self._cpu_share = cpu_share
+
+    def cpu_share(self) -> int:
+        """CPU cores this job should use now: the process's cores divided by the jobs running (at least 1)."""
+        return self._cpu_share() if self._cpu_share is not None else available_cores()
 
     def __call__(self, done: int, total: int | None = None, rate: float | None = None, message: str | None = None,
                  *, force: bool = False) -> None:
@@ -59,6 +78,22 @@ class Progress:
 
 
 JobFn = Callable[[Progress], dict[str, Any] | None]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(n: int) -> None:
+    """Set torch's intra-op threads for the calling thread's work (a no-op when already ``n``)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(max(1, int(n)))
 
 
 def _one_line(e: BaseException) -> str:
@@ -80,24 +115,50 @@ def _finite(value: Any) -> Any:
 
 
 class JobRunner:
-    """Runs job functions on ``workers`` threads and records their progress in ``store``'s jobs table.
+    """Runs job functions in lanes of worker threads and records their progress in ``store``'s jobs table.
 
     Args:
         store: a :class:`phenotyping.store.Store` (thread-safe: each thread gets its own cursor).
-        workers: concurrent jobs; more queue. One suits a small CPU machine: a second job would only share cores.
+        workers: worker threads per lane; more jobs of a lane queue. One suits a small CPU machine.
+        lanes: job kind -> lane name (default :data:`LANES`: training apart, everything else in
+            :data:`DEFAULT_LANE`). ``{}`` puts every kind in one lane.
         min_interval_s: shortest time between two progress writes of one job.
     """
 
-    def __init__(self, store: Any, *, workers: int = 1, min_interval_s: float = 0.5):
+    def __init__(self, store: Any, *, workers: int = 1, lanes: Mapping[str, str] | None = None,
+                 min_interval_s: float = 0.5):
         if workers < 1:
             raise ValueError(f"workers={workers} must be >= 1")
         self.store = store
+        self.workers = workers
+        self.lanes = dict(LANES if lanes is None else lanes)
         self.min_interval_s = min_interval_s
         self.orphans_failed = store.fail_orphaned_jobs()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leuko-job")
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._futures: dict[int, Future] = {}
+        self._running: set[int] = set()
         self._lock = threading.Lock()
         self._warm: threading.Thread | None = None
+
+    def lane(self, kind: str) -> str:
+        """The lane jobs of ``kind`` run in."""
+        return self.lanes.get(kind, DEFAULT_LANE)
+
+    def _pool(self, lane: str) -> ThreadPoolExecutor:
+        with self._lock:
+            if lane not in self._pools:
+                self._pools[lane] = ThreadPoolExecutor(max_workers=self.workers,
+                                                       thread_name_prefix=f"leuko-job-{lane}")
+            return self._pools[lane]
+
+    def running_jobs(self) -> int:
+        """Jobs of this runner running now (queued ones not counted)."""
+        with self._lock:
+            return len(self._running)
+
+    def cpu_share(self) -> int:
+        """Cores per running job, at least 1 (what a job should give torch now)."""
+        return max(1, available_cores() // max(1, self.running_jobs()))
 
     def warm_up(self) -> threading.Thread:
         """Start :func:`warm_up_models` for this runner's store (joined by :meth:`shutdown`)."""
@@ -106,15 +167,24 @@ class JobRunner:
 
     def submit(self, kind: str, fn: JobFn, *, actor: str, sample_id: str | None = None,
                params: dict[str, Any] | None = None, total: int = 0) -> int:
-        """Record a queued job and start ``fn(progress)`` on a worker; returns the job id."""
+        """Record a queued job and start ``fn(progress)`` in the lane of ``kind``; returns the job id."""
         job_id = self.store.create_job(kind, actor=actor, sample_id=sample_id, params=params, total=total)
-        fut = self._pool.submit(self._run, job_id, fn)
+        fut = self._pool(self.lane(kind)).submit(self._run, job_id, fn)
         with self._lock:
             self._futures[job_id] = fut
         return job_id
 
     def _run(self, job_id: int, fn: JobFn) -> None:
-        progress = Progress(self.store, job_id, min_interval_s=self.min_interval_s)
+        progress = Progress(self.store, job_id, min_interval_s=self.min_interval_s, cpu_share=self.cpu_share)
+        with self._lock:
+            self._running.add(job_id)
+        try:
+            self._run_recorded(job_id, fn, progress)
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+
+    def _run_recorded(self, job_id: int, fn: JobFn, progress: Progress) -> None:
         try:
             self.store.update_job(job_id, status=RUNNING, message="started")
             result = fn(progress) or {}
@@ -148,7 +218,10 @@ class JobRunner:
         return fut is not None and not fut.done()
 
     def shutdown(self, *, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait)
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=wait)
         if wait and self._warm is not None:
             self._warm.join()
 
@@ -200,6 +273,65 @@ def usable_models(store: Any) -> list[dict[str, Any]]:
     return [m for m in store.list_models() if m["usable"] and Path(m["path"]).is_dir()]
 
 
+# -- ingest runs -----------------------------------------------------------------------------------------------------
+INGEST_EVENT = "ingest.run"
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """One recorded ingest of an image set into a sample (an ``ingest.run`` audit event)."""
+
+    at: datetime
+    actor: str
+    source: str
+    outcome: str  # "ok" or "failed"
+    ingested: int
+    duplicates: int
+    rejected: list[dict[str, str]]  # {"file", "reason"} per refused file, duplicates included
+    error: str = ""
+
+
+def ingest_and_record(store: Any, source: str | Path, sample_id: str, *, actor: str, source_name: str,
+                      **options: Any) -> Any:
+    """:func:`phenotyping.ingest.ingest_set`, then an ``ingest.run`` audit event holding the run's summary: what was
+    ingested, the duplicates, and every refused file with its reason. A run that fails (nothing usable, a locked
+    sample, an unreadable archive) is recorded too, with its error, and the error is raised again.
+
+    Args:
+        source_name: what the user gave, as shown later (e.g. ``"set.zip"`` or ``"312 files"``); ``source`` itself
+            is usually a temporary folder.
+        options: passed on to ``ingest_set`` (``max_pixels``, ``max_bytes``, ``progress``…).
+    """
+    from phenotyping.ingest import ingest_set
+
+    def record(after: dict[str, Any]) -> None:
+        store.record_event(actor=actor, action=INGEST_EVENT, entity="sample", entity_id=sample_id,
+                           sample_id=sample_id, after={"source": source_name, **after})
+
+    try:
+        result = ingest_set(store, source, sample_id, actor=actor, **options)
+    except (PhenotypingError, ValueError, OSError) as e:
+        if isinstance(e, NotFoundError):  # no such sample: nothing to record it against
+            raise
+        record({"outcome": "failed", "error": _one_line(e), "ingested": 0, "duplicates": 0, "rejected": []})
+        raise
+    record({"outcome": "ok", "ingested": result.ingested, "duplicates": result.duplicates,
+            "rejected": [r.model_dump(mode="json") for r in result.rejected]})
+    return result
+
+
+def ingest_runs(store: Any, sample_id: str, *, limit: int = 10) -> list[IngestRun]:
+    """The sample's recorded ingest runs, newest first."""
+    out = []
+    for e in store.list_audit(sample_id=sample_id, action=INGEST_EVENT, limit=limit):
+        a = e.after if isinstance(e.after, dict) else {}
+        out.append(IngestRun(at=e.at, actor=e.actor, source=str(a.get("source", "")),
+                             outcome=str(a.get("outcome", "ok")), ingested=int(a.get("ingested", 0)),
+                             duplicates=int(a.get("duplicates", 0)), rejected=list(a.get("rejected") or []),
+                             error=str(a.get("error", ""))))
+    return out
+
+
 # -- prediction ------------------------------------------------------------------------------------------------------
 def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor: str,
                       device: str = "auto") -> int:
@@ -225,7 +357,7 @@ def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor
     model_dir = models[model_id]["path"]
 
     def work(progress: Progress) -> dict[str, Any]:
-        from phenotyping.inference import predict_sample
+        from phenotyping.inference import cpu_threads, predict_sample
         from phenotyping.schemas import SampleStatus
 
         progress(0, store.count_cells(sample_id), None, "loading the model", force=True)
@@ -234,7 +366,8 @@ def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor
         def report(done: int, total: int, rate: float) -> None:
             progress(done, total, rate, f"{done}/{total} cells")
 
-        run = predict_sample(store, sample_id, lm, device=device, progress=report, actor=actor)
+        run = predict_sample(store, sample_id, lm, device=device, progress=report, actor=actor,
+                             threads=min(cpu_threads(), progress.cpu_share()))
         store.set_analysis_model(sample_id, lm.id, actor=actor)
         if store.get_sample(sample_id).status == SampleStatus.new:
             store.set_sample_status(sample_id, SampleStatus.analysed, actor=actor)
@@ -248,50 +381,117 @@ def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor
 
 
 # -- training and evaluation -----------------------------------------------------------------------------------------
-def export_labelled_cells(store: Any, sample_ids: Sequence[str], out_dir: str | Path) -> tuple[Path, list[str]]:
+@dataclass(frozen=True)
+class LabelledExport:
+    """What :func:`export_labelled_cells` wrote: the manifest, the continuous targets found, and the labelled cells
+    left out because their label is not one of the chosen classes (label -> cells)."""
+
+    manifest: Path
+    targets: list[str]
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_excluded(self) -> int:
+        return sum(self.excluded.values())
+
+    def excluded_text(self) -> str:
+        """E.g. ``"14 cells labelled outside the classes left out (debris 12, other 2)"``, or ``""``."""
+        if not self.excluded:
+            return ""
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{self.n_excluded} cell(s) labelled outside the classes left out ({parts})"
+
+
+def cell_label(cell: Any) -> str | None:
+    """A cell's training label: the reviewer's label, else the label its image set came with, else None."""
+    return cell.reviewed_label or cell.reference_label or None
+
+
+def label_counts(store: Any, sample_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Labelled cells of the samples per label, split by where the label came from: ``{"image set": {label: n},
+    "review only": {label: n}}`` ("review only": labels no cell's image set carries, e.g. ``debris``)."""
+    final: dict[str, int] = {}
+    reference: set[str] = set()
+    for sid in sample_ids:
+        for c in store.list_cells(sid):
+            if c.reference_label:
+                reference.add(c.reference_label)
+            label = cell_label(c)
+            if label:
+                final[label] = final.get(label, 0) + 1
+    return {"image set": {k: v for k, v in sorted(final.items()) if k in reference},
+            "review only": {k: v for k, v in sorted(final.items()) if k not in reference}}
+
+
+def export_labelled_cells(store: Any, sample_ids: Sequence[str], out_dir: str | Path, *,
+                          classes: Sequence[str] | None = None) -> LabelledExport:
     """Write the labelled cells of samples as an image folder with ``manifest.csv`` (cell_id, path, label, group,
-    and each continuous target); returns the manifest's path and the target names.
+    and each continuous target).
+
+    A cell's label is its reviewed label, else its image set's (:func:`cell_label`). Cells whose label is not in
+    ``classes`` are left out and counted in the result, so a review label such as ``debris`` or ``other`` never
+    becomes a class by accident. ``classes=None`` keeps the labels some cell's image set carries (review-only labels
+    are left out).
 
     Raises:
-        ValueError: no sample given, or none of their cells has a reference label.
+        ValueError: no sample given, an empty class list, or no cell with one of the classes.
     """
     if not sample_ids:
         raise ValueError("choose at least one sample with labelled cells")
+    if classes is not None and not list(classes):
+        raise ValueError("choose at least one class")
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    cells = [(sid, c) for sid in sample_ids for c in store.list_cells(sid)]
+    keep = set(classes) if classes is not None else {c.reference_label for _, c in cells if c.reference_label}
     rows: list[dict[str, Any]] = []
-    for sid in sample_ids:
-        for c in store.list_cells(sid):
-            label = c.reviewed_label or c.reference_label
-            if not label:
-                continue
-            ext = Path(c.blob_path).suffix or ".bin"
-            name = f"cells/{c.id}{ext}"
-            shutil.copyfile(store.image_dir / c.blob_path, out / name)
-            rows.append({"cell_id": f"{sid}:{c.cell_key}", "path": name, "label": label, "group": sid,
-                         **{k: v for k, v in c.targets.items()}})
+    excluded: dict[str, int] = {}
+    for sid, c in cells:
+        label = cell_label(c)
+        if not label:
+            continue
+        if label not in keep:
+            excluded[label] = excluded.get(label, 0) + 1
+            continue
+        ext = Path(c.blob_path).suffix or ".bin"
+        name = f"cells/{c.id}{ext}"
+        shutil.copyfile(store.image_dir / c.blob_path, out / name)
+        rows.append({"cell_id": f"{sid}:{c.cell_key}", "path": name, "label": label, "group": sid,
+                     **{k: v for k, v in c.targets.items()}})
     if not rows:
-        raise ValueError(f"no cell of {list(sample_ids)} has a label (from its image set or a review); "
-                         "training needs labelled cells")
+        what = f"one of the classes {sorted(keep)}" if keep else "a label (from its image set or a review)"
+        found = f"; labels found: {sorted(excluded)}" if excluded else ""
+        raise ValueError(f"no cell of {list(sample_ids)} has {what}{found}; training needs labelled cells")
     targets = sorted({k for r in rows for k in r} - {"cell_id", "path", "label", "group"})
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["cell_id", "path", "label", "group", *targets])
         w.writeheader()
         w.writerows(rows)
-    return manifest, targets
+    return LabelledExport(manifest=manifest, targets=targets, excluded=excluded)
 
 
 _EPOCH = re.compile(r"^epoch (\d+)/(\d+)")
 
 
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A metric for a message: ``0.912``, or ``n/a`` when the card or result has none (None, NaN)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{f:.{digits}f}" if math.isfinite(f) else "n/a"
+
+
 def submit_training(runner: JobRunner, sample_ids: Sequence[str], name: str, *, actor: str, arch: str = "hybrid",
                     epochs: int = 20, targets: Sequence[str] | None = None, seed: int = 0,
-                    model_root: str | Path | None = None) -> int:
+                    classes: Sequence[str] | None = None, model_root: str | Path | None = None) -> int:
     """Train a model on the labelled cells of stored samples (background job with per-epoch progress).
 
     The model folder ``<model_root>/<name>`` is written by :func:`phenotyping.train.train` and registered in the
-    store as *not usable* until an admin has looked at its evaluation and marks it usable.
+    store as *not usable* until an admin has looked at its evaluation and marks it usable. Only cells labelled with
+    one of ``classes`` are used (default: the labels of the samples' image sets; see
+    :func:`export_labelled_cells`); the job's result says how many were left out.
     """
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,63}", name):
         raise ValueError(f"model name {name!r}: use 2-64 lower-case letters, digits, '.', '_' or '-'")
@@ -313,15 +513,18 @@ def submit_training(runner: JobRunner, sample_ids: Sequence[str], name: str, *, 
 
         progress(0, epochs, None, "exporting the labelled cells", force=True)
         with tempfile.TemporaryDirectory(prefix="leuko-train-") as tmp:
-            manifest, available = export_labelled_cells(store, sample_ids, tmp)
+            export = export_labelled_cells(store, sample_ids, tmp, classes=classes)
+            manifest, available = export.manifest, export.targets
             use_targets = list(available if targets is None else targets)
             missing = [t for t in use_targets if t not in available]
             if missing:
                 raise ValueError(f"target(s) {missing} are not in these samples; they have {available or 'none'}")
             started = time.perf_counter()
+            set_torch_threads(progress.cpu_share())
 
             def on_log(msg: str) -> None:
                 m = _EPOCH.match(msg)
+                set_torch_threads(progress.cpu_share())  # a job started or ended in the other lane
                 if m:
                     done = int(m.group(1))
                     progress(done, int(m.group(2)), done / max(time.perf_counter() - started, 1e-9), msg,
@@ -336,12 +539,16 @@ def submit_training(runner: JobRunner, sample_ids: Sequence[str], name: str, *, 
                          log=on_log)
         store.register_model(card["id"], path=str(out), card=card, actor=actor, usable=False)
         val = card.get("validation") or {}
+        left_out = export.excluded_text()
         return {"model_id": card["id"], "path": str(out), "val_accuracy": val.get("accuracy"),
-                "val_macro_f1": val.get("macro_f1"),
-                "message": f"trained {card['id']}: validation accuracy {val.get('accuracy', float('nan')):.3f}"}
+                "val_macro_f1": val.get("macro_f1"), "excluded_labels": export.excluded,
+                "message": f"trained {card['id']}: validation accuracy {_fmt(val.get('accuracy'))}"
+                           + (f"; {left_out}" if left_out else "")}
 
     return runner.submit("train", work, actor=actor, params={"samples": list(sample_ids), "name": name, "arch": arch,
-                                                             "epochs": epochs, "seed": seed}, total=epochs)
+                                                             "epochs": epochs, "seed": seed,
+                                                             "classes": None if classes is None else list(classes)},
+                         total=epochs)
 
 
 def submit_evaluation(runner: JobRunner, model_id: str, sample_ids: Sequence[str], *, actor: str) -> int:
@@ -360,9 +567,10 @@ def submit_evaluation(runner: JobRunner, model_id: str, sample_ids: Sequence[str
         progress(0, 2, None, "exporting the labelled cells", force=True)
         m = models[model_id]
         with tempfile.TemporaryDirectory(prefix="leuko-eval-") as tmp:
-            manifest, _ = export_labelled_cells(store, sample_ids, tmp)
+            export = export_labelled_cells(store, sample_ids, tmp, classes=m["card"]["classes"])
             progress(1, 2, None, "predicting", force=True)
-            metrics = evaluate_model_dir(m["path"], manifest, label_column="label", drop_unknown=True,
+            set_torch_threads(progress.cpu_share())
+            metrics = evaluate_model_dir(m["path"], export.manifest, label_column="label", drop_unknown=True,
                                          log=lambda msg: progress(1, 2, None, msg[:200], force=True))
         current = next(x for x in store.list_models() if x["id"] == model_id)
         card = dict(current["card"])
@@ -371,9 +579,11 @@ def submit_evaluation(runner: JobRunner, model_id: str, sample_ids: Sequence[str
                                                                                                time.gmtime()),
                                 "metrics": metrics}]
         store.register_model(model_id, path=current["path"], card=card, actor=actor, usable=current["usable"])
+        left_out = export.excluded_text()
         return {"model_id": model_id, "samples": list(sample_ids), "metrics": metrics,
-                "message": f"accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-                           f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"}
+                "excluded_labels": export.excluded,
+                "message": f"accuracy {_fmt(metrics.get('accuracy'))}, macro-F1 {_fmt(metrics.get('macro_f1'))}"
+                           + (f"; {left_out}" if left_out else "")}
 
     return runner.submit("evaluate", work, actor=actor, params={"model_id": model_id, "samples": list(sample_ids)},
                          total=2)
