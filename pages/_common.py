@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,8 +31,9 @@ def get_store() -> Store:
 
 @st.cache_resource(show_spinner=False)
 def get_runner() -> JobRunner:
-    """The server's background job runner (one worker); marks jobs of a previous server process failed and starts
-    loading the usable models in the background, so the first analysis does not wait for torch and the weights."""
+    """The server's background job runner: one worker for analyses (prediction, evaluation) and one for training, so
+    a training job never holds up an analysis. Marks jobs of a previous server process failed and starts loading the
+    usable models in the background, so the first analysis does not wait for torch and the weights."""
     runner = JobRunner(get_store(), workers=1)
     runner.warm_up()
     return runner
@@ -235,8 +235,53 @@ def save_uploads(files: Iterable[Any], folder: Path, *, chunk_bytes: int = 1 << 
     return out
 
 
-def upload_tempdir() -> tempfile.TemporaryDirectory:
-    """A temporary folder for one upload, beside the database (same disk as the image store)."""
-    base = Path(get_settings().image_dir()).parent
-    base.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=".upload-", dir=base)
+def release_uploads(files: Iterable[Any]) -> None:
+    """Drop uploaded files from Streamlit's in-memory upload store of this session (as ``st.chat_input`` does with
+    its files); the widget must then be replaced (a new key) so its state stops referring to them."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        return
+    for f in files:
+        ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=f.file_id)
+
+
+STAGING_MAX_AGE_S = 24 * 3600
+
+
+def staging_dir(sample_id: str) -> Path:
+    """This session's folder of uploaded files waiting to be ingested into ``sample_id``, on disk beside the
+    database (the same disk as the image store). Folders of sessions idle for a day are removed."""
+    import time
+    import uuid
+
+    token = st.session_state.setdefault("_upload_token", uuid.uuid4().hex)
+    root = Path(get_settings().image_dir()).parent / ".upload-staging"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.name != token and old.is_dir() and time.time() - old.stat().st_mtime > STAGING_MAX_AGE_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / token / safe_relative(sample_id)
+
+
+def stage_uploads(files: list[Any], sample_id: str) -> list[Path]:
+    """Stream just-uploaded files to this session's staging folder for ``sample_id`` (chunked), then release them
+    from Streamlit's memory. Returns the written paths."""
+    folder = staging_dir(sample_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return save_uploads(files, folder)
+    finally:
+        release_uploads(files)
+
+
+def staged_files(sample_id: str) -> list[Path]:
+    """Files of this session staged for ``sample_id``, sorted by their path in the upload."""
+    folder = staging_dir(sample_id)
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+def clear_staged(sample_id: str) -> None:
+    shutil.rmtree(staging_dir(sample_id), ignore_errors=True)

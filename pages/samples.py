@@ -7,9 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, require_user, sample_header, save_uploads,
-                           show_flash, upload_tempdir)
-from phenotyping.ingest import ingest_set
+from pages._common import (allowed, attempt, clear_staged, flash, get_store, require_user, sample_header,
+                           show_flash, stage_uploads, staged_files, staging_dir)
+from phenotyping.jobs import ingest_and_record, ingest_runs
 from phenotyping.schemas import Sample, SampleStatus, Specimen
 from phenotyping.settings import get_settings
 
@@ -28,20 +28,34 @@ def create_sample(sample_id: str, specimen: str, pseudonym: str, notes: str, col
     return store.create_sample(sample, actor=user.username)
 
 
-def ingest_uploads(sample_id: str, files: list) -> object:
-    """Stream the uploads to a temporary folder on disk, then ingest the folder (or the single .zip)."""
-    with upload_tempdir() as tmp:
-        paths = save_uploads(files, Path(tmp))
-        source = paths[0] if len(paths) == 1 and paths[0].suffix.lower() == ".zip" else Path(tmp)
-        bar = st.progress(0.0, text="Reading the image set…")
+def describe_upload(paths: list[Path], folder: Path) -> str:
+    """What was uploaded, for the ingest record: the file's name, the folder's name, or the number of files."""
+    rel = [p.relative_to(folder) for p in paths]
+    if len(rel) == 1:
+        return str(rel[0])
+    tops = sorted({r.parts[0] for r in rel})
+    if len(tops) == 1 and all(len(r.parts) > 1 for r in rel):
+        return f"folder {tops[0]} ({len(rel):,} files)"
+    shown = ", ".join(str(r) for r in rel[:3])
+    return f"{len(rel):,} files ({shown}{', …' if len(rel) > 3 else ''})"
 
-        def progress(seen: int, total: int | None) -> None:
-            bar.progress(1.0 if total else min(0.95, seen / max(len(paths), 1)), text=f"{seen:,} files read")
 
-        result = ingest_set(store, source, sample_id, actor=user.username, progress=progress,
-                            max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+def ingest_staged(sample_id: str, paths: list[Path]) -> object:
+    """Ingest this session's staged files (the single .zip, else the folder), record the run, remove the files."""
+    folder = staging_dir(sample_id)
+    source = paths[0] if len(paths) == 1 and paths[0].suffix.lower() == ".zip" else folder
+    bar = st.progress(0.0, text="Reading the image set…")
+
+    def progress(seen: int, total: int | None) -> None:
+        bar.progress(1.0 if total else min(0.95, seen / max(len(paths), 1)), text=f"{seen:,} files read")
+
+    try:
+        return ingest_and_record(store, source, sample_id, actor=user.username,
+                                 source_name=describe_upload(paths, folder), progress=progress,
+                                 max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+    finally:
         bar.empty()
-        return result
+        clear_staged(sample_id)
 
 
 can_write = allowed(user, "sample.write")
@@ -82,24 +96,59 @@ sample_header(store, sel)
 
 if can_write:
     st.subheader("Upload images")
+    limit = settings.max_upload_mb
     mode = st.radio("What to upload", ["Files or one .zip", "A folder"], horizontal=True,
                     help="Single-cell images (PNG, JPEG, BMP, TIFF incl. multi-channel and z-stacks), optionally with "
                          "a manifest.csv naming each cell's file, label and targets.")
+    generation = st.session_state.setdefault("_upload_generation", 0)
     files = st.file_uploader(
         "Single-cell images", accept_multiple_files="directory" if mode == "A folder" else True,
-        type=IMAGE_TYPES, max_upload_size=settings.max_upload_mb, key=f"upload_{sel}_{mode}")
-    if st.button("Ingest", type="primary", disabled=not files, icon=":material/upload:"):
-        ok, r = attempt(ingest_uploads, sel, list(files))
+        type=IMAGE_TYPES, max_upload_size=limit, key=f"upload_{sel}_{mode}_{generation}",
+        help=f"Up to {limit} MB per file; a zip of 10,000 small 16-bit TIFFs is about 40 MB. Larger sets, or sets "
+             "already on a server share, go through the command line while the app is stopped: "
+             "`python -m phenotyping ingest PATH --sample ID`.")
+    if files:
+        # Write the files to disk at once and give the uploader a new key, so the server stops holding the bytes.
+        ok, _ = attempt(stage_uploads, list(files), sel)
+        st.session_state["_upload_generation"] = generation + 1
         if ok:
-            st.session_state["_last_ingest"] = (sel, r.model_dump(mode="json"))
+            st.rerun()
+    staged = staged_files(sel)
+    if staged:
+        folder = staging_dir(sel)
+        size_mb = sum(p.stat().st_size for p in staged) / 1e6
+        names = ", ".join(f"{p.relative_to(folder)}" for p in staged[:5]) + (" …" if len(staged) > 5 else "")
+        st.markdown(f"**Ready to ingest into {sel}:** {len(staged):,} file(s), {size_mb:,.1f} MB — {names}")
+    else:
+        st.caption(f"Up to {limit} MB per file. Larger sets: `python -m phenotyping ingest PATH --sample {sel}` "
+                   "(while the app is stopped).")
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Ingest", type="primary", disabled=not staged, icon=":material/upload:", width="stretch"):
+        ok, r = attempt(ingest_staged, sel, staged)
+        if ok:
             flash(f"{r.ingested:,} cells ingested into {sel}; {len(r.rejected)} file(s) refused "
                   f"({r.duplicates} duplicates).", "success" if not r.rejected else "warning")
             st.rerun()
+    if b2.button("Discard", disabled=not staged, icon=":material/delete:", width="stretch"):
+        clear_staged(sel)
+        st.rerun()
 
-last = st.session_state.get("_last_ingest")
-if last and last[0] == sel and last[1]["rejected"]:
-    with st.expander(f"Refused files of the last upload ({len(last[1]['rejected'])})", expanded=True):
-        st.dataframe(last[1]["rejected"], hide_index=True, width="stretch", height=240,
+runs = ingest_runs(store, sel, limit=10)
+if runs:
+    st.subheader("Ingest runs")
+    st.dataframe([{"when (UTC)": r.at.strftime("%Y-%m-%d %H:%M:%S"), "by": r.actor, "source": r.source,
+                   "outcome": r.outcome if not r.error else f"failed: {r.error}", "cells ingested": r.ingested,
+                   "duplicates": r.duplicates, "files refused": len(r.rejected)} for r in runs],
+                 hide_index=True, width="stretch", height=min(38 + 35 * len(runs), 320),
+                 column_config={"source": st.column_config.TextColumn(width="medium"),
+                                "outcome": st.column_config.TextColumn(width="medium")})
+    refused_runs = [r for r in runs if r.rejected]
+    if refused_runs:
+        pick = st.selectbox("Refused files of the run", range(len(refused_runs)), key=f"refused_run_{sel}",
+                            format_func=lambda i: f"{refused_runs[i].at:%Y-%m-%d %H:%M:%S} · {refused_runs[i].source}"
+                                                  f" · {len(refused_runs[i].rejected)} refused")
+        rejected = refused_runs[pick].rejected
+        st.dataframe(rejected, hide_index=True, width="stretch", height=min(38 + 35 * len(rejected), 320),
                      column_config={"file": st.column_config.TextColumn("File", width="medium"),
                                     "reason": st.column_config.TextColumn("Reason", width="large")})
 

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     model_dir: Path = Field(PROJECT_ROOT / "models",
                             description="folder of model folders (checkpoint + card); trained models are written here")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_upload_mb: int = Field(1024, ge=1, description="per-upload size limit in the app")
+    max_upload_mb: int = Field(200, ge=1, description="per-file limit of the image uploader (MB)")
     max_image_pixels: int = Field(4_000_000, ge=1, description="pixels per plane above which an image is refused")
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1, description="bytes per file above which it is refused")
     max_files_per_set: int = Field(200_000, ge=1)

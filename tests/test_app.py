@@ -102,6 +102,13 @@ def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
+def table(at: AppTest, column: str):
+    """The first dataframe on the screen with this column (AppTest gives plain dataframes no key)."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no table with a column {column!r}; columns: {[list(d.value.columns) for d in at.dataframe]}"
+    return found[0]
+
+
 def test_logged_out_sees_first_run_admin_creation(app_env):
     at = app()
     assert not at.exception
@@ -163,12 +170,50 @@ def test_create_sample_and_upload_zip(lab, tmp_path):
         z.writestr("set/broken.png", b"not an image")
     at.file_uploader[0].upload("set.zip", buf.getvalue(), "application/zip")
     at.run()
+    # The upload is on disk at once and the uploader is a new, empty widget (Streamlit no longer holds the bytes).
+    assert not at.exception
+    assert at.file_uploader[0].value == [] and at.file_uploader[0].key.endswith("_1")
+    staged = list((tmp_path / ".upload-staging").rglob("set.zip"))
+    assert len(staged) == 1 and staged[0].stat().st_size == len(buf.getvalue())
+    assert any("Ready to ingest into S2" in m.value for m in at.markdown)
     next(b for b in at.button if b.label == "Ingest").click().run()
     assert not at.exception
     assert store.count_cells("S2") == 5
     assert any("5 cells ingested" in w.value for w in at.warning)
-    refused = at.dataframe[0].value
-    assert list(refused["file"]) == ["set/broken.png"]
+    assert not any((tmp_path / ".upload-staging").rglob("set.zip"))  # removed after the ingest
+    # The run's summary is kept: it is on the screen after a reload, not only in this session.
+    at = app("rev")
+    next(s for s in at.selectbox if s.label == "Sample").select("S2").run()
+    runs = table(at, "cells ingested")
+    assert list(runs["source"]) == ["set.zip"] and list(runs["cells ingested"]) == [5]
+    assert list(runs["files refused"]) == [1] and runs["by"][0] == "rev"
+    refused = table(at, "file")
+    assert list(refused["file"]) == ["set/broken.png"] and refused["reason"][0]
+    assert store.list_audit(sample_id="S2", action="ingest.run")[0].after["rejected"][0]["file"] == "set/broken.png"
+
+
+def test_upload_many_files_in_two_batches_then_discard_and_ingest(lab, tmp_path):
+    store, _ = lab
+    at = app("rev")
+    at.file_uploader[0].upload("a.png", png_bytes(cell_array(seed=200)), "image/png")
+    at.file_uploader[0].upload("b.png", png_bytes(cell_array(seed=201)), "image/png")
+    at.run()
+    assert not at.exception
+    at.file_uploader[0].upload("c.png", png_bytes(cell_array(seed=202)), "image/png")
+    at.run()
+    assert any("3 file(s)" in m.value for m in at.markdown if "Ready to ingest" in m.value)
+    next(b for b in at.button if b.label == "Discard").click().run()
+    assert not any("Ready to ingest" in m.value for m in at.markdown)
+    assert next(b for b in at.button if b.label == "Ingest").disabled
+    at.file_uploader[0].upload("a.png", png_bytes(cell_array(seed=200)), "image/png")
+    at.file_uploader[0].upload("d.png", png_bytes(cell_array(seed=0)), "image/png")  # the bytes of S1's c00.png
+    at.run()
+    before = store.count_cells("S1")
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert not at.exception
+    assert store.count_cells("S1") == before + 1  # d.png repeats c00.png of S1: a duplicate, refused
+    run = table(at, "cells ingested")
+    assert run["source"][0] == "2 files (a.png, d.png)" and run["duplicates"][0] == 1
 
 
 def test_reclassify_unidentified_cells_then_review_complete(lab):
