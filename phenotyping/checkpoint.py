@@ -96,7 +96,9 @@ def load_model_dir(path: str | Path) -> LoadedModel:
     except NotFoundError as e:
         raise NotFoundError(f"{path / CHECKPOINT}: {e}") from e
     if "state_dict" in ckpt:
-        model.load_state_dict(ckpt["state_dict"])
+        state = ckpt["state_dict"]
+        remap = getattr(model, "remap_state_dict", None)   # key renames for checkpoints of older layouts
+        model.load_state_dict(remap(state) if remap is not None else state)
     else:
         model.set_state({k: v.numpy() for k, v in ckpt["classical_state"].items()})
     model.eval()

@@ -62,7 +62,7 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray, names: Sequence[str])
                          "mae": float(np.abs(t - p).mean()) if ok.any() else None, "ccc": None}
             continue
         out[name] = {"pearson": float(pearsonr(t, p)[0]), "spearman": float(spearmanr(t, p)[0]),
-                     "mae": float(np.abs(t - p).mean()), "ccc": ccc(t, p).ccc}
+                     "mae": float(np.abs(t - p).mean()), "ccc": float(ccc(t, p).ccc)}
     return out
 
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from phenotyping.models import create_model, list_models  # noqa: E402
 
-NEURAL_2D = ["test_hybrid", "test_cnn", "test_resnet", "test_vit", "test_published_standin"]
+NEURAL_2D = ["test_hybrid", "test_hybrid_wide", "test_cnn", "test_resnet", "test_vit", "test_published_standin"]
 NEURAL_3D = ["test_hybrid3d", "test_cnn3d"]
 
 
@@ -21,9 +21,11 @@ def _x(b: int, c: int, s: int, z: int | None = None, seed: int = 0) -> torch.Ten
 
 def test_every_architecture_has_a_test_variant():
     names = list_models()
-    for arch in ["hybrid", "hybrid3d", "cnn", "cnn3d", "resnet18", "vit_small", "knn", "svm", "published_standin"]:
+    for arch in ["hybrid", "hybrid_wide", "hybrid3d", "cnn", "cnn3d", "resnet18", "vit_small", "knn", "svm",
+                 "published_standin"]:
         assert arch in names
-    for base in ["hybrid", "cnn", "resnet", "vit", "knn", "svm", "published_standin"]:
+    for base in ["hybrid", "hybrid_wide", "hybrid3d", "cnn", "cnn3d", "resnet", "vit", "knn", "svm",
+                 "published_standin"]:
         assert f"test_{base}" in names
 
 
@@ -112,6 +114,85 @@ def test_classical_models_fit_and_predict(name):
     assert np.corrcoef(out.regression[:, 0].numpy(), t[:, 0])[0, 1] > 0.9
     emb = m(rng.normal(size=(4, 32)).astype(np.float32) + 4.0)     # embeddings input
     assert emb.logits.shape == (4, 3)
+
+
+def test_hybrid_wide_test_variant_keeps_the_wide_layout():
+    m = create_model("test_hybrid_wide", in_chans=3, num_classes=4)
+    c = m.config
+    assert c["arch"] == "test_hybrid_wide" and c["cnn_width"] == 2 * c["stem_width"]
+    assert c["num_heads"] == create_model("hybrid_wide").config["num_heads"]
+
+
+# ---------------------------------------------------------------- hybrid conv blocks: timm layers, old checkpoints
+def _randomise_bn(m: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g))
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.randn(mod.num_features, generator=g))
+            mod.bias.data.copy_(torch.randn(mod.num_features, generator=g))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_hybrid_conv_blocks_compute_conv_bn_relu(dims):
+    """The timm ConvNormAct block (2D) and its 3D copy equal the former torch Conv → BatchNorm → ReLU."""
+    from timm.layers import ConvNormAct
+
+    from phenotyping.models._base import conv_bn_act
+
+    m = create_model("test_hybrid" if dims == 2 else "test_hybrid3d", in_chans=2).eval()
+    block = m.stem[0]
+    if dims == 2:
+        assert isinstance(block, ConvNormAct) and all(isinstance(b, ConvNormAct) for b in [*m.stem, *m.cnn])
+    _randomise_bn(m)
+    old = conv_bn_act(dims, 2, block.conv.out_channels, 3, 2).eval()
+    old.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in block.state_dict().items()})
+    x = _x(2, 2, 16, 3 if dims == 3 else None)
+    with torch.inference_mode():
+        assert torch.equal(block(x), old(x))
+
+
+@pytest.mark.parametrize("name", ["test_hybrid", "test_hybrid3d"])
+def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
+    """Checkpoints saved before the timm blocks (keys stem.0.0.weight, stem.0.1.running_mean…) load unchanged."""
+    import re
+
+    from phenotyping.checkpoint import CHECKPOINT, load_model_dir, save_model_dir
+    from phenotyping.data import Preprocess
+
+    torch.manual_seed(0)
+    m = create_model(name, in_chans=2, num_classes=3, num_targets=1).eval()
+    _randomise_bn(m)
+    pre = Preprocess(16, ["a", "b"], [0.0, 0.0], [1.0, 1.0])
+    save_model_dir(tmp_path, m, {"id": "x", "classes": ["p", "q", "r"]}, preprocess=pre, targets=None)
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    legacy = {re.sub(r"^(stem|cnn|cam_layer)\.(\d+)\.(conv|bn)\.", lambda g: f"{g[1]}.{g[2]}.{'0' if g[3] == 'conv' else '1'}.",
+                     k): v for k, v in ck["state_dict"].items()}
+    assert "stem.0.0.weight" in legacy and "stem.0.1.running_var" in legacy and "stem.0.conv.weight" not in legacy
+    ck["state_dict"] = legacy
+    torch.save(ck, tmp_path / CHECKPOINT)
+    lm = load_model_dir(tmp_path)
+    x = _x(3, 2, 16, 3 if name.endswith("3d") else None)
+    with torch.inference_mode():
+        a, b = m(x), lm.model(x)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.regression, b.regression)
+
+
+@pytest.mark.parametrize("folder", ["jurkat-hybrid", "wbc-hybrid"])
+def test_shipped_models_load(folder):
+    from pathlib import Path
+
+    from phenotyping.checkpoint import load_model_dir
+
+    path = Path(__file__).resolve().parent.parent / "models" / folder
+    if not (path / "checkpoint.pt").is_file():
+        pytest.skip(f"{path} is not shipped in this checkout")
+    lm = load_model_dir(path)
+    s = lm.preprocess.img_size
+    with torch.inference_mode():
+        out = lm.model(_x(2, lm.model.config["in_chans"], s))
+    assert out.logits.shape == (2, len(lm.classes)) and torch.isfinite(out.logits).all()
 
 
 # ---------------------------------------------------------------- losses

@@ -431,3 +431,22 @@ def test_two_epochs_on_real_jurkat_slice_beat_chance(tmp_path, capsys):
     assert res["accuracy"] > majority + 0.05            # better than always answering the largest class
     assert res["balanced_accuracy"] > 1 / 7 + 0.05      # better than guessing among 7 phases
     assert res["targets"]["dna_content"]["pearson"] > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder, data", [("jurkat-hybrid", ("ifc-jurkat-labelfree", "manifest.csv")),
+                                          ("wbc-hybrid", ("wbc-smear", "segwbc-d1", "manifest.csv"))])
+def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data):
+    """The shipped checkpoints (saved before the hybrid's conv blocks became timm ConvNormAct) still give the
+    validation metrics their cards report."""
+    from phenotyping.evaluate import evaluate_model_dir
+
+    model_dir = Path(__file__).resolve().parent.parent / "models" / folder
+    if not (model_dir / "checkpoint.pt").is_file():
+        pytest.skip(f"{model_dir} is not shipped in this checkout")
+    manifest = shared_data(*data)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    res = evaluate_model_dir(model_dir, manifest, split="val", log=lambda m: None)
+    assert res["n"] == card["validation"]["n"] and res["accuracy"] == card["validation"]["accuracy"]
+    for name, v in card["validation"]["targets"].items():
+        assert res["targets"][name]["pearson"] == pytest.approx(v["pearson"], abs=1e-6)

@@ -3,7 +3,7 @@
 Layout (2D; the 3D variant swaps in 3D convolutions and a (Z, H, W) token grid)::
 
     x (B, C, H, W)
-    └ stem: two stride-2 3×3 convs                          (B, S, H/4, W/4)
+    └ stem: two stride-2 3×3 convs (timm ConvNormAct)       (B, S, H/4, W/4)
       ├ CNN branch: 3×3 convs (local texture) → global avg  f_cnn (B, Wc)
       └ Transformer branch: avg-pool to a g×g token grid → 1×1 projection + learned position embedding →
         timm ``Block`` × depth (global shape) → mean token  f_vit (B, E)
@@ -18,17 +18,51 @@ small token grid (36 tokens in 2D) keep the forward pass cheap on a CPU; adaptiv
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import phenotyping._tv_shim  # noqa: F401  (must precede timm)
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import ConvNormAct, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from phenotyping.models._base import CellModel, MultiTaskHead, base_config, conv_bn_act
+from phenotyping.models._base import CellModel, MultiTaskHead, base_config
 from phenotyping.models._registry import register_model
+
+# Checkpoints written before the conv blocks were timm ConvNormAct named a block's layers "0" (conv) and "1" (norm).
+_LEGACY_KEY = re.compile(r"^(stem|cnn|cam_layer)\.(\d+)\.([01])\.(.+)$")
+
+
+class _BatchNormAct3d(nn.BatchNorm3d):
+    """BatchNorm3d followed by ReLU: the 3D counterpart of timm's ``BatchNormAct2d`` (same parameter names)."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class _ConvNormAct3d(nn.Module):
+    """3×3×3 conv (stride 1 along Z) → BatchNorm → ReLU, laid out like timm's ``ConvNormAct`` (``conv``, ``bn``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, 3, (1, stride, stride), 1, bias=False)
+        self.bn = _BatchNormAct3d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def _conv_norm_act(dims: int, cin: int, cout: int, stride: int = 1) -> nn.Module:
+    """3×3 conv → BatchNorm → ReLU: timm ``ConvNormAct`` in 2D; timm has no 3D layers, so a same-named 3D copy."""
+    if dims == 2:
+        return ConvNormAct(cin, cout, 3, stride=stride, act_layer=nn.ReLU)
+    return _ConvNormAct3d(cin, cout, stride)
 
 
 class HybridGatedNet(CellModel):
@@ -60,9 +94,9 @@ class HybridGatedNet(CellModel):
                                   embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                   token_grid=token_grid, token_z=token_z, fuse_dim=fuse_dim, drop=drop)
         self.dims = dims
-        self.stem = nn.Sequential(conv_bn_act(dims, in_chans, stem_width // 2, 3, 2),
-                                  conv_bn_act(dims, stem_width // 2, stem_width, 3, 2))
-        self.cnn = nn.Sequential(conv_bn_act(dims, stem_width, cnn_width, 3), conv_bn_act(dims, cnn_width, cnn_width, 3))
+        self.stem = nn.Sequential(_conv_norm_act(dims, in_chans, stem_width // 2, 2),
+                                  _conv_norm_act(dims, stem_width // 2, stem_width, 2))
+        self.cnn = nn.Sequential(_conv_norm_act(dims, stem_width, cnn_width), _conv_norm_act(dims, cnn_width, cnn_width))
         self.cam_layer = self.cnn
         self.grid = (token_grid, token_grid) if dims == 2 else (token_z, token_grid, token_grid)
         n_tokens = 1
@@ -79,6 +113,17 @@ class HybridGatedNet(CellModel):
                                   nn.Linear(fuse_dim, fuse_dim))
         self.fuse_norm = nn.LayerNorm(fuse_dim)
         self.head = MultiTaskHead(fuse_dim, num_classes, num_targets, task_gates=True, drop=drop)
+
+    @staticmethod
+    def remap_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename the conv-block keys of checkpoints saved before the blocks were timm ``ConvNormAct``
+        (``stem.0.0.weight`` → ``stem.0.conv.weight``, ``stem.0.1.running_mean`` → ``stem.0.bn.running_mean``);
+        other keys pass through. The tensors are unchanged: the layers and their order are the same."""
+        out = {}
+        for k, v in state_dict.items():
+            m = _LEGACY_KEY.match(k)
+            out[f"{m[1]}.{m[2]}.{'conv' if m[3] == '0' else 'bn'}.{m[4]}" if m else k] = v
+        return out
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.stem(x)                                          # (B, S, H/4, W/4) or (B, S, Z, H/4, W/4)
@@ -119,6 +164,13 @@ def test_hybrid(**cfg: Any) -> HybridGatedNet:
     """Tiny 2D hybrid for unit tests."""
     return _build("test_hybrid", dict(stem_width=8, cnn_width=8, embed_dim=16, depth=1, num_heads=2, token_grid=3,
                                       fuse_dim=8, img_size=16), cfg)
+
+
+@register_model
+def test_hybrid_wide(**cfg: Any) -> HybridGatedNet:
+    """Tiny version of hybrid_wide for unit tests (CNN branch twice the stem width, 4 heads)."""
+    return _build("test_hybrid_wide", dict(stem_width=8, cnn_width=16, embed_dim=16, depth=1, num_heads=4,
+                                           token_grid=3, fuse_dim=12, img_size=16), cfg)
 
 
 @register_model
