@@ -77,8 +77,12 @@ def _roles(permission: str) -> Iterable[Role]:
 
 
 def logout() -> None:
+    """End the local session, and the identity provider's one where the user came in through it (else the login
+    screen would sign them straight back in)."""
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    if getattr(st.user, "is_logged_in", False):
+        st.logout()
 
 
 def nav_pages() -> list[Any] | dict[str, list[Any]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._common import attempt, get_store
-from phenotyping.auth import MIN_PASSWORD_LENGTH, AuthError, authenticate, create_first_admin
+from phenotyping.auth import (MIN_PASSWORD_LENGTH, AuthError, authenticate, create_first_admin, oidc_links,
+                              oidc_username)
 
 store = get_store()
 st.title("Leukocyte review")
@@ -53,13 +54,19 @@ with left:
         if _oidc_configured():
             st.divider()
             if getattr(st.user, "is_logged_in", False):
-                # The identity provider vouches for who this is; the role comes from the local account.
-                name = str(st.user.get("preferred_username") or str(st.user.get("email", "")).split("@")[0]).lower()
-                found = store.get_user(name)
-                if found is not None and found[0].active:
+                # The identity provider vouches for who this is; only an explicit link names the local account,
+                # whose role and active flag decide what they may do.
+                try:
+                    name = oidc_username(dict(st.user), oidc_links(st.secrets.get("oidc_accounts", {})))
+                    found = store.get_user(name)
+                    if found is None or not found[0].active:
+                        raise AuthError(f"your identity is linked to the account {name!r}, which does not exist or "
+                                        "is deactivated; ask an administrator")
+                except (AuthError, ValueError) as e:
+                    st.error(str(e), icon=":material/no_accounts:")
+                    st.button("Sign out of the identity provider", on_click=st.logout)
+                else:
                     st.session_state["username"] = found[0].username
                     st.rerun()
-                st.error(f"Signed in as {name!r}, but no active local account has that username; ask an admin.")
-                st.button("Sign out of the identity provider", on_click=st.logout)
             else:
                 st.button("Log in with your organisation's account", on_click=st.login)

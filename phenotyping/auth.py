@@ -5,12 +5,19 @@ is stored. A user is authenticated by :func:`authenticate`; what the user may do
 (:func:`can`). The first account of an installation is an admin, created by :func:`create_first_admin` (the app's
 first-run screen or ``python -m phenotyping users create-admin``).
 
+Optional single sign-on (OpenID Connect, the app's ``st.login``): the identity provider says who someone is, the
+local account says what they may do. :func:`oidc_username` maps a provider identity to a local account only through an
+explicit link (:class:`OidcLink`): the provider's subject (with its issuer), or an email address the provider marks
+verified that equals the linked address exactly. A username or the part of an address before the ``@`` never maps.
+
 A signer's PKCS#12 signing key (see :mod:`reports.keys`) is kept encrypted with the signer's own password in the
 installation's key folder (:func:`signer_key_path`); the password is asked again at every signature.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +143,90 @@ def update_account(store: Any, username: str, *, actor: str, role: Role | str | 
         if len(admins) <= 1:
             raise AuthError(f"{username!r} is the last active admin; make another admin first")
     return store.update_user(username, actor=actor, role=new_role, active=new_active)
+
+
+@dataclass(frozen=True)
+class OidcLink:
+    """A local account's link to an identity at the OIDC provider: its subject (``sub``, unique per ``issuer``),
+    or an email address the provider must mark verified. At least one of ``subject`` and ``email`` is set."""
+
+    username: str
+    subject: str | None = None
+    issuer: str | None = None
+    email: str | None = None
+
+    def __post_init__(self) -> None:
+        User(username=self.username, role=Role.reviewer)  # validates the username
+        if not (self.subject or self.email):
+            raise ValueError(f"the OIDC link of {self.username!r} needs a subject or an email")
+        if self.email is not None and not _is_address(self.email):
+            raise ValueError(f"the OIDC link of {self.username!r}: {self.email!r} is not an email address")
+
+
+def _is_address(value: str) -> bool:
+    local, sep, domain = value.strip().rpartition("@")
+    return bool(sep and local and "." in domain and " " not in value.strip())
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Exact equality of two addresses, except the domain's case (domains are case-insensitive, local parts not)."""
+    la, _, da = a.strip().rpartition("@")
+    lb, _, db = b.strip().rpartition("@")
+    return la == lb and da.lower() == db.lower()
+
+
+def oidc_links(section: Mapping[str, Any]) -> list[OidcLink]:
+    """The links of the ``[oidc_accounts]`` section of ``.streamlit/secrets.toml``: one entry per local username,
+    ``admin = { email = "a.admin@lab.example" }`` or ``sig = { subject = "00u1x…", issuer = "https://idp…" }``.
+
+    Raises:
+        ValueError: an entry that is not a table, has unknown keys, or neither subject nor email.
+    """
+    out = []
+    for username, entry in section.items():
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"[oidc_accounts] {username}: expected a table such as {{ email = \"…\" }}, "
+                             f"got {entry!r}")
+        unknown = set(entry) - {"subject", "issuer", "email"}
+        if unknown:
+            raise ValueError(f"[oidc_accounts] {username}: unknown key(s) {sorted(unknown)}; "
+                             "allowed: subject, issuer, email")
+        out.append(OidcLink(username=str(username), subject=entry.get("subject"), issuer=entry.get("issuer"),
+                            email=entry.get("email")))
+    return out
+
+
+def oidc_username(claims: Mapping[str, Any], links: Sequence[OidcLink]) -> str:
+    """The local username linked to the identity in an ID token's ``claims`` (``st.user``).
+
+    A link matches on the subject (``sub``, and ``iss`` where the link names an issuer), else on the email, only when
+    the provider sets ``email_verified`` to true and the address equals the linked one (domain case aside). Claims
+    such as ``preferred_username`` or ``name`` are never used: anyone can choose them.
+
+    Raises:
+        AuthError: no link matches (the message names the identity, so an admin can link it), or two accounts
+            match (an ambiguous configuration).
+    """
+    sub = str(claims.get("sub") or "")
+    iss = str(claims.get("iss") or "")
+    by_subject = [lk for lk in links if lk.subject and sub and lk.subject == sub
+                  and (lk.issuer is None or lk.issuer == iss)]
+    matches = by_subject
+    email = str(claims.get("email") or "")
+    verified = claims.get("email_verified") is True or str(claims.get("email_verified")).lower() == "true"
+    if not matches and email and verified:
+        matches = [lk for lk in links if lk.email and _same_address(lk.email, email)]
+    names = sorted({lk.username for lk in matches})
+    if len(names) > 1:
+        raise AuthError(f"this identity is linked to several local accounts ({', '.join(names)}); an administrator "
+                        "must keep one link per identity")
+    if names:
+        return names[0]
+    who = email or "(no email)"
+    why = (" The provider did not mark this address as verified, so it cannot be used to link an account."
+           if email and not verified else "")
+    raise AuthError(f"signed in as {who} (subject {sub or '?'} at {iss or 'the provider'}), but no local account is "
+                    f"linked to this identity.{why} Ask an administrator to link it to your account.")
 
 
 def keys_dir(settings: Any) -> Path:

@@ -136,6 +136,50 @@ def test_login_rejects_wrong_password_then_accepts(lab):
     assert not at.exception and at.session_state["username"] == "rev"
 
 
+OIDC_SECRETS = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "leuko", "client_secret": "s",
+                          "server_metadata_url": "https://idp.lab.example/.well-known/openid-configuration"},
+                 "oidc_accounts": {"admin": {"email": "a.admin@lab.example"},
+                                   "rev": {"subject": "00u-rev", "issuer": "https://idp.lab.example"}}}
+
+
+def oidc_app(claims: dict) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
+    for k, v in OIDC_SECRETS.items():
+        at.secrets[k] = v
+    at.user = claims
+    return at.run()
+
+
+@pytest.mark.parametrize("claims", [
+    {"is_logged_in": True, "sub": "x1", "iss": "https://idp.lab.example", "email": "a.admin@lab.example.evil.test",
+     "email_verified": True, "preferred_username": "admin"},
+    {"is_logged_in": True, "sub": "x2", "iss": "https://idp.lab.example", "email": "a.admin@lab.example",
+     "email_verified": False},
+])
+def test_single_sign_on_refuses_lookalike_and_unverified_addresses(lab, claims):
+    at = oidc_app(claims)
+    assert not at.exception
+    assert "username" not in at.session_state
+    assert any("no local account is linked" in e for e in errors(at))
+    assert "Sign out of the identity provider" in [b.label for b in at.button]
+
+
+def test_single_sign_on_maps_a_verified_email_and_a_subject(lab):
+    at = oidc_app({"is_logged_in": False})
+    assert "Log in with your organisation's account" in [b.label for b in at.button]
+    at = oidc_app({"is_logged_in": True, "sub": "x1", "iss": "https://idp.lab.example",
+                   "email": "a.admin@lab.example", "email_verified": True})
+    assert not at.exception and at.session_state["username"] == "admin"
+    at = oidc_app({"is_logged_in": True, "sub": "00u-rev", "iss": "https://idp.lab.example"})
+    assert not at.exception and at.session_state["username"] == "rev"
+    from phenotyping.auth import update_account
+
+    update_account(get_store_obj(), "rev", actor="admin", active=False)
+    at = oidc_app({"is_logged_in": True, "sub": "00u-rev", "iss": "https://idp.lab.example"})
+    assert "username" not in at.session_state and any("deactivated" in e for e in errors(at))
+
+
 @pytest.mark.parametrize("role", [None, "rev", "sig", "admin"])
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_launches(lab, role, page):

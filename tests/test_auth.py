@@ -93,3 +93,56 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert main(["users", "list", "--db", str(db)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(u["username"], u["role"]) for u in listed] == [("boss", "admin"), ("sig", "signer")]
+
+
+# -- single sign-on: provider identity -> local account ---------------------------------------------------------------
+ISS = "https://idp.lab.example"
+
+
+def _links():
+    from phenotyping.auth import oidc_links
+
+    return oidc_links({"admin": {"email": "a.admin@lab.example"},
+                       "sig": {"subject": "00u-sig-1", "issuer": ISS},
+                       "rev": {"email": "Rev.Iewer@Lab.Example"}})
+
+
+def test_oidc_maps_only_a_verified_exact_email_or_a_linked_subject():
+    from phenotyping.auth import oidc_username
+
+    links = _links()
+    assert oidc_username({"sub": "x1", "iss": ISS, "email": "a.admin@lab.example", "email_verified": True},
+                         links) == "admin"
+    assert oidc_username({"sub": "x2", "iss": ISS, "email": "Rev.Iewer@lab.example", "email_verified": "true"},
+                         links) == "rev"  # the domain's case does not matter
+    assert oidc_username({"sub": "00u-sig-1", "iss": ISS}, links) == "sig"  # no email needed for a subject link
+    refused = [
+        {"sub": "x3", "iss": ISS, "email": "a.admin@lab.example.evil.test", "email_verified": True},  # other domain
+        {"sub": "x4", "iss": ISS, "email": "a.admin@evil.test", "email_verified": True},  # same local part
+        {"sub": "x5", "iss": ISS, "email": "a.admin@lab.example", "email_verified": False},  # unverified
+        {"sub": "x6", "iss": ISS, "email": "a.admin@lab.example"},  # verification not stated
+        {"sub": "x7", "iss": ISS, "email": "rev.iewer@lab.example", "email_verified": True},  # local part's case
+        {"sub": "x8", "iss": ISS, "preferred_username": "admin", "name": "admin"},  # chosen by the user
+        {"sub": "00u-sig-1", "iss": "https://other-idp.example"},  # the subject at another issuer
+    ]
+    for claims in refused:
+        with pytest.raises(AuthError, match="no local account is linked"):
+            oidc_username(claims, links)
+    with pytest.raises(AuthError, match="did not mark this address as verified"):
+        oidc_username(refused[2], links)
+
+
+def test_oidc_links_are_checked():
+    from phenotyping.auth import OidcLink, oidc_links, oidc_username
+
+    with pytest.raises(ValueError, match="needs a subject or an email"):
+        oidc_links({"admin": {"issuer": ISS}})
+    with pytest.raises(ValueError, match="unknown key"):
+        oidc_links({"admin": {"mail": "a@lab.example"}})
+    with pytest.raises(ValueError, match="not an email address"):
+        oidc_links({"admin": {"email": "admin"}})
+    with pytest.raises(ValueError, match="expected a table"):
+        oidc_links({"admin": "a@lab.example"})
+    twice = [OidcLink("admin", email="x@lab.example"), OidcLink("rev", email="x@lab.example")]
+    with pytest.raises(AuthError, match="several local accounts"):
+        oidc_username({"sub": "s", "email": "x@lab.example", "email_verified": True}, twice)
