@@ -369,3 +369,54 @@ def test_explanations_shapes():
     assert emb.shape == (20, 2)
     with pytest.raises(ValueError, match="tsne"):
         embed_2d(np.zeros((5, 2)), method="pca")
+
+
+@pytest.mark.parametrize("name", NEURAL_3D)
+def test_explanations_on_z_stacks(name):
+    from phenotyping.explain import grad_cam, occlusion_map
+
+    torch.manual_seed(0)
+    m = create_model(name, in_chans=2, num_classes=3).eval()
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)     # (C, Z, H, W)
+    cam = grad_cam(m, x, 2)
+    occ = occlusion_map(m, x, 2, patch=4, stride=4)
+    assert cam.shape == occ.shape == (3, 16, 16)
+    assert cam.min() >= 0 and cam.max() <= 1 and np.isfinite(occ).all()
+    assert occlusion_map(m, x, 2, patch=8, stride=8, zpatch=3).shape == (3, 16, 16)
+
+
+def test_z_stack_explanations_keep_the_planes_apart():
+    """A model that reads only plane 1 of 3: occlusion is zero on planes 0 and 2; Grad-CAM of a blob in plane 1
+    (no bias, positive weights, so activations exist only there) stays in plane 1 and near the blob."""
+    from phenotyping.explain import grad_cam, occlusion_map
+    from phenotyping.models._base import ModelOutput
+
+    class PlaneOne(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(2, 4, (1, 3, 3), padding=(0, 1, 1), bias=False)   # no mixing along Z
+            self.cam_layer = self.conv
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x))[:, :, 1].mean((2, 3))                # (B, 4) from plane 1 only
+            return ModelOutput(self.fc(f), f.new_zeros(len(f), 0), f, {})
+
+    m = PlaneOne().eval()
+    noise = np.random.default_rng(1).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    target = int(m(torch.from_numpy(noise[None])).logits.argmax())
+    occ = occlusion_map(m, noise, target, patch=4, stride=2)
+    assert occ.shape == (3, 12, 12) and np.abs(occ[[0, 2]]).max() == 0 and np.abs(occ[1]).max() > 0
+
+    with torch.no_grad():
+        m.conv.weight.abs_()
+        m.fc.weight.fill_(0.25)
+    blob = np.zeros((2, 3, 12, 12), np.float32)
+    blob[:, 1, 2:5, 7:10] = 1.0
+    cam = grad_cam(m, blob, 0)
+    assert cam.shape == (3, 12, 12) and cam.max() == 1.0
+    assert cam[[0, 2]].max() == 0
+    assert cam[1, 1:6, 6:11].sum() == pytest.approx(cam.sum())   # within one pixel of the blob
+    with pytest.raises(ValueError, match="C, Z, H, W"):
+        grad_cam(m, blob[None], 0)
