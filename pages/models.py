@@ -1,13 +1,17 @@
-"""Models: every model with its card and validation figures; admins register shipped/trained models, mark them
-usable, train a new one from labelled samples and evaluate it (background jobs with progress)."""
+"""Models: every model with its card, validation/test figures, predicted-vs-true proportions and any recorded
+benchmark; admins register shipped/trained models, mark them usable, train a new one from labelled samples and
+evaluate it (background jobs with progress)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import streamlit as st
 
 from pages._common import allowed, attempt, flash, get_runner, get_store, require_user, show_flash
 from phenotyping.checkpoint import load_card
-from phenotyping.jobs import FINISHED, submit_evaluation, submit_training, warm_up_models
+from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
 from phenotyping.results import find_model_dirs
 from phenotyping.settings import get_settings
 
@@ -18,6 +22,44 @@ settings = get_settings()
 st.title("Models")
 show_flash()
 admin = allowed(user, "models.manage")
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    """A card figure for display; "—" where the card has none (missing, None or NaN)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return format(value, spec)
+    return "—"
+
+
+def flatten(d: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """Nested benchmark figures as rows ``{"measure": "a.b.c", "value": …}`` (lists of scalars joined)."""
+    rows: list[dict[str, Any]] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            rows += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(d, list) and not all(isinstance(v, (int, float, str, bool)) or v is None for v in d):
+        for i, v in enumerate(d):
+            rows += flatten(v, f"{prefix}[{i}]")
+    else:
+        rows.append({"measure": prefix, "value": ", ".join(map(str, d)) if isinstance(d, list) else str(d)})
+    return rows
+
+
+def proportions_rows(card: dict) -> list[dict[str, Any]]:
+    """Per class: the true and predicted proportions (%) of the validation and test splits, where the card has them."""
+    rows = []
+    for c in card.get("classes", []):
+        row: dict[str, Any] = {"class": c}
+        for split in ("validation", "test"):
+            part = card.get(split) or {}
+            true, pred = part.get("true_proportions") or {}, part.get("predicted_proportions") or {}
+            if true or pred:
+                t, p = true.get(c), pred.get(c)
+                row[f"{split} true %"] = None if t is None else round(100 * t, 1)
+                row[f"{split} predicted %"] = None if p is None else round(100 * p, 1)
+                row[f"{split} predicted − true"] = None if t is None or p is None else round(100 * (p - t), 1)
+        rows.append(row)
+    return rows if any(len(r) > 1 for r in rows) else []
 
 registered = {m["id"]: m for m in store.list_models()}
 found = find_model_dirs(settings.model_search_path())
@@ -54,40 +96,90 @@ if registered:
     m = registered[mid]
     card = m["card"]
     val, test, cal = card.get("validation") or {}, card.get("test") or {}, card.get("calibration") or {}
-    k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Validation accuracy", f"{val.get('accuracy', float('nan')):.3f}")
-    k2.metric("Validation macro-F1", f"{val.get('macro_f1', float('nan')):.3f}")
-    k3.metric("Test accuracy", f"{test['accuracy']:.3f}" if test.get("accuracy") is not None else "—")
-    k4.metric("Review threshold", f"{cal.get('unidentified_threshold', float('nan')):.2f}")
-    st.markdown(f"**Architecture** {card['architecture']['name']} "
-                f"({card['architecture'].get('parameters', 0):,} parameters) · **Intended use** "
-                f"{card.get('intended_use', 'not stated')}  \n**Classes** {', '.join(card['classes'])} · "
+    k1, k2, k3, k4, k5 = st.columns(5)
+    k1.metric("Validation accuracy", fmt(val.get("accuracy")))
+    k2.metric("Validation macro-F1", fmt(val.get("macro_f1")))
+    k3.metric("Test accuracy", fmt(test.get("accuracy")))
+    k4.metric("Test macro-F1", fmt(test.get("macro_f1")))
+    k5.metric("Review threshold", fmt(cal.get("unidentified_threshold"), ".2f"),
+              help="Cells whose calibrated confidence is below this wait in the unidentified queue.")
+    arch = card.get("architecture") or {}
+    training = card.get("training") or {}
+    st.markdown(f"**Architecture** {arch.get('name', '?')} ({arch.get('parameters', 0):,} parameters) · "
+                f"**Intended use** {card.get('intended_use', 'not stated')}  \n"
+                f"**Classes** {', '.join(card.get('classes', []))} · "
                 f"**Targets** {', '.join(t['name'] for t in card.get('targets', [])) or 'none'}  \n"
-                f"**Training data** {(card.get('training') or {}).get('n_cells', '?')} cells · "
-                f"{(card.get('training') or {}).get('data_licence', '')}")
-    per_class = val.get("per_class")
-    if isinstance(per_class, dict):
-        st.dataframe([{"class": c, **{k: v for k, v in d.items() if not isinstance(v, (list, dict))}}
-                      for c, d in per_class.items()], hide_index=True, width="stretch")
-    history = (card.get("training") or {}).get("history") or []
-    if history:
-        import plotly.graph_objects as go
+                f"**Training data** {training.get('n_cells', '?')} cells · "
+                f"{training.get('data_licence') or 'licence not stated'}")
+    tab_class, tab_prop, tab_hist, tab_bench = st.tabs(
+        ["Per class", "Predicted vs true proportions", "Training history", "Benchmark"])
+    with tab_class:
+        per_class = {split: (card.get(split) or {}).get("per_class") for split in ("validation", "test")}
+        rows = []
+        for c in card.get("classes", []):
+            row: dict[str, Any] = {"class": c}
+            for split, pc in per_class.items():
+                if isinstance(pc, dict) and isinstance(pc.get(c), dict):
+                    for k in ("precision", "recall", "f1", "n"):
+                        if k in pc[c]:
+                            row[f"{split[:4]}. {k}"] = pc[c][k]
+            rows.append(row)
+        if any(len(r) > 1 for r in rows):
+            st.dataframe(rows, hide_index=True, width="stretch",
+                         column_config={k: st.column_config.NumberColumn(format="%.2f")
+                                        for r in rows for k in r if k.split(". ")[-1] in ("precision", "recall", "f1")})
+        else:
+            st.caption("The card has no per-class figures.")
+    with tab_prop:
+        prop = proportions_rows(card)
+        if prop:
+            import plotly.graph_objects as go
 
-        fig = go.Figure()
-        fig.add_scatter(x=[h["epoch"] for h in history], y=[h["val_macro_f1"] for h in history],
-                        name="validation macro-F1")
-        fig.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history],
-                        name="validation accuracy")
-        fig.update_layout(template="plotly_white", height=300, xaxis_title="epoch", margin={"t": 30})
-        st.plotly_chart(fig, key="history")
+            st.dataframe(prop, hide_index=True, width="stretch")
+            split = "test" if any("test true %" in r for r in prop) else "validation"
+            fig = go.Figure()
+            fig.add_bar(x=[r["class"] for r in prop], y=[r.get(f"{split} true %") for r in prop], name="true")
+            fig.add_bar(x=[r["class"] for r in prop], y=[r.get(f"{split} predicted %") for r in prop],
+                        name="predicted")
+            fig.update_layout(template="plotly_white", height=320, barmode="group", yaxis_title="% of cells",
+                              title=f"{split.capitalize()} split: predicted vs true class proportions",
+                              margin={"t": 50})
+            st.plotly_chart(fig, key="proportions")
+            st.caption("How far the model's raw class proportions drift from the truth on held-out cells; the "
+                       "prior-shift correction of the differential works on this kind of drift.")
+        else:
+            st.caption("The card records no predicted or true proportions.")
+    with tab_hist:
+        history = training.get("history") or []
+        if history:
+            import plotly.graph_objects as go
+
+            fig = go.Figure()
+            fig.add_scatter(x=[h["epoch"] for h in history], y=[h.get("val_macro_f1") for h in history],
+                            name="validation macro-F1")
+            fig.add_scatter(x=[h["epoch"] for h in history], y=[h.get("val_accuracy") for h in history],
+                            name="validation accuracy")
+            fig.update_layout(template="plotly_white", height=300, xaxis_title="epoch", margin={"t": 30})
+            st.plotly_chart(fig, key="history")
+        else:
+            st.caption("The card records no training history.")
+    with tab_bench:
+        bench = card.get("benchmarks")
+        if bench:
+            rows = flatten(bench)
+            st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 420),
+                         column_config={"measure": st.column_config.TextColumn(width="large")})
+        else:
+            st.info("No benchmark recorded for this model. Measure its speed on this machine with:",
+                    icon=":material/speed:")
+            st.code(f"python -m phenotyping bench --model {m['path']} --cells 1000", language="bash")
     for ev in card.get("evaluations", []):
-        met = ev["metrics"]
-        st.caption(f"Evaluated on {', '.join(ev['samples'])} by {ev['by']} at {ev['at']}: accuracy "
-                   f"{met.get('accuracy', float('nan')):.3f}, macro-F1 {met.get('macro_f1', float('nan')):.3f}")
+        met = ev.get("metrics") or {}
+        st.caption(f"Evaluated on {', '.join(ev.get('samples', []))} by {ev.get('by', '?')} at {ev.get('at', '?')}: "
+                   f"accuracy {fmt(met.get('accuracy'))}, macro-F1 {fmt(met.get('macro_f1'))}")
     if admin:
-        b1, b2 = st.columns(2)
-        if b1.button("Mark not usable" if m["usable"] else "Mark usable", type="secondary" if m["usable"] else
-                     "primary"):
+        if st.button("Mark not usable" if m["usable"] else "Mark usable",
+                     type="secondary" if m["usable"] else "primary"):
             store.set_model_usable(mid, not m["usable"], actor=user.username)
             flash(f"{mid} is now {'not ' if m['usable'] else ''}usable.")
             st.rerun()
@@ -97,18 +189,33 @@ if admin:
     st.divider()
     t1, t2 = st.tabs(["Train a new model", "Evaluate a model"])
     with t1:
-        with st.form("train"):
-            name = st.text_input("Model name", placeholder="e.g. bal-hybrid-2")
-            samples = st.multiselect("Samples with labelled cells (labels from the image set or the review)", labelled)
-            c1, c2 = st.columns(2)
-            arch = c1.selectbox("Architecture", ["hybrid", "hybrid_wide", "cnn", "resnet18", "vit_small"])
-            epochs = c2.number_input("Epochs", 1, 200, 20)
-            if st.form_submit_button("Start training", type="primary"):
-                ok, jid = attempt(submit_training, runner, samples, name.strip(), actor=user.username, arch=arch,
-                                  epochs=int(epochs))
-                if ok:
-                    flash(f"Training job {jid} started.")
-                    st.rerun()
+        samples = st.multiselect("Samples with labelled cells (labels from the image set or the review)", labelled,
+                                 key="train_samples")
+        classes: list[str] = []
+        if samples:
+            counts = label_counts(store, samples)
+            from_set, review_only = counts["image set"], counts["review only"]
+            n = {**review_only, **from_set}
+            if not n:
+                st.warning("None of these samples' cells has a label yet.")
+            classes = st.multiselect(
+                "Classes to train", sorted(n), default=sorted(from_set), key=f"train_classes_{'|'.join(samples)}",
+                format_func=lambda c: f"{c} ({n[c]:,} cells{', review only' if c in review_only else ''})")
+            if review_only:
+                st.caption("Labels given only in review (such as debris or other) are not classes unless you choose "
+                           "them; cells with a label outside the chosen classes are left out and counted in the "
+                           "job's result.")
+        c1, c2, c3 = st.columns([2, 2, 1])
+        name = c1.text_input("Model name", placeholder="e.g. bal-hybrid-2", key="train_name")
+        arch = c2.selectbox("Architecture", ["hybrid", "hybrid_wide", "cnn", "resnet18", "vit_small"],
+                            key="train_arch")
+        epochs = c3.number_input("Epochs", 1, 200, 20, key="train_epochs")
+        if st.button("Start training", type="primary", disabled=not (samples and classes)):
+            ok, jid = attempt(submit_training, runner, samples, name.strip(), actor=user.username, arch=arch,
+                              epochs=int(epochs), classes=classes)
+            if ok:
+                flash(f"Training job {jid} started.")
+                st.rerun()
     with t2:
         if registered:
             with st.form("evaluate"):

@@ -337,6 +337,54 @@ def test_signing_blocked_while_unidentified(lab):
     assert "Sign the report" not in [b.label for b in at.button]
 
 
+def test_models_screen_shows_proportions_and_benchmark_and_survives_missing_figures(lab, app_env):
+    store, _ = lab
+    card = {**CARD, "id": "toy-2", "validation": {"accuracy": None, "macro_f1": None,
+                                                  "true_proportions": {"neutrophil": 0.6, "lymphocyte": 0.4},
+                                                  "predicted_proportions": {"neutrophil": 0.7, "lymphocyte": 0.3}},
+            "calibration": {"unidentified_threshold": None}}
+    store.register_model("toy-2", path=str(app_env / "toy-model"), card=card, actor="admin", usable=False)
+    at = app("admin", "models")
+    next(s for s in at.selectbox if s.label == "Model").select("toy-2").run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.metric][:2] == ["—", "—"]
+    prop = table(at, "validation true %")
+    assert list(prop["validation predicted − true"]) == [10.0, -10.0]
+    assert any("No benchmark recorded" in i.value for i in at.info)
+    assert any("python -m phenotyping bench --model" in c.value for c in at.code)
+    bench = {"device": "cpu", "end_to_end": {"cells": 1000, "cells_per_s": 212.5}}
+    store.register_model("toy-2", path=str(app_env / "toy-model"), card={**card, "benchmarks": bench},
+                         actor="admin", usable=False)
+    at.run()
+    rows = table(at, "measure")
+    assert dict(zip(rows["measure"], rows["value"]))["end_to_end.cells_per_s"] == "212.5"
+
+
+def test_users_screen_creates_changes_and_deactivates_accounts(lab):
+    store, _ = lab
+    at = app("admin", "users")
+    form = {t.label: t for t in at.text_input}
+    form["Username"].input("newrev")
+    form["Full name"].input("Dr New")
+    form["Initial password"].input(PASSWORD)
+    next(s for s in at.selectbox if s.label == "Role").select("reviewer")
+    next(b for b in at.button if b.label == "Create account").click().run()
+    assert not at.exception and any("Account newrev (reviewer) created" in m.value for m in at.success)
+    assert store.get_user("newrev")[0].display_name == "Dr New"
+    next(s for s in at.selectbox if s.label == "Account").select("newrev").run()
+    at.selectbox(key="role_newrev").select("signer")
+    at.checkbox(key="active_newrev").uncheck()
+    next(b for b in at.button if b.label == "Save changes").click().run()
+    assert not at.exception
+    changed = store.get_user("newrev")[0]
+    assert changed.role.value == "signer" and not changed.active
+    assert store.list_audit(action="user.update")[0].actor == "admin"
+    next(s for s in at.selectbox if s.label == "Account").select("admin").run()
+    at.checkbox(key="active_admin").uncheck()
+    next(b for b in at.button if b.label == "Save changes").click().run()
+    assert any("last active admin" in e for e in errors(at)) and store.get_user("admin")[0].active
+
+
 def test_pages_import_no_heavy_or_db_modules():
     """pages/ and app.py stay thin: no torch, timm, duckdb or litellm import anywhere in their sources."""
     pattern = re.compile(r"^\s*(import|from)\s+(torch|timm|duckdb|litellm)\b", re.MULTILINE)
