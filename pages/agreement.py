@@ -8,8 +8,9 @@ import io
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, pick_sample, require_user, sample_header,
-                           sample_results_cached, show_flash)
+from pages._common import (allowed, attempt, flash, get_store, one_line, pick_sample, require_user, sample_header,
+                           show_flash)
+from phenotyping.comparison import comparison_csv, sample_comparison, study_comparison
 from phenotyping.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
 from phenotyping.results import load_card_for
 from phenotyping.studies import import_manual_counts, run_study, save_manual_counts
@@ -68,24 +69,25 @@ else:
                     st.rerun()
 
     if saved and model_id:
-        res = sample_results_cached(store, sample_id)
-        if res.differential is not None:
-            manual_total = sum(c.count or 0 for c in saved.values())
-            corrected = res.differential.corrected
-            corr = corrected.as_mapping() if corrected is not None else {}
+        try:
+            paired = sample_comparison(store, sample_id, model_id=model_id, card=card)
+        except ValueError as e:
+            st.info(one_line(e))
+        else:
+            method = next((r.correction for r in paired if r.correction), None)
             table = []
-            for c in res.differential.raw.classes:
-                m = saved.get(c.label)
-                manual_pct = (m.percent if m.percent is not None else
-                              100.0 * (m.count or 0) / manual_total if manual_total else None) if m else None
-                row = {"class": c.label, "manual %": None if manual_pct is None else round(manual_pct, 1),
-                       "model raw %": round(c.percent, 1),
-                       "raw − manual": None if manual_pct is None else round(c.percent - manual_pct, 1)}
-                if corrected is not None:
-                    row[f"model corrected % ({corrected.method})"] = round(corr.get(c.label, float("nan")), 1)
+            for r in paired:
+                row = {"class": r.cell_type, "manual %": r.manual_percent, "model raw %": r.model_raw_percent,
+                       "raw − manual": r.raw_minus_manual}
+                if method:
+                    row[f"model corrected % ({method})"] = r.model_corrected_percent
                 table.append(row)
             st.markdown("**Model vs manual for this sample**")
-            st.dataframe(table, hide_index=True, width="stretch")
+            st.dataframe(table, hide_index=True, width="stretch",
+                         column_config={k: st.column_config.NumberColumn(format="%.1f") for k in table[0]
+                                        if k != "class"})
+            st.caption(f"Manual: {paired[0].manual_total or '?'} cells counted · model: {paired[0].model_counted:,} "
+                       "cells counted. Percentages of counted cells; differences in percentage points.")
 
 # -- studies ----------------------------------------------------------------------------------------------------------
 st.divider()
@@ -109,6 +111,8 @@ else:
                                  sample_ids=chosen, measure=measure)
         if ok:
             st.session_state["study_result"] = result
+            ok, pairs = attempt(study_comparison, store, list(result.sample_ids), model_id=study_model)
+            st.session_state["study_pairs"] = pairs if ok else None
 
 result = st.session_state.get("study_result")
 if result is not None:
@@ -130,8 +134,15 @@ if result is not None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    st.download_button("Download results (CSV)", buf.getvalue(), file_name=f"{result.name}-{which}.csv",
-                       mime="text/csv", icon=":material/download:")
+    d1, d2, _ = st.columns([1, 1, 2])
+    d1.download_button("Per-class results (CSV)", buf.getvalue(), file_name=f"{result.name}-{which}.csv",
+                       mime="text/csv", icon=":material/download:", width="stretch")
+    pairs = st.session_state.get("study_pairs")
+    if pairs:
+        d2.download_button("Per-sample paired data (CSV)", comparison_csv(pairs),
+                           file_name=f"{result.name}-paired.csv", mime="text/csv", icon=":material/download:",
+                           width="stretch", help="Sample, class, manual %, model raw and corrected %, manual total "
+                                                 "and cells the model counted: the pairs the statistics compare.")
     cls = st.selectbox("Class", list(per_class))
     a = per_class[cls]
     f1, f2 = st.columns(2)

@@ -291,6 +291,9 @@ def test_save_manual_counts(lab):
     counts = {c.cell_type: c.count for c in store.get_manual_counts("S1")}
     assert counts == {"neutrophil": 60, "lymphocyte": 40}
     assert store.list_audit(sample_id="S1", action="counts.save")[0].actor == "rev"
+    paired = table(at, "manual %")  # model vs manual, from phenotyping.comparison
+    assert list(paired["class"]) == CLASSES and list(paired["manual %"]) == [60.0, 40.0]
+    assert list(paired["model raw %"]) == [50.0, 50.0]  # 5 + 5 confident cells; the 2 unsure await review
 
 
 def test_draft_edit_and_sign(lab, app_env):
