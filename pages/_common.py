@@ -173,6 +173,22 @@ def sample_header(store: Store, sample_id: str) -> None:
                     f"**Model** {model or 'not analysed yet'}")
 
 
+def signed_version(store: Store, sample_id: str) -> Any | None:
+    """The signed report version that locks the sample's results (its latest version, when signed), or None.
+
+    The store refuses changes to a locked sample's cells, QC, predictions, reviews and manual counts; the screens
+    use this to say so up front and to disable the actions instead of letting them fail."""
+    versions = store.list_report_versions(sample_id)
+    return versions[-1] if versions and versions[-1].signed_at is not None else None
+
+
+def lock_notice(locked: Any, what: str) -> None:
+    """Say that ``what`` cannot change because the sample's report version ``locked`` is signed, and how to go on."""
+    st.info(f"Report v{locked.version} was signed by {locked.signed_by} on {locked.signed_at:%Y-%m-%d %H:%M} UTC, "
+            f"so {what} is locked. To change it, amend the report (with a reason) on the Report screen.",
+            icon=":material/lock:")
+
+
 def results_token(store: Store, sample_id: str) -> tuple[Any, ...]:
     """Changes whenever the sample's counted cells can change (reviews, predictions, analysis model, QC)."""
     model = store.analysis_model(sample_id)

@@ -8,8 +8,8 @@ import io
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, one_line, pick_sample, require_user, sample_header,
-                           show_flash)
+from pages._common import (allowed, attempt, flash, get_store, lock_notice, one_line, pick_sample, require_user,
+                           sample_header, show_flash, signed_version)
 from phenotyping.comparison import comparison_csv, sample_comparison, study_comparison
 from phenotyping.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
 from phenotyping.results import load_card_for
@@ -34,19 +34,23 @@ if not classes:
     st.info("Analyse the sample first: the manual count is entered per class of the model.")
 else:
     saved = {c.cell_type: c for c in store.get_manual_counts(sample_id)}
+    locked = signed_version(store, sample_id)
+    can_count = allowed(user, "counts") and locked is None
+    if locked is not None:
+        lock_notice(locked, "its manual count")
     total_saved = next((c.total_counted for c in saved.values() if c.total_counted), None)
     rows = [{"cell_type": c, "count": saved[c].count if c in saved else None} for c in classes]
     left, right = st.columns([3, 2])
     with left:
         edited = st.data_editor(rows, key=f"counts_{sample_id}", hide_index=True, width="stretch",
-                                disabled=["cell_type"] if allowed(user, "counts") else True,
+                                disabled=["cell_type"] if can_count else True,
                                 column_config={
                                     "cell_type": st.column_config.TextColumn("Class"),
                                     "count": st.column_config.NumberColumn("Cells counted", min_value=0, step=1,
                                                                            format="%d")})
         total = st.number_input("Total cells counted (optional; checks the sum)", min_value=0, step=1,
-                                value=int(total_saved or 0), key=f"total_{sample_id}")
-        if allowed(user, "counts") and st.button("Save manual count", type="primary", icon=":material/save:"):
+                                value=int(total_saved or 0), key=f"total_{sample_id}", disabled=not can_count)
+        if can_count and st.button("Save manual count", type="primary", icon=":material/save:"):
             entered = [{"cell_type": r["cell_type"], "count": r["count"], "total_counted": total or None}
                        for r in edited if r["count"] is not None and str(r["count"]) != "nan"]
             if not entered:

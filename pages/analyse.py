@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, differential_rows, get_runner, get_store, pick_sample, require_user,
-                           sample_header, sample_results_cached)
+from pages._common import (allowed, attempt, differential_rows, get_runner, get_store, lock_notice, pick_sample,
+                           require_user, sample_header, sample_results_cached, signed_version)
 from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
 
 store = get_store()
@@ -51,7 +51,11 @@ with left:
     if current and current != model_id:
         st.caption(f"The sample's differential currently uses {current}; running {model_id} makes it the "
                    "analysis model.")
-    if allowed(user, "analyse") and st.button("Run analysis", type="primary", disabled=job is not None,
+    locked = signed_version(store, sample_id)
+    if locked is not None:
+        lock_notice(locked, "its analysis")
+    if allowed(user, "analyse") and st.button("Run analysis", type="primary",
+                                              disabled=job is not None or locked is not None,
                                               icon=":material/play_arrow:"):
         ok, jid = attempt(submit_prediction, runner, sample_id, model_id, actor=user.username)
         if ok:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, differential_rows, flash, get_store, pick_sample, require_user,
-                           sample_header, sample_results_cached, show_flash)
+from pages._common import (allowed, attempt, differential_rows, flash, get_store, lock_notice, pick_sample,
+                           require_user, sample_header, sample_results_cached, show_flash, signed_version)
 from phenotyping.cellview import cell_display, embedding_map, explain_cell
 from phenotyping.errors import PhenotypingError
 from phenotyping.results import model_dir_for
@@ -84,7 +84,10 @@ with tab_gallery:
     selected = {int(str(k)[5:]) for k, v in st.session_state.items() if str(k).startswith("pick_") and v
                 and int(str(k)[5:]) in by_id}
 
-    if allowed(user, "review"):
+    locked = signed_version(store, sample_id)
+    if locked is not None:
+        lock_notice(locked, "the review of its cells")
+    elif allowed(user, "review"):
         with st.container(border=True):
             n_sel = len(selected)
             st.markdown(f"**Reclassify the {n_sel} selected cell(s)** as:" if n_sel else

@@ -388,6 +388,65 @@ def test_users_screen_creates_changes_and_deactivates_accounts(lab):
     assert any("last active admin" in e for e in errors(at)) and store.get_user("admin")[0].active
 
 
+def test_signed_sample_is_locked_on_the_screens(lab):
+    """Once the latest report version is signed, reclassify, run and save are off and the screens say why."""
+    store, ids = lab
+    rv = store.add_report_version("S1", interpretation="Text.", source="template", actor="sig")
+    store.mark_report_signed("S1", rv.version, signer="sig", status="final", pdf_path="x.pdf", pdf_hash="0" * 64)
+    at = app("rev", "review")
+    assert not at.exception, at.exception
+    assert any("Report v1 was signed by sig" in i.value and "amend the report" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key and str(b.key).startswith("to_")]  # no reclassify buttons
+    at = app("rev", "analyse")
+    assert not at.exception and next(b for b in at.button if b.label == "Run analysis").disabled
+    assert any("so its analysis is locked" in i.value for i in at.info)
+    at = app("rev", "agreement")
+    assert not at.exception and "Save manual count" not in [b.label for b in at.button]
+    assert any("so its manual count is locked" in i.value for i in at.info)
+
+
+def test_run_analysis_starts_a_job_and_shows_the_differential(lab, monkeypatch):
+    """The Analyse button submits a prediction job (model patched out) and the screen follows it to the end."""
+    import phenotyping.inference as inference
+    import phenotyping.jobs as jobs
+
+    store, ids = lab
+    store.delete_predictions("S1", "toy-1", actor="rev")
+
+    class FakeRun:
+        predicted, excluded, unidentified = 12, 0, 0
+
+        def to_dict(self):
+            return {"predicted": 12, "cells_per_second": 120.0}
+
+    class FakeModel:
+        id = "toy-1"
+
+    def fake_predict(store_, sample_id, lm, *, device, progress, actor, threads):
+        preds = [Prediction(cell_id=cid, model_id="toy-1", model_version="1", predicted_class=CLASSES[k % 2],
+                            confidence=0.9, probabilities={c: 0.9 if c == CLASSES[k % 2] else 0.1 for c in CLASSES})
+                 for k, cid in enumerate(ids)]
+        store_.add_predictions(preds, sample_id=sample_id, actor=actor)
+        progress(12, 12, 120.0)
+        return FakeRun()
+
+    monkeypatch.setattr(jobs, "load_model_cached", lambda path: FakeModel())
+    monkeypatch.setattr(inference, "predict_sample", fake_predict)
+    at = app("rev", "analyse")
+    next(b for b in at.button if b.label == "Run analysis").click().run()
+    assert not at.exception, at.exception
+    jid = at.session_state["job_S1"]
+    from pages._common import get_runner
+
+    job = get_runner().wait(jid, timeout=30)
+    assert job["status"] == "done" and job["created_by"] == "rev" and "12 cells predicted" in job["message"]
+    at.run()
+    assert not at.exception
+    assert any(f"Job {jid} finished" in s.value for s in at.success)
+    diff = table(at, "raw %")
+    assert dict(zip(diff["class"], diff["cells"])) == {"neutrophil": 6, "lymphocyte": 6}
+
+
 def test_pages_import_no_heavy_or_db_modules():
     """pages/ and app.py stay thin: no torch, timm, duckdb or litellm import anywhere in their sources."""
     pattern = re.compile(r"^\s*(import|from)\s+(torch|timm|duckdb|litellm)\b", re.MULTILINE)
