@@ -62,6 +62,9 @@ def save_model_dir(out: str | Path, model: Any, card: dict[str, Any], *, preproc
         ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     else:
         ckpt["classical_state"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.get_state().items()}
+        source = getattr(model, "source", None)
+        if source is not None:      # a kNN/SVM on a neural model's embeddings: which model, to find it again
+            ckpt["embedding_model"] = dict(source)
     torch.save(ckpt, out / CHECKPOINT)
     (out / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return out
@@ -100,9 +103,78 @@ def load_model_dir(path: str | Path) -> LoadedModel:
         remap = getattr(model, "remap_state_dict", None)   # key renames for checkpoints of older layouts
         model.load_state_dict(remap(state) if remap is not None else state)
     else:
+        if ckpt.get("embedding_model"):
+            from phenotyping.models.classical import EmbeddedClassicalModel
+
+            emb = _load_embedding_model(path, ckpt["embedding_model"], ckpt["preprocess"])
+            model = EmbeddedClassicalModel(model, emb.model, ckpt["embedding_model"])
         model.set_state({k: v.numpy() for k, v in ckpt["classical_state"].items()})
     model.eval()
     tg = ckpt.get("targets")
     return LoadedModel(model=model, card=card, preprocess=Preprocess.from_dict(ckpt["preprocess"]),
                        targets=TargetScaler(**tg) if tg else None, classes=list(ckpt["classes"]),
                        temperature=float(ckpt.get("calibration", {}).get("temperature", 1.0)), path=path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedding_source(model_dir: str | Path, out: str | Path, lm: LoadedModel) -> dict[str, Any]:
+    """What a kNN/SVM written to ``out`` stores about the neural model in ``model_dir`` whose features it uses."""
+    import os
+
+    model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
+    return {"dir": str(model_dir), "relative_dir": os.path.relpath(model_dir, out), "id": lm.id,
+            "architecture": lm.card["architecture"]["name"], "checkpoint_sha256": file_sha256(model_dir / CHECKPOINT)}
+
+
+def _card_id(folder: Path) -> str:
+    try:
+        return str(load_card(folder).get("id"))
+    except (OSError, ValueError):
+        return "unreadable card"
+
+
+def _load_embedding_model(path: Path, source: dict[str, Any], preprocess: dict[str, Any]) -> LoadedModel:
+    """Find and load the neural model a kNN/SVM in ``path`` was fitted on; it must be the same checkpoint.
+
+    Looks at ``relative_dir`` (from ``path``), then ``dir``, then a folder of the same name beside ``path``.
+
+    Raises:
+        NotFoundError: no such folder holds that exact model; the message lists what was found and what exists.
+    """
+    candidates = [(path / source["relative_dir"]).resolve(), Path(source["dir"]),
+                  path.resolve().parent / Path(source["dir"]).name]
+    seen: list[str] = []
+    for c in dict.fromkeys(candidates):
+        if not (c / CARD).is_file() or not (c / CHECKPOINT).is_file():
+            continue
+        card = {"id": _card_id(c)}
+        digest = file_sha256(c / CHECKPOINT)
+        if card.get("id") == source["id"] and digest == source["checkpoint_sha256"]:
+            lm = load_model_dir(c)
+            if lm.preprocess.to_dict() != preprocess:
+                raise NotFoundError(f"{path}: the embedding model in {c} preprocesses images differently from when "
+                                    "this classifier was fitted; retrain the classifier")
+            return lm
+        seen.append(f"{c} holds {card.get('id')!r}" + ("" if card.get("id") != source["id"]
+                                                       else " with different weights (retrained?)"))
+    parent = path.resolve().parent
+    existing = sorted(f"{p.name} ({_card_id(p)})" for p in parent.iterdir() if (p / CARD).is_file()
+                      and (p / CHECKPOINT).is_file() and p.resolve() != path.resolve())
+    raise NotFoundError(
+        f"{path} is a {source.get('architecture', 'neural')}-embedding classifier: it needs model "
+        f"{source['id']!r} (checkpoint sha256 {source['checkpoint_sha256'][:12]}…), last at {source['dir']}. "
+        f"Not found at {', '.join(str(c) for c in dict.fromkeys(candidates))}"
+        + (f"; {'; '.join(seen)}" if seen else "")
+        + f". Model folders in {parent}: {', '.join(existing) if existing else '(none)'}. Put that model folder "
+        "back, or retrain the classifier with --embed-model pointing at an existing model")
+

@@ -40,6 +40,8 @@ class TrainConfig:
     None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
     ``model_overrides``: extra ``create_model`` keywords.
     ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``).
+    ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
+    features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     """
 
     arch: str = "hybrid"
@@ -62,6 +64,7 @@ class TrainConfig:
     normalisation: str = "dataset"
     data_licence: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    embed_model: str | None = None
 
 
 def _stderr(msg: str) -> None:
@@ -71,8 +74,8 @@ def _stderr(msg: str) -> None:
 # Licences whose terms require derived works to be shared under the same licence (strong or weak copyleft,
 # share-alike), matched against SPDX-style ids.
 _COPYLEFT = r"^(A|L)?GPL|^MPL|^EUPL|^ODbL|^CC-BY(-NC)?-SA"
-_SPDX_IN_TEXT = (r"\b((?:A|L)?GPL-\d\.\d(?:-only|-or-later)?|Apache-2\.0|MPL-2\.0|EUPL-1\.[12]|BSD-[234]-Clause|MIT|ISC|"
-                 r"CC0-1\.0|CC-BY(?:-NC)?(?:-SA|-ND)?-\d\.\d|ODbL-1\.0|Unlicense|PSF-2\.0)(?![\w.-])")
+_SPDX_IN_TEXT = (r"\b((?:A|L)?GPL-\d\.\d(?:-only|-or-later)?|Apache-2\.0|MPL-2\.0|EUPL-1\.[12]|BSD-[234]-Clause|"
+                 r"MIT|ISC|CC0-1\.0|CC-BY(?:-NC)?(?:-SA|-ND)?-\d\.\d|ODbL-1\.0|Unlicense|PSF-2\.0)(?![\w.-])")
 _GNU_FAMILY = {"": "GPL", "AFFERO ": "AGPL", "LESSER ": "LGPL", "LIBRARY ": "LGPL"}
 
 
@@ -179,7 +182,7 @@ def _versions() -> dict[str, str]:
 
 
 def _check_unique_ids(ids: Sequence[str], rows: Sequence[dict[str, Any]], manifest: Path) -> None:
-    """split.csv and ``evaluate --split`` find cells by cell_id, so a repeated id would put a cell in the wrong split."""
+    """split.csv and ``evaluate --split`` find cells by cell_id: a repeated id would put a cell in the wrong split."""
     seen: dict[str, int] = {}
     for i, cid in enumerate(ids):
         if cid in seen:
@@ -190,6 +193,46 @@ def _check_unique_ids(ids: Sequence[str], rows: Sequence[dict[str, Any]], manife
 
 def _default_channels(c: int) -> list[str]:
     return ["red", "green", "blue"] if c == 3 else [f"ch{i}" for i in range(c)]
+
+
+def _embedding_model(config: TrainConfig, classical: bool, log: Callable[[str], None]) -> Any:
+    """Load the neural model whose penultimate features a kNN/SVM is fitted on (``--embed-model``)."""
+    from phenotyping.checkpoint import load_model_dir
+
+    if not classical:
+        raise ValueError(f"--embed-model fits a kNN/SVM on a neural model's features; --arch {config.arch} is not "
+                         "a classical model (use knn or svm)")
+    emb = load_model_dir(config.embed_model)          # FileNotFoundError names what the folder holds
+    if not getattr(emb.model, "is_neural", True):
+        raise ValueError(f"--embed-model {config.embed_model} is a {emb.card['architecture']['name']} model; the "
+                         "embedding must come from a neural model (hybrid, cnn, resnet18, vit_small…)")
+    log(f"embedding: penultimate features of {emb.id} ({emb.card['architecture']['name']}); preprocessing (size "
+        f"{emb.preprocess.img_size}, channels {', '.join(emb.preprocess.channels)}, {emb.preprocess.mode} "
+        "normalisation) from that model")
+    return emb
+
+
+def _embedding_channels(emb: Any, config: TrainConfig, paths: Sequence[Path], n_chans: int, dims: int,
+                        log: Callable[[str], None]) -> tuple[list[str], str]:
+    """The embedding model's channel names, checked against the images (count, 2D/3D, and names where known)."""
+    from phenotyping.data import channel_names_from_images
+
+    mc = emb.model.config
+    if n_chans != mc["in_chans"] or dims != mc.get("dims", 2):
+        kind = {2: "2D", 3: "z-stacks"}
+        raise ValueError(f"the images have {n_chans} channel(s) ({kind[dims]}) but the embedding model {emb.id} "
+                         f"takes {mc['in_chans']} ({kind[mc.get('dims', 2)]})")
+    names = list(emb.preprocess.channels)
+    given = list(config.channels) if config.channels else channel_names_from_images(paths)
+    if given is not None and [g.lower() for g in given] != [n.lower() for n in names]:
+        generic = str(emb.card.get("input", {}).get("channel_names_from", "")).startswith("generic") or \
+            names == _default_channels(len(names))
+        if not generic:
+            raise ValueError(f"the images' channels are {given} but the embedding model {emb.id} was trained on "
+                             f"{names}; use images with those channels in that order")
+        log(f"note: the embedding model {emb.id} calls its channels {', '.join(names)}; these images name them "
+            f"{', '.join(given)}: taken to be the same channels in the same order")
+    return names, f"embedding model {emb.id}"
 
 
 def _channel_names(config: TrainConfig, paths: Sequence[Path], n_chans: int,
@@ -234,13 +277,15 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     import torch
 
     from phenotyping.calibration import fit_temperature, softmax, unidentified_threshold
-    from phenotyping.checkpoint import save_model_dir
+    from phenotyping.checkpoint import embedding_source, save_model_dir
     from phenotyping.data import (CellDataset, Preprocess, TargetScaler, channel_specs, class_weights, column,
                                   describe_augmentation,
                                   load_images, load_rows, parse_targets, split_indices, stratified_fraction)
     from phenotyping.evaluate import classification_metrics, predict_arrays, regression_metrics
     from phenotyping.losses import make_loss
     from phenotyping.models import create_model
+    from phenotyping.models._registry import model_family
+    from phenotyping.models.classical import EmbeddedClassicalModel
 
     t_start = time.perf_counter()
     manifest, out = Path(manifest), Path(out)
@@ -295,21 +340,34 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         f"test {len(split['test'])} cells" + (f"; grouped by {group_column}" if group_column else ""))
 
     # ---- images
+    classical = model_family(config.arch) == "classical"
+    emb = _embedding_model(config, classical, log) if config.embed_model else None
     used = np.concatenate([train_idx, split["val"], split["test"]])
     from phenotyping.data import read_cell
-    first = read_cell(rows[int(used[0])]["path"])
-    img_size = config.img_size or min(int(max(first.shape[-2:])), config.max_img_size)
+    if emb is not None:
+        img_size = emb.preprocess.img_size
+        if config.img_size and config.img_size != img_size:
+            raise ValueError(f"--img-size {config.img_size} differs from the embedding model's input size {img_size}; "
+                             "drop --img-size (the embedding model's preprocessing is used)")
+    else:
+        first = read_cell(rows[int(used[0])]["path"])
+        img_size = config.img_size or min(int(max(first.shape[-2:])), config.max_img_size)
     t0 = time.perf_counter()
     x = {k: load_images([rows[i]["path"] for i in idx], img_size) if len(idx) else None
          for k, idx in (("train", train_idx), ("val", split["val"]), ("test", split["test"]))}
     log(f"read {len(used)} images at {img_size}×{img_size} in {time.perf_counter() - t0:.1f}s")
     n_chans = x["train"].shape[1]
     dims = 3 if x["train"].ndim == 5 else 2
-    names, names_from = _channel_names(config, [rows[int(i)]["path"] for i in used], n_chans, log)
-    specs = channel_specs(names)
-    if config.augment:
-        log(f"augmentation: {describe_augmentation(specs)}")
-    pre = Preprocess.fit(x["train"], names, specs, mode=config.normalisation)
+    paths_used = [rows[int(i)]["path"] for i in used]
+    if emb is not None:
+        names, names_from = _embedding_channels(emb, config, paths_used, n_chans, dims, log)
+        pre = emb.preprocess
+    else:
+        names, names_from = _channel_names(config, paths_used, n_chans, log)
+        specs = channel_specs(names)
+        if config.augment and not classical:
+            log(f"augmentation: {describe_augmentation(specs)}")
+        pre = Preprocess.fit(x["train"], names, specs, mode=config.normalisation)
     scaler = None
     if target_columns:
         log_flags = [t in config.log_targets for t in target_columns]
@@ -322,10 +380,12 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     # ---- model
     cfg = dict(in_chans=n_chans, num_classes=len(classes), num_targets=len(target_columns), img_size=img_size,
                **config.model_overrides)
-    if dims == 3 and "3d" not in config.arch:
+    if dims == 3 and "3d" not in config.arch and emb is None:
         raise ValueError(f"the images are z-stacks (C, Z, H, W) but --arch {config.arch} is 2D; use a 3D variant "
                          "such as hybrid3d or cnn3d")
     model = create_model(config.arch, **cfg)
+    if emb is not None:
+        model = EmbeddedClassicalModel(model, emb.model, embedding_source(emb.path, out, emb))
     history: list[dict[str, Any]] = []
     best_epoch = 0
 
@@ -410,7 +470,8 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
 
     # ---- card
     digest = hashlib.sha256(json.dumps([config.arch, cfg, classes, str(manifest.name), rng_seed, len(train_idx),
-                                        best_epoch], sort_keys=True, default=str).encode()).hexdigest()[:10]
+                                        best_epoch] + ([emb.id] if emb is not None else []), sort_keys=True,
+                                       default=str).encode()).hexdigest()[:10]
     train_counts = np.bincount(y["train"], minlength=len(classes))
     card: dict[str, Any] = {
         "id": f"{out.name}-{digest}",
@@ -418,7 +479,9 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,
         "architecture": {"name": config.arch, "config": dict(model.config), "parameters": int(n_params)},
-        "input": {"channels": names, "channel_names_from": names_from, "channel_specs": pre.channel_specs, "img_size": img_size, "dims": dims,
+        "embedding_model": dict(model.source) if emb is not None else None,
+        "input": {"channels": names, "channel_names_from": names_from, "channel_specs": pre.channel_specs,
+                  "img_size": img_size, "dims": dims,
                   "resize": "longer side scaled to img_size by area averaging (never enlarged), then centre-padded "
                             "with each channel's border median",
                   "normalisation": {"mode": pre.mode, "mean": pre.mean, "std": pre.std}},

@@ -167,8 +167,9 @@ def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
     pre = Preprocess(16, ["a", "b"], [0.0, 0.0], [1.0, 1.0])
     save_model_dir(tmp_path, m, {"id": "x", "classes": ["p", "q", "r"]}, preprocess=pre, targets=None)
     ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    legacy = {re.sub(r"^(stem|cnn|cam_layer)\.(\d+)\.(conv|bn)\.", lambda g: f"{g[1]}.{g[2]}.{'0' if g[3] == 'conv' else '1'}.",
-                     k): v for k, v in ck["state_dict"].items()}
+    old = {"conv": "0", "bn": "1"}
+    legacy = {re.sub(r"^(stem|cnn|cam_layer)\.(\d+)\.(conv|bn)\.", lambda g: f"{g[1]}.{g[2]}.{old[g[3]]}.", k): v
+              for k, v in ck["state_dict"].items()}
     assert "stem.0.0.weight" in legacy and "stem.0.1.running_var" in legacy and "stem.0.conv.weight" not in legacy
     ck["state_dict"] = legacy
     torch.save(ck, tmp_path / CHECKPOINT)

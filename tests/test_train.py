@@ -156,7 +156,7 @@ def test_card_names_the_data_licence_and_notes_copyleft(trained):
      "that the following conditions are met: 1. ... 2. ... THIS SOFTWARE IS PROVIDED", "BSD-2-Clause"),
     ("MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy of this software",
      "MIT"),
-    ("                                 Apache License\n                           Version 2.0, January 2004", "Apache-2.0"),
+    ("                    Apache License\n              Version 2.0, January 2004", "Apache-2.0"),
     # a bundle that starts with BSD and mentions the GPL later (numpy, scipy) is BSD
     ("Redistribution and use in source and binary forms ... Neither the name of the NumPy Developers nor ...\n\n"
      "Bundled: libgfortran, GNU GENERAL PUBLIC LICENSE Version 3, 29 June 2007", "BSD-3-Clause"),

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-channel statistics of the training set, or each cell standardised by its own (more "
                         "robust across sites)")
     p.add_argument("--data-licence", default=None, help="licence of the training data (default: LICENSE beside it)")
+    p.add_argument("--embed-model", type=Path, default=None, metavar="DIR",
+                   help="with --arch knn/svm: fit on the penultimate features of this trained neural model (its "
+                        "folder) instead of pixels; the classifier keeps a reference to it and loads it to predict")
     p.add_argument("--model-config", type=json.loads, default={},
                    help='JSON object of extra create_model keywords, e.g. \'{"drop": 0.2}\'')
     p.set_defaults(func=run)
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                       log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
-                      model_overrides=dict(args.model_config))
+                      model_overrides=dict(args.model_config),
+                      embed_model=str(args.embed_model) if args.embed_model else None)
     card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
                  group_column=args.group_column, config=cfg)
     print_json({"model": str(args.out), "id": card["id"], "architecture": card["architecture"]["name"],

@@ -51,3 +51,16 @@ def create_model(name: str, **cfg: Any) -> Any:
     if name not in _MODEL_ENTRYPOINTS:
         raise NotFoundError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODEL_ENTRYPOINTS))}")
     return _MODEL_ENTRYPOINTS[name](**cfg)
+
+
+def model_family(name: str) -> str:
+    """The architecture module a registered model comes from (``"hybrid"``, ``"classical"``…).
+
+    Raises:
+        NotFoundError: ``name`` is not registered; the message lists the registered names.
+    """
+    _load_all()
+    if name not in _MODEL_ENTRYPOINTS:
+        raise NotFoundError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODEL_ENTRYPOINTS))}")
+    return _MODEL_ENTRYPOINTS[name].__module__.rsplit(".", 1)[-1]
+

@@ -5,6 +5,8 @@ Same outward interface as the neural models as far as it makes sense: ``config``
 treated as pixels: area-downsampled to ``pixel_size`` × ``pixel_size`` per channel and flattened; ``(N, D)`` is
 treated as embeddings (e.g. a neural model's ``features``). Features are standardised before fitting.
 Saving keeps the training features, not a pickle: ``get_state``/``set_state`` refit deterministically.
+:class:`EmbeddedClassicalModel` wraps one of these with the neural model whose features it was fitted on, so it
+takes images like the neural models do.
 """
 
 from __future__ import annotations
@@ -105,6 +107,67 @@ class ClassicalCellModel:
         reg = np.stack([r.predict(v) for r in self._regs], 1) if self._regs else np.zeros((len(v), 0))
         return ModelOutput(torch.from_numpy(np.log(proba + 1e-12)).float(), torch.from_numpy(reg).float(),
                            torch.from_numpy(v), {})
+
+
+class EmbeddedClassicalModel:
+    """A kNN/SVM on the penultimate features of a trained neural model: images → ``embedder(x).features`` (N, D) →
+    ``head`` (a fitted or unfitted :class:`ClassicalCellModel`).
+
+    Its input is what the embedder takes: images normalised by the embedder's preprocessing. ``source`` records which
+    model folder made the features (``dir``, ``relative_dir``, ``id``, ``architecture``, ``checkpoint_sha256``); the
+    checkpoint stores it, and :func:`phenotyping.checkpoint.load_model_dir` finds and verifies that folder.
+    """
+
+    is_neural = False
+
+    def __init__(self, head: ClassicalCellModel, embedder: Any, source: dict[str, Any], *, batch_size: int = 256):
+        if getattr(embedder, "is_neural", True) is False:
+            raise TypeError("the embedding model must be a neural model (its penultimate features are the input)")
+        self.head, self.embedder, self.source = head, embedder.eval(), dict(source)
+        self.config = head.config
+        self.batch_size = batch_size
+
+    def features(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The embedder's penultimate features ``(N, D)`` float32 of normalised images ``x`` (N, C, …)."""
+        t = torch.as_tensor(x)
+        param = next(self.embedder.parameters(), None)
+        if param is not None:
+            t = t.to(param.device)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(t), self.batch_size):
+                out.append(self.embedder(t[i:i + self.batch_size].float()).features.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def fit(self, x: np.ndarray | torch.Tensor, y: np.ndarray, targets: np.ndarray | None = None
+            ) -> EmbeddedClassicalModel:
+        """Fit the head on the embeddings of normalised images ``x``; ``y``/``targets`` as for ClassicalCellModel."""
+        self.head.fit(self.features(x), y, targets)
+        return self
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The head's training embeddings and labels (see ClassicalCellModel.get_state)."""
+        return self.head.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.head.set_state(state)
+
+    def eval(self) -> EmbeddedClassicalModel:
+        return self
+
+    def to(self, device: Any) -> EmbeddedClassicalModel:
+        """Move the embedder (the classifier runs on CPU); returns self."""
+        self.embedder.to(device)
+        return self
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> ModelOutput:
+        """Predict from normalised images: the head's outputs, with ``features`` = the embeddings (N, D)."""
+        if torch.as_tensor(x).ndim == 2:
+            raise ValueError(f"{self.config['arch']} on embeddings takes images (N, C, H, W) or (N, C, Z, H, W) and "
+                             "computes the embeddings itself; got a 2-D array")
+        f = self.features(x)
+        out = self.head(f)
+        return ModelOutput(out.logits, out.regression, torch.from_numpy(f), {})
 
 
 def _build(arch: str, kind: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> ClassicalCellModel:

@@ -47,7 +47,7 @@ class _BatchNormAct3d(nn.BatchNorm3d):
 
 
 class _ConvNormAct3d(nn.Module):
-    """3×3×3 conv (stride 1 along Z) → BatchNorm → ReLU, laid out like timm's ``ConvNormAct`` (``conv``, ``bn``)."""
+    """3×3×3 conv (stride 1 along Z) → BatchNorm → ReLU, laid out like timm's ``ConvNormAct`` (conv, bn)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -96,7 +96,8 @@ class HybridGatedNet(CellModel):
         self.dims = dims
         self.stem = nn.Sequential(_conv_norm_act(dims, in_chans, stem_width // 2, 2),
                                   _conv_norm_act(dims, stem_width // 2, stem_width, 2))
-        self.cnn = nn.Sequential(_conv_norm_act(dims, stem_width, cnn_width), _conv_norm_act(dims, cnn_width, cnn_width))
+        self.cnn = nn.Sequential(_conv_norm_act(dims, stem_width, cnn_width),
+                                 _conv_norm_act(dims, cnn_width, cnn_width))
         self.cam_layer = self.cnn
         self.grid = (token_grid, token_grid) if dims == 2 else (token_z, token_grid, token_grid)
         n_tokens = 1
