@@ -173,9 +173,9 @@ def predict_sample(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     lm: LoadedModel = model if isinstance(model, LoadedModel) else load_model_dir(Path(model))
-    if not getattr(lm.model, "is_neural", True):
-        raise ValueError(f"model {lm.id} is a classical baseline ({lm.card['architecture']['name']}); "
-                         "sample prediction runs the neural models only")
+    if not getattr(lm.model, "is_neural", True) and not getattr(lm.model, "takes_images", False):
+        raise ValueError(f"model {lm.id} is a classical baseline on pixels ({lm.card['architecture']['name']}); "
+                         "sample prediction runs the neural models and kNN/SVM on their embeddings only")
     dev = resolve_device(device)
     qc_cfg = qc_config or qc_config_from_card(lm.card)
     _, threshold = _calibration(lm)

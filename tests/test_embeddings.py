@@ -143,3 +143,23 @@ def test_embedding_classifier_runs_like_a_neural_model_on_a_device_batch(embedde
     assert out.logits.shape == (3, 2) and torch.isfinite(out.logits).all()
     with pytest.raises(ValueError, match="takes images"):
         net(np.zeros((3, 8), np.float32))
+
+
+def test_sample_prediction_runs_a_classifier_on_embeddings(embedder, tmp_path, store, sample):
+    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.inference import predict_sample
+
+    root, emb_dir = embedder
+    _fit_on_embeddings(root, emb_dir, tmp_path / "knn")
+    files = sorted(root.glob("*/c1*.tif"))
+    cells = []
+    for f in files:
+        digest, rel = store.put_blob(f.read_bytes(), suffix=".tif")
+        cells.append({"cell_key": f"{f.parent.name}-{f.stem}", "content_hash": digest, "source_file": f.name,
+                      "blob_path": rel, "shape": (2, 16, 16), "dtype": "uint16", "reference_label": f.parent.name})
+    store.add_cells("S1", cells, actor="tester")
+    lm = load_model_dir(tmp_path / "knn")
+    run = predict_sample(store, "S1", lm, device="cpu", batch_size=8)
+    assert run.predicted + run.excluded == len(files) and run.predicted > 0
+    preds = store.list_predictions("S1", lm.id)
+    assert len(preds) == run.predicted and all(p.predicted_class in ("disc", "ring") for p in preds)

@@ -119,6 +119,7 @@ class EmbeddedClassicalModel:
     """
 
     is_neural = False
+    takes_images = True     # normalised image batches on a device, like the neural models (sample prediction)
 
     def __init__(self, head: ClassicalCellModel, embedder: Any, source: dict[str, Any], *, batch_size: int = 256):
         if getattr(embedder, "is_neural", True) is False:
