@@ -31,8 +31,11 @@ class Settings(BaseSettings):
     max_files_per_set: int = Field(200_000, ge=1)
     llm_model: str | None = Field(None, description="litellm route, e.g. 'openai/gpt-4o-mini'; None = template draft")
     llm_timeout_s: float = 30.0
-    lab_name: str = "Research haematology laboratory"
-    lab_id: str = "LAB-001"
+    lab_name: str = Field("Research haematology laboratory", description="laboratory name printed on reports")
+    lab_id: str = Field("LAB-001", description="laboratory identifier; report ids are '<lab_id>-<sample id>'")
+    reference_intervals: Path | None = Field(
+        None, description="JSON or CSV file of the lab's reference intervals (%) per specimen and class "
+                          "(see reports/reference.py); None = reports say no interval is configured")
 
     def model_search_path(self) -> list[Path]:
         """Folders holding model folders: the installation's model_dir, then the models shipped with the code."""

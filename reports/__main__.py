@@ -39,20 +39,28 @@ def _password(file: Path | None, env: str, what: str) -> bytes:
 
 # -- commands -----------------------------------------------------------------------------------------------------
 def _render(args: argparse.Namespace) -> int:
+    from phenotyping.cli._common import open_store
+    from phenotyping.results import sample_results
+    from phenotyping.settings import get_settings
     from reports.context import build_context
     from reports.pdf import render
-
-    from phenotyping.cli._common import open_store
+    from reports.reference import load_reference_intervals
+    from reports.workflow import cells_csv_from_results
 
     if args.out.exists():
         raise FileExistsError(f"{args.out} exists; reports are never overwritten, choose another name")
+    intervals = None if args.reference_intervals is None else load_reference_intervals(args.reference_intervals)
     with open_store(args.db, read_only=True) as store:
-        ctx = build_context(store, args.sample, version=args.version)
-    pdf = render(ctx)
+        res = sample_results(store, args.sample)
+        ctx = build_context(store, args.sample, version=args.version, settings=get_settings(), results=res,
+                            reference_intervals=intervals)
+        cells = cells_csv_from_results(res)
+    pdf = render(ctx, cells_csv=cells)
     with open(args.out, "xb") as f:
         f.write(pdf)
     _print_json({"out": str(args.out), "sample": ctx.sample_id, "report_id": ctx.report_id,
-                 "version": ctx.version, "status": ctx.status, "bytes": len(pdf)})
+                 "version": ctx.version, "status": ctx.status, "bytes": len(pdf),
+                 "reference_intervals": ctx.reference_source, "study": ctx.study.name if ctx.study else None})
     return 0
 
 
@@ -77,10 +85,11 @@ def _export(args: argparse.Namespace) -> int:
     written = {}
     with open_store(args.db, read_only=True) as store:
         if args.fhir is not None:
-            args.fhir.write_text(json.dumps(export_fhir(store, args.sample), indent=2) + "\n", encoding="utf-8")
+            bundle = export_fhir(store, args.sample, version=args.version)
+            args.fhir.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
             written["fhir"] = str(args.fhir)
         if args.csv is not None:
-            args.csv.write_text(export_cells_csv(store, args.sample), encoding="utf-8")
+            args.csv.write_text(export_cells_csv(store, args.sample, version=args.version), encoding="utf-8")
             written["csv"] = str(args.csv)
     _print_json({"sample": args.sample, **written})
     return 0
@@ -117,30 +126,90 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import hashlib
     import tempfile
 
-    from reports.demo import demo_context
     from reports.keys import init_ca, issue_signer
     from reports.pdf import render
     from reports.signing import sign, verify
 
+    out: dict[str, Any] = {"repeat": args.repeat, "first_run_includes_imports": True}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         init_ca(d / "ca", name="Benchmark CA", password=b"bench-ca-pw", key_type="ec")
         issue_signer(d / "ca", d / "s.p12", name="Bench Signer", role="signer", ca_password=b"bench-ca-pw",
                      password=b"bench-signer-pw", key_type="ec")
+        if args.source == "demo":
+            from reports.demo import demo_context
+
+            runs = []
+            for i in range(args.repeat):
+                ctx = demo_context(status="final")
+                t0 = time.perf_counter()
+                (d / f"r{i}.pdf").write_bytes(render(ctx))
+                t1 = time.perf_counter()
+                sign(d / f"r{i}.pdf", d / "s.p12", d / f"s{i}.pdf", password=b"bench-signer-pw")
+                t2 = time.perf_counter()
+                runs.append({"render_s": round(t1 - t0, 3), "sign_s": round(t2 - t1, 3),
+                             "render_sign_s": round(t2 - t0, 3)})
+            out["runs"] = runs
+        else:
+            out.update(_bench_store(d, args))
+        last = sorted(d.glob("s*.pdf"))[-1]
+        out["signature_intact"] = verify(last)["intact"]
+        out["pdf_bytes"] = last.stat().st_size
+        out["pdf_sha256"] = hashlib.sha256(last.read_bytes()).hexdigest()[:16]
+    _print_json(out)
+    return 0
+
+
+def _bench_store(d: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """build_context from a synthetic analysed store (study included), render, sign; bootstrap timed apart."""
+    from phenotyping.results import sample_results
+    from phenotyping.settings import Settings
+    from phenotyping.store import Store
+    from reports.context import build_context
+    from reports.demo import demo_store
+    from reports.pdf import render
+    from reports.signing import sign
+    from reports.workflow import cells_csv_from_results
+
+    db = d / "bench.duckdb"
+    settings = Settings(db_path=db, reference_intervals=args.reference_intervals)
+    t0 = time.perf_counter()
+    with Store(db, image_dir=settings.image_dir()) as store:
+        sample = demo_store(store, d / "model", n_cells=args.cells)
+        store.add_report_version(sample, interpretation="Benchmark report.", source="template", actor="bench")
+        setup = time.perf_counter() - t0
         runs = []
         for i in range(args.repeat):
-            ctx = demo_context(status="final")
-            t0 = time.perf_counter()
-            (d / f"r{i}.pdf").write_bytes(render(ctx))
-            t1 = time.perf_counter()
+            t = time.perf_counter()
+            res0 = sample_results(store, sample, n_bootstrap=0)
+            t_nb = time.perf_counter() - t
+            t = time.perf_counter()
+            res = sample_results(store, sample)
+            t_b = time.perf_counter() - t
+            t = time.perf_counter()
+            ctx = build_context(store, sample, settings=settings, results=res, status="final")
+            t_ctx = time.perf_counter() - t
+            t = time.perf_counter()
+            pdf = render(ctx, cells_csv=cells_csv_from_results(res))
+            (d / f"r{i}.pdf").write_bytes(pdf)
+            t_render = time.perf_counter() - t
+            t = time.perf_counter()
             sign(d / f"r{i}.pdf", d / "s.p12", d / f"s{i}.pdf", password=b"bench-signer-pw")
-            t2 = time.perf_counter()
-            runs.append({"render_s": round(t1 - t0, 3), "sign_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)})
-        ok = verify(d / f"s{args.repeat - 1}.pdf")["intact"]
-    _print_json({"runs": runs, "first_run_includes_imports": True, "signature_intact": ok})
-    return 0
+            t_sign = time.perf_counter() - t
+            runs.append({"sample_results_no_bootstrap_s": round(t_nb, 3),
+                         "sample_results_1000_bootstrap_s": round(t_b, 3),
+                         "build_context_s": round(t_ctx, 3), "render_s": round(t_render, 3),
+                         "sign_s": round(t_sign, 3), "render_sign_s": round(t_render + t_sign, 3),
+                         "total_s": round(t_b + t_ctx + t_render + t_sign, 3)})
+            assert res0.differential is not None
+    return {"source": "store", "cells": args.cells, "counted": ctx.qc.counted_cells,
+            "study": ctx.study.name if ctx.study else None, "figures": len(ctx.bland_altman_figures),
+            "store_setup_s": round(setup, 3), "runs": runs,
+            "note": "build_context_s excludes sample_results (timed apart, with and without the 1,000-resample "
+                    "bootstrap of the corrected %); it includes the study's recomputation and Bland-Altman SVGs"}
 
 
 # -- parser -------------------------------------------------------------------------------------------------------
@@ -149,12 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("render", help="render a sample's report as PDF/A-3b",
-                       description="Render the latest (or --version) report of a sample to a new PDF/A-3b file "
-                                   "with its results JSON attached.")
+                       description="Render the latest (or --version) unsigned report of a sample to a new "
+                                   "PDF/A-3b file with its results JSON and per-cell CSV attached. A signed version "
+                                   "is refused: what was signed is its signed PDF.")
     p.add_argument("--sample", required=True, help="sample id")
     p.add_argument("--version", type=int, default=None, help="report version (default: the latest)")
     p.add_argument("--db", type=Path, default=None, help="DuckDB file (default: LEUKO_DB_PATH or var/leuko.duckdb)")
     p.add_argument("--out", type=Path, required=True, help="PDF file to write (must not exist)")
+    p.add_argument("--reference-intervals", type=Path, default=None,
+                   help="reference-interval CSV/JSON (default: LEUKO_REFERENCE_INTERVALS; see reports/reference.py)")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file",
@@ -176,13 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("export", help="export a sample's results as FHIR R4 JSON and/or per-cell CSV",
-                       description="Write the latest report version as a validated FHIR R4 Bundle (DiagnosticReport "
-                                   "+ one Observation per class; the signed PDF attached when there is one) and/or "
-                                   "the per-cell results as CSV.")
+                       description="Write a report version as a validated FHIR R4 Bundle (DiagnosticReport + one "
+                                   "Observation per class) and/or the per-cell results as CSV. A signed version is "
+                                   "exported from what its signed PDF carries (the PDF attached to the bundle); an "
+                                   "unsigned one from the current results.")
     p.add_argument("--sample", required=True, help="sample id")
     p.add_argument("--db", type=Path, default=None, help="DuckDB file (default: LEUKO_DB_PATH or var/leuko.duckdb)")
     p.add_argument("--fhir", type=Path, default=None, help="FHIR Bundle JSON file to write")
     p.add_argument("--csv", type=Path, default=None, help="per-cell CSV file to write")
+    p.add_argument("--version", type=int, default=None,
+                   help="report version (default: the latest); a signed version is exported as signed")
     p.set_defaults(func=_export)
 
     keys = sub.add_parser("keys", help="create a lab CA and issue signer keys",
@@ -213,9 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--password-file", type=Path, default=None, help="signer's new key password (first line)")
     k.set_defaults(func=_issue)
 
-    p = sub.add_parser("bench", help="time render + sign of the full demo report",
-                       description="Render and sign the synthetic demo report --repeat times (throw-away keys).")
+    p = sub.add_parser("bench", help="time building, rendering and signing a full report",
+                       description="--source store (default): build a synthetic store with an analysed --cells "
+                                   "sample, two more and a saved study, then time sample_results (with and without "
+                                   "the bootstrap), build_context, render and sign --repeat times. --source demo: "
+                                   "render and sign the in-memory demo report. Throw-away keys and folders.")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--source", choices=("store", "demo"), default="store")
+    p.add_argument("--cells", type=int, default=1000, help="cells of the reported sample (store source)")
+    p.add_argument("--reference-intervals", type=Path, default=None, help="reference-interval file to use")
     p.set_defaults(func=_bench)
     return parser
 

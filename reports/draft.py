@@ -5,11 +5,13 @@ The model sees only :class:`reports.context.Facts` — computed numbers, never i
 must answer with sentences that cite fact ids. Every draft is screened before it is accepted:
 
 * every cited fact id exists and every sentence cites at least one;
-* every number written in the text equals a fact value at the precision written (``54.7`` matches 54.68);
-* no diagnosis and no treatment recommendation (pattern screen, :data:`FORBIDDEN_PATTERNS`).
+* every number written in the text (sign included, digits stuck to letters too, none in words) equals a cited fact
+  value at the precision written (``54.7`` matches 54.68, ``-57.0`` does not match 57.0);
+* no diagnosis, cause, disease name, treatment, recommendation or follow-up and no talk of the patient (pattern
+  screen, :data:`FORBIDDEN`).
 
-A rejected draft is regenerated once; a second rejection, a missing model setting or an unreachable provider gives
-the template draft. The returned :class:`DraftRecord` always says how the text was made; the caller keeps it in the
+A rejected draft is regenerated once, with the problems appended to the conversation; a second rejection, a missing
+model setting or an unreachable provider gives the template draft. The returned :class:`DraftRecord` always says how the text was made; the caller keeps it in the
 audit trail (model, prompt hash, raw outputs, validation outcome).
 """
 
@@ -29,33 +31,71 @@ from reports.context import Facts
 
 TEMPLATE_SOURCE = "template"
 
-#: Diagnoses, disease names and treatment advice an interpretation must not contain (case-insensitive).
-FORBIDDEN_PATTERNS: tuple[str, ...] = (
-    r"\bdiagnos\w*", r"\bconsistent with\b", r"\bsuggest\w*\b", r"\bindicative of\b", r"\bindicates?\b",
-    r"\bcompatible with\b", r"\bpathognomonic\b", r"\bleuk(a)?emi\w*", r"\blymphoma\w*", r"\binfect\w*",
-    r"\bsepsis\b", r"\bseptic\b", r"\basthma\w*", r"\bsarcoid\w*", r"\bpneumon\w*", r"\bmalignan\w*",
-    r"\bcancer\w*", r"\btumou?r\w*", r"\ballerg\w*", r"\bparasit\w*", r"\bfibros\w*", r"\bsyndrome\b",
-    r"\bdisease\b", r"\btreat\w*", r"\btherap\w*", r"\bprescri\w*", r"\bantibiotic\w*", r"\bsteroid\w*",
-    r"\bdos(e|es|ing|age)\b", r"\bmedicat\w*", r"\bdrug\w*", r"\brecommend\w*", r"\badminister\w*",
-    r"\bshould (be )?(start|begin|stop|receive|consider)\w*", r"\bpatient\b",
-)
-_FORBIDDEN = re.compile("|".join(FORBIDDEN_PATTERNS), re.IGNORECASE)
-#: A number standing alone (not part of a word such as "CD16"); thousands separators are removed first.
-_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])[-−]?\d+(?:\.\d+)?(?![A-Za-z0-9_]|\.\d)")
+#: Wording an interpretation must not contain, by why (case-insensitive regular expressions). An interpretation of
+#: a differential describes the counts: proportions and their intervals, position against the lab's reference
+#: interval, marker summaries, quality control and agreement with manual counts. It does not name or hint at a
+#: disease or cause, does not advise treatment, tests or follow-up, and does not talk about the patient.
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "diagnosis or cause": (
+        r"\bdiagnos\w*", r"\bprognos\w*", r"\bconsistent with\b", r"\bcompatible with\b", r"\bin keeping with\b",
+        r"\bsuggest\w*", r"\bindicat\w*", r"\bpathognomonic\b", r"\btypical of\b", r"\bcharacteristic of\b",
+        r"\bpoint(s|ing)? (to|towards)\b", r"\bfavou?r(s|ed|ing)?\b", r"\b(un)?likely\b", r"\bprobabl[ey]\b",
+        r"\bpossib(le|ly|ility)\b", r"\bsuspect\w*", r"\bsuspicio\w*", r"\bimpression\b", r"\bcaus\w*",
+        r"\b(due|secondary|attributable) to\b", r"\bbecause of\b", r"\bas a result of\b", r"\ba?etiolog\w*",
+        r"\brul(e|es|ed|ing) out\b", r"\bprocess(es)?\b", r"\breactive\b", r"\bclinical\w*",
+    ),
+    "disease or condition": (
+        r"\bdisease\w*", r"\bdisorder\w*", r"\bcondition\w*", r"\bsyndrome\w*", r"\bpatholog\w*",
+        r"\bviral\b", r"\bvirus\w*", r"\bbacteri\w*", r"\bfung(al|us|i)\b", r"\binfect\w*", r"\bsep(sis|tic)\b",
+        r"\binflamm\w*", r"\b(auto)?immun\w*", r"\ballerg\w*", r"\batopic\b", r"\bparasit\w*", r"\bhelminth\w*",
+        r"\bmalignan\w*", r"\bneoplas\w*", r"\bcancer\w*", r"\btumou?r\w*", r"\bcarcinom\w*", r"\bmetasta\w*",
+        r"\blymphoma\w*", r"\bleuk(a)?emi\w*", r"\bmyelo(ma|dysplas|prolif)\w*", r"\bclonal\b", r"\basthma\w*",
+        r"\bsarcoid\w*", r"\bpneumon\w*", r"\btubercul\w*", r"\bcovid\w*", r"\b(hiv|copd|ards)\b",
+        r"\btransplant\w*", r"\bsmok\w*",
+        r"\b\w+itis\b", r"\b\w+osis\b", r"\b\w+(philia|penia|cytosis|cytoses)\b", r"\b\w+a?emia\b",
+    ),
+    "treatment": (
+        r"\btreat\w*", r"\btherap\w*", r"\bprescri\w*", r"\bantibiotic\w*", r"\bantivir\w*", r"\bantifung\w*",
+        r"\b\w*steroid\w*", r"\bdos(e|es|ing|age)\b", r"\bmedicat\w*", r"\bdrug\w*", r"\badminister\w*",
+        r"\btransfus\w*", r"\bchemo\w*", r"\bimmunosuppress\w*", r"\bvaccin\w*", r"\bsurg(ery|ical)\b",
+    ),
+    "recommendation or follow-up": (
+        r"\brecommend\w*", r"\badvis\w*", r"\badvice\b", r"\bconsider\w*", r"\bwarrant\w*",
+        r"\b(should|must|ought to|needs? to)\s+(be\s+)?(start|begin|stop|receive|consider|repeat|confirm|correlat|"
+        r"refer|monitor|investigat|evaluat|treat|check|review|follow|perform|obtain|send|test)\w*",
+        r"\bfurther (test|investigat|evaluat|work|stud|assess|examin)\w*", r"\bfollow[- ]?up\b", r"\brepeat\w*",
+        r"\bre-?test\w*", r"\brefer(s|red|ral|ring)?\b", r"\bbiops\w*", r"\bmarrow\b", r"\baspirat\w*",
+        r"\bcultur\w*", r"\bmonitor\w*", r"\burgen\w*", r"\bconsult\w*", r"\bha?ematologist\w*",
+        r"\b(hours?|days?|weeks?|months?|years?)\b",
+    ),
+    "the patient": (r"\bpatient\w*",),
+}
+#: Kept for callers of the first version: every forbidden pattern in one tuple.
+FORBIDDEN_PATTERNS: tuple[str, ...] = tuple(p for ps in FORBIDDEN.values() for p in ps)
+_FORBIDDEN = [(why, re.compile("|".join(ps), re.IGNORECASE)) for why, ps in FORBIDDEN.items()]
+#: A written number: optional sign (only where it cannot be a hyphen or a range dash: not after a letter, digit,
+#: '.', ')' or '%', and directly before the digits), digits, decimals, exponent. Digits stuck to letters count
+#: ("63.5pct", "CD16"); names that contain digits are masked first (:meth:`Facts.names`).
+_NUMBER = re.compile(r"(?:(?<![\w.)%\]])(?P<sign>[-−–+]))?(?P<num>\d+(?:\.\d+)?(?:[eE][-+−]?\d+)?)")
+_NUMBER_WORDS = re.compile(
+    r"\b(zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
+    r"seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|"
+    r"billion|half|halves|halved|twice|double|doubled|triple|tripled|quadruple|dozens?|thirds?|quarters?)\b",
+    re.IGNORECASE)
 
 SYSTEM_PROMPT = """You draft the interpretation paragraph of a laboratory leukocyte differential report.
 You receive computed facts as JSON: fact ids mapped to numbers, with units. Rules:
 - Describe only what the facts say: proportions, their confidence intervals, corrected proportions, position \
 relative to the laboratory reference interval when one is given, marker summaries, quality control, agreement with \
-a manual count.
-- Every number you write must be one of the fact values, rounded to at most the decimals shown (one decimal for \
-percentages). Write no other number.
+manual counts.
+- Every number you write must be one of the fact values, in digits, rounded to at most the decimals shown (one \
+decimal for percentages). Write no other number, no number in words, no scientific notation. Write a negative value \
+with its minus sign; never restate it as a positive amount. Write ranges as "52.0–61.9" or "52.0 to 61.9".
 - Every sentence cites the fact ids it uses.
-- Never name a disease, never suggest a diagnosis or cause, never recommend treatment or further management. \
-Never mention the patient.
+- Never name a disease or condition, never suggest a diagnosis, cause or process, never recommend treatment, tests, \
+repeat counts or any follow-up. Never mention the patient.
 - At most 6 sentences, plain English, no headings.
 Answer with JSON only: {"sentences": [{"text": "...", "fact_ids": ["..."]}]}"""
-
 
 class DraftSentence(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +115,7 @@ class DraftOutput(BaseModel):
 class Attempt(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    prompt_sha256: str | None = Field(None, description="sha256 of the messages sent in this attempt")
     raw_output: str | None
     outcome: Literal["accepted", "rejected", "error"]
     problems: list[str] = Field(default_factory=list)
@@ -107,38 +148,59 @@ def provenance_label(source: str, *, edited: bool) -> str:
 # Validation
 
 
-def _decimals(token: str) -> int:
-    return len(token.split(".", 1)[1]) if "." in token else 0
+def _mask_names(text: str, names: list[str]) -> str:
+    """``text`` with every occurrence of ``names`` (longest first) replaced by a digit-free placeholder; a name
+    with a parenthesised unit ("CD16 (a.u.)") is also masked without it ("CD16")."""
+    forms = {n for name in names for n in (name, re.sub(r"\s*\(.*?\)\s*", " ", name).strip()) if n}
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(r"(?<!\w)" + re.escape(form) + r"(?!\w)", " name ", text, flags=re.IGNORECASE)
+    return text
+
+
+def numbers_in(text: str, *, names: list[str] | None = None) -> list[str]:
+    """The numbers written in ``text``, signed where a sign is written ('-57.0', '+1.2', '9.9e1').
+
+    Thousands separators are dropped; numbers inside ``names`` (class labels, marker names) are not numbers of the
+    text. A '-' after a digit or letter is a hyphen or range dash, not a sign ('52.0-61.9' is two numbers).
+    """
+    cleaned = _mask_names(text, names or [])
+    cleaned = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", cleaned)
+    return [("-" if m["sign"] in ("-", "−", "–") else m["sign"] or "") + m["num"]
+            for m in _NUMBER.finditer(cleaned)]
+
+
+def _tolerance(token: str) -> float:
+    """Half a unit of the last digit written: '54.7' → 0.05, '9.9e1' → 0.5."""
+    mantissa, _, exponent = token.lstrip("+-").lower().partition("e")
+    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
 
 
 def _matches(token: str, value: float) -> bool:
-    written = abs(float(token.replace("−", "-")))
-    d = _decimals(token.lstrip("-−"))
-    return math.isclose(written, abs(value), abs_tol=0.5 * 10.0 ** -d + 1e-9)
-
-
-def numbers_in(text: str) -> list[str]:
-    """The numbers written in ``text`` (thousands separators dropped, numbers inside words such as 'CD16' ignored)."""
-    cleaned = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-    return _NUMBER.findall(cleaned)
+    """Whether the written number equals ``value`` at the precision written, sign included."""
+    return math.isclose(float(token), value, rel_tol=0.0, abs_tol=_tolerance(token) + 1e-9)
 
 
 def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> list[str]:
     """Problems with one piece of draft text: unsupported numbers and forbidden wording. Empty list = acceptable.
 
-    ``cited`` (fact ids) restricts which facts may support the numbers; ``None`` allows every fact. Numbers that
-    are part of a class label (e.g. a class named "stage 2") are always allowed.
+    ``cited`` (fact ids) restricts which facts may support the numbers; ``None`` allows every fact. Digits inside a
+    class label, marker name or QC reason are allowed only where that name is written.
     """
     problems: list[str] = []
     pool = facts.values if cited is None else {k: facts.values[k] for k in cited if k in facts.values}
-    label_numbers = {n for lab in facts.classes.values() for n in numbers_in(lab)}
-    for token in numbers_in(text):
-        if token in label_numbers:
-            continue
+    names = facts.names()
+    for token in numbers_in(text, names=names):
         if not any(_matches(token, v) for v in pool.values()):
-            problems.append(f"number {token} matches no {'cited ' if cited is not None else ''}fact")
-    for m in _FORBIDDEN.finditer(text):
-        problems.append(f"forbidden wording {m.group(0)!r} (no diagnosis, treatment or patient talk)")
+            problems.append(f"number {token} matches no {'cited ' if cited is not None else ''}fact"
+                            + (" (its sign differs from the fact's)" if any(_matches(token, -v) for v in pool.values()
+                                                                          if v != 0) else ""))
+    masked = _mask_names(text, names)
+    for m in _NUMBER_WORDS.finditer(masked):
+        problems.append(f"number written as a word {m.group(0)!r} (write fact values in digits)")
+    for why, pattern in _FORBIDDEN:
+        for m in pattern.finditer(masked):
+            problems.append(f"forbidden wording {m.group(0)!r} ({why}: describe the counts only)")
     return problems
 
 
@@ -209,11 +271,21 @@ def template_sentences(facts: Facts) -> list[DraftSentence]:
         add(f"{int(v['cells.excluded'])} cells were excluded by image quality control ("
             + ", ".join(f"{k.removeprefix('qc.excluded.').replace('_', ' ')}: {n}" for k, n in excluded.items())
             + ").", ["cells.excluded", *excluded])
-    if "agreement.bias" in v:
-        add(f"Against the manual count the mean difference (model minus manual) was {v['agreement.bias']:.1f} "
-            f"percentage points ({conf}% limits of agreement {v['agreement.loa_low']:.1f} to "
-            f"{v['agreement.loa_high']:.1f}).",
-            ["agreement.bias", "agreement.loa_low", "agreement.loa_high", "confidence_pct"])
+    if v.get("reference_configured") == 0:
+        add("No laboratory reference interval is configured for this specimen, so no class is flagged high or low.",
+            ["reference_configured"])
+    agreement = [(s, label) for s, label in facts.classes.items() if f"agreement.{s}.bias" in v]
+    if agreement and v.get("agreement.unit_pp") == 1:
+        add(f"In the latest method-comparison study including this sample ({int(v['agreement.n_samples'])} "
+            "samples), the mean difference from manual counts (model minus manual, with limits of agreement) was: "
+            + "; ".join(f"{label} {v[f'agreement.{s}.bias']:.1f} ({v[f'agreement.{s}.loa_low']:.1f} to "
+                        f"{v[f'agreement.{s}.loa_high']:.1f})" for s, label in agreement)
+            + " percentage points.",
+            ["agreement.n_samples", "agreement.unit_pp",
+             *[f"agreement.{s}.{k}" for s, _ in agreement for k in ("bias", "loa_low", "loa_high")]])
+    elif agreement:
+        add(f"Agreement with manual counts in the latest method-comparison study including this sample "
+            f"({int(v['agreement.n_samples'])} samples) is given in the comparison table.", ["agreement.n_samples"])
     return out
 
 
@@ -295,19 +367,32 @@ def draft_interpretation(
     attempts: list[Attempt] = []
     errors = _provider_errors(litellm)
     for _ in range(max_attempts):
+        sent = prompt_hash(messages)
         try:
             response = litellm.completion(model=model, messages=messages, temperature=0, timeout=timeout_s,
                                           num_retries=0, **options)
             raw = response.choices[0].message.content or ""
         except errors as e:
-            attempts.append(Attempt(raw_output=None, outcome="error", problems=[f"{type(e).__name__}: {e}"]))
+            attempts.append(Attempt(prompt_sha256=sent, raw_output=None, outcome="error",
+                                    problems=[f"{type(e).__name__}: {e}"]))
             return DraftRecord(text=_join(template), source=TEMPLATE_SOURCE, model=model, prompt_sha256=digest,
                                attempts=attempts, outcome="template_after_error", sentences=template)
         parsed, problems = validate_output(raw, facts)
         if parsed is not None and not problems:
-            attempts.append(Attempt(raw_output=raw, outcome="accepted"))
+            attempts.append(Attempt(prompt_sha256=sent, raw_output=raw, outcome="accepted"))
             return DraftRecord(text=_join(parsed.sentences), source=model, model=model, prompt_sha256=digest,
                                attempts=attempts, outcome="llm", sentences=parsed.sentences)
-        attempts.append(Attempt(raw_output=raw, outcome="rejected", problems=problems))
+        attempts.append(Attempt(prompt_sha256=sent, raw_output=raw, outcome="rejected", problems=problems))
+        messages = [*messages, {"role": "assistant", "content": raw},
+                    {"role": "user", "content": retry_instructions(problems)}]
     return DraftRecord(text=_join(template), source=TEMPLATE_SOURCE, model=model, prompt_sha256=digest,
                        attempts=attempts, outcome="template_after_rejection", sentences=template)
+
+
+def retry_instructions(problems: list[str]) -> str:
+    """The message that asks the model again after a rejected answer, listing what was wrong with it."""
+    listed = "\n".join(f"- {p}" for p in problems[:20])
+    more = f"\n- … and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return ("Your answer was rejected by the automatic check:\n" + listed + more + "\nWrite the draft again from "
+            "the same facts, following every rule: only fact values in digits, cited; no diagnosis, cause, "
+            "treatment or follow-up. Answer with JSON only.")

@@ -11,7 +11,8 @@ How each class is encoded (an Observation):
   ``level`` (valueDecimal, e.g. 0.95), ``interval`` (valueRange in %) and ``method`` (valueString);
 * ``component`` (only when computed) — the prior-shift-corrected percentage, with its CI in the same extension;
 * ``referenceRange`` + ``interpretation`` (H/L/N, v3-ObservationInterpretation) — only for the laboratory's
-  reference interval, when configured (a CI is not a reference range, so it never goes there);
+  reference interval, when configured (a CI is not a reference range, so it never goes there); otherwise a
+  ``note`` says that no interval is configured;
 * ``code`` — the LOINC "…/100 leukocytes in Blood by Automated count" code for the five blood classes, and always
   a local code ``urn:leuko:cell-class|<label>``.
 """
@@ -30,6 +31,7 @@ from reports.context import ReportContext, ResultRow
 CI_EXTENSION = "urn:leuko:fhir:StructureDefinition:confidence-interval"
 REPLACES_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaces-report-version"
 AMENDMENT_EXTENSION = "urn:leuko:fhir:StructureDefinition:amendment-reason"
+REPLACES_SHA256_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaced-report-pdf-sha256"
 CLASS_SYSTEM = "urn:leuko:cell-class"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -104,6 +106,9 @@ def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref
         flag = row.flag or "N"
         obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": flag,
                                               "display": {"H": "High", "L": "Low", "N": "Normal"}[flag]}]}]
+    else:
+        obs["note"] = [{"text": "No reference interval configured by the laboratory for this class and specimen; "
+                                "the result is not flagged."}]
     return obs
 
 
@@ -155,6 +160,8 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
                 "value": f"{ctx.replaces_report_id or ctx.report_id} v{ctx.replaces_version}"}},
             {"url": AMENDMENT_EXTENSION, "valueString": ctx.amendment_reason},
         ]
+        if ctx.replaces_pdf_sha256:
+            report["extension"].append({"url": REPLACES_SHA256_EXTENSION, "valueString": ctx.replaces_pdf_sha256})
     if pdf is not None:
         report["presentedForm"] = [{"contentType": "application/pdf", "data": base64.b64encode(pdf).decode(),
                                     "title": f"{ctx.report_id} v{ctx.version}"}]

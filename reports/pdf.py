@@ -21,6 +21,7 @@ from reports.draft import provenance_label
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SIGNATURE_FIELD = "ReportSignature"
 RESULTS_ATTACHMENT = "results.json"
+CELLS_ATTACHMENT = "cells.csv"
 PDF_VARIANT = "pdf/a-3b"
 _PT_PER_CSS_PX = 0.75  # 1 CSS px = 1/96 in; 1 pt = 1/72 in
 
@@ -36,7 +37,16 @@ def _num(x: float | None) -> str:
 
 
 def _signed(x: float | None) -> str:
-    return "—" if x is None else f"{x:+.1f}".replace("-", "−")
+    if x is None:
+        return "—"
+    return "0.0" if round(x, 1) == 0 else f"{x:+.1f}".replace("-", "−")
+
+
+def _ci(low: float | None, high: float | None) -> str:
+    """``(low to high)`` with signs, or '' when the interval is unknown."""
+    if low is None or high is None:
+        return ""
+    return f"({_signed(low)} to {_signed(high)})"
 
 
 def _dt(x: datetime | None) -> str:
@@ -54,17 +64,17 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=_pct, num=_num, signed=_signed, dt=_dt)
+    env.globals.update(ci=_ci)
     return env
 
 
 def render_html(ctx: ReportContext) -> str:
     """The report as HTML (images as data URIs); the print stylesheet is ``templates/report.css``."""
     env = _environment()
-    ba_uri = None
-    if ctx.bland_altman_svg:
-        ba_uri = "data:image/svg+xml;base64," + base64.b64encode(ctx.bland_altman_svg.encode()).decode()
+    ba_figures = [(label, "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode())
+                  for label, svg in ctx.bland_altman_figures.items()]
     return env.get_template("report.html.j2").render(
-        ctx=ctx, ba_uri=ba_uri,
+        ctx=ctx, ba_figures=ba_figures,
         provenance=provenance_label(ctx.interpretation_source, edited=ctx.interpretation_edited),
     )
 
@@ -74,8 +84,9 @@ def results_json_bytes(ctx: ReportContext) -> bytes:
     return json.dumps(ctx.results_json(), indent=2, sort_keys=True, allow_nan=False).encode()
 
 
-def render(ctx: ReportContext) -> bytes:
-    """Render ``ctx`` to PDF/A-3b bytes, with ``results.json`` attached (AFRelationship /Data)."""
+def render(ctx: ReportContext, *, cells_csv: str | None = None) -> bytes:
+    """Render ``ctx`` to PDF/A-3b bytes, with ``results.json`` (and ``cells_csv`` as ``cells.csv``, when given)
+    attached (AFRelationship /Data): a signed report carries the data it was rendered from."""
     from weasyprint import CSS, HTML, Attachment
     from weasyprint.urls import URLFetcher
 
@@ -83,10 +94,14 @@ def render(ctx: ReportContext) -> bytes:
     css = CSS(string=(TEMPLATES / "report.css").read_text(), url_fetcher=fetcher)
     document = HTML(string=render_html(ctx), url_fetcher=fetcher).render(stylesheets=[css])
     box = _signature_box(document)
-    attachment = Attachment(string=results_json_bytes(ctx).decode(), name=RESULTS_ATTACHMENT,
-                            description=f"Machine-readable results of report {ctx.report_id} v{ctx.version}",
-                            relationship="Data", url_fetcher=fetcher)
-    pdf = document.write_pdf(pdf_variant=PDF_VARIANT, attachments=[attachment], uncompressed_pdf=False,
+    attachments = [Attachment(string=results_json_bytes(ctx).decode(), name=RESULTS_ATTACHMENT,
+                              description=f"Machine-readable results of report {ctx.report_id} v{ctx.version}",
+                              relationship="Data", url_fetcher=fetcher)]
+    if cells_csv is not None:
+        attachments.append(Attachment(string=cells_csv, name=CELLS_ATTACHMENT, relationship="Data",
+                                      description=f"Per-cell results of report {ctx.report_id} v{ctx.version}",
+                                      url_fetcher=fetcher))
+    pdf = document.write_pdf(pdf_variant=PDF_VARIANT, attachments=attachments, uncompressed_pdf=False,
                              custom_metadata=False)
     return _add_signature_field(pdf, *box)
 
@@ -100,6 +115,14 @@ def _signature_box(document: Any) -> tuple[int, tuple[int, int, int, int]]:
             height_pt = page.height * _PT_PER_CSS_PX
             return index, (round(x1), round(height_pt - y2), round(x2), round(height_pt - y1))
     raise AssertionError("the report template lost its #signature-area element")
+
+
+def attachment(pdf: bytes, name: str) -> bytes | None:
+    """The bytes of the file ``name`` attached to ``pdf`` (e.g. :data:`RESULTS_ATTACHMENT`), or None."""
+    from pypdf import PdfReader
+
+    found = PdfReader(io.BytesIO(pdf)).attachments.get(name)
+    return found[0] if found else None
 
 
 def _add_signature_field(pdf: bytes, page: int, box: tuple[int, int, int, int]) -> bytes:

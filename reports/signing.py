@@ -83,6 +83,30 @@ def _subject_attr(cert: Any, attr: str) -> str | None:
     return str(value) if value else None
 
 
+def certificate_subject(key_path: Path, password: bytes) -> dict[str, str | None]:
+    """``{"name", "role"}`` (common name and title) of the signing certificate in a PKCS#12 file.
+
+    Raises:
+        FileNotFoundError: no such key file.
+        SigningError: wrong password or not a PKCS#12 file.
+    """
+    cert = _load_signer(key_path, password).signing_cert
+    return {"name": _subject_attr(cert, "common_name"), "role": _subject_attr(cert, "title")}
+
+
+_TITLES = {"dr", "prof", "professor", "mr", "mrs", "ms", "mx", "md", "phd", "msc", "bsc", "frcpath", "frcp"}
+
+
+def same_person_name(a: str | None, b: str | None) -> bool:
+    """Whether two spellings name the same person: case, punctuation, word order and titles (Dr, Prof…) ignored."""
+    def words(x: str | None) -> list[str]:
+        import re
+
+        return sorted(w for w in re.findall(r"[^\W\d_]+", (x or "").casefold()) if w not in _TITLES)
+
+    return bool(words(a)) and words(a) == words(b)
+
+
 def _field_state(reader: Any) -> bool | None:
     """None: the report field is absent; False: present and empty; True: already signed."""
     from pyhanko.sign.fields import enumerate_sig_fields

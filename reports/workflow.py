@@ -2,19 +2,24 @@
 
 Every step writes the store and its audit trail; the app's Report screen and the command line call these functions.
 A signed version is never changed: an amendment is a new version that names the one it replaces, signed again.
+What a signed version says is its signed PDF: the PDF carries the results (``results.json``) and the per-cell table
+(``cells.csv``) it was rendered from, and every export of a signed version (FHIR, CSV, preview) is read from there,
+after checking the file against the sha256 recorded at signing, never rebuilt from data that changed later.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from phenotyping.errors import PhenotypingError
+from phenotyping.errors import PhenotypingError, StoreError
 from phenotyping.schemas import ReportVersion, Role, SampleStatus
-from reports.context import Person, build_context, facts_from_context
-from reports.draft import DraftRecord, draft_interpretation
+from reports.context import Person, ReportContext, build_context, facts_from_context
+from reports.draft import DraftRecord, check_text, draft_interpretation
 
 SIGNING_ROLES = (Role.signer, Role.admin)
 
@@ -38,15 +43,24 @@ def draft_report(store: Any, sample_id: str, *, actor: str, settings: Any = None
     The LLM (``settings.llm_model``) sees only the facts; without a model, or when its draft is rejected or the
     provider fails, the template draft is used. The audit trail keeps the model, the prompt hash, each raw output and
     why it was accepted or rejected.
+
+    Raises:
+        ValueError: the latest version is signed (only :func:`amend_report` starts a version after signing).
     """
     settings = _settings(settings)
     latest = store.list_report_versions(sample_id)
+    if latest and latest[-1].signed_at is not None:
+        raise ValueError(f"version {latest[-1].version} of sample {sample_id} is signed; a signed report is never "
+                         "redrafted: amend it (with a reason) to start a new version")
     amends = None
-    if latest and latest[-1].signed_at is None and latest[-1].amends_version is not None:
+    if latest and latest[-1].amends_version is not None:
         amends = latest[-1]  # drafting inside an amendment keeps it an amendment
     placeholder = ReportVersion(sample_id=sample_id, version=(latest[-1].version + 1) if latest else 1,
-                                status="draft", created_by=actor)
-    ctx = build_context(store, sample_id, report_version=placeholder, settings=settings)
+                                status="draft", created_by=actor,
+                                amends_version=amends.amends_version if amends else None,
+                                amendment_reason=amends.amendment_reason if amends else None)
+    ctx = build_context(store, sample_id, report_version=placeholder, settings=settings, gallery_per_class=0,
+                        study_figures=False)
     record = draft_interpretation(facts_from_context(ctx), model=settings.llm_model,
                                   timeout_s=settings.llm_timeout_s, completion_options=completion_options)
     rv = store.add_report_version(
@@ -82,7 +96,11 @@ def amend_report(store: Any, sample_id: str, *, reason: str, actor: str) -> Repo
     """Start an amendment of the latest signed version: a new version naming it, with the reason."""
     if not reason.strip():
         raise ValueError("an amendment needs a reason (what was wrong in the signed report)")
-    signed = [v for v in store.list_report_versions(sample_id) if v.signed_at is not None]
+    versions = store.list_report_versions(sample_id)
+    if versions and versions[-1].signed_at is None and versions[-1].amends_version is not None:
+        raise ValueError(f"version {versions[-1].version} already amends v{versions[-1].amends_version}; "
+                         "edit and sign it")
+    signed = [v for v in versions if v.signed_at is not None]
     if not signed:
         raise ValueError(f"sample {sample_id!r} has no signed report to amend")
     base = signed[-1]
@@ -93,8 +111,15 @@ def amend_report(store: Any, sample_id: str, *, reason: str, actor: str) -> Repo
     return rv
 
 
-def signing_problems(store: Any, sample_id: str, *, signer: str) -> list[str]:
-    """Why the latest version cannot be signed by ``signer`` now (empty when it can)."""
+# -- signing ----------------------------------------------------------------------------------------------------------
+def interpretation_problems(ctx: ReportContext) -> list[str]:
+    """Why the interpretation of ``ctx`` may not be signed: numbers that are not current facts, forbidden wording."""
+    return [f"interpretation: {p}" for p in check_text(ctx.interpretation, facts_from_context(ctx))]
+
+
+def _gate_problems(store: Any, sample_id: str, signer: str) -> tuple[list[str], Any]:
+    """Role, version and review-state reasons not to sign (cheap: no bootstrap, no rendering), and the sample's
+    results without bootstrap (None when there is nothing to check further)."""
     from phenotyping.results import sample_results
 
     problems = []
@@ -103,85 +128,216 @@ def signing_problems(store: Any, sample_id: str, *, signer: str) -> list[str]:
         problems.append(f"user {signer!r} may not sign reports (a signer or admin must)")
     versions = store.list_report_versions(sample_id)
     if not versions:
-        problems.append("there is no report draft to sign")
-    elif versions[-1].signed_at is not None:
-        problems.append(f"version {versions[-1].version} is already signed; amend it to change the report")
+        return [*problems, "there is no report draft to sign"], None
+    if versions[-1].signed_at is not None:
+        return [*problems, f"version {versions[-1].version} is already signed; amend it to change the report"], None
     res = sample_results(store, sample_id, n_bootstrap=0)
     if res.differential is None:
-        problems.append("the sample has not been analysed")
+        return [*problems, "the sample has not been analysed"], None
     if res.n_unidentified:
         problems.append(f"{res.n_unidentified} unidentified cell(s) await review")
-    return problems
+    return problems, res
+
+
+def signing_problems(store: Any, sample_id: str, *, signer: str, settings: Any = None,
+                     context: ReportContext | None = None) -> list[str]:
+    """Why the latest version cannot be signed by ``signer`` now (empty when it can).
+
+    Besides role, version and review state, the interpretation is checked again against the facts of the sample's
+    current results (``context``, built here when not given): a number that is not a fact any more (cells
+    reclassified after drafting) or was typed by the reviewer, or forbidden wording, blocks signing. The check
+    first uses the results without bootstrap; only a number it cannot place is checked again with the corrected
+    proportions' bootstrap CIs (which take seconds).
+    """
+    problems, res = _gate_problems(store, sample_id, signer)
+    if res is None:
+        return problems
+    if context is not None:
+        return problems + interpretation_problems(context)
+    settings = _settings(settings)
+    quick = dict(settings=settings, gallery_per_class=0, study_figures=False)
+    text = interpretation_problems(build_context(store, sample_id, results=res, **quick))
+    if any("matches no" in p for p in text):
+        text = interpretation_problems(build_context(store, sample_id, **quick))
+    return problems + text
 
 
 def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, password: bytes,
                 settings: Any = None, reason: str | None = None) -> dict[str, Any]:
     """Render the latest version as final (or amended), sign it with the signer's PKCS#12, and record it.
 
-    Returns ``{"version", "status", "pdf", "sha256", "signer"}``; the signed PDF is kept in the reports folder.
+    The report time is the signing time; the PDF carries ``results.json`` and ``cells.csv`` (what was signed). When
+    the certificate's name is not the signer's display name, the report shows both and the audit records it.
+    Returns ``{"version", "status", "pdf", "sha256", "signer", "certificate_name"}``.
 
     Raises:
         SigningBlocked: see :func:`signing_problems`.
         reports.signing.SigningError: wrong key password or unreadable key.
     """
+    from phenotyping.results import sample_results
     from reports.pdf import render
-    from reports.signing import sign
+    from reports.signing import certificate_subject, same_person_name, sign
 
-    problems = signing_problems(store, sample_id, signer=signer)
-    if problems:
-        raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(problems))
     settings = _settings(settings)
+    found = store.get_user(signer)
+    pre, _ = _gate_problems(store, sample_id, signer)
+    if pre:
+        raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(pre))
+    user = found[0]
+    display = user.display_name or user.username
+    subject = certificate_subject(Path(key_path), password)  # a wrong password fails here, before any work
+    mismatch = not same_person_name(subject["name"], display)
     rv = store.get_report_version(sample_id)
     status = "amended" if rv.amends_version is not None else "final"
-    user = store.get_user(signer)[0]
-    ctx = build_context(store, sample_id, version=rv.version, status=status, settings=settings,
-                        signer=Person(name=user.display_name or user.username, role=user.role.value))
+    res = sample_results(store, sample_id)
+    now = datetime.now(timezone.utc)
+    ctx = build_context(store, sample_id, version=rv.version, status=status, settings=settings, results=res,
+                        signer=Person(name=display, role=user.role.value), reported_at=now,
+                        signer_certificate=subject["name"] if mismatch else None)
+    problems = interpretation_problems(ctx)
+    if problems:
+        raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(problems))
     out_dir = Path(settings.reports_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     unsigned = out_dir / f"{sample_id}-v{rv.version}-unsigned.pdf"
     signed = out_dir / f"{sample_id}-v{rv.version}.pdf"
-    unsigned.unlink(missing_ok=True)  # a previous attempt that failed at signing (e.g. wrong password)
-    unsigned.write_bytes(render(ctx))
+    unsigned.unlink(missing_ok=True)  # a previous attempt that failed at signing
+    unsigned.write_bytes(render(ctx, cells_csv=cells_csv_from_results(res)))
     try:
-        sign(unsigned, Path(key_path), signed, password=password,
-             reason=reason or (f"Amended report (replaces v{rv.amends_version}): {rv.amendment_reason}"
-                               if status == "amended" else "Final report"))
+        info = sign(unsigned, Path(key_path), signed, password=password,
+                    reason=reason or (f"Amended report (replaces v{rv.amends_version}): {rv.amendment_reason}"
+                                      if status == "amended" else "Final report"))
     finally:
         unsigned.unlink(missing_ok=True)
     digest = hashlib.sha256(signed.read_bytes()).hexdigest()
     store.mark_report_signed(sample_id, rv.version, signer=signer, status=status, pdf_path=str(signed),
                              pdf_hash=digest)
+    if mismatch:
+        store.record_event(actor=signer, action="report.signer_name_mismatch", entity="report",
+                           entity_id=f"{sample_id}/v{rv.version}", sample_id=sample_id,
+                           after={"display_name": display, "certificate_name": subject["name"]})
     store.set_sample_status(sample_id, SampleStatus.signed if status == "final" else SampleStatus.amended,
                             actor=signer)
-    return {"version": rv.version, "status": status, "pdf": str(signed), "sha256": digest, "signer": signer}
+    return {"version": rv.version, "status": status, "pdf": str(signed), "sha256": digest, "signer": signer,
+            "certificate_name": info["signer"]}
+
+
+def install_signer_key(store: Any, settings: Any, username: str, data: bytes, password: bytes, *,
+                       accept_name_mismatch: bool = False) -> dict[str, Any]:
+    """Keep ``data`` (a PKCS#12) as ``username``'s signing key after checking whose certificate it is.
+
+    The certificate's subject name must name the user's display name (case, punctuation, order and titles
+    ignored); a mismatch is refused unless ``accept_name_mismatch`` (e.g. a CA's own spelling), and then recorded in
+    the audit. Returns ``{"path", "certificate_name", "display_name", "name_matches"}``.
+
+    Raises:
+        ValueError: wrong password, not a PKCS#12, no such user, or a name mismatch not accepted.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+
+    from phenotyping.auth import install_signer_key as keep_key
+    from reports.signing import same_person_name
+
+    found = store.get_user(username)
+    if found is None:
+        raise ValueError(f"no user {username!r}")
+    display = found[0].display_name or found[0].username
+    try:
+        _, cert, _ = pkcs12.load_key_and_certificates(data, password)
+    except ValueError as e:
+        raise ValueError("cannot open this key file with that password (is it a PKCS#12 .p12/.pfx file?)") from e
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) if cert is not None else []
+    cn = str(names[0].value) if names else ""
+    matches = same_person_name(cn, display)
+    if not matches and not accept_name_mismatch:
+        raise ValueError(f"the certificate is issued to {cn or '(no common name)'!r}, not to {display!r} (your "
+                         "display name); use a key issued to you, ask an admin to correct your display name, or "
+                         "confirm that this is your certificate")
+    path = keep_key(settings, username, data, password)
+    store.record_event(actor=username, action="signer_key.install", entity="user", entity_id=username,
+                       after={"certificate_name": cn, "display_name": display, "name_matches": matches,
+                              "certificate_sha256": hashlib.sha256(
+                                  cert.public_bytes(_der())).hexdigest() if cert is not None else None})
+    return {"path": str(path), "certificate_name": cn, "display_name": display, "name_matches": matches}
+
+
+def _der() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+# -- what was signed --------------------------------------------------------------------------------------------------
+def signed_pdf(store: Any, sample_id: str, version: int) -> bytes:
+    """The signed PDF of a version, checked against the sha256 recorded at signing.
+
+    Raises:
+        ValueError: the version is not signed.
+        StoreError: the file is missing or its bytes are not the ones signed.
+    """
+    rv = store.get_report_version(sample_id, version)
+    if rv.signed_at is None:
+        raise ValueError(f"report {sample_id} v{version} is not signed")
+    path = store.report_pdf_path(sample_id, version)
+    if not path or not Path(path).is_file():
+        raise StoreError(f"the signed PDF of report {sample_id} v{version} is missing ({path}); restore it from "
+                         f"the backup (sha256 {rv.pdf_hash})")
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != rv.pdf_hash:
+        raise StoreError(f"{path} is not the PDF signed as report {sample_id} v{version}: sha256 {digest}, recorded "
+                         f"{rv.pdf_hash}; restore the signed file from the backup")
+    return data
+
+
+def signed_context(store: Any, sample_id: str, version: int) -> ReportContext:
+    """What a signed version reported, read from the ``results.json`` inside its signed PDF (no images)."""
+    from reports.pdf import RESULTS_ATTACHMENT, attachment
+
+    data = attachment(signed_pdf(store, sample_id, version), RESULTS_ATTACHMENT)
+    if data is None:
+        raise StoreError(f"the signed PDF of report {sample_id} v{version} has no {RESULTS_ATTACHMENT} attached")
+    return ReportContext.from_results_json(json.loads(data))
+
+
+def _version(store: Any, sample_id: str, version: int | None) -> ReportVersion | None:
+    if version is not None:
+        return store.get_report_version(sample_id, version)
+    versions = store.list_report_versions(sample_id)
+    return versions[-1] if versions else None
 
 
 def preview_pdf(store: Any, sample_id: str, *, settings: Any = None) -> bytes:
-    """The latest version rendered as it would be signed (not stored)."""
+    """The latest version as it would be signed now (not stored); for a signed version, its signed PDF."""
     from reports.pdf import render
 
+    rv = store.get_report_version(sample_id)
+    if rv.signed_at is not None:
+        return signed_pdf(store, sample_id, rv.version)
     return render(build_context(store, sample_id, settings=_settings(settings)))
 
 
-def export_fhir(store: Any, sample_id: str, *, settings: Any = None) -> dict[str, Any]:
-    """FHIR R4 Bundle of the latest version (with the signed PDF attached when there is one), validated."""
-    from reports.fhir import fhir_bundle, validate_bundle
+def export_fhir(store: Any, sample_id: str, *, version: int | None = None, settings: Any = None) -> dict[str, Any]:
+    """FHIR R4 Bundle of a version (default: the latest), validated.
 
-    rv = store.get_report_version(sample_id)
-    ctx = build_context(store, sample_id, version=rv.version, settings=_settings(settings))
-    path = store.report_pdf_path(sample_id, rv.version)
-    pdf = Path(path).read_bytes() if path and Path(path).is_file() else None
-    bundle = fhir_bundle(ctx, pdf=pdf)
-    validate_bundle(bundle)
-    return bundle
+    A signed version is exported from its signed PDF's ``results.json`` with the PDF attached; an unsigned one from
+    the current results, as preliminary.
+    """
+    from reports.fhir import fhir_bundle
+
+    rv = store.get_report_version(sample_id, version)
+    if rv.signed_at is not None:
+        return fhir_bundle(signed_context(store, sample_id, rv.version), pdf=signed_pdf(store, sample_id, rv.version))
+    ctx = build_context(store, sample_id, version=rv.version, settings=_settings(settings), gallery_per_class=0,
+                        study_figures=False)
+    return fhir_bundle(ctx)
 
 
-def export_cells_csv(store: Any, sample_id: str) -> str:
+def cells_csv_from_results(res: Any) -> str:
     """One row per cell: id, file, QC, prediction with its probabilities and targets, review, counted or why not."""
-    from phenotyping.results import sample_results
     from reports.fhir import cells_csv
 
-    res = sample_results(store, sample_id, n_bootstrap=0)
     classes = list(res.card["classes"]) if res.card else []
     rows = []
     targets: list[str] = []
@@ -202,3 +358,36 @@ def export_cells_csv(store: Any, sample_id: str) -> str:
     base = ["cell_id", "cell_key", "source_file", "qc_state", "predicted_class", "confidence", "reviewed_label",
             "final_label", "counted", "exclusion"]
     return cells_csv(rows, columns=base + [f"p_{c}" for c in classes] + [f"pred_{t}" for t in targets])
+
+
+def export_cells_csv(store: Any, sample_id: str, *, version: int | None = None) -> str:
+    """Per-cell CSV of a version (default: the latest). A signed version's table is the ``cells.csv`` signed inside
+    its PDF; otherwise (or with no report yet) the current results."""
+    from phenotyping.results import sample_results
+    from reports.pdf import CELLS_ATTACHMENT, attachment
+
+    rv = _version(store, sample_id, version)
+    if rv is not None and rv.signed_at is not None:
+        data = attachment(signed_pdf(store, sample_id, rv.version), CELLS_ATTACHMENT)
+        if data is None:
+            raise StoreError(f"the signed PDF of report {sample_id} v{rv.version} carries no {CELLS_ATTACHMENT} "
+                             "(signed before per-cell tables were attached); it cannot be exported as signed")
+        return data.decode("utf-8")
+    return cells_csv_from_results(sample_results(store, sample_id, n_bootstrap=0))
+
+
+def report_token(store: Any, sample_id: str, settings: Any = None) -> str:
+    """Changes whenever something a report shows may have changed: the sample's latest audit event (cells, QC,
+    predictions, reviews, counts, versions, signing), the latest saved study and the reference-interval file."""
+    settings = _settings(settings)
+    last = store.list_audit(sample_id=sample_id, limit=1)
+    study = store.list_audit(action="study.save", limit=1)
+    ref = getattr(settings, "reference_intervals", None)
+    ref_state = ""
+    if ref is not None:
+        try:
+            st = Path(ref).stat()
+            ref_state = f"{ref}@{st.st_mtime_ns}:{st.st_size}"
+        except OSError:
+            ref_state = f"{ref}@missing"
+    return f"{last[0].id if last else 0}/{study[0].id if study else 0}/{ref_state}"

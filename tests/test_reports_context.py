@@ -50,7 +50,7 @@ def test_build_context_from_store(store, tmp_path):
     assert rows["neutrophil"].corrected_percent is not None
     assert rows["neutrophil"].reference_low == 40.0 and rows["lymphocyte"].reference_low is None
     assert ctx.method.model_version == "2025.1" and ctx.method.validation["macro F1"] == 0.85
-    assert [c.label for c in ctx.comparison] == ["lymphocyte", "neutrophil"]
+    assert [c.label for c in ctx.comparison] == ["neutrophil", "lymphocyte"]  # in the report's class order
     assert ctx.markers and ctx.markers[0].target == "cd16"
     assert set(ctx.gallery) == set(CLASSES) and ctx.gallery["neutrophil"][0].startswith("data:image/png;base64,")
     assert ctx.interpretation == "Edited text." and ctx.interpretation_edited

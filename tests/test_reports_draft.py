@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from reports.context import facts_from_context
+from reports.context import Facts, facts_from_context
 from reports.demo import demo_context
 from reports.draft import (
     TEMPLATE_SOURCE,
+    SYSTEM_PROMPT,
     build_messages,
     check_text,
     draft_interpretation,
@@ -41,13 +42,18 @@ def test_facts_hold_no_identifiers_or_free_text(facts):
     assert facts.values["qc.excluded.out_of_focus"] == 17
 
 
-def test_numbers_in_ignores_numbers_inside_words():
-    assert numbers_in("CD16 median 812 and 1,234 cells; 4.5% (1.9–5.8)") == ["812", "1234", "4.5", "1.9", "5.8"]
+def test_numbers_in_reads_signs_exponents_and_digits_stuck_to_letters():
+    assert numbers_in("CD16 median 812 and 1,234 cells; 4.5% (1.9–5.8)", names=["CD16 (a.u.)"]) == [
+        "812", "1234", "4.5", "1.9", "5.8"]
+    assert numbers_in("CD16 median 812") == ["16", "812"]  # a marker name not among the facts is no excuse
+    assert numbers_in("bias -1.2 (−3.4 to +2.0); range 52.0-61.9 or 52.0 - 61.9") == [
+        "-1.2", "-3.4", "+2.0", "52.0", "61.9", "52.0", "61.9"]
+    assert numbers_in("63.5pct, 9.9e1 and 1.2e-3") == ["63.5", "9.9e1", "1.2e-3"]
 
 
 def test_check_text_rounding_and_screen(facts):
     assert check_text("Neutrophils were 57% of counted cells.", facts) == []
-    loa = facts.values["agreement.loa_low"]  # many decimals: any rounding of it is supported, nothing else
+    loa = facts.values["agreement.neutrophil.loa_low"]  # many decimals: any rounding of it is supported
     assert check_text(f"Lower limit of agreement {loa:.1f} points.", facts) == []
     assert check_text(f"Lower limit of agreement {loa:.2f} points.", facts) == []
     assert check_text(f"Lower limit of agreement {loa + 0.2:.1f} points.", facts) != []
@@ -127,3 +133,76 @@ def test_not_json_is_rejected(facts):
                                max_attempts=1)
     assert rec.outcome == "template_after_rejection"
     assert "JSON" in rec.attempts[0].problems[0]
+
+
+# -- the tightened screen: each rejection through the model path (litellm mock_response) ---------------------------
+BAD = [
+    ("Neutrophils made up -57.0% of counted cells.", ["diff.neutrophil.pct"], "-57.0 matches no cited fact"),
+    ("Neutrophils made up 63.5pct of counted cells.", ["diff.neutrophil.pct"], "63.5 matches no cited fact"),
+    ("Neutrophils made up 9.9e1% of counted cells.", ["diff.neutrophil.pct"], "9.9e1 matches no cited fact"),
+    ("Neutrophils made up fifty-seven percent of counted cells.", ["diff.neutrophil.pct"], "as a word 'fifty'"),
+    ("Findings point to a viral process.", ["diff.neutrophil.pct"], "'point to'"),
+    ("This is a reactive lymphocytosis.", ["diff.lymphocyte.pct"], "'lymphocytosis'"),
+    ("Consider a bone marrow biopsy.", ["diff.neutrophil.pct"], "'biopsy'"),
+    ("Correlate clinically and repeat the count in 2 days.", ["diff.basophil.count"], "'repeat'"),
+]
+
+
+@pytest.mark.parametrize("text, ids, problem", BAD, ids=[b[2] for b in BAD])
+def test_llm_draft_rejections(facts, text, ids, problem):
+    rec = draft_interpretation(facts, model=MODEL, completion_options={"mock_response": _answer((text, ids))},
+                               max_attempts=1)
+    assert rec.outcome == "template_after_rejection" and rec.source == TEMPLATE_SOURCE
+    assert any(problem in p for p in rec.attempts[0].problems), rec.attempts[0].problems
+
+
+def test_negative_facts_need_their_sign(facts):
+    bias = facts.values["agreement.neutrophil.loa_low"]
+    assert bias < 0
+    assert check_text(f"Lower limit {bias:.1f} points.", facts) == []
+    assert any("sign differs" in p for p in check_text(f"Lower limit {abs(bias):.1f} points.", facts))
+
+
+def test_numbers_of_a_class_label_count_only_inside_the_label():
+    facts = Facts(specimen="blood", classes={"stage_2_blast": "stage 2 blast", "other": "other"},
+                  values={"diff.stage_2_blast.pct": 10.0, "diff.other.pct": 90.0}, units={})
+    assert check_text("Stage 2 blast cells were 10.0%.", facts) == []
+    assert any("number 2 " in p for p in check_text("Other cells were 90.0%, about 2 in 3.", facts))
+
+
+def test_template_text_is_descriptive_for_every_configuration(facts):
+    bare = facts.model_copy(update={"values": {k: v for k, v in facts.values.items()
+                                               if not k.startswith(("ref.", "agreement", "corr."))}
+                                    | {"reference_configured": 0.0}})
+    for f in (facts, bare):
+        for s in template_sentences(f):
+            assert check_text(s.text, f, cited=s.fact_ids) == [], s.text
+    text = " ".join(s.text for s in template_sentences(bare))
+    assert "No laboratory reference interval is configured" in text
+
+
+def test_retry_tells_the_model_what_was_wrong(facts, monkeypatch):
+    import litellm
+
+    sent = []
+    real = litellm.completion
+
+    def spy(**kwargs):
+        sent.append(kwargs["messages"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(litellm, "completion", spy)
+    bad = _answer(("Neutrophils made up 63.5% of counted cells, suggesting a viral process.",
+                   ["diff.neutrophil.pct"]))
+    rec = draft_interpretation(facts, model=MODEL, completion_options={"mock_response": bad})
+    assert len(sent) == 2 and sent[0] == build_messages(facts)
+    assert sent[1][:2] == sent[0] and sent[1][2] == {"role": "assistant", "content": bad}
+    retry = sent[1][3]["content"]
+    assert "63.5 matches no cited fact" in retry and "'suggesting'" in retry and "'viral'" in retry
+    assert rec.attempts[0].prompt_sha256 != rec.attempts[1].prompt_sha256
+    assert rec.prompt_sha256 == rec.attempts[0].prompt_sha256
+
+
+def test_system_prompt_states_the_rules():
+    for rule in ("minus sign", "in digits", "diagnosis", "follow-up"):
+        assert rule in SYSTEM_PROMPT
