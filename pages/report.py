@@ -1,18 +1,23 @@
 """Report: draft the interpretation, edit it (every save a version), preview the PDF, sign (signer, key password
-asked again), download the signed PDF, FHIR JSON and cells CSV; amend a signed report with a reason."""
+asked again), download the signed PDF, FHIR JSON and cells CSV; amend a signed report with a reason.
+
+Everything slow (the preview, the signing check, the exports) is computed on demand or once per
+:func:`reports.workflow.report_token` (which changes with any change to the sample, its report or the studies), so
+typing in the page and other widget interactions stay fast."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, pick_sample, require_user, sample_header, show_flash)
-from phenotyping.auth import install_signer_key, signer_key_path
+from pages._common import allowed, attempt, flash, get_store, pick_sample, require_user, sample_header, show_flash
+from phenotyping.auth import signer_key_path
 from phenotyping.settings import get_settings
-from reports.workflow import (amend_report, draft_report, export_cells_csv, export_fhir, preview_pdf, save_edit,
-                              sign_report, signing_problems)
+from reports.workflow import (amend_report, draft_report, export_cells_csv, export_fhir, install_signer_key,
+                              preview_pdf, report_token, save_edit, sign_report, signed_pdf, signing_problems)
 
 store = get_store()
 user = require_user()
@@ -26,6 +31,25 @@ show_flash()
 
 versions = store.list_report_versions(sample_id)
 latest = versions[-1] if versions else None
+token = report_token(store, sample_id, settings)
+
+
+def once(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    """``attempt(fn, …)`` computed once per report token and kept in the session (errors are not kept)."""
+    cache = st.session_state.setdefault("_report_cache", {})
+    key = (name, sample_id, token)
+    if key not in cache:
+        ok, out = attempt(fn, *args, **kwargs)
+        if not ok:
+            return False, None
+        if len(cache) > 12:
+            cache.clear()
+        cache[key] = out
+    return True, cache[key]
+
+
+def cached(name: str) -> Any:
+    return st.session_state.get("_report_cache", {}).get((name, sample_id, token))
 
 
 def pdf_pages(pdf: bytes, *, scale: float = 1.4) -> list:
@@ -53,9 +77,8 @@ else:
 
 can_draft = allowed(user, "report.draft")
 editable = latest is not None and latest.signed_at is None
-c1, c2 = st.columns([1, 4])
 if can_draft and (latest is None or editable):
-    if c1.button("Generate draft" if latest is None else "Redraft", icon=":material/edit_note:",
+    if st.button("Generate draft" if latest is None else "Redraft", icon=":material/edit_note:",
                  type="primary" if latest is None else "secondary"):
         with st.spinner("Drafting…"):
             ok, out = attempt(draft_report, store, sample_id, actor=user.username)
@@ -84,40 +107,43 @@ if latest is not None:
     st.subheader("Preview")
     if st.button("Preview the PDF", icon=":material/picture_as_pdf:"):
         with st.spinner("Rendering…"):
-            ok, pdf = attempt(preview_pdf, store, sample_id)
-        if ok:
-            st.session_state[("preview", sample_id)] = (latest.version, pdf)
-    prev = st.session_state.get(("preview", sample_id))
-    if prev and prev[0] == latest.version:
-        pages = pdf_pages(prev[1])
-        st.caption(f"{len(pages)} page(s), as it would be signed now (not stored).")
+            once("preview", preview_pdf, store, sample_id)
+    pdf = cached("preview")
+    if pdf is not None:
+        pages = pdf_pages(pdf)
+        st.caption(f"{len(pages)} page(s); " + ("the signed PDF." if latest.signed_at else
+                                                 "as it would be signed now (not stored)."))
         cols = st.columns(min(len(pages), 2))
         for i, img in enumerate(pages):
             cols[i % len(cols)].image(img, caption=f"page {i + 1}", width="stretch")
-        st.download_button("Download the preview", prev[1], file_name=f"{sample_id}-v{latest.version}-preview.pdf",
+        st.download_button("Download the preview", pdf, file_name=f"{sample_id}-v{latest.version}-preview.pdf",
                            mime="application/pdf")
 
 # -- signing ----------------------------------------------------------------------------------------------------------
 if latest is not None and editable:
     st.subheader("Sign")
-    problems = signing_problems(store, sample_id, signer=user.username)
     if not allowed(user, "report.sign"):
         st.info("A signer signs the report; you can prepare and edit it.")
-    elif problems:
-        st.warning("Signing is blocked: " + "; ".join(problems) + ".", icon=":material/block:")
     else:
         key_path = signer_key_path(settings, user.username)
-        if not key_path.is_file():
+        ok, problems = once("problems", signing_problems, store, sample_id, signer=user.username)
+        if ok and problems:
+            st.warning("Signing is blocked:\n\n" + "\n".join(f"- {p}" for p in problems), icon=":material/block:")
+        elif ok and not key_path.is_file():
             st.write("Upload your signing key once (PKCS#12 .p12 issued by the lab's CA); it stays encrypted with "
-                     "your key password.")
+                     "your key password. The certificate must be issued to your name "
+                     f"(**{user.display_name or user.username}**).")
             key_file = st.file_uploader("Signing key (.p12)", type=["p12", "pfx"], key="p12")
             key_pw = st.text_input("Key password", type="password", key="p12_pw")
+            accept = st.checkbox("The certificate names me in another spelling (recorded in the audit trail)",
+                                 key="p12_accept")
             if key_file is not None and st.button("Keep this key"):
-                ok, _ = attempt(install_signer_key, settings, user.username, key_file.getvalue(), key_pw.encode())
+                ok, info = attempt(install_signer_key, store, settings, user.username, key_file.getvalue(),
+                                   key_pw.encode(), accept_name_mismatch=accept)
                 if ok:
-                    flash("Signing key installed.")
+                    flash(f"Signing key installed (certificate issued to {info['certificate_name']}).")
                     st.rerun()
-        else:
+        elif ok:
             with st.form("sign"):
                 st.write(f"Sign version {latest.version} as **{user.display_name or user.username}** "
                          f"({user.role.value}). The signed PDF is final; changes then need an amendment.")
@@ -135,19 +161,22 @@ signed = [v for v in versions if v.signed_at is not None]
 if signed:
     st.subheader("Signed report")
     last_signed = signed[-1]
-    path = store.report_pdf_path(sample_id, last_signed.version)
+    v = last_signed.version
+    st.caption(f"Version {v}, signed by {last_signed.signed_by} at {last_signed.signed_at:%Y-%m-%d %H:%M} UTC; "
+               f"exports are read from the signed PDF (SHA-256 {last_signed.pdf_hash[:16]}…).")
     d1, d2, d3 = st.columns(3)
-    if path and Path(path).is_file():
-        d1.download_button("Signed PDF", Path(path).read_bytes(), file_name=Path(path).name,
-                           mime="application/pdf", icon=":material/download:", type="primary")
-    else:
-        d1.error(f"The signed PDF of v{last_signed.version} is missing from the reports folder.")
-    ok, bundle = attempt(export_fhir, store, sample_id) if latest and latest.signed_at else (False, None)
+    ok, data = attempt(signed_pdf, store, sample_id, v)
+    if ok:
+        d1.download_button("Signed PDF", data, file_name=f"{sample_id}-v{v}.pdf", mime="application/pdf",
+                           icon=":material/download:", type="primary")
+    ok, bundle = once(f"fhir{v}", export_fhir, store, sample_id, version=v)
     if ok:
         d2.download_button("FHIR R4 bundle (JSON)", json.dumps(bundle, indent=2), icon=":material/download:",
-                           file_name=f"{sample_id}-v{last_signed.version}-fhir.json", mime="application/json")
-    d3.download_button("Cells (CSV)", export_cells_csv(store, sample_id), file_name=f"{sample_id}-cells.csv",
-                       mime="text/csv", icon=":material/download:")
+                           file_name=f"{sample_id}-v{v}-fhir.json", mime="application/json")
+    ok, cells = once(f"csv{v}", export_cells_csv, store, sample_id, version=v)
+    if ok:
+        d3.download_button("Cells (CSV)", cells, file_name=f"{sample_id}-v{v}-cells.csv", mime="text/csv",
+                           icon=":material/download:")
     if allowed(user, "report.amend") and latest is not None and latest.signed_at is not None:
         with st.expander("Amend the signed report", icon=":material/edit:"):
             reason = st.text_input("Reason for the amendment (shown on the report)")
