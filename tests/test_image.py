@@ -188,12 +188,13 @@ def test_varying_alpha_is_refused():
         read_image(buf.getvalue(), "masked.png")
 
 
-def test_tiff_pages_of_different_sizes_are_refused_naming_them():
+@pytest.mark.parametrize("shapes", [((32, 32), (16, 16)), ((32, 32), (16, 16), (32, 32))])
+def test_tiff_pages_of_different_sizes_are_refused_naming_them(shapes):
     buf = io.BytesIO()
     with tifffile.TiffWriter(buf) as tw:
-        for shape in ((32, 32), (16, 16), (32, 32)):
+        for shape in shapes:
             tw.write(np.zeros(shape, np.uint16), metadata=None)
-    with pytest.raises(ImageError) as e:
+    with pytest.raises(ImageError) as e:  # tifffile alone would return page 1 (and 3) and drop page 2
         read_image(buf.getvalue(), "pages.tif")
     assert "differ in size" in e.value.reason
     assert "page 1: 32×32 uint16" in e.value.reason and "page 2: 16×16 uint16" in e.value.reason

@@ -26,6 +26,7 @@ from phenotyping.ingest._fasttiff import read_simple_tiff
 MAX_PLANE_PIXELS = 4_000_000
 MAX_TOTAL_VOXELS = 64_000_000
 MIN_SIDE = 4
+MAX_TIFF_PAGES = 4096
 _PIL_FLAG_LOCK = threading.Lock()
 
 _MAGIC = (
@@ -168,7 +169,13 @@ def _read_tiff(data: bytes, name: str, max_pixels: int, max_voxels: int) -> np.n
         with tifffile.TiffFile(io.BytesIO(data)) as tf:
             if not tf.series:
                 raise ImageError(name, "TIFF holds no image data")
-            if len(tf.series) > 1:
+            n_pages = len(tf.pages)
+            if n_pages > MAX_TIFF_PAGES:
+                raise ImageError(name, f"TIFF has {n_pages} pages; a cell image has at most {MAX_TIFF_PAGES} "
+                                       "(channels × z-planes)")
+            # tifffile reads the first series only and may leave pages out of it (a page of another size):
+            # a cell's pages must all belong to one image, or the file is refused
+            if len(tf.series) > 1 or len(tf.series[0].pages) != n_pages:
                 raise ImageError(name, _several_series_reason(tf))
             series = tf.series[0]
             axes = series.axes.upper()
@@ -205,8 +212,8 @@ def _several_series_reason(tf) -> str:
     if len({shape for shape, _ in groups}) > 1:
         return (f"TIFF pages differ in size or type ({described}); pages are read as the channels of one cell, so "
                 "they must all have the same height, width and bit depth: export the cell's channels at one size")
-    return (f"TIFF holds {len(tf.series)} separate images ({described}); one file must hold one cell: save its "
-            "channels as one image (pages or a C axis)")
+    return (f"TIFF holds {max(len(tf.series), 2)} separate images ({described}); one file must hold one cell: "
+            "save its channels as one image (pages or a C axis)")
 
 
 def _tiff_to_cfirst(arr: np.ndarray, axes: str, name: str) -> np.ndarray:
