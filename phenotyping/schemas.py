@@ -178,4 +178,7 @@ class IngestResult(_Model):
     ingested: int
     duplicates: int
     rejected: list[RejectedFile]
+    notes: list[str] = Field(default_factory=list,
+                             description="what decoding changed in ingested files (e.g. a constant alpha dropped), "
+                                         "one line per kind with the number of files")
     cell_ids: list[int] = Field(default_factory=list, exclude=True)

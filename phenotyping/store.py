@@ -11,8 +11,12 @@ Design:
   (:meth:`Store.verify_audit_chain`).
 - Cell images are kept as the original file bytes in a content-addressed folder (``<image_dir>/ab/<sha256><ext>``),
   not as blobs: the database stays small and fast to copy, and the bytes a lab received are kept verbatim. A file is
-  written to a temporary name, fsynced and renamed *before* its row is committed, so a process killed mid-ingest
-  leaves at worst an unreferenced file, never a row without its image.
+  written to a temporary name and renamed; :meth:`Store.add_cells` fsyncs every file its rows point to, and their
+  folders, *before* it commits the rows, so a process killed mid-ingest (or a power cut) leaves at worst an
+  unreferenced file, never a row without its image. A batch's fsyncs run in parallel threads, where they share the
+  file system's journal commits (about 0.4 ms a small file on ext4, against about 3 ms one after another). One
+  system-wide ``sync()`` per batch is cheaper still but waits for every other process's writes, and outside Linux
+  need not wait for the disk at all.
 - While a sample's latest report version is signed, the sample is locked: changes that would alter its results
   (cells, image QC, predictions, reviews, the analysis model, manual counts) raise :class:`SampleLocked`, checked in
   the same transaction as the write. A new report version that amends the signed one (with a reason) unlocks it.
@@ -392,6 +396,10 @@ class Store:
         return True, None
 
     # -- the signed-sample lock ------------------------------------------------------------------------------------
+    def ensure_unlocked(self, sample_id: str, change: str) -> None:
+        """Raise SampleLocked now if ``change`` would be refused (the write itself checks again)."""
+        self._refuse_if_signed(self._cursor(), sample_id, change)
+
     def signed_lock(self, sample_id: str) -> ReportVersion | None:
         """The signed report version that locks the sample's results, or None when they may change."""
         rows = self._rows("SELECT * FROM reports WHERE sample_id = ? ORDER BY version DESC LIMIT 1", [sample_id])
@@ -415,17 +423,20 @@ class Store:
     # -- samples ---------------------------------------------------------------------------------------------------
     def create_sample(self, sample: Sample, *, actor: str) -> Sample:
         with self._tx() as cur:
-            if cur.execute("SELECT 1 FROM samples WHERE id = ?", [sample.id]).fetchone():
-                raise ValueError(f"sample {sample.id!r} already exists; choose another id")
-            cur.execute(
-                "INSERT INTO samples (id, specimen, patient_pseudonym, collected_at, status, notes, created_at, "
-                "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [sample.id, sample.specimen.value, sample.patient_pseudonym, sample.collected_at,
-                 sample.status.value, sample.notes, sample.created_at, actor],
-            )
-            self._audit(cur, actor=actor, action="sample.create", entity="sample", entity_id=sample.id,
-                        sample_id=sample.id, after=sample.model_dump(mode="json"))
+            self._insert_sample(cur, sample, actor)
         return sample.model_copy(update={"created_by": actor})
+
+    def _insert_sample(self, cur: duckdb.DuckDBPyConnection, sample: Sample, actor: str) -> None:
+        if cur.execute("SELECT 1 FROM samples WHERE id = ?", [sample.id]).fetchall():
+            raise ValueError(f"sample {sample.id!r} already exists; choose another id")
+        cur.execute(
+            "INSERT INTO samples (id, specimen, patient_pseudonym, collected_at, status, notes, created_at, "
+            "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [sample.id, sample.specimen.value, sample.patient_pseudonym, sample.collected_at,
+             sample.status.value, sample.notes, sample.created_at, actor],
+        )
+        self._audit(cur, actor=actor, action="sample.create", entity="sample", entity_id=sample.id,
+                    sample_id=sample.id, after=sample.model_dump(mode="json"))
 
     def _sample_from_row(self, r: dict[str, Any]) -> Sample:
         return Sample(
@@ -513,19 +524,53 @@ class Store:
     def put_blob(self, data: bytes, *, suffix: str) -> tuple[str, str]:
         """Write original image bytes to the content-addressed folder and return (sha256, relative path).
 
-        Idempotent: the same bytes always land at the same path, written once.
+        Idempotent: the same bytes always land at the same path. A file already there is reused only if it holds
+        exactly these bytes (one left half-written by a crash before its rows were committed is rewritten).
+        The file is not yet durable: :meth:`sync_blobs` (called by :meth:`add_cells` before it commits) is.
         """
         digest = hashlib.sha256(data).hexdigest()
         suffix = suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix or "") else ".bin"
         rel = f"{digest[:2]}/{digest}{suffix}"
         path = self.image_dir / rel
-        if not path.exists():
+        try:
+            intact = path.stat().st_size == len(data) and path.read_bytes() == data
+        except FileNotFoundError:
+            intact = False
+        if not intact:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(tmp, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, path)  # add_cells syncs the disk before it commits rows that point here
+            os.replace(tmp, path)
         return digest, rel
+
+    def sync_blobs(self, rels: Iterable[str]) -> None:
+        """fsync image files and the folders that hold them (in threads), so rows may point to them.
+
+        Raises:
+            StoreError: a file is missing or the file system refused the fsync.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = {self.image_dir / r for r in rels}
+        if not files:
+            return
+        folders = {f.parent for f in files} | {self.image_dir, self.image_dir.parent}
+
+        def fsync(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+                list(pool.map(fsync, files))
+                if os.name != "nt":  # folders cannot be opened for fsync on Windows
+                    list(pool.map(fsync, folders))
+        except OSError as e:
+            raise StoreError(f"cannot make image files durable in {self.image_dir}: {e}; check the disk") from e
 
     def read_blob(self, rel: str) -> bytes:
         path = self.image_dir / rel
@@ -549,16 +594,25 @@ class Store:
             "SELECT channels FROM cells WHERE sample_id = ? LIMIT 1", [sample_id]).fetchone()
         return int(row[0]) if row else None
 
-    def add_cells(self, sample_id: str, cells: Iterable[dict[str, Any]], *, actor: str) -> list[int]:
+    def add_cells(self, sample_id: str, cells: Iterable[dict[str, Any]], *, actor: str,
+                  create: Sample | None = None) -> list[int]:
         """Insert cells whose bytes are already in the image store; one transaction for the batch.
 
         Each dict has: cell_key, content_hash, source_file, blob_path, shape (tuple), dtype, and optionally
         reference_label, targets (dict[str, float]), extra (dict[str, str]).
+
+        Args:
+            create: a new sample to create in the same transaction (its id must be ``sample_id``), so that a
+                sample never exists without the cells it was created for.
         """
         cells = list(cells)
         if not cells:
             return []
-        self.get_sample(sample_id)
+        if create is not None:
+            if create.id != sample_id:
+                raise ValueError(f"add_cells: create= is sample {create.id!r}, cells are for {sample_id!r}")
+        else:
+            self.get_sample(sample_id)
         now = utcnow()
         rows = []
         for c in cells:
@@ -566,9 +620,11 @@ class Store:
             rows.append((c["cell_key"], c["content_hash"], c["source_file"], c["blob_path"], shape[0], _json(shape),
                          c["dtype"], c.get("reference_label"), _json(c.get("targets") or {}),
                          _json(c.get("extra") or {})))
-        if self.db_path != ":memory:":
-            os.sync()  # the image files reach the disk before their rows are committed
+        if self.db_path != ":memory:":  # an in-memory database does not survive a crash either
+            self.sync_blobs(c["blob_path"] for c in cells)
         with self._tx() as cur:
+            if create is not None:
+                self._insert_sample(cur, create, actor)
             self._refuse_if_signed(cur, sample_id, f"adding {len(rows)} cell(s)")
             ids = [int(r[0]) for r in cur.execute(
                 "SELECT nextval('cell_id_seq') FROM range(?)", [len(rows)]).fetchall()]

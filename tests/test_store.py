@@ -136,7 +136,10 @@ def test_second_process_gets_database_in_use(tmp_path):
 
 
 def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
-    """SIGKILL an ingest between batches: every committed cell has its image, and a rerun completes the set."""
+    """SIGKILL an ingest after its first batch: every committed cell has its image, and a rerun completes the set."""
+    from phenotyping.ingest import read_image
+    from phenotyping.ingest._ingest import BATCH
+
     src = tmp_path / "set"
     src.mkdir()
     n = 1500
@@ -146,19 +149,25 @@ def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "phenotyping", "ingest", str(src), "--sample", "K",
                              "--specimen", "blood", "--db", str(db)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
     images = tmp_path / "lab-images"
-    while time.time() < deadline:  # wait until at least one batch's images exist, then kill
-        if images.exists() and sum(1 for _ in images.rglob("*.png")) > 300:
+    # the first image of the second batch is written only after the first batch's commit returned
+    deadline, written = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None:
+        written = sum(1 for _ in images.rglob("*.png")) if images.exists() else 0
+        if written > BATCH + 20:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert written > BATCH + 20, f"only {written} image files were written before the kill; a batch is {BATCH}"
     s = Store(db)
-    committed = s.list_cells("K") if s.sample_exists("K") else []
-    assert len(committed) < n, "the ingest finished before it could be killed; make the set larger"
+    assert s.sample_exists("K"), "the first batch (which creates the sample) was not committed"
+    committed = s.list_cells("K")
+    assert BATCH <= len(committed) < n, (len(committed), n)
     for c in committed:
-        assert s.read_cell_bytes(c) == (src / c.source_file).read_bytes()
+        data = s.read_cell_bytes(c)  # StoreError if the file is missing
+        assert data == (src / c.source_file).read_bytes()
+        assert read_image(data, c.source_file).shape == c.shape == (1, 16, 16)
     s.close()
     p = subprocess.run([sys.executable, "-m", "phenotyping", "ingest", str(src), "--sample", "K",
                         "--specimen", "blood", "--db", str(db)], cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -166,6 +175,48 @@ def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
     assert p.returncode == 0, p.stderr
     s = Store(db)
     assert s.count_cells("K") == n
+    s.close()
+
+
+def test_put_blob_rewrites_a_damaged_file_and_sync_needs_the_file(tmp_path):
+    from phenotyping.errors import StoreError
+
+    s = Store(tmp_path / "a.duckdb")
+    data = png_bytes(cell_array(seed=1))
+    _, rel = s.put_blob(data, suffix=".png")
+    (s.image_dir / rel).write_bytes(data[:10])  # as a crash before the fsync may leave it
+    assert s.put_blob(data, suffix=".png")[1] == rel
+    assert s.read_blob(rel) == data
+    s.sync_blobs([rel])
+    with pytest.raises(StoreError, match="durable"):
+        s.sync_blobs(["ab/missing.png"])
+    s.close()
+
+
+def test_migration_from_version_1(tmp_path):
+    """A database made by the first release (migration 1 only) is upgraded in place and keeps its rows."""
+    import duckdb
+
+    from phenotyping.store import _MIGRATIONS
+
+    db = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for statement in (x.strip() for x in _MIGRATIONS[0].split(";")):
+        if statement:
+            con.execute(statement)
+    con.execute("INSERT INTO schema_migrations VALUES (1, now())")
+    con.execute("INSERT INTO samples (id, specimen, status, created_at, created_by) "
+                "VALUES ('OLD-1', 'blood', 'new', now(), 'v1')")
+    con.close()
+    s = Store(db)
+    assert s.schema_version() == SCHEMA_VERSION > 1
+    applied = [r[0] for r in s._cursor().execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()]
+    assert applied == list(range(1, SCHEMA_VERSION + 1))
+    assert s.get_sample("OLD-1").specimen == Specimen.blood
+    assert s.analysis_model("OLD-1") is None  # the column migration 2 added
+    s.set_analysis_model("OLD-1", "m1", actor="rev")
+    assert s.list_samples()[0]["analysis_model_id"] == "m1"
     s.close()
 
 

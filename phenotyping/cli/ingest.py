@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ingest", help="ingest an image set (folder, .zip, manifest.csv or image) into a sample",
         description="Ingest a single-cell image set into a sample (created if new). Prints JSON "
                     '{"sample_id", "ingested", "duplicates", "rejected": [{"file", "reason"}]}; duplicates are '
-                    "also listed in rejected. Exit 0 if at least one cell was ingested, else 2.",
+                    "also listed in rejected; a \"notes\" list is added when decoding changed files (a constant "
+                    "alpha channel dropped). Exit 0 if at least one cell was ingested, else 2 (a new sample is "
+                    "then not created).",
     )
     p.add_argument("source", type=Path, help="folder, .zip, manifest.csv or single image")
     p.add_argument("--sample", required=True, help="sample id (letters, digits, '.', '_', '-')")
@@ -39,14 +41,14 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     with open_store(args.db) as store:
+        new = None
         if store.sample_exists(args.sample):
             existing = store.get_sample(args.sample)
             if existing.specimen.value != args.specimen:
                 raise ValueError(f"sample {args.sample} exists with specimen {existing.specimen.value}, "
                                  f"not {args.specimen}")
-        else:
-            store.create_sample(Sample(id=args.sample, specimen=Specimen(args.specimen),
-                                       patient_pseudonym=args.pseudonym), actor=args.user)
+        else:  # created with the first batch of cells: a set of which nothing is usable leaves no empty sample
+            new = Sample(id=args.sample, specimen=Specimen(args.specimen), patient_pseudonym=args.pseudonym)
 
         def progress(done: int, total: int | None) -> None:
             print(f"\r{done} files read", end="", file=sys.stderr, flush=True)
@@ -56,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
             bsccm["channels"] = [c.strip() for c in args.bsccm_channels.split(",") if c.strip()]
         result = ingest_set(store, args.source, args.sample, actor=args.user, label_column=args.label_column,
                             max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                            progress=progress if sys.stderr.isatty() else None, bsccm_options=bsccm)
-    print_json(result.model_dump(mode="json"))
+                            progress=progress if sys.stderr.isatty() else None, bsccm_options=bsccm, create=new)
+    out = result.model_dump(mode="json")
+    if not out["notes"]:
+        del out["notes"]  # the four keys of the contract; "notes" only when decoding changed something
+    print_json(out)
     return 0

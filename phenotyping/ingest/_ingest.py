@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from phenotyping.errors import ImageError, IngestError
 from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
 from phenotyping.ingest._sources import iter_source
-from phenotyping.schemas import IngestResult, RejectedFile
+from phenotyping.schemas import IngestResult, RejectedFile, Sample
 
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
 BATCH = 256
@@ -30,13 +30,17 @@ def ingest_set(
     max_bytes: int = 64 * 1024 * 1024,
     progress: ProgressFn | None = None,
     bsccm_options: dict | None = None,
+    create: Sample | None = None,
 ) -> IngestResult:
-    """Ingest a folder, .zip, manifest.csv or single image into an existing sample.
+    """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
     Cells are committed in batches of 256, each after its image files are durably written, so an interrupted
     ingest keeps every committed cell, and running it again skips what is already there (reported as duplicates).
 
     Args:
+        create: a sample that does not exist yet (id ``sample_id``): it is created in the same transaction as the
+            first batch of cells, so a set of which nothing can be used leaves no empty sample behind. Without it,
+            the sample must exist.
         expected_channels: channels every cell must have; default: the sample's existing cells, else the first
             usable file of the set.
         progress: called as ``progress(files_seen, total_or_None)``.
@@ -45,12 +49,24 @@ def ingest_set(
 
     Raises:
         IngestError: the source cannot be read, or not one file of it is usable (the message lists the reasons).
+        SampleLocked: the sample's latest report version is signed.
     """
-    store.get_sample(sample_id)
-    channels = expected_channels or store.sample_channel_count(sample_id)
-    hashes = store.known_hashes(sample_id)  # content hash -> name of the first file with it
-    keys = store.known_cell_keys(sample_id)
+    if create is not None:
+        if create.id != sample_id:
+            raise ValueError(f"create= is sample {create.id!r} but the cells are for {sample_id!r}")
+        if store.sample_exists(sample_id):
+            raise ValueError(f"sample {sample_id!r} already exists; ingest into it without create=")
+        channels = expected_channels
+        hashes: dict[str, str] = {}
+        keys: set[str] = set()
+    else:
+        store.get_sample(sample_id)
+        store.ensure_unlocked(sample_id, "ingesting more cells")
+        channels = expected_channels or store.sample_channel_count(sample_id)
+        hashes = store.known_hashes(sample_id)  # content hash -> name of the first file with it
+        keys = store.known_cell_keys(sample_id)
     rejected: list[RejectedFile] = []
+    noted: dict[str, list[str]] = {}  # decoding note -> files
     duplicates = 0
     pending: list[dict] = []
     ids: list[int] = []
@@ -59,7 +75,7 @@ def ingest_set(
 
     def flush() -> None:
         if pending:
-            ids.extend(store.add_cells(sample_id, pending, actor=actor))
+            ids.extend(store.add_cells(sample_id, pending, actor=actor, create=None if ids else create))
             pending.clear()
 
     for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
@@ -79,7 +95,8 @@ def ingest_set(
             data = entry.read()
             if len(data) > max_bytes:
                 raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
-            arr = read_image(data, entry.name, max_pixels=max_pixels)
+            notes: list[str] = []
+            arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
             if channels is None:
                 channels = int(arr.shape[0])
             elif arr.shape[0] != channels:
@@ -101,10 +118,15 @@ def ingest_set(
         _, rel = store.put_blob(data, suffix=_SUFFIX[sniff_format(data)])
         hashes[digest] = entry.name
         keys.add(key)
+        extra = entry.extra
+        if notes:
+            extra = {**extra, "image_note": "; ".join(notes)}
+            for n in notes:
+                noted.setdefault(n, []).append(entry.name)
         pending.append({
             "cell_key": key, "content_hash": digest, "source_file": entry.name, "blob_path": rel,
             "shape": tuple(arr.shape), "dtype": str(arr.dtype), "reference_label": entry.label,
-            "targets": entry.targets, "extra": entry.extra,
+            "targets": entry.targets, "extra": extra,
         })
         if len(pending) >= BATCH:
             flush()
@@ -112,15 +134,18 @@ def ingest_set(
     if progress:
         progress(seen, seen)
     if not ids:
+        not_created = f"; sample {sample_id} was not created" if create is not None else ""
         if seen == 0:
-            raise IngestError(f"{source}: no files found")
+            raise IngestError(f"{source}: no files found{not_created}")
         reasons: dict[str, int] = {}
         for r in rejected:
             reasons[r.reason.split(" (")[0]] = reasons.get(r.reason.split(" (")[0], 0) + 1
         top = "; ".join(f"{n}× {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        raise IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} ({top})")
+        raise IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} "
+                          f"({top}){not_created}")
+    summary = [f"{note}: {len(files)} file(s), e.g. {files[0]}" for note, files in noted.items()]
     return IngestResult(sample_id=sample_id, ingested=len(ids), duplicates=duplicates, rejected=rejected,
-                        cell_ids=ids)
+                        notes=summary, cell_ids=ids)
 
 
 def read_manifest(path: str | Path) -> list[dict]:

@@ -3,6 +3,12 @@
 Every entry carries its name inside the set, a way to read its bytes (bounded), and what the set says about it
 (a label from an ImageFolder layout, manifest columns). Problems found while listing (a path escaping the archive,
 a manifest row whose file is missing) become entries with an ``error`` so they are reported like any bad file.
+
+A folder or zip with a ``manifest.csv`` is ingested as the manifest says; every image file beside it that no column
+of the manifest names (``path``, or another column such as ``mask_path``) is reported, one entry per file, as "not
+listed in manifest.csv": a set whose manifest misses files is usually a stale manifest, and a per-file list says
+exactly which. A manifest given directly (``SOURCE`` is the .csv) is taken as a deliberate selection (a train/test
+split beside other splits), so its folder is not searched for unlisted files.
 """
 
 from __future__ import annotations
@@ -115,6 +121,21 @@ def _is_number(v: str) -> bool:
         return False
 
 
+NOT_LISTED = f"not listed in {MANIFEST_NAME}"
+
+
+def _referenced_paths(rows: list[dict[str, str]]) -> set[PurePosixPath]:
+    """Every value of every column that reads as a relative path: files the manifest accounts for."""
+    out = set()
+    for row in rows:
+        for v in row.values():
+            if v:
+                p = _safe_member_path(v)
+                if p is not None:
+                    out.add(p)
+    return out
+
+
 def _manifest_entries(rows: list[dict[str, str]], cols: list[str], manifest_name: str,
                       resolve: Callable[[PurePosixPath], Entry | str], label_column: str | None) -> Iterator[Entry]:
     id_col, label_col, numeric = _manifest_meta(rows, cols, label_column, manifest_name)
@@ -149,7 +170,13 @@ def _manifest_entries(rows: list[dict[str, str]], cols: list[str], manifest_name
 def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
-        yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes)
+        referenced: set[PurePosixPath] = set()
+        yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes, referenced=referenced)
+        for p in sorted(root.rglob("*")):
+            rel = PurePosixPath(p.relative_to(root).as_posix())
+            if p.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel.parts) and rel not in referenced \
+                    and not p.is_dir():
+                yield Entry(name=rel.as_posix(), error=NOT_LISTED)
         return
     files = sorted(p for p in root.rglob("*") if not p.is_dir() and not _is_junk(p.relative_to(root).parts))
     rels = [PurePosixPath(p.relative_to(root).as_posix()) for p in files]
@@ -172,12 +199,16 @@ def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int) -> 
     return Entry(name=name, read=read, size=size, cell_key=name, label=label)
 
 
-def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
+def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int,
+                  referenced: set[PurePosixPath] | None = None) -> Iterator[Entry]:
+    """Entries of a manifest's rows; ``referenced`` (when given) receives every relative path the manifest names."""
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise IngestError(f"{manifest}: not UTF-8 text ({e}); save the manifest as UTF-8 CSV") from e
     rows, cols = _parse_manifest(text, str(manifest))
+    if referenced is not None:
+        referenced |= _referenced_paths(rows)
     base = manifest.parent.resolve()
 
     def resolve(rel: PurePosixPath) -> Entry | str:
@@ -250,6 +281,10 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
                 return e.error if e.error else e
 
             yield from _manifest_entries(rows, cols, MANIFEST_NAME, resolve, label_column)
+            referenced = _referenced_paths(rows)
+            for rel_inner, info in sorted(inner.items()):
+                if rel_inner.suffix.lower() in IMAGE_SUFFIXES and rel_inner not in referenced:
+                    yield Entry(name=info.filename, error=NOT_LISTED)
             return
         for rel_inner, info in sorted(inner.items()):
             yield member_entry(info, rel_inner, _label_from_layout(rel_inner))
