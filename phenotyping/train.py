@@ -241,12 +241,15 @@ def _channel_names(config: TrainConfig, paths: Sequence[Path], n_chans: int,
     (said on stderr: generic channels are treated as symmetric under flips and rotations)."""
     from phenotyping.data import channel_names_from_images
 
+    found = channel_names_from_images(paths)
     if config.channels:
         names = list(config.channels)
         if len(names) != n_chans:
             raise ValueError(f"--channels names {len(names)} channels ({names}) but the images have {n_chans}")
+        if found is not None and [f.lower() for f in found] != [n.lower() for n in names]:
+            log(f"note: --channels {', '.join(names)} differ from the names in the images' metadata "
+                f"({', '.join(found)}); using --channels, in that order")
         return names, "--channels"
-    found = channel_names_from_images(paths)
     if found is not None:
         if len(found) != n_chans:
             raise ValueError(f"{paths[0]} names {len(found)} channels in its metadata ({found}) but its image has "

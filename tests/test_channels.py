@@ -170,3 +170,22 @@ def test_training_without_names_says_channels_are_treated_as_symmetric(tmp_path,
     assert "no channel names" in err and "treated as symmetric" in err
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["input"]["channels"] == ["ch0", "ch1"] and card["input"]["channel_names_from"].startswith("generic")
+
+
+def test_channels_option_wins_and_a_mismatch_with_the_metadata_is_said(tmp_path):
+    import tifffile
+
+    from phenotyping.train import TrainConfig, _channel_names
+
+    a = np.zeros((2, 8, 8), np.uint16)
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"{i}.tif", a, photometric="minisblack",
+                         metadata={"axes": "CYX", "Channel": {"Name": ["DPC_Right", "DPC_Left"]}})
+    paths = sorted(tmp_path.glob("*.tif"))
+    logs: list[str] = []
+    assert _channel_names(TrainConfig(), paths, 2, logs.append) == (["DPC_Right", "DPC_Left"], "image metadata")
+    names = _channel_names(TrainConfig(channels=("dpc_left", "dpc_right")), paths, 2, logs.append)
+    assert names == (["dpc_left", "dpc_right"], "--channels")
+    assert "differ from the names in the images' metadata (DPC_Right, DPC_Left)" in logs[-1]
+    with pytest.raises(ValueError, match="3 channels"):
+        _channel_names(TrainConfig(channels=("a", "b", "c")), paths, 2, logs.append)

@@ -106,10 +106,17 @@ def trained(tmp_path_factory) -> Trained:
 
 @pytest.fixture(scope="module")
 def trained_reg(tmp_path_factory) -> Trained:
-    """A model with a log-transformed regression target."""
+    """A model with a log-transformed regression target, trained through the CLI."""
+    from phenotyping.__main__ import main
+
     manifest = _write_manifest_set(tmp_path_factory.mktemp("regset"))
-    return _train(manifest, tmp_path_factory.mktemp("models") / "reg", target_columns=["size"], arch="test_hybrid",
-                  epochs=2, seed=0, batch_size=16, log_targets=("size",))
+    out = tmp_path_factory.mktemp("models") / "reg"
+    with pytest.MonkeyPatch.context() as mp:
+        saved = _spy_on_saves(mp)
+        assert main(["train", "--manifest", str(manifest), "--label-column", "cell_type", "--target-columns", "size",
+                     "--log-targets", "size", "--arch", "test_hybrid", "--epochs", "2", "--batch-size", "16",
+                     "--out", str(out)]) == 0
+    return Trained(manifest, out, json.loads((out / "model_card.json").read_text()), saved[0])
 
 
 def _inputs(lm, paths) -> torch.Tensor:
