@@ -10,7 +10,9 @@ RUN apt-get update \
 WORKDIR /app
 COPY requirements.txt .
 # The CPU wheel of torch; PyPI's default Linux wheel would pull several GB of CUDA libraries.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt \
+ && python -c "import imagecodecs, tifffile; imagecodecs.lzw_decode; imagecodecs.png_decode"
+# .dockerignore keeps local databases (patient pseudonyms), image stores, keys and environments out of the image.
 COPY . .
 
 ENV LEUKO_DB_PATH=/data/leuko.duckdb \
