@@ -133,7 +133,8 @@ def _bench(args: argparse.Namespace) -> int:
     from reports.pdf import render
     from reports.signing import sign, verify
 
-    out: dict[str, Any] = {"repeat": args.repeat, "first_run_includes_imports": True}
+    out: dict[str, Any] = {"repeat": args.repeat, "first_run_includes_imports": True,
+                           "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         init_ca(d / "ca", name="Benchmark CA", password=b"bench-ca-pw", key_type="ec")
@@ -145,13 +146,14 @@ def _bench(args: argparse.Namespace) -> int:
             runs = []
             for i in range(args.repeat):
                 ctx = demo_context(status="final")
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 (d / f"r{i}.pdf").write_bytes(render(ctx))
                 t1 = time.perf_counter()
                 sign(d / f"r{i}.pdf", d / "s.p12", d / f"s{i}.pdf", password=b"bench-signer-pw")
                 t2 = time.perf_counter()
                 runs.append({"render_s": round(t1 - t0, 3), "sign_s": round(t2 - t1, 3),
-                             "render_sign_s": round(t2 - t0, 3)})
+                             "render_sign_s": round(t2 - t0, 3),
+                             "render_sign_cpu_s": round(time.process_time() - c0, 3)})
             out["runs"] = runs
         else:
             out.update(_bench_store(d, args))
@@ -192,17 +194,19 @@ def _bench_store(d: Path, args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             ctx = build_context(store, sample, settings=settings, results=res, status="final")
             t_ctx = time.perf_counter() - t
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             pdf = render(ctx, cells_csv=cells_csv_from_results(res))
             (d / f"r{i}.pdf").write_bytes(pdf)
             t_render = time.perf_counter() - t
             t = time.perf_counter()
             sign(d / f"r{i}.pdf", d / "s.p12", d / f"s{i}.pdf", password=b"bench-signer-pw")
             t_sign = time.perf_counter() - t
+            c_render_sign = time.process_time() - c
             runs.append({"sample_results_no_bootstrap_s": round(t_nb, 3),
                          "sample_results_1000_bootstrap_s": round(t_b, 3),
                          "build_context_s": round(t_ctx, 3), "render_s": round(t_render, 3),
                          "sign_s": round(t_sign, 3), "render_sign_s": round(t_render + t_sign, 3),
+                         "render_sign_cpu_s": round(c_render_sign, 3),
                          "total_s": round(t_b + t_ctx + t_render + t_sign, 3)})
             assert res0.differential is not None
     return {"source": "store", "cells": args.cells, "counted": ctx.qc.counted_cells,
