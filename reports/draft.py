@@ -77,6 +77,9 @@ _FORBIDDEN = [(why, re.compile("|".join(ps), re.IGNORECASE)) for why, ps in FORB
 #: '.', ')' or '%', and directly before the digits), digits, decimals, exponent. Digits stuck to letters count
 #: ("63.5pct", "CD16"); names that contain digits are masked first (:meth:`Facts.names`).
 _NUMBER = re.compile(r"(?:(?<![\w.)%\]])(?P<sign>[-−–+]))?(?P<num>\d+(?:\.\d+)?(?:[eE][-+−]?\d+)?)")
+_NO_REFERENCE = re.compile(r"\bno (laboratory )?reference intervals?\b", re.IGNORECASE)
+_VERSUS_REFERENCE = re.compile(r"\b(above|below|within|inside|outside|exceed\w*)\s+(of\s+)?(the|its|their)?\s*"
+                               r"(laboratory\s+)?reference\s+intervals?\b", re.IGNORECASE)
 _NUMBER_WORDS = re.compile(
     r"\b(zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
     r"seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|"
@@ -201,6 +204,12 @@ def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> li
     for why, pattern in _FORBIDDEN:
         for m in pattern.finditer(masked):
             problems.append(f"forbidden wording {m.group(0)!r} ({why}: describe the counts only)")
+    configured = facts.values.get("reference_configured")
+    if configured == 1 and _NO_REFERENCE.search(masked):
+        problems.append("says no reference interval is configured, but the laboratory has configured intervals "
+                        "for this specimen (redraft the interpretation)")
+    elif configured == 0 and _VERSUS_REFERENCE.search(masked):
+        problems.append("compares with a reference interval, but none is configured for this specimen")
     return problems
 
 

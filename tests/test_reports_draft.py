@@ -206,3 +206,12 @@ def test_retry_tells_the_model_what_was_wrong(facts, monkeypatch):
 def test_system_prompt_states_the_rules():
     for rule in ("minus sign", "in digits", "diagnosis", "follow-up"):
         assert rule in SYSTEM_PROMPT
+
+
+def test_claims_about_reference_intervals_must_match_the_configuration(facts):
+    assert facts.values["reference_configured"] == 1
+    stale = "No laboratory reference interval is configured for this specimen, so no class is flagged high or low."
+    assert any("has configured intervals" in p for p in check_text(stale, facts))
+    bare = facts.model_copy(update={"values": {**facts.values, "reference_configured": 0.0}})
+    assert check_text(stale, bare) == []
+    assert any("none is configured" in p for p in check_text("Monocytes lie above the reference interval.", bare))

@@ -148,6 +148,17 @@ def test_reviewer_text_is_checked_at_signing(lab, text, problem):
     assert signing_problems(store, "S1", signer="sig", settings=settings) == []
 
 
+def test_a_draft_made_before_intervals_were_configured_blocks_signing(lab):
+    store, settings, _, tmp_path = lab
+    draft_report(store, "S1", actor="rev", settings=settings)  # no intervals configured: the text says so
+    (tmp_path / "ri.csv").write_text("specimen,class,low,high\nblood,neutrophil,40,75\n")
+    configured = settings.model_copy(update={"reference_intervals": tmp_path / "ri.csv"})
+    problems = signing_problems(store, "S1", signer="sig", settings=configured)
+    assert any("has configured intervals" in p for p in problems)
+    draft_report(store, "S1", actor="rev", settings=configured)
+    assert signing_problems(store, "S1", signer="sig", settings=configured) == []
+
+
 def test_redraft_is_not_labelled_edited(lab):
     from reports.context import build_context
 
