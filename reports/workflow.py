@@ -233,7 +233,7 @@ def install_signer_key(store: Any, settings: Any, username: str, data: bytes, pa
     Raises:
         ValueError: wrong password, not a PKCS#12, no such user, or a name mismatch not accepted.
     """
-    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
     from cryptography.x509.oid import NameOID
 
     from phenotyping.auth import install_signer_key as keep_key
@@ -257,15 +257,9 @@ def install_signer_key(store: Any, settings: Any, username: str, data: bytes, pa
     path = keep_key(settings, username, data, password)
     store.record_event(actor=username, action="signer_key.install", entity="user", entity_id=username,
                        after={"certificate_name": cn, "display_name": display, "name_matches": matches,
-                              "certificate_sha256": hashlib.sha256(
-                                  cert.public_bytes(_der())).hexdigest() if cert is not None else None})
+                              "certificate_sha256": None if cert is None else hashlib.sha256(
+                                  cert.public_bytes(Encoding.DER)).hexdigest()})
     return {"path": str(path), "certificate_name": cn, "display_name": display, "name_matches": matches}
-
-
-def _der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 # -- what was signed --------------------------------------------------------------------------------------------------
