@@ -233,6 +233,14 @@ def differential_rows(res: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def show_differential(res: Any, *, key: str) -> None:
+    """The differential table (:func:`differential_rows`), percentages with one decimal throughout."""
+    rows = differential_rows(res)
+    st.dataframe(rows, hide_index=True, width="stretch", key=key,
+                 column_config={k: st.column_config.NumberColumn(format="%.1f")
+                                for k in (rows[0] if rows else {}) if "%" in k and "CI" not in k})
+
+
 # -- uploads ---------------------------------------------------------------------------------------------------------
 def safe_relative(name: str) -> PurePosixPath:
     """An uploaded file's name as a relative path without '..' or a root (folder uploads keep their sub-folders)."""

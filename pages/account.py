@@ -13,7 +13,8 @@ user = require_user()
 st.title("My account")
 st.markdown(f"**{user.display_name or user.username}** · username `{user.username}` · role **{user.role.value}**")
 
-with st.form("password", clear_on_submit=True):
+left, _ = st.columns([3, 2])
+with left, st.form("password", clear_on_submit=True):
     st.subheader("Change password")
     old = st.text_input("Current password", type="password")
     new1 = st.text_input("New password", type="password", help=f"At least {MIN_PASSWORD_LENGTH} characters")

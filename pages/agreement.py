@@ -63,12 +63,14 @@ else:
                     st.rerun()
     with right:
         if allowed(user, "counts"):
+            gen = st.session_state.setdefault("_counts_csv_generation", 0)
             up = st.file_uploader("…or import a CSV (sample_id, cell_type, count or percent[, total_counted]); "
-                                  "it may hold many samples", type=["csv"], key="counts_csv")
+                                  "it may hold many samples", type=["csv"], key=f"counts_csv_{gen}")
             if up is not None and st.button("Import CSV", icon=":material/upload_file:"):
                 text = io.TextIOWrapper(up, encoding="utf-8-sig")
                 ok, done = attempt(import_manual_counts, store, text, actor=user.username, allowed_classes=classes)
                 if ok:
+                    st.session_state["_counts_csv_generation"] = gen + 1  # an empty uploader again
                     flash(f"Imported manual counts of {len(done)} sample(s): {', '.join(sorted(done))}.")
                     st.rerun()
 
@@ -90,8 +92,10 @@ else:
             st.dataframe(table, hide_index=True, width="stretch",
                          column_config={k: st.column_config.NumberColumn(format="%.1f") for k in table[0]
                                         if k != "class"})
-            st.caption(f"Manual: {paired[0].manual_total or '?'} cells counted · model: {paired[0].model_counted:,} "
-                       "cells counted. Percentages of counted cells; differences in percentage points.")
+            manual_n = paired[0].manual_total
+            st.caption(f"Manual: {'?' if manual_n is None else f'{manual_n:,}'} cells counted · model: "
+                       f"{paired[0].model_counted:,} cells counted. Percentages of counted cells; differences in "
+                       "percentage points.")
 
 # -- studies ----------------------------------------------------------------------------------------------------------
 st.divider()

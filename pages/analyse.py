@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, differential_rows, get_runner, get_store, lock_notice, pick_sample,
-                           require_user, sample_header, sample_results_cached, signed_version)
+from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, pick_sample, require_user,
+                           sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
 
 store = get_store()
@@ -103,7 +103,7 @@ if store.analysis_model(sample_id) and not running:
         m2.metric("Counted", f"{res.differential.raw.n_counted:,}")
         m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
         m4.metric("Excluded", f"{sum(v for k, v in res.exclusions.items()) - res.n_unidentified:,}")
-        st.dataframe(differential_rows(res), hide_index=True, width="stretch", key="differential")
+        show_differential(res, key="differential")
         for w in (*res.differential.raw.warnings, *res.differential.notes):
             st.caption(f"⚠ {w}")
         st.caption("Raw CIs: Clopper-Pearson exact. The corrected percentages' bootstrap CIs are computed on the "

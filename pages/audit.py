@@ -32,13 +32,27 @@ def _short(value: object) -> str:
     return text if len(text) <= 160 else text[:157] + "…"
 
 
-st.dataframe([{"#": e.id, "when (UTC)": e.at.strftime("%Y-%m-%d %H:%M:%S"), "user": e.actor, "action": e.action,
-               "entity": f"{e.entity} {e.entity_id}", "sample": e.sample_id or "", "before": _short(e.before),
-               "after": _short(e.after)} for e in events],
-             hide_index=True, width="stretch", height=min(38 + 35 * max(len(events), 1), 640),
-             column_config={"before": st.column_config.TextColumn(width="medium"),
-                            "after": st.column_config.TextColumn(width="large")})
-st.caption(f"{len(events)} event(s), newest first.")
+picked = st.dataframe(
+    [{"#": e.id, "when (UTC)": e.at.strftime("%Y-%m-%d %H:%M:%S"), "user": e.actor, "action": e.action,
+      "entity": f"{e.entity} {e.entity_id}", "sample": e.sample_id or "", "before": _short(e.before),
+      "after": _short(e.after)} for e in events],
+    hide_index=True, width="stretch", height=min(38 + 35 * max(len(events), 1), 640), on_select="rerun",
+    selection_mode="single-row", key="audit_table",
+    column_config={"#": st.column_config.NumberColumn(width="small"),
+                   "before": st.column_config.TextColumn(width="medium"),
+                   "after": st.column_config.TextColumn(width="medium")})
+st.caption(f"{len(events)} event(s), newest first. Select a row to see the event in full.")
+rows = picked.selection.rows if picked and picked.selection else []
+if rows and rows[0] < len(events):
+    e = events[rows[0]]
+    with st.container(border=True):
+        st.markdown(f"**#{e.id} · {e.action}** on {e.entity} {e.entity_id} by {e.actor} at "
+                    f"{e.at:%Y-%m-%d %H:%M:%S} UTC")
+        b, a = st.columns(2)
+        b.caption("Before")
+        b.json(e.before if e.before is not None else {}, expanded=2)
+        a.caption("After")
+        a.json(e.after if e.after is not None else {}, expanded=2)
 if st.button("Verify the audit chain", icon=":material/verified_user:"):
     intact, bad = store.verify_audit_chain()
     if intact:

@@ -122,12 +122,12 @@ if registered:
                 if isinstance(pc, dict) and isinstance(pc.get(c), dict):
                     for k in ("precision", "recall", "f1", "n"):
                         if k in pc[c]:
-                            row[f"{split[:4]}. {k}"] = pc[c][k]
+                            row[f"{'val.' if split == 'validation' else 'test'} {k}"] = pc[c][k]
             rows.append(row)
         if any(len(r) > 1 for r in rows):
             st.dataframe(rows, hide_index=True, width="stretch",
                          column_config={k: st.column_config.NumberColumn(format="%.2f")
-                                        for r in rows for k in r if k.split(". ")[-1] in ("precision", "recall", "f1")})
+                                        for r in rows for k in r if k.split(" ")[-1] in ("precision", "recall", "f1")})
         else:
             st.caption("The card has no per-class figures.")
     with tab_prop:

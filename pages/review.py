@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, differential_rows, flash, get_store, lock_notice, pick_sample,
-                           require_user, sample_header, sample_results_cached, show_flash, signed_version)
+from pages._common import (allowed, attempt, flash, get_store, lock_notice, pick_sample, require_user,
+                           sample_header, sample_results_cached, show_differential, show_flash, signed_version)
 from phenotyping.cellview import cell_display, embedding_map, explain_cell
 from phenotyping.errors import PhenotypingError
 from phenotyping.results import model_dir_for
@@ -43,7 +43,7 @@ m1.metric("Cells", f"{len(res.cells):,}")
 m2.metric("Counted", f"{d.raw.n_counted:,}")
 m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
 m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
-st.dataframe(differential_rows(res), hide_index=True, width="stretch", key="review_differential")
+show_differential(res, key="review_differential")
 for w in (*d.raw.warnings, *d.notes):
     st.caption(f"⚠ {w}")
 if res.n_unidentified:
@@ -116,7 +116,8 @@ with tab_gallery:
                 st.rerun()
 
     if not shown:
-        st.caption("No cells here.")
+        st.caption("The unidentified queue is empty: every doubtful cell has a reviewed label. Pick a class above to "
+                   "see its cells." if group == "Unidentified queue" else "No cells here.")
     for start in range(0, len(shown), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, r in zip(cols, shown[start:start + COLUMNS]):

@@ -31,8 +31,8 @@ with left:
             if ok:
                 flash(f"Account {u.username} ({u.role.value}) created.")
                 st.rerun()
-with right:
-    st.subheader("Change an account")
+right.subheader("Change an account")
+with right.container(border=True):
     names = [u.username for u in accounts]
     who = st.selectbox("Account", names)
     target = next(u for u in accounts if u.username == who)
