@@ -7,6 +7,7 @@ import json
 import streamlit as st
 
 from pages._common import get_store, require, require_user
+from phenotyping.schemas import AuditEvent
 
 store = get_store()
 user = require_user()
@@ -32,15 +33,18 @@ def _short(value: object) -> str:
     return text if len(text) <= 160 else text[:157] + "…"
 
 
+def _change(e: AuditEvent) -> str:
+    before, after = _short(e.before), _short(e.after)
+    return f"{before} → {after}" if before else after
+
+
 picked = st.dataframe(
     [{"#": e.id, "when (UTC)": e.at.strftime("%Y-%m-%d %H:%M:%S"), "user": e.actor, "action": e.action,
-      "entity": f"{e.entity} {e.entity_id}", "sample": e.sample_id or "", "before": _short(e.before),
-      "after": _short(e.after)} for e in events],
+      "entity": f"{e.entity} {e.entity_id}", "sample": e.sample_id or "", "change": _change(e)} for e in events],
     hide_index=True, width="stretch", height=min(38 + 35 * max(len(events), 1), 640), on_select="rerun",
     selection_mode="single-row", key="audit_table",
     column_config={"#": st.column_config.NumberColumn(width="small"),
-                   "before": st.column_config.TextColumn(width="medium"),
-                   "after": st.column_config.TextColumn(width="medium")})
+                   "change": st.column_config.TextColumn("change (before → after)", width="medium")})
 st.caption(f"{len(events)} event(s), newest first. Select a row to see the event in full.")
 rows = picked.selection.rows if picked and picked.selection else []
 if rows and rows[0] < len(events):

@@ -135,7 +135,9 @@ if registered:
         if prop:
             import plotly.graph_objects as go
 
-            st.dataframe(prop, hide_index=True, width="stretch")
+            st.dataframe(prop, hide_index=True, width="stretch",
+                         column_config={k: st.column_config.NumberColumn(format="%.1f")
+                                        for k in prop[0] if k != "class"})
             split = "test" if any("test true %" in r for r in prop) else "validation"
             fig = go.Figure()
             fig.add_bar(x=[r["class"] for r in prop], y=[r.get(f"{split} true %") for r in prop], name="true")
