@@ -1,8 +1,9 @@
 """End to end in a real browser: Debian's chromium driven by playwright against ``streamlit run app.py``.
 
 Creates the admin with the CLI, logs in, registers the shipped Jurkat model, creates a sample, uploads a 1,000-cell
-zip built from ../shared/data/ifc-jurkat-labelfree, runs the analysis, reviews the unidentified queue, imports the
-manual count, drafts and edits the interpretation, installs a signing key, signs and downloads the signed PDF.
+zip built from ../shared/data/ifc-jurkat-labelfree, runs the analysis, reviews the unidentified queue, types the
+manual count into the data editor (then imports it again from a CSV), drafts and edits the interpretation, installs
+a signing key, signs and downloads the signed PDF, and looks at the Users and My account screens.
 Screenshots of every page go to a temporary folder and, when ``LEUKO_SCREENSHOT_DIR`` is set, there too. The time
 from the upload to the differential on screen is printed and written to ``timings.json`` beside the screenshots.
 """
@@ -13,6 +14,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -131,6 +133,10 @@ def test_review_workflow_in_chromium(server, tmp_path):
         def shot(name: str) -> None:
             idle()
             page.wait_for_load_state("networkidle")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=UI_MS)
+            broken = page.evaluate("Array.from(document.images).filter(i => i.naturalWidth === 0).length")
+            if broken:
+                print(f"\n{name}: {broken} image(s) did not load")
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
             if extra is not None:
                 extra.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,9 @@ def test_review_workflow_in_chromium(server, tmp_path):
         nav("Models")
         page.get_by_role("button", name="Register as usable").click()
         expect(page.get_by_text(f"{MODEL_ID} registered and usable")).to_be_visible(timeout=SERVER_MS)
+        page.get_by_role("tab", name="Predicted vs true proportions").click()
+        expect(page.get_by_text("predicted vs true class proportions")).to_be_visible(timeout=UI_MS)
+        no_exception()
         shot("07-models")
 
         # Samples: create, upload the zip, ingest
@@ -218,8 +227,28 @@ def test_review_workflow_in_chromium(server, tmp_path):
         no_exception()
         shot("03-review-done")
 
-        # Agreement: the manual count from a CSV
+        # Agreement: the manual count typed into the data editor (a glide-data-grid canvas: click the first row's
+        # class cell, move right to "Cells counted"; per row, Enter opens the cell's editor, an <input> in the
+        # grid's portal (class gdg-input), is filled, and Enter commits it and moves one row down)
         nav("Agreement")
+        classes = json.loads((PROJECT_ROOT / "models" / "jurkat-hybrid" / "model_card.json").read_text())["classes"]
+        editor = page.locator('[data-testid="stDataFrame"]').first
+        editor.scroll_into_view_if_needed()
+        box = editor.bounding_box()
+        page.mouse.click(box["x"] + 30, box["y"] + 35 + 17)
+        page.keyboard.press("ArrowRight")
+        for c in classes:
+            page.keyboard.press("Enter")
+            cell = page.locator(".gdg-input").first
+            cell.wait_for(state="visible", timeout=UI_MS)
+            cell.fill(str(truth.get(c, 0)))
+            cell.press("Enter")
+            idle()
+        page.get_by_role("button", name="Save manual count").click()
+        expect(page.get_by_text("Manual count saved.")).to_be_visible(timeout=UI_MS)
+        expect(page.get_by_text(f"Manual: {N_CELLS:,} cells counted")).to_be_visible(timeout=UI_MS)
+        no_exception()
+        # …and the same count again from a CSV
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(counts_csv))
         idle()
         page.get_by_role("button", name="Import CSV").click()
@@ -246,9 +275,11 @@ def test_review_workflow_in_chromium(server, tmp_path):
         page.get_by_label("Key password", exact=True).fill(KEY_PW)
         page.get_by_role("button", name="Keep this key").click()
         expect(page.get_by_text("Signing key installed")).to_be_visible(timeout=UI_MS)
+        idle()  # the run ends and its stale elements (the key-install field) go
         page.get_by_label("Key password", exact=True).fill("not-the-password")
         page.get_by_role("button", name="Sign the report").click()
         expect(page.locator('[data-testid="stAlertContentError"]').first).to_be_visible(timeout=SERVER_MS)
+        idle()
         page.get_by_label("Key password", exact=True).fill(KEY_PW)
         page.get_by_role("button", name="Sign the report").click()
         expect(page.get_by_text("Version 2 signed (final)")).to_be_visible(timeout=SERVER_MS)
@@ -264,11 +295,19 @@ def test_review_workflow_in_chromium(server, tmp_path):
         expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=UI_MS)
         page.get_by_label("Action", exact=True).fill("report.sign")
         page.get_by_label("Action", exact=True).press("Enter")
-        expect(page.get_by_text("1 event(s), newest first.")).to_be_visible(timeout=UI_MS)
+        expect(page.get_by_text(re.compile(r"^1 event\(s\), newest first"))).to_be_visible(timeout=UI_MS)
         page.get_by_label("Action", exact=True).fill("")
         page.get_by_label("Action", exact=True).press("Enter")
         idle()
         shot("06-audit")
+        nav("Users")
+        expect(page.get_by_role("button", name="Create account")).to_be_visible(timeout=UI_MS)
+        no_exception()
+        shot("08-users")
+        nav("My account")
+        expect(page.get_by_text("Your signing key is installed")).to_be_visible(timeout=UI_MS)
+        no_exception()
+        shot("09-account")
         browser.close()
 
     from reports.signing import verify
