@@ -34,9 +34,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phenotyping.errors import NotFoundError, PhenotypingError
+
+if TYPE_CHECKING:
+    from phenotyping.schemas import IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +295,7 @@ class IngestRun:
 
 
 def ingest_and_record(store: Any, source: str | Path, sample_id: str, *, actor: str, source_name: str,
-                      **options: Any) -> Any:
+                      **options: Any) -> IngestResult:
     """:func:`phenotyping.ingest.ingest_set`, then an ``ingest.run`` audit event holding the run's summary: what was
     ingested, the duplicates, and every refused file with its reason. A run that fails (nothing usable, a locked
     sample, an unreadable archive) is recorded too, with its error, and the error is raised again.
