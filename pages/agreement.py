@@ -154,9 +154,16 @@ if result is not None:
     cls = st.selectbox("Class", list(per_class))
     a = per_class[cls]
     f1, f2 = st.columns(2)
-    f1.plotly_chart(bland_altman_figure(a.bland_altman, title=f"Bland-Altman: {cls}", units="%"), key="ba")
-    f1.download_button("Bland-Altman (SVG)", bland_altman_svg(a.bland_altman, title=f"Bland-Altman: {cls}"),
-                       file_name=f"{result.name}-{cls}-bland-altman.svg", mime="image/svg+xml")
+    if a.bland_altman is not None:
+        f1.plotly_chart(bland_altman_figure(a.bland_altman, title=f"Bland-Altman: {cls}", units="%"), key="ba")
+        f1.download_button("Bland-Altman (SVG)", bland_altman_svg(a.bland_altman, title=f"Bland-Altman: {cls}"),
+                           file_name=f"{result.name}-{cls}-bland-altman.svg", mime="image/svg+xml")
+    elif a.repeated is not None:
+        f1.info(f"{cls}: replicate counts per sample, so repeated-measures Bland-Altman (Bland & Altman 2007) is "
+                "reported in the table; no scatter plot is drawn for it.")
+    else:
+        f1.warning(f"Bland-Altman for {cls} could not be computed: "
+                   + "; ".join(f"{k}: {v}" for k, v in a.errors.items()))
     if a.passing_bablok is not None:
         f2.plotly_chart(passing_bablok_figure(a.passing_bablok, title=f"Passing-Bablok: {cls}",
                                               x_label="manual %", y_label="model %"), key="pb")

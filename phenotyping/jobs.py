@@ -337,7 +337,7 @@ def ingest_runs(store: Any, sample_id: str, *, limit: int = 10) -> list[IngestRu
 
 # -- prediction ------------------------------------------------------------------------------------------------------
 def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor: str,
-                      device: str = "auto") -> int:
+                      device: str | None = None) -> int:
     """Start QC + prediction of a sample's cells with a usable registered model; returns the job id.
 
     When it finishes, the model becomes the sample's analysis model and a new sample's status becomes ``analysed``.

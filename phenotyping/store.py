@@ -495,6 +495,8 @@ class Store:
             return before
         after = Sample(**{**before.model_dump(), **changes})
         with self._tx() as cur:
+            if "patient_pseudonym" in changes or "collected_at" in changes:  # both are printed on the signed report
+                self._refuse_if_signed(cur, sample_id, "change the sample's pseudonym or collection time")
             cur.execute("UPDATE samples SET patient_pseudonym = ?, collected_at = ?, notes = ? WHERE id = ?",
                         [after.patient_pseudonym, after.collected_at, after.notes, sample_id])
             self._audit(cur, actor=actor, action="sample.update", entity="sample", entity_id=sample_id,

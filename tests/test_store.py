@@ -288,6 +288,7 @@ def test_signed_sample_is_locked_until_amended(store, sample):
         "add_cells": lambda: store.add_cells("S1", [{"cell_key": "late", "content_hash": digest,
                                                      "source_file": "late.png", "blob_path": rel,
                                                      "shape": (1, 32, 32), "dtype": "uint8"}], actor="t"),
+        "update_sample pseudonym": lambda: store.update_sample("S1", actor="rev", patient_pseudonym="OTHER"),
         "unamended report version": lambda: store.add_report_version("S1", interpretation="new", source="template",
                                                                      actor="rev"),
     }
@@ -301,6 +302,8 @@ def test_signed_sample_is_locked_until_amended(store, sample):
     assert [c.reviewed_label for c in store.list_cells("S1")] == [None] * 3
     assert {p.predicted_class for p in store.list_predictions("S1", "m1")} == {"neutrophil"}
     assert store.get_manual_counts("S1")[0].count == 100 and store.count_cells("S1") == 3
+    assert store.get_sample("S1").patient_pseudonym == "P-001"
+    store.update_sample("S1", actor="rev", notes="free-text notes are not on the report")  # still allowed
     # other samples are not locked
     store.create_sample(Sample(id="S2", specimen=Specimen.blood), actor="t")
     store.set_manual_counts("S2", [ManualCount(sample_id="S2", cell_type="neutrophil", count=1, total_counted=1)],
