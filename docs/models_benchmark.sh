@@ -8,15 +8,19 @@ PY=".venv/bin/python"
 D=../shared/data
 J="$D/ifc-jurkat-labelfree/manifest.csv"
 mkdir -p "$OUT"
-run() {  # name, train args…  (skips runs already finished)
+run() {  # name, train args…  (skips runs already finished; a failed run is recorded in OUT/failed.txt, not fatal)
   local name=$1; shift
   [ -f "$OUT/$name.time" ] && return 0
   local t0=$(date +%s.%N)
-  nice -n 10 $PY -m phenotyping train "$@" --out "$OUT/$name" > "$OUT/$name.train.json" 2> "$OUT/$name.log"
-  echo "$(date +%s.%N) - $t0" | bc > "$OUT/$name.time"
+  if nice -n 10 $PY -m phenotyping train "$@" --out "$OUT/$name" > "$OUT/$name.train.json" 2> "$OUT/$name.log"; then
+    echo "$(date +%s.%N) - $t0" | bc > "$OUT/$name.time"
+  else
+    echo "$name: $(tail -1 "$OUT/$name.log")" >> "$OUT/failed.txt"
+  fi
 }
-ev() {  # name, evaluate args…
+ev() {  # name, evaluate args…  (only for runs that trained)
   local name=$1; shift
+  [ -f "$OUT/$name.time" ] || return 0
   nice -n 10 $PY -m phenotyping evaluate --model "$OUT/$name" "$@" > "$OUT/$name${EVSUFFIX:-}.eval.json"
 }
 JARGS=(--manifest "$J" --label-column phase --target-columns dna_content --channels brightfield,darkfield --seed 0)

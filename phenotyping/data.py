@@ -544,12 +544,13 @@ class CellDataset:
 
 
 def stratified_fraction(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a stratified subset holding ``fraction`` of each class (at least one cell per class present)."""
+    """Indices of a stratified subset holding ``fraction`` of each class, and at least two cells of every class that
+    has two (a calibrated classifier needs two: Platt scaling and temperature fits cross-validate within a class)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
     keep = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        keep.append(rng.permutation(idx)[:max(1, math.ceil(fraction * len(idx)))])
+        keep.append(rng.permutation(idx)[:max(2, math.ceil(fraction * len(idx)))])
     return np.sort(np.concatenate(keep))

@@ -457,3 +457,22 @@ def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data):
     assert res["n"] == card["validation"]["n"] and res["accuracy"] == card["validation"]["accuracy"]
     for name, v in card["validation"]["targets"].items():
         assert res["targets"][name]["pearson"] == pytest.approx(v["pearson"], abs=1e-6)
+
+
+def test_training_fraction_keeps_two_cells_per_class():
+    from phenotyping.data import stratified_fraction
+
+    y = np.array([0] * 200 + [1] * 20 + [2] * 3 + [3])
+    keep = stratified_fraction(y, 0.05, seed=0)
+    counts = np.bincount(y[keep], minlength=4)
+    assert counts.tolist() == [10, 2, 2, 1]  # 5 % of 200; at least two where a class has two
+    assert np.array_equal(keep, stratified_fraction(y, 0.05, seed=0))
+
+
+def test_svm_with_a_single_cell_class_names_the_problem():
+    from phenotyping.models import create_model
+
+    m = create_model("test_svm", in_chans=1, num_classes=3, img_size=8)
+    x = np.random.default_rng(0).normal(size=(9, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="at least 2 training cells per class"):
+        m.fit(x, np.array([0, 0, 0, 0, 1, 1, 1, 1, 2]))

@@ -88,7 +88,12 @@ class ClassicalCellModel:
                           for j in range(t.shape[1])]
         else:
             # Platt-scaled probabilities from deterministic (unshuffled) stratified folds, then one SVC on all cells
-            folds = int(max(2, min(5, np.bincount(y)[np.bincount(y) > 0].min())))
+            counts = np.bincount(y)
+            single = np.flatnonzero(counts == 1)
+            if single.size:
+                raise ValueError(f"the SVM's Platt-scaled probabilities need at least 2 training cells per class; "
+                                 f"class index(es) {single.tolist()} have 1. Add cells or leave the class out")
+            folds = int(max(2, min(5, counts[counts > 0].min())))
             svc = SVC(C=c["C"], gamma=c["gamma"], class_weight=c["class_weight"])
             self._clf = make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, cv=folds, ensemble=False)).fit(x, y)
             self._regs = [make_pipeline(StandardScaler(), SVR(C=c["C"], gamma=c["gamma"])).fit(x, t[:, j])
