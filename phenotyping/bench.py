@@ -79,6 +79,26 @@ def flops_per_cell(model: Any, input_shape: tuple[int, ...], *, device: str = "c
     return int(counter.get_total_flops())
 
 
+def _time_repeats(step: Any, *, cuda: bool, min_seconds: float, warmup: int) -> tuple[int, float]:
+    """Run ``step`` ``warmup`` times, then until ``min_seconds`` have passed (at least 3 times); on CUDA the device is
+    synchronised before the clock is read. Returns ``(repeats, seconds)``."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        reps += 1
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds and reps >= 3:
+            return reps, elapsed
+
+
 def measured_peak_flops(device: str = "cpu", *, min_seconds: float = 1.0) -> dict[str, Any]:
     """The machine's dense matrix-multiply throughput, the yardstick for "fraction of peak".
 
@@ -95,19 +115,7 @@ def measured_peak_flops(device: str = "cpu", *, min_seconds: float = 1.0) -> dic
     a = torch.randn((n, n), device=device, dtype=dtype)
     b = torch.randn((n, n), device=device, dtype=dtype)
     with torch.inference_mode():
-        for _ in range(3):
-            a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        reps, t0 = 0, time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            if cuda:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds and reps >= 3:
-                break
+        reps, elapsed = _time_repeats(lambda: a @ b, cuda=cuda, min_seconds=min_seconds, warmup=3)
     flops = 2.0 * n**3 * reps / elapsed
     return {"flops_per_s": flops, "matmul": f"{n}x{n} {str(dtype).replace('torch.', '')}", "device": device}
 
@@ -141,19 +149,7 @@ def model_speed(model: Any, input_shape: tuple[int, ...], *, device: str = "cpu"
             model(x)
 
     with torch.inference_mode():
-        for _ in range(warmup):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-        n, t0 = 0, time.perf_counter()
-        while True:
-            step()
-            n += 1
-            if cuda:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds and n >= 3:
-                break
+        n, elapsed = _time_repeats(step, cuda=cuda, min_seconds=min_seconds, warmup=warmup)
     params = sum(p.numel() for p in model.parameters())
     return ModelSpeed(arch=str(model.config["arch"]), input_shape=tuple(input_shape), parameters=int(params),
                       batch_size=batch_size, cells_per_s=n * batch_size / elapsed, ms_per_batch=1e3 * elapsed / n,

@@ -22,6 +22,7 @@ Why each exists:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,7 +208,6 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     """
     import json
     from datetime import datetime, timezone
-    from pathlib import Path
 
     from phenotyping.calibration import softmax
     from phenotyping.checkpoint import CARD, load_model_dir
@@ -237,8 +237,8 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     counts = [round(float(props.get(c, 0.0)) * n_train) for c in lm.classes]
     sections = card_sections(
         classes=lm.classes, train_counts=counts, class_weighting=str(training.get("class_weighting", "")),
-        val_probabilities=probs, val_y=np.asarray(y_val), threshold=float(card["calibration"]["unidentified_threshold"]),
-        train_images=images)
+        val_probabilities=probs, val_y=np.asarray(y_val),
+        threshold=float(card["calibration"]["unidentified_threshold"]), train_images=images)
     apply_sections(card, sections)
     card["postfit"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "by": "python -m phenotyping calibrate", "manifest": str(manifest),

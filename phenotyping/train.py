@@ -24,7 +24,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from phenotyping.errors import PhenotypingError
 
 INTENDED_USE = "research model, not clinically validated"
 CLASS_WEIGHTING = "balanced class weights n/(K·n_k) in the cross-entropy; no over-sampling (corrected once)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -72,3 +74,45 @@ def sample(store):
     from phenotyping.schemas import Sample, Specimen
 
     return store.create_sample(Sample(id="S1", specimen=Specimen.blood, patient_pseudonym="P-001"), actor="tester")
+
+
+BSCCM_LED = ["Brightfield", "DF_50", "DPC_Bottom", "DPC_Left", "DPC_Right", "DPC_Top"]
+
+
+def build_bsccm(root: Path, n: int = 6, *, drop: int | None = None, random_leds: bool = False, dpc: bool = False,
+                markers: bool = True) -> Path:
+    """A tiny BSCCM folder in the bsccm package's layout: LED-array stacks (channel c at about 100·(c+1), or uniform
+    random values), optionally the computed DPC images, and surface markers; cell ``drop`` is indexed but missing."""
+    import zarr
+
+    root.mkdir(parents=True)
+    (root / "BSCCM_global_metadata.json").write_text(json.dumps({
+        "name": "BSCCM-tiny-test", "led_array": {"channel_names": BSCCM_LED},
+        "fluorescence": {"channel_names": ["Fluor_690-"] if markers else []}}))
+    g = zarr.open_group(str(root / "BSCCM_images.zarr"), mode="w", zarr_format=2)
+    rng = np.random.default_rng(0)
+    with open(root / "BSCCM_index.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["global_index", "data_path", "batch", "slide_replicate", "antibodies"])
+        for i in range(n):
+            data_path = f"batch_0/slide_{i % 2}"
+            w.writerow([i, data_path, 0, i % 2, "CD16"])
+            if i == drop:
+                continue
+            if random_leds:
+                led = rng.integers(100, 900, size=(len(BSCCM_LED), 16, 16)).astype(np.uint16)
+            else:
+                led = np.stack([np.full((16, 16), 100 * (c + 1), np.uint16) for c in range(len(BSCCM_LED))])
+                led += rng.integers(0, 50, size=led.shape).astype(np.uint16)
+            g.create_array(f"{data_path}/led_array/cell_{i}", data=led)
+            if dpc:
+                left = led[BSCCM_LED.index("DPC_Left")].astype(np.float32)
+                right = led[BSCCM_LED.index("DPC_Right")].astype(np.float32)
+                g.create_array(f"{data_path}/dpc/cell_{i}", data=((left - right) / (left + right)).astype(np.float32))
+    if markers:
+        with open(root / "BSCCM_surface_markers.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["global_index", "CD16_full_model_unmixed", "CD45_full_model_unmixed"])
+            for i in range(n):
+                w.writerow([i, 0.5 * i, 1.0])
+    return root

@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import json
 
-import numpy as np
 import pytest
+
+from conftest import BSCCM_LED, build_bsccm
 
 from phenotyping.errors import IngestError
 from phenotyping.ingest import ingest_set, read_image
 from phenotyping.schemas import Sample, Specimen
 
-LED = ["Brightfield", "DF_50", "DPC_Bottom", "DPC_Left", "DPC_Right", "DPC_Top"]
-
-
-def build_bsccm(root, n=6, *, drop=None):
-    import zarr
-
-    root.mkdir(parents=True)
-    (root / "BSCCM_global_metadata.json").write_text(json.dumps({
-        "name": "BSCCM-tiny-test", "led_array": {"channel_names": LED},
-        "fluorescence": {"channel_names": ["Fluor_690-"]}}))
-    g = zarr.open_group(str(root / "BSCCM_images.zarr"), mode="w", zarr_format=2)
-    rng = np.random.default_rng(0)
-    with open(root / "BSCCM_index.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["global_index", "data_path", "batch", "slide_replicate", "antibodies"])
-        for i in range(n):
-            data_path = f"batch_0/slide_{i % 2}"
-            w.writerow([i, data_path, 0, i % 2, "CD16"])
-            if i == drop:
-                continue
-            arr = np.stack([np.full((16, 16), 100 * (c + 1), np.uint16) for c in range(len(LED))])
-            arr += rng.integers(0, 50, size=arr.shape).astype(np.uint16)
-            g.create_array(f"{data_path}/led_array/cell_{i}", data=arr)
-    with open(root / "BSCCM_surface_markers.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["global_index", "CD16_full_model_unmixed", "CD45_full_model_unmixed"])
-        for i in range(n):
-            w.writerow([i, 0.5 * i, 1.0])
-    return root
+LED = BSCCM_LED
 
 
 def test_bsccm_folder_ingests_dpc_channels_with_markers(store, tmp_path):

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import encode
+from conftest import BSCCM_LED, build_bsccm, encode
 
 DPC4 = ["DPC_Left", "DPC_Right", "DPC_Top", "DPC_Bottom"]
-LED = ["Brightfield", "DF_50", "DPC_Bottom", "DPC_Left", "DPC_Right", "DPC_Top"]
+LED = BSCCM_LED
 
 
 def _bsccm_root(root: Path, n: int = 24) -> Path:
-    """A tiny BSCCM folder in the bsccm package's layout (LED-array stacks and computed DPC images)."""
-    import zarr
-
-    root.mkdir(parents=True)
-    (root / "BSCCM_global_metadata.json").write_text(json.dumps({
-        "name": "BSCCM-tiny-channels", "led_array": {"channel_names": LED}, "fluorescence": {"channel_names": []}}))
-    g = zarr.open_group(str(root / "BSCCM_images.zarr"), mode="w", zarr_format=2)
-    rng = np.random.default_rng(0)
-    with open(root / "BSCCM_index.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["global_index", "data_path", "batch", "slide_replicate", "antibodies"])
-        for i in range(n):
-            data_path = f"batch_0/slide_{i % 2}"
-            w.writerow([i, data_path, 0, i % 2, "CD16"])
-            led = rng.integers(100, 900, size=(len(LED), 16, 16)).astype(np.uint16)
-            g.create_array(f"{data_path}/led_array/cell_{i}", data=led)
-            left, right = led[LED.index("DPC_Left")].astype(np.float32), led[LED.index("DPC_Right")].astype(np.float32)
-            g.create_array(f"{data_path}/dpc/cell_{i}", data=((left - right) / (left + right)).astype(np.float32))
-    return root
+    """A tiny BSCCM folder with random LED-array stacks and computed DPC images (no markers)."""
+    return build_bsccm(root, n, random_leds=True, dpc=True, markers=False)
 
 
 def _export(root: Path, out: Path, contrast: str) -> Path:

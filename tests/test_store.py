@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from phenotyping.errors import DatabaseInUseError, NotFoundError
+from phenotyping.errors import NotFoundError
 from phenotyping.schemas import ManualCount, Prediction, QCState, Role, Sample, SampleStatus, Specimen, User
 from phenotyping.store import SCHEMA_VERSION, Store
 from tests.conftest import PROJECT_ROOT, cell_array, png_bytes
