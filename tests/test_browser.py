@@ -23,6 +23,7 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +131,17 @@ def test_review_workflow_in_chromium(server, tmp_path):
             page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0",
                                    timeout=SERVER_MS)
 
+        def click_one(locator: Any) -> None:
+            """Click the single element ``locator`` names; while a rerun still shows the previous run's copy of it
+            beside the new one, wait for the rerun to settle (a stale copy can take the click and lose it)."""
+            for _ in range(20):
+                if locator.count() == 1:
+                    locator.click()
+                    return
+                idle()
+                page.wait_for_timeout(250)
+            locator.last.click()
+
         def shot(name: str) -> None:
             idle()
             page.wait_for_load_state("networkidle")
@@ -209,7 +221,7 @@ def test_review_workflow_in_chromium(server, tmp_path):
                 break
             other = page.get_by_role("button", name="other", exact=True, disabled=False)
             for _ in range(3):  # a click that lands while the previous run is still being drawn can be lost
-                page.get_by_role("button", name="Select page", disabled=False).click()
+                click_one(page.get_by_role("button", name="Select page", disabled=False))
                 idle()
                 try:
                     other.wait_for(timeout=15_000)
