@@ -11,11 +11,12 @@ their sampling error and understate a 200-vs-400-cell disagreement by a factor o
 The model's side follows the app exactly (:func:`phenotyping.results.sample_results` rules): cells whose calibrated
 confidence is below the card's unidentified threshold wait for review and are not counted, so
 
-- ``raw``, ``adjusted_count``, ``em``: the differential before review, over the confident cells;
+- ``raw``, ``adjusted_count``, ``em``: the differential before review, over the confident cells (the app shows the
+  adjusted count as "corrected" at this stage; ``em`` is computed here only to show why it does not);
 - ``reviewed``: after a reviewer resolved the unidentified queue (modelled as a perfect reviewer giving each queued
   cell its true label) — the differential a signed report shows;
-- ``reviewed_corrected``: the corrected % of the signed report (:attr:`SampleDifferential.corrected` with the
-  reviewed cells taken as certain).
+- ``reviewed_adjusted_count``, ``reviewed_em``: both corrections with the reviewed cells taken as certain; the
+  signed report's corrected % is ``reviewed_em`` (:attr:`SampleDifferential.corrected`).
 
 Cells are drawn with replacement within a class, so small pools can fill a sample.
 """
@@ -84,7 +85,7 @@ def composed_study(
     confusion, prior, threshold, notes = _card_arrays(card, classes)
     rng = np.random.default_rng(seed)
     manual, manual_n = {}, {}
-    names = ("raw", "adjusted_count", "em", "reviewed", "reviewed_corrected")
+    names = ("raw", "adjusted_count", "em", "reviewed", "reviewed_adjusted_count", "reviewed_em")
     model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in names}
     model_n: dict[str, dict[str, int]] = {m: {} for m in names}
     for s in range(n_samples):
@@ -114,16 +115,17 @@ def composed_study(
                                     training_prior=prior, n_bootstrap=0, reviewed=list(~sure))
         model["reviewed"][sid] = {c.label: c.percent for c in after.raw.classes}
         model_n["reviewed"][sid] = cells_per_sample
-        if after.corrected is not None:
-            model["reviewed_corrected"][sid] = after.corrected.as_mapping()
-            model_n["reviewed_corrected"][sid] = cells_per_sample
+        for name, comp_ in (("reviewed_adjusted_count", after.adjusted_count), ("reviewed_em", after.em)):
+            if comp_ is not None:
+                model[name][sid] = comp_.as_mapping()
+                model_n[name][sid] = cells_per_sample
     out: dict[str, Any] = {
         "settings": {"n_samples": n_samples, "cells_per_sample": cells_per_sample, "manual_cells": manual_cells,
                      "concentration": concentration, "seed": seed, "pool_cells": int(len(y)),
                      "pool_counts": {c: int(len(ix)) for c, ix in zip(classes, by_class)},
                      "unidentified_threshold": threshold, "model_id": card["id"],
                      "manual_count": "true composition counted on a second aliquot (multinomial)",
-                     "corrected_shown": "em" if "em" in model and model["em"] else "adjusted_count"},
+                     "corrected_shown": {"before review": "adjusted_count", "after review": "em (else adjusted_count)"}},
         "notes": notes,
         "comparisons": {},
     }

@@ -466,7 +466,9 @@ class SampleDifferential:
         """The prior-shift-corrected composition that screens, studies and reports show as "corrected %".
 
         The one rule, so that a reviewer signs the numbers they reviewed: EM (Saerens et al. 2002) when it could be
-        computed, else the adjusted count (Forman 2008), else ``None``.
+        computed, else the adjusted count (Forman 2008), else ``None``. :func:`phenotyping.results.sample_results`
+        computes EM only once no cell waits in the unidentified queue (before that the counted cells are a
+        confidence-selected subset, which EM's pure-prior-shift model does not fit).
         """
         return self.em if self.em is not None else self.adjusted_count
 

@@ -8,7 +8,8 @@ differential. The rules:
 - a reviewer's label overrides the prediction; a reviewed label that is not one of the model's classes (e.g.
   ``debris``, ``other``) excludes the cell with the reason "reviewed as <label>";
 - an unreviewed cell that the model is unsure of (QC state ``unidentified``, or calibrated confidence below the
-  card's ``calibration.unidentified_threshold``) waits in the "unidentified" queue and is not counted;
+  card's ``calibration.unidentified_threshold``) waits in the "unidentified" queue and is not counted (and, while
+  any cell waits, the corrected % is the adjusted count, not EM: see :func:`sample_results`);
 - every other cell is counted under its final label.
 """
 
@@ -221,6 +222,15 @@ def sample_results(
     labels = [r.final_label for r in counted]
     reviewed = [r.cell.reviewed_label is not None for r in counted]
     probs = None
+    waiting = sum(1 for r in results if r.exclusion == UNIDENTIFIED)
+    if waiting and prior is not None:
+        # EM assumes the counted cells are an unselected sample of the specimen; leaving out the cells the model is
+        # unsure of selects on the image, so EM is biased until the queue is reviewed (composed studies in
+        # docs/BENCHMARKS.md). The adjusted count uses the confusion of confident validation cells: it fits this
+        # selection, and is the corrected % meanwhile.
+        notes.append(f"EM correction is computed once the {waiting} unidentified cell(s) are reviewed; until then "
+                     "the corrected % is the adjusted count")
+        prior = None
     if counted and prior is not None:
         rows = []
         for r in counted:

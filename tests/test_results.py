@@ -135,3 +135,18 @@ def test_reviewed_cells_are_not_corrected_by_the_adjusted_count(store, sample):
     mixed = sample_results(store, "S1", card=card, n_bootstrap=0).differential
     assert mixed.adjusted_count.as_mapping()["lymphocyte"] == pytest.approx(50.0)
     assert not any("all validation cells" in n for n in mixed.notes)  # the confident confusion was used
+
+
+def test_em_waits_for_the_unidentified_queue(store, sample):
+    """Counting only confident cells selects on the image, which EM cannot model: the corrected % is the adjusted
+    count until the queue is reviewed, then EM."""
+    ids = add_cells(store, 6)
+    predict(store, ids, ["neutrophil", "lymphocyte"] * 3, [0.9, 0.9, 0.9, 0.9, 0.9, 0.55])  # last one is unsure
+    store.set_analysis_model("S1", "toy-1", actor="rev")
+    card = {**CARD, "training": {**CARD["training"], "class_weighting": "balanced class weights n/(K·n_k)"}}
+    d = sample_results(store, "S1", card=card, n_bootstrap=0).differential
+    assert d.em is None and d.corrected is d.adjusted_count
+    assert any("once the 1 unidentified cell(s) are reviewed" in n for n in d.notes)
+    store.reclassify([ids[5]], "lymphocyte", actor="rev", model_id="toy-1")
+    d = sample_results(store, "S1", card=card, n_bootstrap=0).differential
+    assert d.em is not None and d.corrected is d.em
