@@ -117,6 +117,24 @@ def test_manifest_columns_kept(store, sample, tmp_path):
     assert cells["cell-2"].shape == (2, 32, 32) and cells["cell-2"].dtype == "uint16"
 
 
+def test_manifest_symlinks_are_followed_and_checked(store, sample, tmp_path):
+    """A listed symbolic link counts where it leads: inside the manifest's folder it is read, outside it is refused."""
+    outside = tmp_path / "outside.tif"
+    write(outside, encode(cell_array(c=2, dtype=np.uint16, seed=3), "tiff"))
+    d = tmp_path / "set"
+    write(d / "img" / "0.tif", encode(cell_array(c=2, dtype=np.uint16, seed=0), "tiff"))
+    (d / "img" / "inside.tif").symlink_to(d / "img" / "0.tif")
+    (d / "img" / "leak.tif").symlink_to(outside)
+    (d / "img" / "dangling.tif").symlink_to(d / "img" / "gone.tif")
+    (d / "manifest.csv").write_text("path\nimg/0.tif\nimg/inside.tif\nimg/leak.tif\nimg/dangling.tif\nimg\n")
+    r = ingest_set(store, d, "S1", actor="t")
+    why = {x.file: x.reason for x in r.rejected}
+    assert r.ingested == 1  # 0.tif; the link to it is the same image
+    assert "escapes" in why["img/leak.tif"]
+    assert "not found" in why["img/dangling.tif"] and "not found" in why["img"]
+    assert "duplicate" in why["img/inside.tif"]
+
+
 def test_zip_with_slip_and_labels(store, sample, tmp_path):
     z = tmp_path / "set.zip"
     with zipfile.ZipFile(z, "w") as zf:
@@ -197,8 +215,8 @@ def test_reingest_adds_nothing_and_reports_duplicates(store, sample, tmp_path):
 
 
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "phenotyping", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "phenotyping", *args], cwd=cwd, check=False, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_cli_json_contract_and_exit_codes(tmp_path):

@@ -189,8 +189,8 @@ def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int) 
         yield _file_entry(p, rel.as_posix(), label=_label_from_layout(inner), max_bytes=max_bytes)
 
 
-def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int) -> Entry:
-    size = path.stat().st_size
+def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int, size: int | None = None) -> Entry:
+    size = path.stat().st_size if size is None else size
 
     def read() -> bytes:
         with open(path, "rb") as fh:
@@ -210,14 +210,28 @@ def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes:
     if referenced is not None:
         referenced |= _referenced_paths(rows)
     base = manifest.parent.resolve()
+    folders: dict[PurePosixPath, Path] = {}  # a listed file's folder, resolved once (most sets share a few folders)
 
     def resolve(rel: PurePosixPath) -> Entry | str:
-        p = (base / rel).resolve()
+        folder = folders.get(rel.parent)
+        if folder is None:
+            folder = folders[rel.parent] = (base / rel.parent).resolve()
+        p = folder / rel.name
+        try:
+            st = p.lstat()
+        except OSError:
+            return "listed in the manifest but not found"
+        if stat.S_ISLNK(st.st_mode):  # follow it, then apply the same checks to where it leads
+            p = p.resolve()
+            try:
+                st = p.stat()
+            except OSError:
+                return "listed in the manifest but not found"
         if not p.is_relative_to(base):
             return "path escapes the manifest's folder"
-        if not p.is_file():
+        if not stat.S_ISREG(st.st_mode):
             return "listed in the manifest but not found"
-        return _file_entry(p, rel.as_posix(), label=None, max_bytes=max_bytes)
+        return _file_entry(p, rel.as_posix(), label=None, max_bytes=max_bytes, size=st.st_size)
 
     yield from _manifest_entries(rows, cols, manifest.name, resolve, label_column)
 
