@@ -182,16 +182,26 @@ def write_synthetic_set(root: Path, n: int, channels: int, size: int, *, seed: i
 
 
 def _first_rows(manifest: Path, n: int, out: Path) -> tuple[Path, int]:
-    """A copy of ``manifest`` with its first ``n`` rows, paths made absolute (the images are not copied)."""
+    """Copy the first ``n`` images ``manifest`` lists (same relative paths) and a manifest of them into ``out``'s folder.
+
+    The copy is not timed. It is needed because ingestion accepts only paths inside the manifest's own folder, and
+    the source folder (a shared, read-only data set) is not written to.
+    """
+    import shutil
+
     from phenotyping.ingest import read_manifest
 
-    rows = read_manifest(manifest)[:n]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(manifest)[:n]  # paths checked and resolved against the manifest's folder
+    base, dest = manifest.parent.resolve(), out.parent
+    dest.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["cell_id", "path"])
         for i, r in enumerate(rows):
-            w.writerow([r.get("cell_id") or f"row{i}", str(r["path"])])
+            rel = r["path"].relative_to(base)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["path"], dest / rel)
+            w.writerow([r.get("cell_id") or f"row{i}", rel.as_posix()])
     return out, len(rows)
 
 
@@ -216,7 +226,7 @@ def end_to_end(model_dir: str | Path, *, n_cells: int, device: str = "cpu", batc
             source, n = "synthetic uint16 TIFFs, textured disc on noisy background", n_cells
         else:
             src = from_files / "manifest.csv" if from_files.is_dir() else from_files
-            manifest, n = _first_rows(src, n_cells, tmpd / "manifest.csv")
+            manifest, n = _first_rows(src, n_cells, tmpd / "set" / "manifest.csv")
             source = str(src)
         with Store(tmpd / "bench.duckdb", image_dir=tmpd / "images") as store:
             store.create_sample(Sample(id="BENCH", specimen=Specimen.blood), actor="bench")

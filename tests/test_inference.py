@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import encode  # noqa: E402
+from conftest import cell_array, encode  # noqa: E402
 
 CLASSES = ["disc", "ring"]
 
@@ -283,6 +283,24 @@ def test_bench_pieces_run_on_a_tiny_model(model_dir, tmp_path):
     assert f1 is not None and 0 < f1 < flops_per_cell(m, (2, 40, 40))  # more pixels, more work
     e2e = end_to_end(model_dir, n_cells=6, batch_size=4)
     assert (e2e["ingested"], e2e["predicted"] + e2e["excluded"]) == (6, 6)
+
+
+def test_bench_end_to_end_from_a_manifest_reads_its_first_rows(model_dir, tmp_path):
+    """--from-files: the first N listed images are ingested and predicted; the source folder is left as it was."""
+    from phenotyping.bench import end_to_end
+
+    src = tmp_path / "set"
+    (src / "img").mkdir(parents=True)
+    lines = ["cell_id,path,cell_type"]
+    for i in range(5):
+        (src / "img" / f"{i}.tif").write_bytes(encode(cell_array(20, 20, c=2, dtype=np.uint16, seed=i), "tiff"))
+        lines.append(f"c{i},img/{i}.tif,disc")
+    (src / "manifest.csv").write_text("\n".join(lines) + "\n")
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    e2e = end_to_end(model_dir, n_cells=3, batch_size=4, from_files=src)
+    assert (e2e["cells"], e2e["ingested"], e2e["predicted"] + e2e["excluded"]) == (3, 3, 3)
+    assert e2e["source"] == str(src / "manifest.csv")
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
 
 
 def test_fraction_of_peak_relates_model_flops_to_a_measured_matmul():
