@@ -215,22 +215,48 @@ def test_review_workflow_in_chromium(server, tmp_path):
         idle()
         page.get_by_role("button", name="G1", exact=True, disabled=False).click()
         expect(page.get_by_text("1 cell(s) reclassified as G1")).to_be_visible(timeout=UI_MS)
+        blocked = page.get_by_text("Signing is blocked")
+        other = page.get_by_role("button", name="other", exact=True, disabled=False)
+
+        def other_or_done(seconds: float) -> bool:
+            """Wait until "other" can be clicked (True) or the queue is empty (False). A click that empties the
+            queue leaves a rerun that disables every button; the old "blocked" notice can outlive it briefly."""
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if blocked.count() == 0:
+                    return False
+                if other.count() == 1:
+                    return True
+                page.wait_for_timeout(250)
+            return blocked.count() > 0 and other.count() == 1
+
+        failures = 0
         for i in range(60):
             idle()
-            if page.get_by_text("Signing is blocked").count() == 0:
+            if blocked.count() == 0:
                 break
-            other = page.get_by_role("button", name="other", exact=True, disabled=False)
+            ready = False
             for _ in range(3):  # a click that lands while the previous run is still being drawn can be lost
+                if blocked.count() == 0:
+                    break
                 click_one(page.get_by_role("button", name="Select page", disabled=False))
                 idle()
-                try:
-                    other.wait_for(timeout=15_000)
+                ready = other_or_done(15)
+                if ready:
                     break
-                except Exception:
-                    continue
+            if blocked.count() == 0:
+                break
             try:
-                other.click()
+                if not ready:
+                    raise TimeoutError("no enabled 'other' button after selecting the page three times")
+                other.click(timeout=15_000)
+                failures = 0
             except Exception:
+                # The click can meet a button that a rerun is replacing. Look at the settled screen again before
+                # calling it a failure.
+                failures += 1
+                if failures < 3:
+                    continue
                 page.screenshot(path=str(shots / f"failed-review-{i}.png"), full_page=True)
                 if extra is not None:
                     shutil.copy(shots / f"failed-review-{i}.png", extra / f"failed-review-{i}.png")
