@@ -38,11 +38,15 @@ def main(out: Path) -> None:
             "accuracy | balanced acc. | macro-F1 | Pearson r |\n|---|---|---|---|---|---|---|---|---|")
     print("### ifc-jurkat-labelfree: 7 phases + dna_content, 15 % stratified test split\n")
     print(head)
-    for a in ["hybrid", "cnn", "resnet18", "vit_small", "knn", "svm", "published_standin"]:
+    for a in ["hybrid", "hybrid_wide", "cnn", "resnet18", "vit_small", "knn", "svm", "published_standin"]:
         res = _load(out, f"jurkat-{a}")
         if res:
             cmd = " ".join(filter(None, ["train --arch", a, _EPOCHS.get(a, "--epochs 40 --patience 10"), "--seed 0"]))
             print(_row(a, cmd, res))
+    res = _load(out, "jurkat-published_standin-20ep")
+    if res:
+        print(_row("published_standin, 20 epochs",
+                   "train --arch published_standin --img-size 28 --epochs 20 --patience 5 --seed 0", res))
     print("\n### wbc-smear cross-source: train on one source, test on all cells of the other\n")
     print(head.replace("`evaluate --model DIR … --split test`", "`evaluate` on the other source"))
     for name, suffix, label in [("wbc-segwbc-hybrid", "-on-bccd", "segwbc-d1 → bccd"),
