@@ -137,6 +137,23 @@ def test_reviewed_cells_are_not_corrected_by_the_adjusted_count(store, sample):
     assert not any("all validation cells" in n for n in mixed.notes)  # the confident confusion was used
 
 
+def test_a_class_with_no_confident_validation_cell_borrows_its_row_from_all_validation_cells(store, sample):
+    """A rare class whose few validation cells all fell below the threshold leaves an empty row in the confident
+    confusion; the adjusted count still runs, with that row from all validation cells, and says so."""
+    ids = add_cells(store, 10)
+    predict(store, ids, ["neutrophil"] * 6 + ["lymphocyte"] * 4, [0.9] * 10)
+    store.set_analysis_model("S1", "toy-1", actor="rev")
+    card = {**CARD, "validation": {"confusion_confident": [[40, 10], [0, 0]], "confusion": [[45, 5], [2, 8]]}}
+    d = sample_results(store, "S1", card=card, n_bootstrap=0).differential
+    assert d.adjusted_count is not None
+    # by hand: P(pred | true) rows [0.8, 0.2] and [0.2, 0.8]; observed [0.6, 0.4] → true neutrophil share 2/3
+    assert d.adjusted_count.as_mapping()["neutrophil"] == pytest.approx(100 * 2 / 3)
+    assert any("no validation cell of ['lymphocyte'] is above" in n for n in d.notes)
+    neither = {**CARD, "validation": {"confusion_confident": [[40, 10], [0, 0]], "confusion": [[45, 5], [0, 0]]}}
+    d = sample_results(store, "S1", card=neither, n_bootstrap=0).differential
+    assert d.adjusted_count is None and any("adjusted count not computed" in n for n in d.notes)
+
+
 def test_em_waits_for_the_unidentified_queue(store, sample):
     """Counting only confident cells selects on the image, which EM cannot model: the corrected % is the adjusted
     count until the queue is reviewed, then EM."""
