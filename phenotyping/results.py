@@ -149,9 +149,9 @@ def _card_arrays(card: Mapping[str, Any], classes: list[str]
             if empty.any():
                 conf = conf.copy()
                 conf[empty] = full[empty]
-                names = [c for c, e in zip(classes, empty) if e]
-                notes.append(f"adjusted count: no validation cell of {names} is above the unidentified threshold; "
-                             "their misclassification rates come from all their validation cells")
+                names = ", ".join(c for c, e in zip(classes, empty) if e)
+                notes.append(f"adjusted count: no validation cell of {names} is above the unidentified threshold, "
+                             "so the misclassification rates of that class come from all its validation cells")
     if conf is None:
         notes.append("adjusted count not computed: the model card has no validation confusion matrix")
     elif conf.shape != (len(classes), len(classes)):
