@@ -57,3 +57,15 @@ ev jurkat-published_standin --manifest "$J" --split test
 # under-training it
 run jurkat-published_standin-20ep "${JARGS[@]}" --arch published_standin --img-size 28 --epochs 20 --patience 5
 ev jurkat-published_standin-20ep --manifest "$J" --split test
+
+# 5. a longer budget: the 40-epoch hybrid was still improving at epoch 31 of 40. Hybrid and cnn with 100 epochs
+#    (patience 25) and each multi-task weighting, plus one learning rate; the shipped models/jurkat-hybrid is the run
+#    with the best validation accuracy (jurkat-hybrid-e100-fixed, retrained with --out models/jurkat-hybrid)
+for a in hybrid cnn; do
+  for loss in uncertainty fixed; do
+    run "jurkat-$a-e100-$loss" "${JARGS[@]}" --arch "$a" --epochs 100 --patience 25 --loss "$loss"
+    ev "jurkat-$a-e100-$loss" --manifest "$J" --split test
+  done
+done
+run jurkat-hybrid-e100-lr4 "${JARGS[@]}" --arch hybrid --epochs 100 --patience 25 --lr 0.004
+ev jurkat-hybrid-e100-lr4 --manifest "$J" --split test

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ADMIN_PW = "browser-admin-pw"
 KEY_PW = "browser-key-pw"
 N_CELLS = 1000
-MODEL_ID = "jurkat-hybrid-fdc9fdfcb0"
+MODEL_ID = "jurkat-hybrid-5b75ff6e90"
 # Playwright's expect() waits 5 s by default. On a loaded 2-core machine a rerun alone can take longer, and the
 # server actions (ingest, analysis, drafting with its 1,000-resample bootstrap, PDF preview, signing) take tens of
 # seconds: the test checks what happens, not how fast, so every expect names one of these generous limits.

@@ -444,8 +444,8 @@ def test_two_epochs_on_real_jurkat_slice_beat_chance(tmp_path, capsys):
 @pytest.mark.parametrize("folder, data", [("jurkat-hybrid", ("ifc-jurkat-labelfree", "manifest.csv")),
                                           ("wbc-hybrid", ("wbc-smear", "segwbc-d1", "manifest.csv"))])
 def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data):
-    """The shipped checkpoints (saved before the hybrid's conv blocks became timm ConvNormAct) still give the
-    validation metrics their cards report."""
+    """The shipped checkpoints, loaded by this version of the code, still give the validation metrics their cards
+    report."""
     from phenotyping.evaluate import evaluate_model_dir
 
     model_dir = Path(__file__).resolve().parent.parent / "models" / folder
