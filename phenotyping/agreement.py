@@ -540,7 +540,9 @@ def _cusum(x: np.ndarray, y: np.ndarray, a: float, b: float, alpha: float) -> Cu
     if n_above and n_below:
         r[above] = math.sqrt(n_below / n_above)
         r[below] = -math.sqrt(n_above / n_below)
-    order = np.argsort((y + x / b - a) / math.sqrt(1.0 + 1.0 / b**2), kind="stable")
+    # points ordered by their projection on the fitted line; (y + x/b - a) / sqrt(1 + 1/b^2) written as below so
+    # that a tiny positive slope (b^2 underflowing to 0) cannot divide by zero
+    order = np.argsort((b * y + x - a * b) / math.hypot(b, 1.0), kind="stable")
     h = float(np.max(np.abs(np.cumsum(r[order])))) / math.sqrt(n_below + 1)
     p = float(stats.kstwobign.sf(h))
     return CusumTest(

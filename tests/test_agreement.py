@@ -180,6 +180,26 @@ def test_passing_bablok_ci_symmetry_and_linearity():
     assert not curved.cusum.linear and curved.cusum.p_value < 0.05
 
 
+def test_passing_bablok_with_a_vanishing_slope_still_runs_the_cusum_test():
+    """A model that reports a class at nearly 0 % in every sample gives a tiny positive slope; the cusum ordering
+    divided by slope² and failed with ZeroDivisionError once slope² underflowed (composed cross-site study)."""
+    x = np.array([1.0, 2, 3, 4, 5, 6])
+    r = ag.passing_bablok(x, 1e-200 * x)
+    assert r.slope == pytest.approx(1e-200) and 0.0 <= r.cusum.p_value <= 1.0
+    # an ordinary fit: the statistic equals the textbook form (Passing & Bablok 1983), points ordered by
+    # (y + x/b - a) / sqrt(1 + 1/b²) and residual scores sqrt(n-/n+) above, -sqrt(n+/n-) below the line
+    rng = np.random.default_rng(7)
+    x = rng.uniform(1, 50, 40)
+    y = 1.0 + 0.9 * x + rng.normal(0, 2, 40)
+    fit = ag.passing_bablok(x, y)
+    b, a = fit.slope, fit.intercept
+    res = y - (a + b * x)
+    up, down = int((res > 0).sum()), int((res < 0).sum())
+    score = np.where(res > 0, np.sqrt(down / up), np.where(res < 0, -np.sqrt(up / down), 0.0))
+    order = np.argsort((y + x / b - a) / np.sqrt(1 + 1 / b**2), kind="stable")
+    assert fit.cusum.statistic == pytest.approx(np.max(np.abs(np.cumsum(score[order]))) / np.sqrt(down + 1))
+
+
 def test_deming_closed_form_and_limits():
     x = np.array([1.0, 2, 3, 4, 5, 6])
     r = ag.deming(x, 3 + 2 * x)
