@@ -43,20 +43,17 @@ def main(out: Path) -> None:
         if res:
             cmd = " ".join(filter(None, ["train --arch", a, _EPOCHS.get(a, "--epochs 40 --patience 10"), "--seed 0"]))
             print(_row(a, cmd, res))
-    for a in ["hybrid", "cnn"]:
-        for loss in ["uncertainty", "fixed"]:
-            res = _load(out, f"jurkat-{a}-e100-{loss}")
-            if res:
-                cmd = f"train --arch {a} --epochs 100 --patience 25 --loss {loss} --seed 0"
-                print(_row(f"{a}, 100 epochs, {loss} weights", cmd, res))
-    res = _load(out, "jurkat-hybrid-e100-lr4")
-    if res:
-        print(_row("hybrid, 100 epochs, lr 0.004", "train --arch hybrid --epochs 100 --patience 25 --lr 0.004 --seed 0",
-                   res))
-    res = _load(out, "jurkat-published_standin-20ep")
-    if res:
-        print(_row("published_standin, 20 epochs",
-                   "train --arch published_standin --img-size 28 --epochs 20 --patience 5 --seed 0", res))
+    longer = [(f"jurkat-{a}-e100-{loss}", f"{a}, 100 epochs, {loss} weights",
+               f"train --arch {a} --epochs 100 --patience 25 --loss {loss} --seed 0")
+              for a in ("hybrid", "cnn") for loss in ("uncertainty", "fixed")]
+    longer += [("jurkat-hybrid-e100-lr4", "hybrid, 100 epochs, lr 0.004",
+                "train --arch hybrid --epochs 100 --patience 25 --lr 0.004 --seed 0"),
+               ("jurkat-published_standin-20ep", "published_standin, 20 epochs",
+                "train --arch published_standin --img-size 28 --epochs 20 --patience 5 --seed 0")]
+    for name, label, cmd in longer:
+        res = _load(out, name)
+        if res:
+            print(_row(label, cmd, res))
     print("\n### wbc-smear cross-source: train on one source, test on all cells of the other\n")
     print(head.replace("`evaluate --model DIR … --split test`", "`evaluate` on the other source"))
     for name, suffix, label in [("wbc-segwbc-hybrid", "-on-bccd", "segwbc-d1 → bccd"),

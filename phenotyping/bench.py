@@ -13,6 +13,7 @@ import csv
 import os
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -187,8 +188,6 @@ def _first_rows(manifest: Path, n: int, out: Path) -> tuple[Path, int]:
     The copy is not timed. It is needed because ingestion accepts only paths inside the manifest's own folder, and
     the source folder (a shared, read-only data set) is not written to.
     """
-    import shutil
-
     from phenotyping.ingest import read_manifest
 
     rows = read_manifest(manifest)[:n]  # paths checked and resolved against the manifest's folder

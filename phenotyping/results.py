@@ -133,25 +133,26 @@ def _card_arrays(card: Mapping[str, Any], classes: list[str]
 
     notes: list[str] = []
     validation = card.get("validation") or {}
-    confusion = validation.get("confusion_confident")
-    if confusion is None and validation.get("confusion") is not None:
-        confusion = validation["confusion"]
+
+    def matrix(key: str) -> np.ndarray | None:
+        m = validation.get(key)
+        return None if m is None else np.asarray(m, dtype=float)
+
+    confident, full = matrix("confusion_confident"), matrix("confusion")
+    conf = confident
+    if confident is None and full is not None:
+        conf = full
         notes.append("adjusted count uses the confusion of all validation cells; the card has no confusion of the "
                      "cells above the unidentified threshold (run `python -m phenotyping calibrate` on the model)")
-    conf = np.asarray(confusion, dtype=float) if confusion is not None else None
-    full = validation.get("confusion")
-    if conf is not None and full is not None and validation.get("confusion_confident") is not None:
-        full = np.asarray(full, dtype=float)
-        if full.shape == conf.shape:
-            # a rare class can have validation cells but none above the threshold: its row of the confident-cell
-            # confusion is empty, so take that row from all its validation cells rather than drop the correction
-            empty = (conf.sum(axis=1) == 0) & (full.sum(axis=1) > 0)
-            if empty.any():
-                conf = conf.copy()
-                conf[empty] = full[empty]
-                names = ", ".join(c for c, e in zip(classes, empty) if e)
-                notes.append(f"adjusted count: no validation cell of {names} is above the unidentified threshold, "
-                             "so the misclassification rates of that class come from all its validation cells")
+    elif confident is not None and full is not None and full.shape == confident.shape:
+        # a rare class can have validation cells but none above the threshold: its row of the confident-cell
+        # confusion is empty, so take that row from all its validation cells rather than drop the correction
+        empty = (confident.sum(axis=1) == 0) & (full.sum(axis=1) > 0)
+        if empty.any():
+            conf = np.where(empty[:, None], full, confident)
+            names = ", ".join(c for c, e in zip(classes, empty) if e)
+            notes.append(f"adjusted count: no validation cell of {names} is above the unidentified threshold, "
+                         "so the misclassification rates of that class come from all its validation cells")
     if conf is None:
         notes.append("adjusted count not computed: the model card has no validation confusion matrix")
     elif conf.shape != (len(classes), len(classes)):
