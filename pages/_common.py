@@ -197,12 +197,12 @@ def results_token(store: Store, sample_id: str) -> tuple[Any, ...]:
 
 
 def sample_results_cached(store: Store, sample_id: str, *, n_bootstrap: int = 0) -> Any:
-    """:func:`phenotyping.results.sample_results`, recomputed only when :func:`results_token` changes.
+    """:func:`phenotyping.analysis.results.sample_results`, recomputed only when :func:`results_token` changes.
 
     ``n_bootstrap=0`` (the default on interactive screens) gives the raw differential with its exact CIs and the
     corrected point estimates in about 0.1 s per 1,000 cells; the corrected CIs need the bootstrap (seconds).
     """
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
 
     token = (*results_token(store, sample_id), n_bootstrap)
     cache = st.session_state.setdefault("_results_cache", {})

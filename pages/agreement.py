@@ -10,10 +10,11 @@ import streamlit as st
 
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, one_line, pick_sample, require_user,
                            sample_header, show_flash, signed_version)
-from phenotyping.comparison import comparison_csv, sample_comparison, study_comparison
-from phenotyping.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
-from phenotyping.results import load_card_for
-from phenotyping.studies import import_manual_counts, run_study, save_manual_counts
+from phenotyping.agreement.comparison import comparison_csv, sample_comparison, study_comparison
+from phenotyping.agreement.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
+from phenotyping.analysis.results import load_card_for
+from phenotyping.agreement.manual_counts import import_manual_counts, save_manual_counts
+from phenotyping.agreement.study import run_study
 
 store = get_store()
 user = require_user()

@@ -10,9 +10,9 @@ from typing import Any
 import streamlit as st
 
 from pages._common import allowed, attempt, flash, get_runner, get_store, require_user, show_flash
-from phenotyping.checkpoint import load_card
+from phenotyping.models.checkpoint import load_card
 from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
-from phenotyping.results import find_model_dirs
+from phenotyping.analysis.results import find_model_dirs
 from phenotyping.settings import get_settings
 
 store = get_store()

@@ -7,9 +7,9 @@ import streamlit as st
 
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, show_flash, signed_version)
-from phenotyping.cellview import cell_display, embedding_map, explain_cell
+from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
 from phenotyping.errors import PhenotypingError
-from phenotyping.results import model_dir_for
+from phenotyping.analysis.results import model_dir_for
 from phenotyping.schemas import SampleStatus
 
 EXTRA_LABELS = ("debris", "other")  # reviewed labels that exclude a cell from the count ("reviewed as …")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phenotyping.errors import NotFoundError, PhenotypingError
+from phenotyping.models.checkpoint import load_model_cached
 
 if TYPE_CHECKING:
     from phenotyping.schemas import IngestResult
@@ -237,24 +238,6 @@ def active_job(store: Any, *, kind: str, sample_id: str | None = None) -> dict[s
     return None
 
 
-# -- models ----------------------------------------------------------------------------------------------------------
-_model_cache: dict[tuple[str, float], Any] = {}
-_model_lock = threading.Lock()
-
-
-def load_model_cached(model_dir: str | Path) -> Any:
-    """:func:`phenotyping.checkpoint.load_model_dir`, kept in memory per folder and checkpoint time."""
-    from phenotyping.checkpoint import CHECKPOINT, load_model_dir
-
-    path = Path(model_dir).resolve()
-    ckpt = path / CHECKPOINT
-    key = (str(path), ckpt.stat().st_mtime if ckpt.exists() else 0.0)
-    with _model_lock:
-        if key not in _model_cache:
-            _model_cache[key] = load_model_dir(path)
-        return _model_cache[key]
-
-
 def warm_up_models(store: Any) -> threading.Thread:
     """Load every usable registered model on a background daemon thread (imports torch once, reads the weights),
     so that the first prediction of a server process does not pay for it. Failures are logged, not raised: the
@@ -360,7 +343,7 @@ def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor
     model_dir = models[model_id]["path"]
 
     def work(progress: Progress) -> dict[str, Any]:
-        from phenotyping.inference import cpu_threads, predict_sample
+        from phenotyping.analysis.inference import cpu_threads, predict_sample
         from phenotyping.schemas import SampleStatus
 
         progress(0, store.count_cells(sample_id), None, "loading the model", force=True)
@@ -491,7 +474,7 @@ def submit_training(runner: JobRunner, sample_ids: Sequence[str], name: str, *, 
                     classes: Sequence[str] | None = None, model_root: str | Path | None = None) -> int:
     """Train a model on the labelled cells of stored samples (background job with per-epoch progress).
 
-    The model folder ``<model_root>/<name>`` is written by :func:`phenotyping.train.train` and registered in the
+    The model folder ``<model_root>/<name>`` is written by :func:`phenotyping.training.train.train` and registered in the
     store as *not usable* until an admin has looked at its evaluation and marks it usable. Only cells labelled with
     one of ``classes`` are used (default: the labels of the samples' image sets; see
     :func:`export_labelled_cells`); the job's result says how many were left out.
@@ -512,7 +495,7 @@ def submit_training(runner: JobRunner, sample_ids: Sequence[str], name: str, *, 
         store.get_sample(sid)
 
     def work(progress: Progress) -> dict[str, Any]:
-        from phenotyping.train import TrainConfig, train
+        from phenotyping.training.train import TrainConfig, train
 
         progress(0, epochs, None, "exporting the labelled cells", force=True)
         with tempfile.TemporaryDirectory(prefix="leuko-train-") as tmp:
@@ -565,7 +548,7 @@ def submit_evaluation(runner: JobRunner, model_id: str, sample_ids: Sequence[str
         store.get_sample(sid)
 
     def work(progress: Progress) -> dict[str, Any]:
-        from phenotyping.evaluate import evaluate_model_dir
+        from phenotyping.training.evaluate import evaluate_model_dir
 
         progress(0, 2, None, "exporting the labelled cells", force=True)
         m = models[model_id]

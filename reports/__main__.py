@@ -40,7 +40,7 @@ def _password(file: Path | None, env: str, what: str) -> bytes:
 # -- commands -----------------------------------------------------------------------------------------------------
 def _render(args: argparse.Namespace) -> int:
     from phenotyping.cli._common import open_store
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
     from phenotyping.settings import get_settings
     from reports.context import build_context
     from reports.pdf import render
@@ -167,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _bench_store(d: Path, args: argparse.Namespace) -> dict[str, Any]:
     """build_context from a synthetic analysed store (study included), render, sign; bootstrap timed apart."""
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
     from phenotyping.settings import Settings
     from phenotyping.store import Store
     from reports.context import build_context
@@ -217,10 +217,7 @@ def _bench_store(d: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- parser -------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_render(sub: Any) -> None:
     p = sub.add_parser("render", help="render a sample's report as PDF/A-3b",
                        description="Render the latest (or --version) unsigned report of a sample to a new "
                                    "PDF/A-3b file with its results JSON and per-cell CSV attached. A signed version "
@@ -233,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference-interval CSV/JSON (default: LEUKO_REFERENCE_INTERVALS; see reports/reference.py)")
     p.set_defaults(func=_render)
 
+
+def _add_sign(sub: Any) -> None:
     p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file",
                        description="Sign FILE.pdf with the signer's PKCS#12 key and write SIGNED.pdf (the input is "
                                    "never changed). Password: --password-file or LEUKO_SIGNER_PASSWORD.")
@@ -244,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--location", default=None, help="signing location (optional)")
     p.set_defaults(func=_sign)
 
+
+def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="check a signed PDF",
                        description='Print {"signed","intact","trusted","signer","signed_at","covers_whole_file"}; '
                                    "exit status 1 when the signature is missing or broken.")
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", type=Path, default=None, help="trusted CA certificate(s), PEM or DER")
     p.set_defaults(func=_verify)
 
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="export a sample's results as FHIR R4 JSON and/or per-cell CSV",
                        description="Write a report version as a validated FHIR R4 Bundle (DiagnosticReport + one "
                                    "Observation per class) and/or the per-cell results as CSV. A signed version is "
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report version (default: the latest); a signed version is exported as signed")
     p.set_defaults(func=_export)
 
+
+def _add_keys(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create a lab CA and issue signer keys",
                           description="Signing keys for a fresh installation (a real CA's PKCS#12 works too).")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -292,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--password-file", type=Path, default=None, help="signer's new key password (first line)")
     k.set_defaults(func=_issue)
 
+
+def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="time building, rendering and signing a full report",
                        description="--source store (default): build a synthetic store with an analysed --cells "
                                    "sample, two more and a saved study, then time sample_results (with and without "
@@ -302,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=int, default=1000, help="cells of the reported sample (store source)")
     p.add_argument("--reference-intervals", type=Path, default=None, help="reference-interval file to use")
     p.set_defaults(func=_bench)
+
+
+COMMANDS = (_add_render, _add_sign, _add_verify, _add_export, _add_keys, _add_bench)  # in the order --help lists
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

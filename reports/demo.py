@@ -51,8 +51,8 @@ def _cell_png(seed: int, size: int = 48) -> str:
 @lru_cache(maxsize=1)
 def _demo_study() -> tuple[StudyAgreement, tuple[tuple[str, str], ...]]:
     """A synthetic 20-sample method-comparison study (model - manual) and its Bland-Altman SVGs."""
-    from phenotyping.figures import bland_altman_svg
-    from phenotyping.study import compute_study
+    from phenotyping.agreement.figures import bland_altman_svg
+    from phenotyping.agreement.study import compute_study
 
     rng = np.random.default_rng(7)
     labels = [row[0] for row in _BLOOD]
@@ -198,7 +198,7 @@ def demo_store(store: Any, model_dir: Any, *, n_cells: int = 1000, n_other: int 
     import json
     from pathlib import Path
 
-    from phenotyping.studies import run_study
+    from phenotyping.agreement.study import run_study
 
     rng = np.random.default_rng(seed)
     model_dir = Path(model_dir)

@@ -120,7 +120,7 @@ def interpretation_problems(ctx: ReportContext) -> list[str]:
 def _gate_problems(store: Any, sample_id: str, signer: str) -> tuple[list[str], Any]:
     """Role, version and review-state reasons not to sign (cheap: no bootstrap, no rendering), and the sample's
     results without bootstrap (None when there is nothing to check further)."""
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
 
     problems = []
     found = store.get_user(signer)
@@ -174,7 +174,7 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
         SigningBlocked: see :func:`signing_problems`.
         reports.signing.SigningError: wrong key password or unreadable key.
     """
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
     from reports.pdf import render
     from reports.signing import certificate_subject, same_person_name, sign
 
@@ -357,7 +357,7 @@ def cells_csv_from_results(res: Any) -> str:
 def export_cells_csv(store: Any, sample_id: str, *, version: int | None = None) -> str:
     """Per-cell CSV of a version (default: the latest). A signed version's table is the ``cells.csv`` signed inside
     its PDF; otherwise (or with no report yet) the current results."""
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.results import sample_results
     from reports.pdf import CELLS_ATTACHMENT, attachment
 
     rv = _version(store, sample_id, version)

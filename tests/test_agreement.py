@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from phenotyping import agreement as ag
+from phenotyping.agreement import stats as ag
 
 # Bland & Altman 1986, Lancet i:307-310, Table 1: peak expiratory flow rate (l/min) of 17 subjects, first reading
 # with the Wright peak flow meter and first reading with the mini Wright meter.

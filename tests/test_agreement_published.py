@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from phenotyping import agreement as ag
+from phenotyping.agreement import stats as ag
 
 # mcr data set `creatinine`: preoperative serum and plasma creatinine (mg/dL) of 110 heart-surgery patients (mcr
 # man/creatinine.Rd). Transcribed, in the package's row order, as (serum, plasma) pairs in R. Wicklin, "Passing-Bablok

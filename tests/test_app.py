@@ -291,7 +291,7 @@ def test_save_manual_counts(lab):
     counts = {c.cell_type: c.count for c in store.get_manual_counts("S1")}
     assert counts == {"neutrophil": 60, "lymphocyte": 40}
     assert store.list_audit(sample_id="S1", action="counts.save")[0].actor == "rev"
-    paired = table(at, "manual %")  # model vs manual, from phenotyping.comparison
+    paired = table(at, "manual %")  # model vs manual, from phenotyping.agreement.comparison
     assert list(paired["class"]) == CLASSES and list(paired["manual %"]) == [60.0, 40.0]
     assert list(paired["model raw %"]) == [50.0, 50.0]  # 5 + 5 confident cells; the 2 unsure await review
 
@@ -407,7 +407,7 @@ def test_signed_sample_is_locked_on_the_screens(lab):
 
 def test_run_analysis_starts_a_job_and_shows_the_differential(lab, monkeypatch):
     """The Analyse button submits a prediction job (model patched out) and the screen follows it to the end."""
-    import phenotyping.inference as inference
+    import phenotyping.analysis.inference as inference
     import phenotyping.jobs as jobs
 
     store, ids = lab
@@ -457,7 +457,7 @@ def test_pages_import_no_heavy_or_db_modules():
 
 
 def test_display_image_is_uint8():
-    from phenotyping.cellview import overlay, to_display
+    from phenotyping.analysis.cellview import overlay, to_display
 
     img = to_display(cell_array(c=2, dtype=np.uint16))
     assert img.dtype == np.uint8 and img.shape == (32, 32) and img.max() == 255

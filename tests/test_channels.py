@@ -41,7 +41,7 @@ def _export(root: Path, out: Path, contrast: str) -> Path:
 def test_names_from_tifffile_imagej_and_ome_metadata(tmp_path):
     import tifffile
 
-    from phenotyping.data import image_channel_names
+    from phenotyping.training.data import image_channel_names
 
     a = np.zeros((2, 3, 8, 8), np.uint16)                                  # (C, Z, H, W)
     tifffile.imwrite(tmp_path / "json.tif", a[:, 0], photometric="minisblack",
@@ -61,7 +61,7 @@ def test_names_from_tifffile_imagej_and_ome_metadata(tmp_path):
 def test_disagreeing_images_name_both_files(tmp_path):
     import tifffile
 
-    from phenotyping.data import channel_names_from_images
+    from phenotyping.training.data import channel_names_from_images
 
     a = np.zeros((2, 8, 8), np.uint16)
     for name, chans in (("one.tif", ["bf", "df"]), ("two.tif", ["bf", "df"]), ("three.tif", ["df", "bf"])):
@@ -76,7 +76,7 @@ def test_disagreeing_images_name_both_files(tmp_path):
 
 
 def test_bsccm_reader_names_are_read_back_for_both_contrasts(tmp_path):
-    from phenotyping.data import channel_names_from_images, read_cell
+    from phenotyping.training.data import channel_names_from_images, read_cell
 
     root = _bsccm_root(tmp_path / "BSCCM-tiny", n=4)
     led = _export(root, tmp_path / "led", "led_array")
@@ -88,7 +88,7 @@ def test_bsccm_reader_names_are_read_back_for_both_contrasts(tmp_path):
 
 # ---------------------------------------------------------------- presets
 def test_presets_cover_every_dpc_name_the_bsccm_reader_writes():
-    from phenotyping.data import channel_specs
+    from phenotyping.models.preprocess import channel_specs
 
     s = {c.name: c for c in channel_specs(DPC4 + ["DPC", "Brightfield", "DF_50"])}
     assert s["DPC_Left"].hflip == "swap:DPC_Right" and s["DPC_Right"].hflip == "swap:DPC_Left"
@@ -104,7 +104,8 @@ def test_presets_cover_every_dpc_name_the_bsccm_reader_writes():
 
 def test_augmented_dpc_equals_dpc_of_augmented_half_images():
     """Flipping the raw left/right images and recomputing (L − R)/(L + R) gives the flipped DPC channel."""
-    from phenotyping.data import augment, channel_specs
+    from phenotyping.training.data import augment
+    from phenotyping.models.preprocess import channel_specs
 
     rng = np.random.default_rng(3)
     left, right = rng.uniform(100, 900, (2, 7, 7)).astype(np.float32)
@@ -121,7 +122,7 @@ def test_augmented_dpc_equals_dpc_of_augmented_half_images():
 
 # ---------------------------------------------------------------- training
 def test_training_reads_bsccm_channel_names_and_uses_dpc_presets(tmp_path):
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
 
     manifest = _export(_bsccm_root(tmp_path / "BSCCM-tiny"), tmp_path / "led", "led_array")
     logs: list[str] = []
@@ -157,7 +158,7 @@ def test_training_without_names_says_channels_are_treated_as_symmetric(tmp_path,
 def test_channels_option_wins_and_a_mismatch_with_the_metadata_is_said(tmp_path):
     import tifffile
 
-    from phenotyping.train import TrainConfig, _channel_names
+    from phenotyping.training.train import TrainConfig, _channel_names
 
     a = np.zeros((2, 8, 8), np.uint16)
     for i in range(3):

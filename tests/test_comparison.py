@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from phenotyping.comparison import CSV_COLUMNS, comparison_csv, sample_comparison, study_comparison
+from phenotyping.agreement.comparison import CSV_COLUMNS, comparison_csv, sample_comparison, study_comparison
 from phenotyping.schemas import ManualCount, Prediction, Sample, Specimen
 from tests.conftest import cell_array, png_bytes
 

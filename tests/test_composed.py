@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phenotyping.composed import composed_study, markdown_table
+from phenotyping.agreement.composed import composed_study, markdown_table
 
 
 def pool(n=600, flip=0.0, seed=0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from phenotyping.counts import (
+from phenotyping.agreement.manual_counts import (
     ManualCount,
     counts_to_percent,
     parse_counts,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from phenotyping.differential import (
+from phenotyping.analysis.differential import (
     EMNotConverged,
     MIN_CELLS_FOR_DIFFERENTIAL,
     adjusted_count,
@@ -187,7 +187,7 @@ def test_sample_differential_keeps_raw_when_em_fails():
     predicted = [CLASSES[i] for i in post.argmax(1)]
     from unittest import mock
 
-    with mock.patch("phenotyping.differential.em_corrected", side_effect=EMNotConverged("slow")):
+    with mock.patch("phenotyping.analysis.differential.em_corrected", side_effect=EMNotConverged("slow")):
         s = sample_differential(predicted, CLASSES, probabilities=post, training_prior=np.ones(3) / 3, n_bootstrap=5)
     assert s.em is None and s.raw.n_counted == 300
     assert any("EM correction not reported" in n for n in s.notes)

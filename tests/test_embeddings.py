@@ -31,7 +31,7 @@ def _write_set(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     """A trained test_hybrid in <tmp>/models/emb, and the image set."""
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
 
     root = _write_set(tmp_path_factory.mktemp("set") / "cells")
     models = tmp_path_factory.mktemp("models")
@@ -42,7 +42,7 @@ def embedder(tmp_path_factory):
 
 def _fit_on_embeddings(root: Path, emb: Path, out: Path, arch: str = "test_knn"):
     """Train through the CLI; return the in-memory model that train() saved."""
-    import phenotyping.checkpoint as ck
+    import phenotyping.models.checkpoint as ck
     from phenotyping.__main__ import main
 
     saved = []
@@ -56,9 +56,9 @@ def _fit_on_embeddings(root: Path, emb: Path, out: Path, arch: str = "test_knn")
 
 @pytest.mark.parametrize("arch", ["test_knn", "test_svm"])
 def test_classifier_on_embeddings_round_trips_and_evaluates(embedder, tmp_path, capsys, arch):
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.data import load_images
-    from phenotyping.evaluate import evaluate_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.training.data import load_images
+    from phenotyping.training.evaluate import evaluate_model_dir
     from phenotyping.models.classical import EmbeddedClassicalModel
 
     root, emb_dir = embedder
@@ -86,9 +86,9 @@ def test_classifier_on_embeddings_round_trips_and_evaluates(embedder, tmp_path, 
 
 
 def test_a_missing_or_changed_embedding_model_is_a_loud_error(embedder, tmp_path):
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
     from phenotyping.errors import NotFoundError
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
 
     root, emb_dir = embedder
     work = tmp_path / "models"
@@ -114,7 +114,7 @@ def test_a_missing_or_changed_embedding_model_is_a_loud_error(embedder, tmp_path
 
 
 def test_embed_model_needs_a_classical_arch_and_a_neural_embedder(embedder, tmp_path):
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
 
     root, emb_dir = embedder
     with pytest.raises(ValueError, match="not a classical model"):
@@ -131,7 +131,7 @@ def test_embed_model_needs_a_classical_arch_and_a_neural_embedder(embedder, tmp_
 
 def test_embedding_classifier_runs_like_a_neural_model_on_a_device_batch(embedder, tmp_path):
     """What sample prediction does with a model: ``.to(device).eval()``, then a float tensor batch."""
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
 
     root, emb_dir = embedder
     _fit_on_embeddings(root, emb_dir, tmp_path / "knn")
@@ -146,8 +146,8 @@ def test_embedding_classifier_runs_like_a_neural_model_on_a_device_batch(embedde
 
 
 def test_sample_prediction_runs_a_classifier_on_embeddings(embedder, tmp_path, store, sample):
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.inference import predict_sample
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.analysis.inference import predict_sample
 
     root, emb_dir = embedder
     _fit_on_embeddings(root, emb_dir, tmp_path / "knn")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phenotyping import agreement as ag
-from phenotyping import figures
+from phenotyping.agreement import stats as ag
+from phenotyping.agreement import figures
 
 
 def _ba(**kw):

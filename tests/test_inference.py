@@ -32,10 +32,10 @@ def _cell(kind: str, rng: np.random.Generator, size: int = 20) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained ``test_hybrid`` saved as a model folder with a calibrated-looking card (no training needed)."""
-    from phenotyping.checkpoint import save_model_dir
-    from phenotyping.data import Preprocess, TargetScaler
+    from phenotyping.models.checkpoint import save_model_dir
+    from phenotyping.models.preprocess import Preprocess, TargetScaler
     from phenotyping.models import create_model
-    from phenotyping.qc import QCConfig
+    from phenotyping.analysis.qc import QCConfig
 
     torch.manual_seed(0)
     model = create_model("test_hybrid", in_chans=2, num_classes=2, num_targets=1, img_size=20).eval()
@@ -66,7 +66,7 @@ def _fill(store, n: int = 10, blanks: int = 2, seed: int = 0) -> list[int]:
 
 
 def test_predict_sample_stores_calibrated_predictions_and_excludes_blanks(store, sample, model_dir):
-    from phenotyping.inference import predict_sample
+    from phenotyping.analysis.inference import predict_sample
     from phenotyping.schemas import QCState
 
     ids = _fill(store)
@@ -89,11 +89,11 @@ def test_predict_sample_stores_calibrated_predictions_and_excludes_blanks(store,
 
 
 def test_probabilities_are_temperature_scaled(store, sample, model_dir):
-    from phenotyping.calibration import softmax
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.data import fit_to_size
+    from phenotyping.models.forward import softmax
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.models.preprocess import fit_to_size
     from phenotyping.ingest import read_image
-    from phenotyping.inference import predict_sample
+    from phenotyping.analysis.inference import predict_sample
 
     ids = _fill(store, n=2, blanks=0)
     predict_sample(store, "S1", model_dir, device="cpu")
@@ -108,7 +108,7 @@ def test_probabilities_are_temperature_scaled(store, sample, model_dir):
 
 
 def test_interrupted_run_resumes_and_predicts_each_cell_once(store, sample, model_dir):
-    from phenotyping.inference import predict_sample
+    from phenotyping.analysis.inference import predict_sample
 
     ids = _fill(store, n=10, blanks=0)
 
@@ -133,7 +133,7 @@ def test_interrupted_run_resumes_and_predicts_each_cell_once(store, sample, mode
 
 
 def test_unknown_device_and_missing_calibration_fail_loudly(store, sample, model_dir, tmp_path):
-    from phenotyping.inference import predict_sample, resolve_device
+    from phenotyping.analysis.inference import predict_sample, resolve_device
 
     with pytest.raises(ValueError, match="tpu"):
         resolve_device("tpu")
@@ -165,7 +165,7 @@ def _copy_model(model_dir: Path, dest: Path, **card_changes) -> Path:
 
 
 def test_card_without_qc_thresholds_is_refused(store, sample, model_dir, tmp_path):
-    from phenotyping.inference import predict_sample
+    from phenotyping.analysis.inference import predict_sample
 
     no_qc = _copy_model(model_dir, tmp_path / "no-qc", qc=None)
     _fill(store, n=2, blanks=0)
@@ -175,8 +175,8 @@ def test_card_without_qc_thresholds_is_refused(store, sample, model_dir, tmp_pat
 
 def test_image_qc_is_rechecked_with_each_models_thresholds(store, sample, model_dir, tmp_path):
     """A cell excluded by one model's QC is checked again by a model whose card allows it (and vice versa)."""
-    from phenotyping.inference import predict_sample
-    from phenotyping.qc import QCConfig
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.analysis.qc import QCConfig
     from phenotyping.schemas import QCState
 
     _fill(store, n=4, blanks=0)
@@ -191,7 +191,7 @@ def test_image_qc_is_rechecked_with_each_models_thresholds(store, sample, model_
 
 
 def test_device_setting_is_used_when_none_is_given(monkeypatch):
-    from phenotyping.inference import resolve_device
+    from phenotyping.analysis.inference import resolve_device
     from phenotyping.settings import get_settings
 
     monkeypatch.setenv("LEUKO_DEVICE", "cpu")
@@ -273,7 +273,7 @@ def test_predict_cli_rejects_db_with_manifest(model_dir, tmp_path, capsys):
 
 
 def test_bench_pieces_run_on_a_tiny_model(model_dir, tmp_path):
-    from phenotyping.bench import end_to_end, flops_per_cell, model_speed
+    from phenotyping.analysis.bench import end_to_end, flops_per_cell, model_speed
     from phenotyping.models import create_model
 
     m = create_model("test_hybrid", in_chans=2, num_classes=2, img_size=20)
@@ -287,7 +287,7 @@ def test_bench_pieces_run_on_a_tiny_model(model_dir, tmp_path):
 
 def test_bench_end_to_end_from_a_manifest_reads_its_first_rows(model_dir, tmp_path):
     """--from-files: the first N listed images are ingested and predicted; the source folder is left as it was."""
-    from phenotyping.bench import end_to_end
+    from phenotyping.analysis.bench import end_to_end
 
     src = tmp_path / "set"
     (src / "img").mkdir(parents=True)
@@ -304,7 +304,7 @@ def test_bench_end_to_end_from_a_manifest_reads_its_first_rows(model_dir, tmp_pa
 
 
 def test_fraction_of_peak_relates_model_flops_to_a_measured_matmul():
-    from phenotyping.bench import ModelSpeed, fraction_of_peak, measured_peak_flops
+    from phenotyping.analysis.bench import ModelSpeed, fraction_of_peak, measured_peak_flops
 
     peak = measured_peak_flops("cpu", min_seconds=0.05)
     assert peak["flops_per_s"] > 0 and peak["matmul"].endswith("float32")

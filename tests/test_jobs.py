@@ -76,7 +76,7 @@ def _sample_with_cells(store, tmp_path, n=3, labelled=True):
 
 def test_prediction_job_sets_analysis_model_and_status(runner, store, tmp_path, monkeypatch):
     """The model is patched out: the job's wiring (model lookup, progress, status, analysis model) is what is tested."""
-    import phenotyping.inference as inference
+    import phenotyping.analysis.inference as inference
     import phenotyping.jobs as jobs
 
     _sample_with_cells(store, tmp_path)

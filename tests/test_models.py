@@ -158,8 +158,8 @@ def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
     """Checkpoints saved before the timm blocks (keys stem.0.0.weight, stem.0.1.running_mean…) load unchanged."""
     import re
 
-    from phenotyping.checkpoint import CHECKPOINT, load_model_dir, save_model_dir
-    from phenotyping.data import Preprocess
+    from phenotyping.models.checkpoint import CHECKPOINT, load_model_dir, save_model_dir
+    from phenotyping.models.preprocess import Preprocess
 
     torch.manual_seed(0)
     m = create_model(name, in_chans=2, num_classes=3, num_targets=1).eval()
@@ -184,7 +184,7 @@ def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
 def test_shipped_models_load(folder):
     from pathlib import Path
 
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
 
     path = Path(__file__).resolve().parent.parent / "models" / folder
     if not (path / "checkpoint.pt").is_file():
@@ -198,7 +198,7 @@ def test_shipped_models_load(folder):
 
 # ---------------------------------------------------------------- losses
 def test_uncertainty_loss_matches_kendall_forms():
-    from phenotyping.losses import UncertaintyWeightedLoss
+    from phenotyping.training.losses import UncertaintyWeightedLoss
 
     loss = UncertaintyWeightedLoss(num_targets=1)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
@@ -216,7 +216,7 @@ def test_uncertainty_loss_matches_kendall_forms():
 
 
 def test_loss_ignores_missing_targets_and_fixed_weights():
-    from phenotyping.losses import make_loss
+    from phenotyping.training.losses import make_loss
 
     fixed = make_loss("fixed", 1)
     logits, y = torch.zeros(2, 3), torch.tensor([0, 1])
@@ -230,7 +230,8 @@ def test_loss_ignores_missing_targets_and_fixed_weights():
 
 # ---------------------------------------------------------------- augmentation
 def test_augmentation_moves_all_channels_together():
-    from phenotyping.data import augment, channel_specs
+    from phenotyping.training.data import augment
+    from phenotyping.models.preprocess import channel_specs
 
     base = np.arange(36, dtype=np.float32).reshape(6, 6)
     x = np.stack([base, base * 2, base + 7])
@@ -244,7 +245,8 @@ def test_augmentation_moves_all_channels_together():
 
 
 def test_dpc_channels_negate_or_swap_under_flips_and_never_rotate():
-    from phenotyping.data import augment, channel_specs
+    from phenotyping.training.data import augment
+    from phenotyping.models.preprocess import channel_specs
 
     rng = np.random.default_rng(1)
     img = rng.normal(size=(5, 5)).astype(np.float32)
@@ -264,7 +266,8 @@ def test_dpc_channels_negate_or_swap_under_flips_and_never_rotate():
 
 
 def test_lone_half_pupil_image_is_never_flipped_across_its_axis():
-    from phenotyping.data import augment, channel_specs
+    from phenotyping.training.data import augment
+    from phenotyping.models.preprocess import channel_specs
 
     specs = channel_specs(["dpc_left", "brightfield"])        # no dpc_right to swap with
     assert specs[0].hflip == "never" and specs[0].vflip == "same"
@@ -281,7 +284,7 @@ def test_lone_half_pupil_image_is_never_flipped_across_its_axis():
 
 
 def test_fit_to_size_pads_and_shrinks():
-    from phenotyping.data import fit_to_size
+    from phenotyping.models.preprocess import fit_to_size
 
     small = np.full((2, 10, 6), 5, np.uint16)
     out = fit_to_size(small, 16)
@@ -293,7 +296,7 @@ def test_fit_to_size_pads_and_shrinks():
 
 # ---------------------------------------------------------------- splits, targets
 def test_grouped_split_has_no_group_leak_and_keeps_classes():
-    from phenotyping.data import split_indices
+    from phenotyping.training.data import split_indices
 
     rng = np.random.default_rng(0)
     groups = np.repeat([f"g{i}" for i in range(20)], 30)
@@ -306,7 +309,7 @@ def test_grouped_split_has_no_group_leak_and_keeps_classes():
 
 
 def test_grouped_split_refuses_groups_confounded_with_classes():
-    from phenotyping.data import split_indices
+    from phenotyping.training.data import split_indices
 
     labels = ["a"] * 50 + ["b"] * 50 + ["c"] * 50
     groups = ["G1"] * 50 + ["G2"] * 50 + ["G3"] * 50
@@ -315,7 +318,7 @@ def test_grouped_split_refuses_groups_confounded_with_classes():
 
 
 def test_stratified_split_is_seeded():
-    from phenotyping.data import split_indices
+    from phenotyping.training.data import split_indices
 
     labels = ["a"] * 40 + ["b"] * 20
     s1, s2 = split_indices(labels, seed=5), split_indices(labels, seed=5)
@@ -324,7 +327,7 @@ def test_stratified_split_is_seeded():
 
 
 def test_target_scaler_round_trip_with_log():
-    from phenotyping.data import TargetScaler
+    from phenotyping.models.preprocess import TargetScaler
 
     y = np.array([[1.0, 10.0], [2.0, 100.0], [3.0, 1000.0]])
     sc = TargetScaler.fit(y, ["a", "b"], [False, True])
@@ -336,7 +339,7 @@ def test_target_scaler_round_trip_with_log():
 
 
 def test_class_weights_balance_counts():
-    from phenotyping.data import class_weights
+    from phenotyping.training.data import class_weights
 
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w[2] == 0 and w[0] * 3 == pytest.approx(w[1] * 1)
@@ -344,7 +347,8 @@ def test_class_weights_balance_counts():
 
 # ---------------------------------------------------------------- calibration, explanations
 def test_temperature_softens_overconfident_logits():
-    from phenotyping.calibration import fit_temperature, softmax, unidentified_threshold
+    from phenotyping.training.calibration import fit_temperature, unidentified_threshold
+    from phenotyping.models.forward import softmax
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 400)
@@ -357,7 +361,7 @@ def test_temperature_softens_overconfident_logits():
 
 
 def test_explanations_shapes():
-    from phenotyping.explain import embed_2d, grad_cam, occlusion_map
+    from phenotyping.analysis.explain import embed_2d, grad_cam, occlusion_map
 
     torch.manual_seed(0)
     m = create_model("test_hybrid", in_chans=2, num_classes=3).eval()
@@ -374,7 +378,7 @@ def test_explanations_shapes():
 
 @pytest.mark.parametrize("name", NEURAL_3D)
 def test_explanations_on_z_stacks(name):
-    from phenotyping.explain import grad_cam, occlusion_map
+    from phenotyping.analysis.explain import grad_cam, occlusion_map
 
     torch.manual_seed(0)
     m = create_model(name, in_chans=2, num_classes=3).eval()
@@ -389,7 +393,7 @@ def test_explanations_on_z_stacks(name):
 def test_z_stack_explanations_keep_the_planes_apart():
     """A model that reads only plane 1 of 3: occlusion is zero on planes 0 and 2; Grad-CAM of a blob in plane 1
     (no bias, positive weights, so activations exist only there) stays in plane 1 and near the blob."""
-    from phenotyping.explain import grad_cam, occlusion_map
+    from phenotyping.analysis.explain import grad_cam, occlusion_map
     from phenotyping.models._base import ModelOutput
 
     class PlaneOne(torch.nn.Module):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from phenotyping.postfit import calibrate_qc, confident_confusion, posterior_prior
-from phenotyping.qc import QCConfig, check_images
+from phenotyping.training.postfit import calibrate_qc, confident_confusion
+from phenotyping.analysis.prior import posterior_prior
+from phenotyping.analysis.qc import QCConfig, check_images
 
 
 def _disc(rng: np.random.Generator, size: int = 40, blur: float = 0.0, extra: bool = False) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_posterior_prior_follows_the_class_weighting():
 @pytest.mark.slow
 def test_train_writes_the_sections_and_calibrate_rewrites_them(tmp_path, capsys):
     from phenotyping.__main__ import main
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
     from tests.test_train import _write_set
 
     root = _write_set(tmp_path / "cells", n_per_class=16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from phenotyping.qc import (
+from phenotyping.analysis.qc import (
     DEBRIS,
     EMPTY,
     MULTIPLE_CELLS,

@@ -1,5 +1,5 @@
 """The manual-count comparison in a real report: the latest saved study including the sample, its per-class
-Bland-Altman results with CIs and model version, figures from phenotyping.figures, and agreement facts."""
+Bland-Altman results with CIs and model version, figures from phenotyping.agreement.figures, and agreement facts."""
 
 from __future__ import annotations
 

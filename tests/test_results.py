@@ -7,7 +7,7 @@ import json
 import pytest
 
 from phenotyping.errors import NotFoundError
-from phenotyping.results import NOT_ANALYSED, UNIDENTIFIED, model_dir_for, sample_results
+from phenotyping.analysis.results import NOT_ANALYSED, UNIDENTIFIED, model_dir_for, sample_results
 from phenotyping.schemas import Prediction, QCState
 from tests.test_store import add_cells
 
@@ -97,8 +97,8 @@ def test_em_uses_the_prior_the_probabilities_assume():
     """
     import numpy as np
 
-    from phenotyping.differential import em_prior_shift
-    from phenotyping.postfit import card_posterior_prior
+    from phenotyping.analysis.differential import em_prior_shift
+    from phenotyping.analysis.prior import card_posterior_prior
 
     rng = np.random.default_rng(0)
     y = (rng.random(20000) < 0.2).astype(int)  # 80 % class 0, 20 % class 1

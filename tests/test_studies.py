@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from phenotyping.agreement import clopper_pearson
+from phenotyping.agreement.stats import clopper_pearson
 from phenotyping.errors import NotFoundError
-from phenotyping.results import sample_results
+from phenotyping.analysis.results import sample_results
 from phenotyping.schemas import Prediction, Sample, Specimen
-from phenotyping.studies import import_manual_counts, run_study, save_manual_counts
+from phenotyping.agreement.manual_counts import import_manual_counts, save_manual_counts
+from phenotyping.agreement.study import run_study
 from tests.test_results import CARD
 from tests.test_store import add_cells
 

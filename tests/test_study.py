@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phenotyping import agreement as ag
-from phenotyping.study import compare_class, compute_study, paired_from_csv
+from phenotyping.agreement import stats as ag
+from phenotyping.agreement.paired import paired_from_csv
+from phenotyping.agreement.study import compare_class, compute_study
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "basophil"]

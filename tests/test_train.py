@@ -63,7 +63,7 @@ def _write_manifest_set(root: Path, n: int = 64, seed: int = 0, *, random_labels
 
 def _spy_on_saves(mp: pytest.MonkeyPatch) -> list:
     """Record the in-memory model each ``save_model_dir`` call writes (train imports it at call time)."""
-    import phenotyping.checkpoint as ck
+    import phenotyping.models.checkpoint as ck
 
     saved: list = []
     real = ck.save_model_dir
@@ -85,7 +85,7 @@ class Trained:
 
 
 def _train(root, out, *, target_columns=(), group_column=None, **cfg) -> Trained:
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.train import TrainConfig, train
 
     with pytest.MonkeyPatch.context() as mp:
         saved = _spy_on_saves(mp)
@@ -120,7 +120,7 @@ def trained_reg(tmp_path_factory) -> Trained:
 
 
 def _inputs(lm, paths) -> torch.Tensor:
-    from phenotyping.data import load_images
+    from phenotyping.training.data import load_images
 
     return torch.from_numpy(lm.preprocess.normalise(load_images(paths, lm.preprocess.img_size), batched=True))
 
@@ -172,7 +172,7 @@ def test_card_names_the_data_licence_and_notes_copyleft(trained):
     ("Some words about the data, no licence", None),
 ])
 def test_detect_licence(text, spdx):
-    from phenotyping.train import detect_licence, licence_terms
+    from phenotyping.training.licence import detect_licence, licence_terms
 
     assert detect_licence(text) == spdx
     copyleft = spdx is not None and spdx.split("-")[0] in ("GPL", "LGPL", "AGPL", "MPL") or spdx == "CC-BY-SA-4.0"
@@ -180,7 +180,7 @@ def test_detect_licence(text, spdx):
 
 
 def test_image_folder_ids_are_unique_across_class_folders(trained):
-    from phenotyping.data import load_rows
+    from phenotyping.training.data import load_rows
 
     rows = load_rows(trained.root, label_column="cell_type")
     ids = [r["cell_id"] for r in rows]
@@ -191,8 +191,8 @@ def test_image_folder_ids_are_unique_across_class_folders(trained):
 
 
 def test_manifest_cell_ids_are_kept_and_must_be_unique(tmp_path):
-    from phenotyping.data import load_rows
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.training.data import load_rows
+    from phenotyping.training.train import TrainConfig, train
 
     manifest = _write_manifest_set(tmp_path / "set", n=8)
     assert [r["cell_id"] for r in load_rows(manifest)][:2] == ["c000", "c001"]
@@ -205,8 +205,8 @@ def test_manifest_cell_ids_are_kept_and_must_be_unique(tmp_path):
 
 def test_old_split_csv_with_bare_stems_still_selects_cells(trained, tmp_path):
     from phenotyping.errors import PhenotypingError
-    from phenotyping.evaluate import _select_split
-    from phenotyping.data import load_rows
+    from phenotyping.training.evaluate import _select_split
+    from phenotyping.training.data import load_rows
 
     rows = load_rows(trained.root, label_column="cell_type")
     old = tmp_path / "old"
@@ -219,7 +219,7 @@ def test_old_split_csv_with_bare_stems_still_selects_cells(trained, tmp_path):
 
 
 def test_reloaded_model_reproduces_the_trained_model(trained):
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
     from phenotyping.models import create_model
 
     lm = load_model_dir(trained.out)
@@ -235,7 +235,7 @@ def test_reloaded_model_reproduces_the_trained_model(trained):
 
 
 def test_evaluate_on_the_validation_split_reproduces_the_card(trained):
-    from phenotyping.evaluate import evaluate_model_dir
+    from phenotyping.training.evaluate import evaluate_model_dir
 
     res = evaluate_model_dir(trained.out, trained.root, split="val", log=lambda m: None)
     val = trained.card["validation"]
@@ -245,8 +245,8 @@ def test_evaluate_on_the_validation_split_reproduces_the_card(trained):
 
 
 def test_training_is_reproducible_on_cpu(trained, tmp_path):
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.train import TrainConfig, train
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.training.train import TrainConfig, train
 
     train(trained.root, "cell_type", tmp_path / "again",
           config=TrainConfig(arch="test_hybrid", epochs=2, seed=1, batch_size=16), log=lambda m: None)
@@ -256,7 +256,7 @@ def test_training_is_reproducible_on_cpu(trained, tmp_path):
 
 
 def test_missing_checkpoint_names_what_exists(trained, tmp_path):
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -269,9 +269,9 @@ def test_missing_checkpoint_names_what_exists(trained, tmp_path):
 
 # ---------------------------------------------------------------- regression targets
 def test_target_scaling_is_stored_and_inverts_predictions(trained_reg):
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.data import load_rows, parse_targets
-    from phenotyping.evaluate import evaluate_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.training.data import load_rows, parse_targets
+    from phenotyping.training.evaluate import evaluate_model_dir
 
     card = trained_reg.card
     rows = load_rows(trained_reg.root)
@@ -302,8 +302,8 @@ def _split_ids(model_dir: Path, split: str) -> set[str]:
 
 
 def test_regression_ccc_is_the_agreement_module_ccc():
-    from phenotyping.agreement import ccc
-    from phenotyping.evaluate import regression_metrics
+    from phenotyping.agreement.stats import ccc
+    from phenotyping.training.evaluate import regression_metrics
 
     true = np.array([[1.0], [2.0], [3.0], [4.0], [5.0]])
     pred = np.array([[1.2], [1.9], [3.3], [3.8], [5.4]])
@@ -316,9 +316,9 @@ def test_regression_ccc_is_the_agreement_module_ccc():
 # ---------------------------------------------------------------- training options
 def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     """Labels independent of the images: validation stops improving; the saved model is the best epoch's."""
-    import phenotyping.evaluate as ev
-    from phenotyping.checkpoint import load_model_dir
-    from phenotyping.train import TrainConfig, train
+    import phenotyping.models.forward as ev
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.training.train import TrainConfig, train
 
     manifest = _write_manifest_set(tmp_path / "set", n=64, random_labels=True)
     logs: list[str] = []
@@ -351,7 +351,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
 
 def test_group_column_keeps_every_group_in_one_split(tmp_path, capsys):
     from phenotyping.__main__ import main
-    from phenotyping.data import load_rows
+    from phenotyping.training.data import load_rows
 
     manifest = _write_manifest_set(tmp_path / "set", n=64)
     out = tmp_path / "m"
@@ -384,7 +384,7 @@ def test_fixed_loss_through_train(tmp_path, capsys):
 
 @pytest.mark.parametrize("arch", ["test_knn", "test_svm"])
 def test_classical_model_through_train_round_trips_exactly(trained, tmp_path, arch):
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
 
     t = _train(trained.root, tmp_path / arch, arch=arch, seed=0)
     assert t.card["validation"]["accuracy"] > 0.8
@@ -446,7 +446,7 @@ def test_two_epochs_on_real_jurkat_slice_beat_chance(tmp_path, capsys):
 def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data):
     """The shipped checkpoints, loaded by this version of the code, still give the validation metrics their cards
     report."""
-    from phenotyping.evaluate import evaluate_model_dir
+    from phenotyping.training.evaluate import evaluate_model_dir
 
     model_dir = Path(__file__).resolve().parent.parent / "models" / folder
     if not (model_dir / "checkpoint.pt").is_file():
@@ -460,7 +460,7 @@ def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data):
 
 
 def test_training_fraction_keeps_two_cells_per_class():
-    from phenotyping.data import stratified_fraction
+    from phenotyping.training.data import stratified_fraction
 
     y = np.array([0] * 200 + [1] * 20 + [2] * 3 + [3])
     keep = stratified_fraction(y, 0.05, seed=0)

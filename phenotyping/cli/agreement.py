@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.study import compare_class, paired_from_csv
+    from phenotyping.agreement.paired import paired_from_csv
+    from phenotyping.agreement.study import compare_class
 
     paired = paired_from_csv(args.paired)
     out, failed = {}, {}

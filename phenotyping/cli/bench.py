@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.bench import run_bench
-    from phenotyping.checkpoint import load_card
+    from phenotyping.analysis.bench import run_bench
+    from phenotyping.models.checkpoint import load_card
 
     if args.cells < 1:
         raise ValueError(f"--cells {args.cells} must be >= 1")

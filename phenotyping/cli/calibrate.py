@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.postfit import calibrate_model_dir
+    from phenotyping.training.postfit import calibrate_model_dir
 
     card = calibrate_model_dir(args.model, args.manifest, max_qc_cells=args.qc_cells)
     print_json({"model_id": card["id"], "posterior_prior": card["training"]["posterior_prior"],

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.composed import composed_study, markdown_table, predict_pool
+    from phenotyping.agreement.composed import composed_study, markdown_table, predict_pool
 
     pool = predict_pool(args.model, args.manifest, split=None if args.split == "all" else args.split,
                         label_column=args.label_column)

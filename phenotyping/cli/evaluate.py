@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.evaluate import evaluate_model_dir
+    from phenotyping.training.evaluate import evaluate_model_dir
 
     print_json(evaluate_model_dir(args.model, args.manifest, label_column=args.label_column,
                                   target_columns=args.target_columns, split=args.split,

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.checkpoint import load_model_dir
+    from phenotyping.models.checkpoint import load_model_dir
 
     if args.manifest is not None and args.db is not None:
         raise ValueError("--db goes with --sample; --manifest predicts in a temporary store")
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Namespace) -> int:
-    from phenotyping.inference import predict_sample
-    from phenotyping.results import sample_results
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.analysis.results import sample_results
 
     def progress(done: int, total: int, rate: float) -> None:
         print(f"\r{done}/{total} cells, {rate:.0f} cells/s", end="", file=sys.stderr, flush=True)
@@ -91,9 +91,9 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
 
 def qc_counts(res: Any) -> dict[str, int]:
     """Exclusions of the whole sample per reason code (image QC, unidentified, not analysed, reviewed as other)."""
-    from phenotyping.inference import UNREADABLE
-    from phenotyping.qc import REASONS, reason_code
-    from phenotyping.results import NOT_ANALYSED, UNIDENTIFIED
+    from phenotyping.analysis.inference import UNREADABLE
+    from phenotyping.analysis.qc import REASONS, reason_code
+    from phenotyping.analysis.results import NOT_ANALYSED, UNIDENTIFIED
 
     counts = {r: 0 for r in REASONS}
     for c in res.cells:

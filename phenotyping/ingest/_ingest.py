@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
 
 from phenotyping.errors import ImageError, IngestError
 from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
-from phenotyping.ingest._sources import iter_source
+from phenotyping.ingest._sources import _parse_manifest, _safe_member_path, iter_source
 from phenotyping.schemas import IngestResult, RejectedFile, Sample
 
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
@@ -51,101 +55,136 @@ def ingest_set(
         IngestError: the source cannot be read, or not one file of it is usable (the message lists the reasons).
         SampleLocked: the sample's latest report version is signed.
     """
-    if create is not None:
-        if create.id != sample_id:
-            raise ValueError(f"create= is sample {create.id!r} but the cells are for {sample_id!r}")
-        if store.sample_exists(sample_id):
-            raise ValueError(f"sample {sample_id!r} already exists; ingest into it without create=")
-        channels = expected_channels
-        hashes: dict[str, str] = {}
-        keys: set[str] = set()
-    else:
-        store.get_sample(sample_id)
-        store.ensure_unlocked(sample_id, "ingesting more cells")
-        channels = expected_channels or store.sample_channel_count(sample_id)
-        hashes = store.known_hashes(sample_id)  # content hash -> name of the first file with it
-        keys = store.known_cell_keys(sample_id)
-    rejected: list[RejectedFile] = []
-    noted: dict[str, list[str]] = {}  # decoding note -> files
-    duplicates = 0
-    pending: list[dict] = []
-    ids: list[int] = []
+    run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
     seen = 0
     last_report = time.monotonic()
-
-    def flush() -> None:
-        if pending:
-            ids.extend(store.add_cells(sample_id, pending, actor=actor, create=None if ids else create))
-            pending.clear()
-
     for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
                              bsccm_options=bsccm_options):
         seen += 1
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)
             last_report = time.monotonic()
-        if entry.error:
-            rejected.append(RejectedFile(file=entry.name, reason=entry.error))
-            continue
-        assert entry.read is not None
-        try:
-            if entry.size > max_bytes:
-                raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
-                                             f"{max_bytes / 1e6:.0f} MB")
-            data = entry.read()
-            if len(data) > max_bytes:
-                raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
-            notes: list[str] = []
-            arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
-            if channels is None:
-                channels = int(arr.shape[0])
-            elif arr.shape[0] != channels:
-                raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but this sample's cells have {channels}; "
-                                             "a sample's images must all have the same channels")
-        except ImageError as e:
-            rejected.append(RejectedFile(file=entry.name, reason=e.reason))
-            continue
-        key = entry.cell_key or entry.name
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in hashes:
-            duplicates += 1
-            rejected.append(RejectedFile(file=entry.name, reason=f"duplicate: same content as {hashes[digest]}"))
-            continue
-        if key in keys:
-            duplicates += 1
-            rejected.append(RejectedFile(file=entry.name, reason=f"cell id {key!r} is already in sample {sample_id}"))
-            continue
-        _, rel = store.put_blob(data, suffix=_SUFFIX[sniff_format(data)])
-        hashes[digest] = entry.name
-        keys.add(key)
-        extra = entry.extra
-        if notes:
-            extra = {**extra, "image_note": "; ".join(notes)}
-            for n in notes:
-                noted.setdefault(n, []).append(entry.name)
-        pending.append({
-            "cell_key": key, "content_hash": digest, "source_file": entry.name, "blob_path": rel,
-            "shape": tuple(arr.shape), "dtype": str(arr.dtype), "reference_label": entry.label,
-            "targets": entry.targets, "extra": extra,
-        })
-        if len(pending) >= BATCH:
-            flush()
-    flush()
+        _add_entry(run, entry, max_bytes=max_bytes, max_pixels=max_pixels)
+        if len(run.pending) >= BATCH:
+            run.flush()
+    run.flush()
     if progress:
         progress(seen, seen)
-    if not ids:
-        not_created = f"; sample {sample_id} was not created" if create is not None else ""
-        if seen == 0:
-            raise IngestError(f"{source}: no files found{not_created}")
-        reasons: dict[str, int] = {}
-        for r in rejected:
-            reasons[r.reason.split(" (")[0]] = reasons.get(r.reason.split(" (")[0], 0) + 1
-        top = "; ".join(f"{n}× {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        raise IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} "
-                          f"({top}){not_created}")
-    summary = [f"{note}: {len(files)} file(s), e.g. {files[0]}" for note, files in noted.items()]
-    return IngestResult(sample_id=sample_id, ingested=len(ids), duplicates=duplicates, rejected=rejected,
-                        notes=summary, cell_ids=ids)
+    if not run.ids:
+        raise _nothing_ingested(source, sample_id, seen, run.rejected, created=create is not None)
+    summary = [f"{note}: {len(files)} file(s), e.g. {files[0]}" for note, files in run.noted.items()]
+    return IngestResult(sample_id=sample_id, ingested=len(run.ids), duplicates=run.duplicates, rejected=run.rejected,
+                        notes=summary, cell_ids=run.ids)
+
+
+@dataclass
+class _Run:
+    """One ingest's state: what the sample already holds, what was rejected, the batch not yet committed."""
+
+    store: Any
+    sample_id: str
+    actor: str
+    create: Sample | None
+    channels: int | None
+    hashes: dict[str, str]                 # content hash -> name of the first file with it
+    keys: set[str]
+    rejected: list[RejectedFile] = field(default_factory=list)
+    noted: dict[str, list[str]] = field(default_factory=dict)  # decoding note -> files
+    duplicates: int = 0
+    pending: list[dict] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+
+    def flush(self) -> None:
+        """Commit the pending cells (creating the sample with the first batch when ``create`` is set)."""
+        if self.pending:
+            self.ids.extend(self.store.add_cells(self.sample_id, self.pending, actor=self.actor,
+                                                 create=None if self.ids else self.create))
+            self.pending.clear()
+
+
+def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected_channels: int | None) -> _Run:
+    """Check the sample (new, or existing and unlocked) and read what it already holds."""
+    if create is not None:
+        if create.id != sample_id:
+            raise ValueError(f"create= is sample {create.id!r} but the cells are for {sample_id!r}")
+        if store.sample_exists(sample_id):
+            raise ValueError(f"sample {sample_id!r} already exists; ingest into it without create=")
+        return _Run(store, sample_id, actor, create, channels=expected_channels, hashes={}, keys=set())
+    store.get_sample(sample_id)
+    store.ensure_unlocked(sample_id, "ingesting more cells")
+    channels = expected_channels or store.sample_channel_count(sample_id)
+    return _Run(store, sample_id, actor, create, channels=channels, hashes=store.known_hashes(sample_id),
+                keys=store.known_cell_keys(sample_id))
+
+
+def _decode(entry, channels: int | None, *, max_bytes: int, max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
+    """The entry's bytes, its decoded image and the decoding notes; ImageError when it is too large, unreadable or
+    has other channels than ``channels``."""
+    if entry.size > max_bytes:
+        raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
+                                     f"{max_bytes / 1e6:.0f} MB")
+    data = entry.read()
+    if len(data) > max_bytes:
+        raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
+    notes: list[str] = []
+    arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
+    if channels is not None and arr.shape[0] != channels:
+        raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but this sample's cells have {channels}; "
+                                     "a sample's images must all have the same channels")
+    return data, arr, notes
+
+
+def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
+    """Reject the entry (with its reason) or write its image and queue its cell for the next commit."""
+    if entry.error:
+        run.rejected.append(RejectedFile(file=entry.name, reason=entry.error))
+        return
+    assert entry.read is not None
+    try:
+        data, arr, notes = _decode(entry, run.channels, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageError as e:
+        run.rejected.append(RejectedFile(file=entry.name, reason=e.reason))
+        return
+    if run.channels is None:
+        run.channels = int(arr.shape[0])
+    key = entry.cell_key or entry.name
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in run.hashes:
+        run.duplicates += 1
+        run.rejected.append(RejectedFile(file=entry.name, reason=f"duplicate: same content as {run.hashes[digest]}"))
+        return
+    if key in run.keys:
+        run.duplicates += 1
+        run.rejected.append(RejectedFile(file=entry.name,
+                                         reason=f"cell id {key!r} is already in sample {run.sample_id}"))
+        return
+    _, rel = run.store.put_blob(data, suffix=_SUFFIX[sniff_format(data)])
+    run.hashes[digest] = entry.name
+    run.keys.add(key)
+    extra = entry.extra
+    if notes:
+        extra = {**extra, "image_note": "; ".join(notes)}
+        for n in notes:
+            run.noted.setdefault(n, []).append(entry.name)
+    run.pending.append({
+        "cell_key": key, "content_hash": digest, "source_file": entry.name, "blob_path": rel,
+        "shape": tuple(arr.shape), "dtype": str(arr.dtype), "reference_label": entry.label,
+        "targets": entry.targets, "extra": extra,
+    })
+
+
+def _nothing_ingested(source: str | Path, sample_id: str, seen: int, rejected: list[RejectedFile], *,
+                      created: bool) -> IngestError:
+    """The error for a set of which no file could be used: no files at all, or the three commonest reasons."""
+    not_created = f"; sample {sample_id} was not created" if created else ""
+    if seen == 0:
+        return IngestError(f"{source}: no files found{not_created}")
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r.reason.split(" (")[0]] = reasons.get(r.reason.split(" (")[0], 0) + 1
+    top = "; ".join(f"{n}× {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} "
+                       f"({top}){not_created}")
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -153,8 +192,6 @@ def read_manifest(path: str | Path) -> list[dict]:
 
     Raises IngestError for a missing 'path' column and ValueError for a path escaping the manifest's folder.
     """
-    from phenotyping.ingest._sources import _parse_manifest, _safe_member_path
-
     path = Path(path)
     rows, _ = _parse_manifest(path.read_text(encoding="utf-8-sig"), str(path))
     base = path.parent.resolve()

@@ -19,11 +19,12 @@ import math
 import stat
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from phenotyping.errors import IngestError
+from phenotyping.ingest._entry import Entry
 from phenotyping.ingest._image import IMAGE_SUFFIXES
+from phenotyping.ingest.bsccm import is_bsccm_root, iter_bsccm
 
 MANIFEST_NAME = "manifest.csv"
 _JUNK_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -32,20 +33,6 @@ _ID_COLUMNS = ("cell_id", "id")
 _NON_DATA_COLUMNS = {"path"}
 # A single-cell image is small; a zip member that claims to inflate this much more than it stores is refused.
 MAX_COMPRESSION_RATIO = 200
-
-
-@dataclass
-class Entry:
-    """One file of a set."""
-
-    name: str  # path inside the set (posix), shown to the user
-    read: Callable[[], bytes] | None = None
-    size: int = 0
-    cell_key: str | None = None
-    label: str | None = None
-    targets: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -314,8 +301,6 @@ def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int
     if not source.exists():
         raise IngestError(f"{source}: no such file or folder")
     if source.is_dir():
-        from phenotyping.ingest.bsccm import is_bsccm_root, iter_bsccm
-
         if is_bsccm_root(source):
             yield from iter_bsccm(source, **(bsccm_options or {}))
             return

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from phenotyping.errors import IngestError
-from phenotyping.ingest._sources import Entry
+from phenotyping.ingest._entry import Entry
 
 INDEX_CSV = "BSCCM_index.csv"
 METADATA_JSON = "BSCCM_global_metadata.json"

@@ -120,7 +120,7 @@ class EmbeddedClassicalModel:
 
     Its input is what the embedder takes: images normalised by the embedder's preprocessing. ``source`` records which
     model folder made the features (``dir``, ``relative_dir``, ``id``, ``architecture``, ``checkpoint_sha256``); the
-    checkpoint stores it, and :func:`phenotyping.checkpoint.load_model_dir` finds and verifies that folder.
+    checkpoint stores it, and :func:`phenotyping.models.checkpoint.load_model_dir` finds and verifies that folder.
     """
 
     is_neural = False

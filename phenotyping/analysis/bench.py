@@ -1,0 +1,291 @@
+"""Throughput benchmark: model-only forward speed, end-to-end speed (files → ingest → QC → predict → store), memory.
+
+Not a test: figures depend on the machine and on whatever else runs on it. ``python -m phenotyping bench`` prints the
+result as JSON; docs/BENCHMARKS.md records figures with the machine and the command that produced them.
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (matrix multiplications and convolutions,
+2 FLOPs per multiply-add; element-wise operations and normalisations are not counted) on a batch of one cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The published model's input (4 BSCCM DPC/brightfield channels at 28 × 28), per the issue.
+STANDIN_ARCH = "published_standin"
+STANDIN_INPUT = (4, 28, 28)
+
+
+@dataclass(frozen=True)
+class ModelSpeed:
+    """Forward-pass throughput of one architecture at one input shape."""
+
+    arch: str
+    input_shape: tuple[int, ...]
+    parameters: int
+    batch_size: int
+    cells_per_s: float
+    ms_per_batch: float
+    batches_timed: int
+    flops_per_cell: int | None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB), from ``getrusage`` (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_cores_available": cores, "torch": torch.__version__,
+                            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def flops_per_cell(model: Any, input_shape: tuple[int, ...], *, device: str = "cpu") -> int | None:
+    """FLOPs of one forward pass on one cell (``None`` when the counter cannot trace the model)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *input_shape), device=device)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return int(counter.get_total_flops())
+
+
+def _time_repeats(step: Any, *, cuda: bool, min_seconds: float, warmup: int) -> tuple[int, float]:
+    """Run ``step`` ``warmup`` times, then until ``min_seconds`` have passed (at least 3 times); on CUDA the device is
+    synchronised before the clock is read. Returns ``(repeats, seconds)``."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        reps += 1
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds and reps >= 3:
+            return reps, elapsed
+
+
+def measured_peak_flops(device: str = "cpu", *, min_seconds: float = 1.0) -> dict[str, Any]:
+    """The machine's dense matrix-multiply throughput, the yardstick for "fraction of peak".
+
+    A square matmul (4096² in the autocast dtype on CUDA, as the models run there; 1024² float32 on CPU) is timed
+    for ``min_seconds``; 2·n³ FLOPs per product. This is a measured peak, not the vendor's datasheet number.
+    """
+    import torch
+
+    from phenotyping.analysis.inference import autocast_dtype
+
+    cuda = device == "cuda"
+    n = 4096 if cuda else 1024
+    dtype = autocast_dtype() if cuda else torch.float32
+    a = torch.randn((n, n), device=device, dtype=dtype)
+    b = torch.randn((n, n), device=device, dtype=dtype)
+    with torch.inference_mode():
+        reps, elapsed = _time_repeats(lambda: a @ b, cuda=cuda, min_seconds=min_seconds, warmup=3)
+    flops = 2.0 * n**3 * reps / elapsed
+    return {"flops_per_s": flops, "matmul": f"{n}x{n} {str(dtype).replace('torch.', '')}", "device": device}
+
+
+def fraction_of_peak(speed: ModelSpeed, peak_flops_per_s: float) -> float | None:
+    """Share of the measured matmul peak that the model's counted FLOPs reach at its measured cells/s."""
+    if not speed.flops_per_cell or peak_flops_per_s <= 0:
+        return None
+    return speed.cells_per_s * speed.flops_per_cell / peak_flops_per_s
+
+
+def model_speed(model: Any, input_shape: tuple[int, ...], *, device: str = "cpu", batch_size: int = 256,
+                min_seconds: float = 3.0, warmup: int = 2, amp: bool = True) -> ModelSpeed:
+    """Time forward passes on random normalised input until ``min_seconds`` have passed (after ``warmup`` batches).
+
+    On CUDA the passes run under bf16/fp16 autocast (``amp``) and are synchronised before the clock is read.
+    """
+    import torch
+
+    from phenotyping.analysis.inference import autocast_dtype
+
+    model = model.to(device).eval()
+    x = torch.randn((batch_size, *input_shape), device=device)
+    cuda = device == "cuda"
+
+    def step() -> None:
+        if cuda and amp:
+            with torch.autocast("cuda", dtype=autocast_dtype()):
+                model(x)
+        else:
+            model(x)
+
+    with torch.inference_mode():
+        n, elapsed = _time_repeats(step, cuda=cuda, min_seconds=min_seconds, warmup=warmup)
+    params = sum(p.numel() for p in model.parameters())
+    return ModelSpeed(arch=str(model.config["arch"]), input_shape=tuple(input_shape), parameters=int(params),
+                      batch_size=batch_size, cells_per_s=n * batch_size / elapsed, ms_per_batch=1e3 * elapsed / n,
+                      batches_timed=n, flops_per_cell=flops_per_cell(model, input_shape, device=device))
+
+
+def write_synthetic_set(root: Path, n: int, channels: int, size: int, *, seed: int = 0) -> Path:
+    """``n`` distinct single-cell uint16 TIFFs (textured disc on a noisy background) and a manifest; returns it."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    rows = []
+    for i in range(n):
+        r = rng.uniform(0.25, 0.4) * size
+        disc = np.hypot(yy - size / 2 + rng.normal(0, 1), xx - size / 2 + rng.normal(0, 1)) < r
+        img = rng.normal(680, 6, size=(channels, size, size))
+        img[:, disc] += rng.normal(60, 60, size=(channels, int(disc.sum())))
+        name = f"cell{i:06d}.tif"
+        tifffile.imwrite(root / name, np.clip(img, 0, 65535).astype(np.uint16), photometric="minisblack",
+                         metadata={"axes": "CYX"})
+        rows.append((f"syn{i:06d}", name))
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "path"])
+        w.writerows(rows)
+    return manifest
+
+
+def _first_rows(manifest: Path, n: int, out: Path) -> tuple[Path, int]:
+    """Copy the first ``n`` images ``manifest`` lists (same relative paths) and a manifest of them into ``out``'s folder.
+
+    The copy is not timed. It is needed because ingestion accepts only paths inside the manifest's own folder, and
+    the source folder (a shared, read-only data set) is not written to.
+    """
+    from phenotyping.ingest import read_manifest
+
+    rows = read_manifest(manifest)[:n]  # paths checked and resolved against the manifest's folder
+    base, dest = manifest.parent.resolve(), out.parent
+    dest.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "path"])
+        for i, r in enumerate(rows):
+            rel = r["path"].relative_to(base)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["path"], dest / rel)
+            w.writerow([r.get("cell_id") or f"row{i}", rel.as_posix()])
+    return out, len(rows)
+
+
+def end_to_end(model_dir: str | Path, *, n_cells: int, device: str = "cpu", batch_size: int = 256,
+               from_files: Path | None = None) -> dict[str, Any]:
+    """Ingest ``n_cells`` image files into a fresh on-disk store and predict them; timed separately and together.
+
+    Without ``from_files`` the files are synthetic TIFFs written first (not timed) in the model's input shape; with
+    it, the first ``n_cells`` rows of that manifest (fewer if it has fewer).
+    """
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    lm = load_model_dir(model_dir)
+    with tempfile.TemporaryDirectory(prefix="phenotyping-bench-") as tmp:
+        tmpd = Path(tmp)
+        if from_files is None:
+            manifest = write_synthetic_set(tmpd / "set", n_cells, len(lm.preprocess.channels), lm.preprocess.img_size)
+            source, n = "synthetic uint16 TIFFs, textured disc on noisy background", n_cells
+        else:
+            src = from_files / "manifest.csv" if from_files.is_dir() else from_files
+            manifest, n = _first_rows(src, n_cells, tmpd / "set" / "manifest.csv")
+            source = str(src)
+        with Store(tmpd / "bench.duckdb", image_dir=tmpd / "images") as store:
+            store.create_sample(Sample(id="BENCH", specimen=Specimen.blood), actor="bench")
+            t0 = time.perf_counter()
+            ing = ingest_set(store, manifest, "BENCH", actor="bench", expected_channels=len(lm.preprocess.channels))
+            t1 = time.perf_counter()
+            run = predict_sample(store, "BENCH", lm, device=device, batch_size=batch_size, actor="bench")
+            t2 = time.perf_counter()
+    total = t2 - t0
+    return {"source": source, "cells": n, "ingested": ing.ingested, "predicted": run.predicted,
+            "excluded": run.excluded, "qc_counts": run.qc_counts, "ingest_s": round(t1 - t0, 3),
+            "predict_s": round(t2 - t1, 3), "total_s": round(total, 3),
+            "cells_per_s": round(n / total, 1) if total > 0 else None,
+            "predict_cells_per_s": round(n / (t2 - t1), 1) if t2 > t1 else None,
+            "device": run.device, "batch_size": batch_size}
+
+
+def run_bench(model_dir: str | Path, *, device: str = "auto", n_cells: int = 10_000, batch_size: int = 256,
+              from_files: Path | None = None, min_seconds: float = 3.0, standin: bool = True,
+              end_to_end_run: bool = True) -> dict[str, Any]:
+    """The whole benchmark: the loaded model, the same architecture and the published stand-in at 4×28×28,
+    then the end-to-end pipeline. Returns a JSON-ready dict."""
+    import torch
+
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.analysis.inference import cpu_threads, resolve_device
+    from phenotyping.models import create_model
+
+    dev = resolve_device(device)
+    if dev == "cpu":
+        torch.set_num_threads(cpu_threads(background_decoding=False))
+    lm = load_model_dir(model_dir)
+    cfg = dict(lm.model.config)
+    native = (len(lm.preprocess.channels), *([cfg.get("img_size", lm.preprocess.img_size)] * 2))
+    if cfg.get("dims", 2) == 3:
+        raise ValueError(f"model {lm.id} takes z-stacks; the benchmark covers 2D models only")
+    out: dict[str, Any] = {"model_id": lm.id, "device": dev, "machine": machine(), "model": {}}
+    peak = measured_peak_flops(dev)
+    out["measured_peak"] = peak
+
+    def timed(model: Any, shape: tuple[int, ...]) -> tuple[ModelSpeed, dict[str, Any]]:
+        speed = model_speed(model, shape, device=dev, batch_size=batch_size, min_seconds=min_seconds)
+        frac = fraction_of_peak(speed, peak["flops_per_s"])
+        return speed, {**asdict(speed), "fraction_of_peak": None if frac is None else round(frac, 5)}
+
+    _, out["model"]["native"] = timed(lm.model, native)
+    if standin:
+        k, m = cfg.get("num_classes", len(lm.classes)), cfg.get("num_targets", 0)
+        same_arch = create_model(cfg["arch"], **{**cfg, "in_chans": STANDIN_INPUT[0], "img_size": STANDIN_INPUT[1]})
+        pub = create_model(STANDIN_ARCH, in_chans=STANDIN_INPUT[0], num_classes=k, num_targets=m,
+                           img_size=STANDIN_INPUT[1])
+        a, out["model"]["arch_at_4x28x28"] = timed(same_arch, STANDIN_INPUT)
+        b, out["model"]["published_standin_4x28x28"] = timed(pub, STANDIN_INPUT)
+        out["model"]["speedup_vs_standin"] = round(a.cells_per_s / b.cells_per_s, 2)
+    if dev == "cuda":
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if end_to_end_run:
+        out["end_to_end"] = end_to_end(model_dir, n_cells=n_cells, device=dev, batch_size=batch_size,
+                                       from_files=from_files)
+        if dev == "cuda":
+            out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out

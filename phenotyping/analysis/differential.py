@@ -1,0 +1,569 @@
+"""The differential: per-class counts and percentages with exact CIs, prior-shift correction, marker expression.
+
+Pure numpy/scipy; no torch, no store. Proportions are fractions 0–1 internally and percentages 0–100 in result
+objects (as in :mod:`phenotyping.schemas`).
+
+References:
+    Clopper & Pearson 1934, Biometrika 26:404 — exact binomial interval.
+    CLSI H20-A2 (2007), Reference leukocyte (WBC) differential count (proportional) and evaluation of instrumental
+    methods — the reference manual differential counts 200 cells (two observers × 200 = 400).
+    Forman 2008, Data Min. Knowl. Disc. 17:164 — "adjusted classify and count" (ACC); generalised here to K classes
+    by solving ``C^T p = q`` under ``p >= 0, sum(p) = 1``.
+    Saerens, Latinne & Decaestecker 2002, Neural Computation 14:21 — EM re-estimation of class priors from
+    calibrated posteriors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+from scipy.stats import beta
+
+_EM_BATCH = 100  # bootstrap resamples solved together: (100, N) float64 weights
+
+#: CLSI H20-A2 reference differential: 200 cells per observer (400 in all).
+MIN_CELLS_FOR_DIFFERENTIAL = 200
+
+
+def clopper_pearson(k: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson 1934) two-sided interval for a binomial proportion ``k / n``.
+
+    Returns ``(low, high)`` as fractions in [0, 1]; ``low`` is 0 when ``k == 0`` and ``high`` is 1 when ``k == n``.
+    """
+    if n < 1:
+        raise ValueError(f"n={n}: a binomial interval needs at least one trial")
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} must lie in 0..n={n}")
+    _check_confidence(confidence)
+    alpha = 1.0 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """One class of a differential. Percentages are 0–100."""
+
+    label: str
+    count: int
+    percent: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Differential:
+    """Classify-and-count differential over the counted (QC-passed) cells."""
+
+    classes: tuple[ClassCount, ...]
+    n_counted: int
+    confidence: float
+    warnings: tuple[str, ...] = ()
+
+    def percent(self, label: str) -> float:
+        """Percentage of ``label``; raises ``KeyError`` naming the known classes."""
+        return self._row(label).percent
+
+    def _row(self, label: str) -> ClassCount:
+        for row in self.classes:
+            if row.label == label:
+                return row
+        raise KeyError(f"unknown class {label!r}; this differential has {[r.label for r in self.classes]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_counted": self.n_counted,
+            "confidence": self.confidence,
+            "method": "classify and count; Clopper-Pearson exact CI",
+            "classes": [asdict(r) for r in self.classes],
+            "warnings": list(self.warnings),
+        }
+
+
+def differential(
+    labels: Sequence[str],
+    classes: Sequence[str],
+    *,
+    confidence: float = 0.95,
+    min_cells: int = MIN_CELLS_FOR_DIFFERENTIAL,
+) -> Differential:
+    """Count ``labels`` (one per counted cell) into ``classes`` with a Clopper-Pearson CI per class.
+
+    Args:
+        labels: the class of each counted cell (QC-passed, reviewed label where a reviewer set one).
+        classes: every class of the model, in report order; classes with no cell are reported as 0.
+        confidence: two-sided confidence level of the intervals.
+        min_cells: below this many counted cells a warning is added (CLSI H20-A2 counts 200–400 cells).
+
+    Raises:
+        ValueError: a label that is not one of ``classes``, or duplicate classes.
+    """
+    classes = _check_classes(classes)
+    _check_confidence(confidence)
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros(len(classes), dtype=np.int64)
+    for lab in labels:
+        try:
+            counts[index[lab]] += 1
+        except KeyError:
+            raise ValueError(f"label {lab!r} is not one of the model's classes {list(classes)}") from None
+    n = int(counts.sum())
+    warnings: list[str] = []
+    if n == 0:
+        warnings.append("no counted cells: the differential is empty")
+        rows = tuple(ClassCount(c, 0, 0.0, 0.0, 100.0) for c in classes)
+        return Differential(rows, 0, confidence, tuple(warnings))
+    if n < min_cells:
+        warnings.append(
+            f"only {n} cells counted; a reference differential counts 200-400 (CLSI H20-A2), "
+            "so these intervals are wide"
+        )
+    rows = []
+    for c, k in zip(classes, counts):
+        low, high = clopper_pearson(int(k), n, confidence=confidence)
+        rows.append(ClassCount(c, int(k), 100.0 * k / n, 100.0 * low, 100.0 * high))
+    return Differential(tuple(rows), n, confidence, tuple(warnings))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prior-shift correction
+
+
+@dataclass(frozen=True)
+class CorrectedComposition:
+    """A prior-shift-corrected composition with percentile bootstrap CIs. Percentages are 0–100."""
+
+    method: str
+    labels: tuple[str, ...]
+    percent: tuple[float, ...]
+    ci_low: tuple[float, ...]
+    ci_high: tuple[float, ...]
+    n_cells: int
+    n_bootstrap: int
+    seed: int
+    confidence: float
+    notes: tuple[str, ...] = field(default=())
+
+    def as_mapping(self) -> dict[str, float]:
+        """Class → corrected percentage."""
+        return dict(zip(self.labels, self.percent))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "n_cells": self.n_cells,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
+            "confidence": self.confidence,
+            "classes": [  # CIs are null when no bootstrap was run (JSON has no NaN)
+                _nan_to_none({"label": lab, "percent": p, "ci_low": lo, "ci_high": hi})
+                for lab, p, lo, hi in zip(self.labels, self.percent, self.ci_low, self.ci_high)
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def conditional_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Row-normalise a validation confusion matrix of counts: ``C[i, j] = P(predicted j | true i)``.
+
+    Rows are true classes, columns predicted classes (the scikit-learn convention).
+    """
+    confusion = np.asarray(confusion, dtype=float)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {confusion.shape}")
+    if (confusion < 0).any() or not np.isfinite(confusion).all():
+        raise ValueError("confusion matrix must hold finite, non-negative counts")
+    rows = confusion.sum(axis=1)
+    empty = np.flatnonzero(rows == 0)
+    if empty.size:
+        raise ValueError(
+            f"confusion matrix rows {empty.tolist()} are empty: those classes were absent from the validation split, "
+            "so their misclassification rates are unknown; recalibrate on a split that contains every class"
+        )
+    return confusion / rows[:, None]
+
+
+def adjusted_count_proportions(predicted_fraction: np.ndarray, conditional: np.ndarray) -> np.ndarray:
+    """Solve ``C^T p = q`` for the true composition ``p`` (K classes) under ``p >= 0, sum(p) = 1``.
+
+    ``q`` is the observed fraction of cells predicted as each class and ``C`` the conditional confusion
+    (:func:`conditional_confusion`). The sum constraint is appended as a heavily weighted equation and the
+    non-negative least-squares problem solved with Lawson-Hanson NNLS; the result is renormalised to sum to 1.
+    """
+    q = np.asarray(predicted_fraction, dtype=float)
+    c = np.asarray(conditional, dtype=float)
+    k = c.shape[0]
+    if q.shape != (k,):
+        raise ValueError(f"predicted fractions have shape {q.shape}, expected ({k},) to match the confusion matrix")
+    weight = 1e3
+    a = np.vstack([c.T, weight * np.ones((1, k))])
+    b = np.concatenate([q, [weight]])
+    p, _ = nnls(a, b)
+    total = p.sum()
+    assert total > 0, "NNLS with the sum row cannot return all zeros"
+    return p / total
+
+
+class EMNotConverged(RuntimeError):
+    """EM reached its iteration limit before the priors settled."""
+
+
+def em_prior_shift(
+    probabilities: np.ndarray,
+    training_prior: np.ndarray,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 20000,
+    init: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """EM estimate of a sample's class priors from calibrated posteriors (Saerens et al. 2002, eqs. 2.9–2.10).
+
+    Args:
+        probabilities: ``(N, K)`` calibrated posteriors under the training prior.
+        training_prior: ``(K,)`` class frequencies of the training set the model was calibrated for.
+        tol: stop when the largest change of any prior is below this.
+        max_iter: iteration limit; reaching it raises (a silent non-converged estimate would be a wrong result).
+        init: starting prior (default: ``training_prior``). The log-likelihood is concave in the prior, so the
+            start only changes the number of iterations.
+        weights: optional ``(N,)`` non-negative cell weights (a bootstrap resample as counts), or ``(B, N)`` to run
+            ``B`` weighted problems at once (then ``prior`` is ``(B, K)``).
+
+    Returns:
+        ``(prior, iterations)`` with ``prior`` of shape ``(K,)`` (or ``(B, K)``) summing to 1.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    pi = np.asarray(training_prior, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be (N, K), got shape {p.shape}")
+    n, k = p.shape
+    if pi.shape != (k,):
+        raise ValueError(f"training prior has shape {pi.shape}, expected ({k},)")
+    if (pi <= 0).any():
+        raise ValueError(f"training prior must be positive for every class, got {pi.tolist()}")
+    pi = pi / pi.sum()
+    w = np.ones((1, n)) if weights is None else np.asarray(weights, dtype=float)
+    single = w.ndim == 1 or weights is None
+    w = np.atleast_2d(w)  # (B, N)
+    if w.shape[1] != n:
+        raise ValueError(f"weights have shape {w.shape}, expected (N,) or (B, N) with N={n}")
+    start = pi if init is None else np.asarray(init, dtype=float) / np.sum(init)
+    prior = np.tile(start, (w.shape[0], 1))  # (B, K)
+    ratio = p / pi  # (N, K): posterior / training prior
+    w_total = w.sum(axis=1, keepdims=True)  # (B, 1)
+    for it in range(1, max_iter + 1):
+        norm = ratio @ prior.T  # (N, B): denominator of the adjusted posteriors
+        new = prior * ((w / norm.T) @ ratio) / w_total  # (B, K): weighted mean adjusted posterior
+        if np.max(np.abs(new - prior)) < tol:
+            return (new[0] if single else new), it
+        prior = new
+    raise EMNotConverged(f"EM prior estimate did not converge in {max_iter} iterations (tol={tol}); a class prior "
+                         "is probably near 0, where EM converges slowly (raise max_iter or tol)")
+
+
+def adjusted_count(
+    predicted: Sequence[str],
+    classes: Sequence[str],
+    confusion: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    resample_validation: bool = True,
+    fixed: Sequence[str] = (),
+) -> CorrectedComposition:
+    """Adjusted classify-and-count (Forman 2008, K classes) with a percentile bootstrap CI.
+
+    Args:
+        predicted: predicted class of each counted cell whose class comes from the model.
+        classes: the model's classes, in the order of ``confusion``'s rows and columns.
+        confusion: validation confusion matrix of counts, rows = true class, columns = predicted class.
+        n_bootstrap: bootstrap resamples (cells resampled with replacement).
+        seed: seed of the bootstrap generator.
+        confidence: two-sided level of the percentile interval.
+        resample_validation: also resample each confusion row (multinomial with its own count) so that the
+            interval includes the uncertainty of the validation estimate, not only of this sample's cells.
+        fixed: the class of each counted cell whose class a reviewer set; these are certain and are added to the
+            corrected model-classified cells, not corrected themselves.
+    """
+    classes = _check_classes(classes)
+    _check_confidence(confidence)
+    _check_bootstrap(n_bootstrap)
+    conf = np.asarray(confusion, dtype=float)
+    k = len(classes)
+    if conf.shape != (k, k):
+        raise ValueError(f"confusion matrix has shape {conf.shape}, expected ({k}, {k}) for classes {list(classes)}")
+    cond = conditional_confusion(conf)
+    idx = _label_indices(predicted, classes)
+    fixed_idx = _label_indices(fixed, classes)
+    n = idx.size + fixed_idx.size
+    if n == 0:
+        raise ValueError("no counted cells: nothing to correct")
+    # one multinomial over 2K categories: model-classified cells by predicted class, then reviewed cells by class
+    cells = np.concatenate([np.bincount(idx, minlength=k), np.bincount(fixed_idx, minlength=k)])
+
+    def combine(c: np.ndarray, cond_b: np.ndarray) -> np.ndarray:
+        n_model = c[:k].sum()
+        model = adjusted_count_proportions(c[:k] / n_model, cond_b) * n_model if n_model else np.zeros(k)
+        return (model + c[k:]) / c.sum()
+
+    point = combine(cells, cond)
+    rng = np.random.default_rng(seed)
+    boots = np.empty((n_bootstrap, k))
+    row_totals = conf.sum(axis=1).round().astype(np.int64)
+    for b in range(n_bootstrap):
+        c_cells = rng.multinomial(n, cells / n)
+        if resample_validation:
+            c_b = np.vstack([rng.multinomial(t, r) for t, r in zip(row_totals, cond)]).astype(float)
+            c_b = c_b / c_b.sum(axis=1, keepdims=True)
+        else:
+            c_b = cond
+        boots[b] = combine(c_cells, c_b)
+    notes = ["confusion matrix treated as exact" if not resample_validation else "CI includes validation resampling"]
+    if fixed_idx.size:
+        notes.append(f"{fixed_idx.size} reviewed cell(s) counted as reviewed, not corrected")
+    return _corrected("adjusted count (Forman 2008)", classes, point, boots, n, n_bootstrap, seed, confidence, notes)
+
+
+def em_corrected(
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    training_prior: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    tol: float = 1e-8,
+    bootstrap_tol: float = 1e-6,
+    max_iter: int = 20000,
+) -> CorrectedComposition:
+    """EM prior-shift correction (Saerens et al. 2002) with a percentile bootstrap CI over cells.
+
+    ``probabilities`` must be calibrated (temperature-scaled) posteriors, ``(N, K)`` in the order of ``classes``.
+    The point estimate converges to ``tol``; bootstrap replicates start from it and converge to ``bootstrap_tol``
+    (1e-6 is 1e-4 percentage points, far below any interval width), run in batches of resamples.
+    """
+    classes = _check_classes(classes)
+    _check_confidence(confidence)
+    _check_bootstrap(n_bootstrap)
+    p = np.asarray(probabilities, dtype=float)
+    if p.ndim != 2 or p.shape[1] != len(classes):
+        raise ValueError(f"probabilities have shape {p.shape}, expected (N, {len(classes)}) for {list(classes)}")
+    n = p.shape[0]
+    if n == 0:
+        raise ValueError("no counted cells: nothing to correct")
+    point, _ = em_prior_shift(p, training_prior, tol=tol, max_iter=max_iter)
+    rng = np.random.default_rng(seed)
+    boots = np.empty((n_bootstrap, len(classes)))
+    for start in range(0, n_bootstrap, _EM_BATCH):
+        b = min(_EM_BATCH, n_bootstrap - start)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(float)  # (b, N) resample counts
+        boots[start : start + b], _ = em_prior_shift(
+            p, training_prior, tol=bootstrap_tol, max_iter=max_iter, init=point, weights=w
+        )
+    notes = ["assumes calibrated posteriors and a pure prior shift (p(x|y) unchanged)"]
+    return _corrected("EM (Saerens et al. 2002)", classes, point, boots, n, n_bootstrap, seed, confidence, notes)
+
+
+def _corrected(
+    method: str,
+    classes: tuple[str, ...],
+    point: np.ndarray,
+    boots: np.ndarray,
+    n: int,
+    n_bootstrap: int,
+    seed: int,
+    confidence: float,
+    notes: list[str],
+) -> CorrectedComposition:
+    alpha = 1.0 - confidence
+    if n_bootstrap > 0:
+        low = np.quantile(boots, alpha / 2, axis=0)
+        high = np.quantile(boots, 1 - alpha / 2, axis=0)
+    else:
+        low = high = np.full(len(classes), np.nan)
+        notes = [*notes, "no bootstrap requested: CIs are NaN"]
+    return CorrectedComposition(
+        method=method,
+        labels=classes,
+        percent=tuple(float(100 * x) for x in point),
+        ci_low=tuple(float(100 * x) for x in low),
+        ci_high=tuple(float(100 * x) for x in high),
+        n_cells=n,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        confidence=confidence,
+        notes=tuple(notes),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Marker expression
+
+
+@dataclass(frozen=True)
+class MarkerSummary:
+    """Distribution of one regressed target among the cells predicted as one class (NaNs skipped)."""
+
+    label: str
+    target: str
+    n: int
+    median: float
+    q1: float
+    q3: float
+
+
+def marker_expression(
+    predicted: Sequence[str],
+    targets: Mapping[str, Sequence[float]],
+    classes: Sequence[str],
+) -> tuple[MarkerSummary, ...]:
+    """Median and IQR (25th, 75th percentile, linear interpolation) of each target per predicted class.
+
+    ``targets`` maps a target name to one value per cell, aligned with ``predicted``. A class with no finite value
+    is reported with ``n = 0`` and NaN statistics.
+    """
+    classes = _check_classes(classes)
+    idx = _label_indices(predicted, classes)
+    out: list[MarkerSummary] = []
+    for name, values in targets.items():
+        v = np.asarray(values, dtype=float)
+        if v.shape != idx.shape:
+            raise ValueError(f"target {name!r} has {v.size} values for {idx.size} cells; give one value per cell")
+        for i, c in enumerate(classes):
+            sel = v[(idx == i) & np.isfinite(v)]
+            if sel.size == 0:
+                out.append(MarkerSummary(c, name, 0, float("nan"), float("nan"), float("nan")))
+                continue
+            q1, med, q3 = np.percentile(sel, [25, 50, 75])
+            out.append(MarkerSummary(c, name, int(sel.size), float(med), float(q1), float(q3)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole sample
+
+
+@dataclass(frozen=True)
+class SampleDifferential:
+    """What the ``predict`` command prints and a report shows: raw, corrected, QC exclusions and markers."""
+
+    raw: Differential
+    adjusted_count: CorrectedComposition | None
+    em: CorrectedComposition | None
+    qc_counts: Mapping[str, int]
+    markers: tuple[MarkerSummary, ...]
+    n_cells: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def corrected(self) -> CorrectedComposition | None:
+        """The prior-shift-corrected composition that screens, studies and reports show as "corrected %".
+
+        The one rule, so that a reviewer signs the numbers they reviewed: EM (Saerens et al. 2002) when it could be
+        computed, else the adjusted count (Forman 2008), else ``None``. :func:`phenotyping.analysis.results.sample_results`
+        computes EM only once no cell waits in the unidentified queue (before that the counted cells are a
+        confidence-selected subset, which EM's pure-prior-shift model does not fit).
+        """
+        return self.em if self.em is not None else self.adjusted_count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_cells": self.n_cells,
+            "notes": list(self.notes),
+            "qc_excluded": dict(self.qc_counts),
+            "raw": self.raw.to_dict(),
+            "corrected": {
+                "adjusted_count": None if self.adjusted_count is None else self.adjusted_count.to_dict(),
+                "em": None if self.em is None else self.em.to_dict(),
+            },
+            "markers": [_nan_to_none(asdict(m)) for m in self.markers],
+        }
+
+
+def sample_differential(
+    predicted: Sequence[str],
+    classes: Sequence[str],
+    *,
+    probabilities: np.ndarray | None = None,
+    confusion: np.ndarray | None = None,
+    training_prior: np.ndarray | None = None,
+    targets: Mapping[str, Sequence[float]] | None = None,
+    qc_counts: Mapping[str, int] | None = None,
+    n_cells: int | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    reviewed: Sequence[bool] | None = None,
+    notes: Sequence[str] = (),
+) -> SampleDifferential:
+    """Assemble a sample's differential from its counted cells.
+
+    ``predicted``, ``probabilities`` rows, ``reviewed`` and ``targets`` values describe the counted (QC-passed) cells
+    only; ``predicted`` holds each cell's final class (the reviewer's where there is one). The adjusted count needs
+    ``confusion`` and corrects only cells not ``reviewed``; EM needs ``probabilities`` (one-hot rows for reviewed
+    cells, which EM leaves unchanged) and ``training_prior``, the prior the probabilities were fitted under (see
+    :mod:`phenotyping.training.postfit`). Each correction is ``None`` in the result when its inputs are missing or no cell was
+    counted. ``qc_counts`` maps an exclusion reason to its number of cells; ``n_cells`` is every cell of the sample
+    (default: counted + excluded); ``notes`` are carried into the result (e.g. why a correction is missing).
+    """
+    raw = differential(predicted, classes, confidence=confidence)
+    acc = em = None
+    notes = list(notes)
+    if reviewed is not None and len(reviewed) != len(predicted):
+        raise ValueError(f"reviewed has {len(reviewed)} flags for {len(predicted)} counted cells")
+    if raw.n_counted and confusion is not None:
+        flags = list(reviewed) if reviewed is not None else [False] * len(predicted)
+        acc = adjusted_count([p for p, r in zip(predicted, flags) if not r], classes, confusion,
+                             n_bootstrap=n_bootstrap, seed=seed, confidence=confidence,
+                             fixed=[p for p, r in zip(predicted, flags) if r])
+    if raw.n_counted and probabilities is not None and training_prior is not None:
+        try:
+            em = em_corrected(
+                probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence
+            )
+        except EMNotConverged as e:  # one correction failing must not cost the raw differential
+            notes.append(f"EM correction not reported: {e}")
+    qc = dict(qc_counts or {})
+    markers = marker_expression(predicted, targets, classes) if targets else ()
+    total = n_cells if n_cells is not None else raw.n_counted + sum(qc.values())
+    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes))
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    out = tuple(classes)
+    if not out:
+        raise ValueError("no classes given; pass the model's class names")
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate class names in {list(out)}")
+    return out
+
+
+def _check_bootstrap(n_bootstrap: int) -> None:
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={n_bootstrap} must be >= 0 (0 skips the bootstrap; 1000 is usual)")
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must lie strictly between 0 and 1 (e.g. 0.95)")
+
+
+def _label_indices(labels: Sequence[str], classes: tuple[str, ...]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.fromiter((index[lab] for lab in labels), dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"label {e.args[0]!r} is not one of the model's classes {list(classes)}") from None
+
+
+def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}

@@ -1,0 +1,361 @@
+"""Batched prediction over a sample's cells: decode → image QC → model → calibrated probabilities → store.
+
+The pipeline streams the sample's cells from the store in batches. Background threads read and decode the next
+batches (file read, TIFF/PNG decode, QC, resize, normalise) while the model runs on the current one (one thread on
+CPU, up to eight on CUDA), so the model does not wait on the decoder; on CUDA the batch is put in pinned memory and
+copied asynchronously, and the forward pass runs under bf16 (or fp16) autocast. Each batch's QC outcomes and predictions are committed before the next batch starts:
+an interrupted run keeps every committed batch, and running it again predicts only the cells that have no prediction
+from this model yet.
+
+Stored per cell (through :meth:`phenotyping.store.Store.set_qc` and :meth:`~phenotyping.store.Store.add_predictions`):
+the image-QC state and reason, and for cells that pass it the temperature-scaled class probabilities, predicted
+class, confidence (the largest calibrated probability), regression targets in the manifest's units, the model card's
+id and version. Whether a cell is "unidentified" depends on the model, so it is not written on the cell: it follows
+from the stored confidence and the card's ``calibration.unidentified_threshold`` (see :mod:`phenotyping.analysis.results`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phenotyping.errors import ImageError
+from phenotyping.analysis.qc import UNIDENTIFIED, QCConfig, QCResult, check_images, count_reasons, unidentified_flags
+
+#: ``progress(cells_done, cells_total, cells_per_second)``; called after every batch.
+ProgressFn = Callable[[int, int, float], None]
+
+DEFAULT_BATCH_SIZE = 256
+#: Reason prefix of a cell whose stored file could not be decoded (never re-checked).
+UNREADABLE = "unreadable image"
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``"cuda"`` when asked for or (``"auto"``) when available, else ``"cpu"``; ``None`` reads ``Settings.device``
+    (``LEUKO_DEVICE``).
+
+    Raises:
+        ValueError: an unknown device name, or ``"cuda"`` requested where torch sees no CUDA device.
+    """
+    import torch
+
+    if device is None:
+        from phenotyping.settings import get_settings
+
+        device = get_settings().device
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device (CPU build or no GPU); use --device cpu")
+    return device
+
+
+def cpu_threads(background_decoding: bool = True) -> int:
+    """Intra-op threads for the model on CPU: the cores this process may use, minus one for the decoder thread."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - (1 if background_decoding else 0))
+
+
+def autocast_dtype() -> Any:
+    """bf16 where the GPU supports it (Ampere and later), else fp16."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def model_version(card: dict[str, Any]) -> str:
+    """The version stored with each prediction: the card's ``version`` if it has one, else its id."""
+    return str(card.get("version") or card["id"])
+
+
+def qc_config_from_card(card: dict[str, Any]) -> QCConfig:
+    """The card's ``qc`` section (image-QC thresholds learned from the model's training images) as a QCConfig.
+
+    Raises:
+        ValueError: the card has none. QC thresholds depend on the imaging set-up (the Jurkat defaults exclude nearly
+            every stained-smear crop as out of focus), so there is no silent default.
+    """
+    section = card.get("qc")
+    if not section:
+        raise ValueError(f"model card of {card.get('id', '?')!r} has no qc section (image-QC thresholds for its "
+                         "imaging set-up); run `python -m phenotyping calibrate --model MODEL_DIR` once, or retrain")
+    return QCConfig.from_dict(section)
+
+
+@dataclass(frozen=True)
+class PredictionRun:
+    """What one call of :func:`predict_sample` did. ``qc_counts`` holds only this run's exclusions."""
+
+    sample_id: str
+    model_id: str
+    model_version: str
+    device: str
+    batch_size: int
+    total_cells: int
+    already_done: int
+    predicted: int
+    excluded: int
+    unidentified: int
+    qc_counts: dict[str, int]
+    seconds: float
+    qc_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cells_per_second(self) -> float:
+        processed = self.predicted + self.excluded
+        return processed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sample_id": self.sample_id, "model_id": self.model_id, "model_version": self.model_version,
+            "device": self.device, "batch_size": self.batch_size, "total_cells": self.total_cells,
+            "already_done": self.already_done, "predicted": self.predicted, "excluded": self.excluded,
+            "unidentified": self.unidentified, "qc_counts": self.qc_counts, "seconds": round(self.seconds, 3),
+            "cells_per_second": round(self.cells_per_second, 1), "qc_config": self.qc_config,
+        }
+
+
+@dataclass
+class _Batch:
+    cells: list[Any]  # phenotyping.schemas.Cell
+    qc: list[QCResult | None]  # None: the file could not be decoded (see errors)
+    errors: list[str | None]
+    x: Any  # torch.Tensor (B_passed, C, …) normalised, pinned on CUDA; None when no cell passed
+    passed: list[int]  # indices into cells of the rows of x
+
+
+def predict_sample(
+    store: Any,
+    sample_id: str,
+    model: Any,
+    *,
+    device: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    qc_config: QCConfig | None = None,
+    progress: ProgressFn | None = None,
+    actor: str = "system",
+    threads: int | None = None,
+) -> PredictionRun:
+    """Run image QC and the model over every cell of ``sample_id`` that this model has not predicted yet.
+
+    Args:
+        store: a :class:`phenotyping.store.Store`.
+        model: a :class:`phenotyping.models.checkpoint.LoadedModel`, or the path of a model folder.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, or ``None`` for the setting
+            ``LEUKO_DEVICE`` (default ``auto``).
+        batch_size: cells per forward pass and per committed batch.
+        qc_config: image-QC thresholds (default: the card's ``qc`` section; a card without one is an error).
+        progress: ``progress(done, total, cells_per_s)`` after each batch; an exception it raises stops the run
+            after that batch was committed.
+        actor: recorded in the audit trail.
+        threads: CPU intra-op threads for torch (default: :func:`cpu_threads`).
+
+    Image QC is part of a model's input (its thresholds come from the card), so every cell without a prediction from
+    this model is checked again, including cells another model's QC excluded; only cells whose file could not be
+    decoded are skipped (they stay excluded with the decoder's reason).
+    """
+    import torch
+
+    from phenotyping.schemas import QCState
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    lm = _prediction_model(model)
+    dev = resolve_device(device)
+    qc_cfg = qc_config or qc_config_from_card(lm.card)
+    _, threshold = _calibration(lm)
+    version = model_version(lm.card)
+    t0 = time.perf_counter()
+
+    cells, todo = _cells_to_predict(store, sample_id, lm.id)
+    already = len(cells) - len(todo)
+    net = lm.model.to(dev).eval()
+    prev_threads = torch.get_num_threads()
+    if dev == "cpu":
+        torch.set_num_threads(threads or cpu_threads())
+    counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
+    codes: list[str | None] = []
+    unreadable = 0
+    try:
+        for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda", workers=decode_workers(dev)):
+            qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold)
+            store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
+            store.add_predictions(preds, sample_id=sample_id, actor=actor)
+            counts["predicted"] += len(preds)
+            counts["excluded"] += sum(1 for _, s, _ in qc_rows if s == QCState.excluded)
+            counts["unidentified"] += unsure
+            codes += [q.code for q in batch.qc if q is not None]
+            codes += [UNIDENTIFIED] * unsure
+            unreadable += sum(e is not None for e in batch.errors)
+            if progress is not None:
+                n_done = already + counts["predicted"] + counts["excluded"]
+                rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - t0, 1e-9)
+                progress(n_done, len(cells), rate)
+    finally:
+        if dev == "cpu":
+            torch.set_num_threads(prev_threads)
+    return PredictionRun(
+        sample_id=sample_id, model_id=lm.id, model_version=version, device=dev, batch_size=batch_size,
+        total_cells=len(cells), already_done=already, predicted=counts["predicted"], excluded=counts["excluded"],
+        unidentified=counts["unidentified"], qc_counts={**count_reasons(codes), "unreadable": unreadable},
+        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(),
+    )
+
+
+def _prediction_model(model: Any) -> Any:
+    """The :class:`~phenotyping.models.checkpoint.LoadedModel` to predict with (``model`` itself, or loaded from its
+    folder); a classical baseline on pixels is refused."""
+    from phenotyping.models.checkpoint import LoadedModel, load_model_dir
+
+    lm: LoadedModel = model if isinstance(model, LoadedModel) else load_model_dir(Path(model))
+    if not getattr(lm.model, "is_neural", True) and not getattr(lm.model, "takes_images", False):
+        raise ValueError(f"model {lm.id} is a classical baseline on pixels ({lm.card['architecture']['name']}); "
+                         "sample prediction runs the neural models and kNN/SVM on their embeddings only")
+    return lm
+
+
+def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:
+    """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, and not excluded as
+    undecodable."""
+    from phenotyping.schemas import QCState
+
+    store.get_sample(sample_id)
+    cells = store.list_cells(sample_id)
+    done_ids = store.predicted_cell_ids(sample_id, model_id)
+    todo = [c for c in cells if c.id not in done_ids
+            and not (c.qc_state == QCState.excluded and (c.qc_reason or "").startswith(UNREADABLE))]
+    return cells, todo
+
+
+def _calibration(lm: Any) -> tuple[float, float]:
+    cal = lm.card.get("calibration") or {}
+    if "unidentified_threshold" not in cal:
+        raise ValueError(f"model card of {lm.id} has no calibration.unidentified_threshold; "
+                         "calibrate the model on its validation split (train does this) before predicting")
+    return lm.temperature, float(cal["unidentified_threshold"])
+
+
+def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: bool) -> _Batch:
+    """Read, decode, QC, fit and normalise one batch (runs on the background thread)."""
+    import torch
+
+    from phenotyping.models.preprocess import fit_to_size
+    from phenotyping.ingest import read_image
+
+    arrays: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for c in cells:
+        try:
+            arrays.append(read_image(store.read_blob(c.blob_path), c.source_file))
+            errors.append(None)
+        except ImageError as e:
+            arrays.append(None)
+            errors.append(f"{UNREADABLE}: {e.reason}")
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    qc: list[QCResult | None] = [None] * len(cells)
+    for i, r in zip(ok, check_images([arrays[i] for i in ok], qc_cfg)):
+        qc[i] = r
+    passed = [i for i in ok if qc[i].passed]  # type: ignore[union-attr]
+    x = None
+    if passed:
+        size = lm.preprocess.img_size
+        batch = np.stack([fit_to_size(arrays[i], size) for i in passed])  # (B, C, size, size) or (B, C, Z, …)
+        x = torch.from_numpy(lm.preprocess.normalise(batch, batched=True))
+        if pin:
+            x = x.pin_memory()
+    return _Batch(list(cells), qc, errors, x, passed)
+
+
+def decode_workers(device: str) -> int:
+    """Background decoding threads: one on CPU (the model needs the other cores); on CUDA, up to 8 of the CPU cores
+    (file reads, zlib and PIL release the GIL, so threads scale until the GPU is fed)."""
+    if device != "cuda":
+        return 1
+    return max(1, min(8, cpu_threads(background_decoding=True)))
+
+
+def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg: QCConfig, *, pin: bool,
+              workers: int = 1):
+    """Yield prepared batches in order while ``workers`` background threads prepare the next ones.
+
+    At most ``workers + 1`` batches are prepared ahead of the consumer, so memory stays bounded; an exception raised
+    while preparing a batch is re-raised where that batch would have been yielded. When the consumer stops early
+    (an interrupted run), batches not yet started are cancelled.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [cells[i:i + batch_size] for i in range(0, len(cells), batch_size)]
+    if not chunks:
+        return
+    ahead = max(1, workers) + 1
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="phenotyping-decode")
+    pending: list[Any] = []
+    try:
+        nxt = 0
+        while nxt < len(chunks) and len(pending) < ahead:
+            pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+            nxt += 1
+        while pending:
+            batch = pending.pop(0).result()
+            if nxt < len(chunks):
+                pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+                nxt += 1
+            yield batch
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, threshold: float
+               ) -> tuple[list[tuple[int, Any, str | None]], list[Any], int]:
+    """Forward one batch; return (QC rows for the store, predictions, number of unidentified cells)."""
+    import torch
+
+    from phenotyping.models.forward import softmax
+    from phenotyping.schemas import Prediction, QCState
+
+    qc_rows: list[tuple[int, Any, str | None]] = []
+    for c, q, err in zip(batch.cells, batch.qc, batch.errors):
+        if err is not None:
+            qc_rows.append((c.id, QCState.excluded, err))
+        elif q is not None and not q.passed:
+            qc_rows.append((c.id, QCState.excluded, q.reason))
+    preds: list[Prediction] = []
+    if batch.x is None:
+        return qc_rows, preds, 0
+    with torch.inference_mode():
+        x = batch.x.to(dev, non_blocking=True)
+        if dev == "cuda":
+            with torch.autocast("cuda", dtype=autocast_dtype()):
+                out = net(x)
+        else:
+            out = net(x)
+        logits = out.logits.float().cpu().numpy()  # (B, K)
+        reg = out.regression.float().cpu().numpy()  # (B, M) standardised
+    probs = softmax(logits, lm.temperature)  # (B, K) calibrated
+    targets = lm.targets.inverse(reg) if lm.targets is not None and reg.shape[1] else np.zeros((len(probs), 0))
+    names = lm.targets.names if lm.targets is not None else []
+    flags = unidentified_flags(probs, threshold=threshold)
+    top = probs.argmax(1)
+    for row, i in enumerate(batch.passed):
+        cell = batch.cells[i]
+        qc_rows.append((cell.id, QCState.passed, None))
+        preds.append(Prediction(
+            cell_id=cell.id, model_id=lm.id, model_version=version, predicted_class=lm.classes[int(top[row])],
+            confidence=float(min(1.0, probs[row, top[row]])),
+            probabilities={c: float(p) for c, p in zip(lm.classes, probs[row])},
+            targets={n: float(v) for n, v in zip(names, targets[row]) if np.isfinite(v)},
+        ))
+    return qc_rows, preds, sum(f is not None for f in flags)

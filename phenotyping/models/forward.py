@@ -1,0 +1,30 @@
+"""Running a loaded model over arrays: batched forward passes and calibrated probabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def predict_arrays(model: Any, x: np.ndarray, *, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """Run ``model`` over normalised inputs ``x`` (N, C, …) in batches: logits (N, K), standardised regression
+    (N, M) and features (N, D)."""
+    import torch
+
+    outs: dict[str, list[np.ndarray]] = {"logits": [], "regression": [], "features": []}
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            o = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+            outs["logits"].append(o.logits.float().numpy())
+            outs["regression"].append(o.regression.float().numpy())
+            outs["features"].append(o.features.float().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (N, K)."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

@@ -1,0 +1,220 @@
+"""Cells and the content-addressed folder that holds their original image bytes.
+
+Cell images are kept as the original file bytes in a content-addressed folder (``<image_dir>/ab/<sha256><ext>``), not
+as blobs: the database stays small and fast to copy, and the bytes a lab received are kept verbatim. A file is written
+to a temporary name and renamed; :meth:`CellRepository.add` fsyncs every file its rows point to, and their folders,
+*before* it commits the rows, so a process killed mid-ingest (or a power cut) leaves at worst an unreferenced file,
+never a row without its image. A batch's fsyncs run in parallel threads, where they share the file system's journal
+commits (about 0.4 ms a small file on ext4, against about 3 ms one after another). One system-wide ``sync()`` per
+batch is cheaper still but waits for every other process's writes, and outside Linux need not wait for the disk at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from phenotyping.errors import NotFoundError, StoreError
+from phenotyping.schemas import Cell, QCState, Sample, utcnow
+from phenotyping.store._db import Database, _json
+from phenotyping.store.samples import SampleRepository
+
+
+class CellRepository:
+    def __init__(self, db: Database):
+        self._db = db
+        self._samples = SampleRepository(db)
+
+    # -- image files ---------------------------------------------------------------------------------------------
+    def put_blob(self, data: bytes, *, suffix: str) -> tuple[str, str]:
+        """Write original image bytes to the content-addressed folder and return (sha256, relative path).
+
+        Idempotent: the same bytes always land at the same path. A file already there is reused only if it holds
+        exactly these bytes (one left half-written by a crash before its rows were committed is rewritten).
+        The file is not yet durable: :meth:`sync_blobs` (called by :meth:`add_cells` before it commits) is.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        suffix = suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix or "") else ".bin"
+        rel = f"{digest[:2]}/{digest}{suffix}"
+        path = self._db.image_dir / rel
+        try:
+            intact = path.stat().st_size == len(data) and path.read_bytes() == data
+        except FileNotFoundError:
+            intact = False
+        if not intact:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return digest, rel
+
+    def sync_blobs(self, rels: Iterable[str]) -> None:
+        """fsync image files and the folders that hold them (in threads), so rows may point to them.
+
+        Raises:
+            StoreError: a file is missing or the file system refused the fsync.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        image_dir = self._db.image_dir
+        files = {image_dir / r for r in rels}
+        if not files:
+            return
+        folders = {f.parent for f in files} | {image_dir, image_dir.parent}
+
+        def fsync(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+                list(pool.map(fsync, files))
+                if os.name != "nt":  # folders cannot be opened for fsync on Windows
+                    list(pool.map(fsync, folders))
+        except OSError as e:
+            raise StoreError(f"cannot make image files durable in {image_dir}: {e}; check the disk") from e
+
+    def read_blob(self, rel: str) -> bytes:
+        path = self._db.image_dir / rel
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as e:
+            raise StoreError(f"image file {path} is missing from the image store {self._db.image_dir}") from e
+
+    def read_bytes(self, cell: Cell) -> bytes:
+        return self.read_blob(cell.blob_path)
+
+    # -- cell rows -----------------------------------------------------------------------------------------------
+    def known_hashes(self, sample_id: str) -> dict[str, str]:
+        """content hash -> cell key, for duplicate detection within a sample."""
+        return {h: k for h, k in self._db.cursor().execute(
+            "SELECT content_hash, cell_key FROM cells WHERE sample_id = ?", [sample_id]).fetchall()}
+
+    def known_keys(self, sample_id: str) -> set[str]:
+        return {r[0] for r in self._db.cursor().execute(
+            "SELECT cell_key FROM cells WHERE sample_id = ?", [sample_id]).fetchall()}
+
+    def channel_count(self, sample_id: str) -> int | None:
+        """Channels of the sample's cells so far (None before the first cell)."""
+        row = self._db.cursor().execute(
+            "SELECT channels FROM cells WHERE sample_id = ? LIMIT 1", [sample_id]).fetchone()
+        return int(row[0]) if row else None
+
+    def add(self, sample_id: str, cells: Iterable[dict[str, Any]], *, actor: str,
+            create: Sample | None = None) -> list[int]:
+        """Insert cells whose bytes are already in the image store; one transaction for the batch.
+
+        Each dict has: cell_key, content_hash, source_file, blob_path, shape (tuple), dtype, and optionally
+        reference_label, targets (dict[str, float]), extra (dict[str, str]).
+
+        Args:
+            create: a new sample to create in the same transaction (its id must be ``sample_id``), so that a
+                sample never exists without the cells it was created for.
+        """
+        cells = list(cells)
+        if not cells:
+            return []
+        if create is not None:
+            if create.id != sample_id:
+                raise ValueError(f"add_cells: create= is sample {create.id!r}, cells are for {sample_id!r}")
+        else:
+            self._samples.get(sample_id)
+        now = utcnow()
+        rows = []
+        for c in cells:
+            shape = [int(x) for x in c["shape"]]
+            rows.append((c["cell_key"], c["content_hash"], c["source_file"], c["blob_path"], shape[0], _json(shape),
+                         c["dtype"], c.get("reference_label"), _json(c.get("targets") or {}),
+                         _json(c.get("extra") or {})))
+        if self._db.db_path != ":memory:":  # an in-memory database does not survive a crash either
+            self.sync_blobs(c["blob_path"] for c in cells)
+        with self._db.tx() as cur:
+            if create is not None:
+                self._samples.insert(cur, create, actor)
+            self._db.refuse_if_signed(cur, sample_id, f"adding {len(rows)} cell(s)")
+            ids = [int(r[0]) for r in cur.execute(
+                "SELECT nextval('cell_id_seq') FROM range(?)", [len(rows)]).fetchall()]
+            import pandas as pd  # a DataFrame scan inserts a batch far faster than row-wise parameters
+
+            batch = pd.DataFrame(rows, columns=["cell_key", "content_hash", "source_file", "blob_path", "channels",
+                                                "shape", "dtype", "reference_label", "targets", "extra"])
+            batch.insert(0, "id", ids)
+            cur.register("_cells_batch", batch)
+            try:
+                cur.execute(
+                    "INSERT INTO cells (id, sample_id, cell_key, content_hash, source_file, blob_path, channels, "
+                    "shape, dtype, qc_state, qc_reason, reference_label, targets, extra, reviewed_label, created_at) "
+                    "SELECT id, ?, cell_key, content_hash, source_file, blob_path, channels, shape, dtype, ?, NULL, "
+                    "reference_label, targets, extra, NULL, ? FROM _cells_batch",
+                    [sample_id, QCState.pending.value, now])
+            finally:
+                cur.unregister("_cells_batch")
+            self._db.audit(cur, actor=actor, action="cells.ingest", entity="sample", entity_id=sample_id,
+                           sample_id=sample_id, after={"cells": len(ids), "first_id": ids[0], "last_id": ids[-1]})
+        return ids
+
+    @staticmethod
+    def _from_row(r: dict[str, Any]) -> Cell:
+        return Cell(
+            id=r["id"], sample_id=r["sample_id"], cell_key=r["cell_key"], content_hash=r["content_hash"],
+            source_file=r["source_file"], blob_path=r["blob_path"], channels=r["channels"],
+            shape=tuple(json.loads(r["shape"])), dtype=r["dtype"], qc_state=QCState(r["qc_state"]),
+            qc_reason=r["qc_reason"], reference_label=r["reference_label"], targets=json.loads(r["targets"]),
+            extra=json.loads(r["extra"]), reviewed_label=r["reviewed_label"],
+        )
+
+    def list(self, sample_id: str, *, qc_state: QCState | None = None, limit: int | None = None,
+             offset: int = 0) -> list[Cell]:
+        sql, params = "SELECT * FROM cells WHERE sample_id = ?", [sample_id]
+        if qc_state is not None:
+            sql += " AND qc_state = ?"
+            params.append(qc_state.value)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        return [self._from_row(r) for r in self._db.rows(sql, params)]
+
+    def count(self, sample_id: str) -> int:
+        return int(self._db.cursor().execute(
+            "SELECT count(*) FROM cells WHERE sample_id = ?", [sample_id]).fetchone()[0])
+
+    def get(self, cell_id: int) -> Cell:
+        rows = self._db.rows("SELECT * FROM cells WHERE id = ?", [int(cell_id)])
+        if not rows:
+            raise NotFoundError(f"no cell with id {cell_id}")
+        return self._from_row(rows[0])
+
+    def set_qc(self, results: Iterable[tuple[int, QCState, str | None]], *, sample_id: str, actor: str) -> None:
+        """Record image-QC outcomes ``(cell_id, state, reason)``; one audit event summarises the batch."""
+        results = list(results)
+        if not results:
+            return
+        import pandas as pd
+
+        batch = pd.DataFrame({"id": [int(i) for i, _, _ in results], "state": [st.value for _, st, _ in results],
+                              "reason": [r for _, _, r in results]})
+        with self._db.tx() as cur:
+            self._db.refuse_if_signed(cur, sample_id, f"changing the image QC of {len(results)} cell(s)")
+            cur.register("_qc_batch", batch)
+            try:
+                cur.execute("UPDATE cells SET qc_state = b.state, qc_reason = b.reason FROM _qc_batch b "
+                            "WHERE cells.id = b.id")
+            finally:
+                cur.unregister("_qc_batch")
+            summary: dict[str, int] = {}
+            for _, s, r in results:
+                key = s.value if s != QCState.excluded else f"excluded: {(r or '').split(':')[0]}"
+                summary[key] = summary.get(key, 0) + 1
+            self._db.audit(cur, actor=actor, action="cells.qc", entity="sample", entity_id=sample_id,
+                           sample_id=sample_id, after=summary)

@@ -1,0 +1,17 @@
+"""Fitting a model from a manifest and measuring it; everything a model card records about how it was made.
+
+Modules:
+
+- :mod:`~phenotyping.training.train`: ``train(manifest, label_column, out, …)`` and ``TrainConfig``, the loop.
+- :mod:`~phenotyping.training.data`: manifest rows, image loading, channel-aware augmentation, grouped splits,
+  ``CellDataset``.
+- :mod:`~phenotyping.training.evaluate`: ``evaluate_model_dir`` and the classification/regression metrics.
+- :mod:`~phenotyping.training.losses`: multi-task losses (``make_loss``).
+- :mod:`~phenotyping.training.calibration`: temperature scaling and the unidentified-queue threshold.
+- :mod:`~phenotyping.training.postfit`: card sections fitted after training (prior, confident confusion, image-QC
+  limits); ``calibrate_model_dir`` refreshes an older card.
+- :mod:`~phenotyping.training.licence`: the data set's licence, recorded in the card.
+
+What travels with a trained model (preprocessing, checkpoint format) is in :mod:`phenotyping.models`.
+Layer: above ``analysis`` (post-fit QC limits use its checks), below ``agreement``, ``jobs`` and ``cli``.
+"""

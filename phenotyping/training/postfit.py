@@ -1,0 +1,197 @@
+"""Model-card sections derived after fitting: the prior the probabilities assume, the confusion of confident cells, and
+image-QC thresholds learned from the training images.
+
+``train`` writes them into every new card; ``python -m phenotyping calibrate`` recomputes them for an existing model
+folder from its ``split.csv`` (used to bring older cards up to date without retraining the weights).
+
+Why each exists:
+
+- **posterior prior.** EM prior-shift correction (Saerens et al. 2002) divides each posterior by the prior the model's
+  probabilities were fitted under. A network trained with balanced class weights ``n / (K n_k)`` in the
+  cross-entropy fits posteriors under a *uniform* prior over the training classes, not under the training set's
+  class frequencies; passing the frequencies would "correct" a composition that never shifted (on the Jurkat
+  validation split it turned 2 % metaphase into 40 %).
+- **confident confusion.** A sample's differential counts only cells above the card's unidentified threshold (the
+  rest wait for review), so the adjusted count (Forman 2008) must use the confusion of validation cells above that
+  same threshold.
+- **image QC.** The focus, size and emptiness checks depend on the imaging set-up (pixel size, stain, crop size), so
+  their thresholds are set from the model's own training images, which were curated as usable single cells: each
+  check is set to pass all but about ``quantile`` of them (see :func:`calibrate_qc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phenotyping.analysis.prior import posterior_prior
+from phenotyping.analysis.qc import QCConfig, check_images
+
+
+def confident_confusion(probabilities: np.ndarray, y: np.ndarray, threshold: float, n_classes: int) -> list[list[int]]:
+    """Confusion counts (rows true, columns predicted) of the validation cells whose top probability ≥ ``threshold``.
+
+    ``probabilities`` are the calibrated ``(N, K)`` validation probabilities, ``y`` the true class indices.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(y, dtype=np.int64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != n_classes:
+        raise ValueError(f"probabilities {p.shape} and labels {y.shape} do not describe N cells of {n_classes} classes")
+    keep = p.max(axis=1) >= threshold
+    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(conf, (y[keep], p[keep].argmax(axis=1)), 1)
+    return conf.tolist()
+
+
+def calibrate_qc(images: Sequence[np.ndarray], *, quantile: float = 0.01, base: QCConfig | None = None,
+                 focus_margin: float = 0.75) -> tuple[QCConfig, dict[str, Any]]:
+    """Image-QC thresholds from a model's training images (curated single cells).
+
+    Each threshold is the ``base`` default or a value derived from the training distribution, whichever passes
+    more training cells:
+
+    - ``min_signal_fraction``: half the ``quantile`` of the training cells' signal fraction;
+    - ``min_cell_area_fraction``: half the ``quantile`` of their largest object's area;
+    - ``max_cells``: kept when at most ``quantile`` of training frames hold more cell-sized objects, else disabled
+      (``None``) — e.g. red cells around a leukocyte in a stained smear;
+    - ``min_focus``: ``focus_margin`` × the ``quantile`` of their focus score. For the Jurkat set this gives
+      0.75 × 0.40 = 0.30, between sharp cells (1st percentile 0.40) and cells blurred by σ = 1.5 px (95th
+      percentile 0.26).
+
+    A derived threshold of 0 disables its check (with the reason in ``info``): it means at least ``quantile`` of
+    the training cells measured 0, so the check cannot tell good from bad in this set-up.
+
+    Returns:
+        ``(config, info)``; ``info`` records the quantiles measured, the rule and which checks were disabled.
+    """
+    if not images:
+        raise ValueError("no training images to calibrate image QC on")
+    if not 0.0 < quantile < 0.5:
+        raise ValueError(f"quantile={quantile} must lie in (0, 0.5); 0.01 passes 99 % of training cells per check")
+    base = base or QCConfig()
+    probe = QCConfig(border_px=base.border_px, smooth_sigma=base.smooth_sigma, noise_sigmas=base.noise_sigmas,
+                     min_signal_fraction=None, min_cell_area_fraction=None, max_cells=None, min_focus=None,
+                     channels=base.channels)
+    results = check_images(list(images), probe)
+    signal = np.array([r.measures.signal_fraction for r in results])
+    largest = np.array([r.measures.object_areas[0] if r.measures.object_areas else 0.0 for r in results])
+    focus = np.array([r.measures.focus or 0.0 for r in results])
+    q_signal, q_largest, q_focus = (float(np.quantile(v, quantile)) for v in (signal, largest, focus))
+    disabled: dict[str, str] = {}
+
+    def derived(name: str, default: float | None, value: float) -> float | None:
+        if value <= 0:
+            disabled[name] = f"{quantile:.0%} of training cells measure 0"
+            return None
+        return value if default is None else min(default, value)
+
+    min_signal = derived("min_signal_fraction", base.min_signal_fraction, 0.5 * q_signal)
+    min_area = derived("min_cell_area_fraction", base.min_cell_area_fraction, 0.5 * q_largest)
+    max_cells = base.max_cells
+    frac_multi = None
+    if min_area is None or max_cells is None:
+        max_cells = None
+        disabled.setdefault("max_cells", "needs a cell-size threshold")
+    else:
+        n_cellsized = np.array([sum(a >= min_area for a in r.measures.object_areas) for r in results])
+        frac_multi = float(np.mean(n_cellsized > max_cells))
+        if frac_multi > quantile:
+            disabled["max_cells"] = (f"{frac_multi:.1%} of training frames hold more than {max_cells} cell-sized "
+                                     "objects (e.g. red cells around the leukocyte)")
+            max_cells = None
+    min_focus = derived("min_focus", base.min_focus, focus_margin * q_focus)
+    cfg = QCConfig(border_px=base.border_px, smooth_sigma=base.smooth_sigma, noise_sigmas=base.noise_sigmas,
+                   min_signal_fraction=min_signal, min_cell_area_fraction=min_area, max_cells=max_cells,
+                   min_focus=min_focus, channels=base.channels)
+    passed = sum(r.passed for r in check_images(list(images), cfg))
+    info = {
+        "method": (f"thresholds from the model's {len(images)} training images: each check passes all but about "
+                   f"{quantile:.0%} of them (or the default, if that passes more)"),
+        "quantile": quantile,
+        "measured": {"signal_fraction": q_signal, "largest_object_fraction": q_largest, "focus": q_focus,
+                     "frames_with_several_cells": frac_multi},
+        "disabled": disabled,
+        "training_pass_rate": passed / len(images),
+    }
+    return cfg, info
+
+
+def card_sections(*, classes: Sequence[str], train_counts: Sequence[int], class_weighting: str,
+                  val_probabilities: np.ndarray, val_y: np.ndarray, threshold: float,
+                  train_images: Sequence[np.ndarray], qc_quantile: float = 0.01) -> dict[str, Any]:
+    """The post-fit card entries :func:`apply_sections` writes: posterior prior, confident confusion, image QC."""
+    qc_cfg, qc_info = calibrate_qc(train_images, quantile=qc_quantile)
+    return {
+        "posterior_prior": posterior_prior(classes, train_counts, class_weighting),
+        "confusion_confident": confident_confusion(val_probabilities, val_y, threshold, len(classes)),
+        "qc": qc_cfg.to_dict(),
+        "qc_calibration": qc_info,
+    }
+
+
+def apply_sections(card: dict[str, Any], sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Write :func:`card_sections` into ``card`` (in place) and return it."""
+    card.setdefault("training", {})["posterior_prior"] = sections["posterior_prior"]
+    card.setdefault("validation", {})["confusion_confident"] = sections["confusion_confident"]
+    card["qc"] = sections["qc"]
+    card["qc_calibration"] = sections["qc_calibration"]
+    return card
+
+
+def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = None, *, max_qc_cells: int = 2000,
+                        seed: int = 0) -> dict[str, Any]:
+    """Recompute the post-fit sections of an existing model folder from its ``split.csv`` and rewrite its card.
+
+    The weights, classes, temperature and unidentified threshold are not changed (nor the card's id). The validation
+    split gives the confident confusion; up to ``max_qc_cells`` training-split images (a seeded random subset) set
+    the image-QC thresholds.
+
+    Args:
+        manifest: the manifest the model was trained on (default: the card's ``training.manifest``).
+
+    Returns:
+        The updated card (also written to ``model_dir/model_card.json``); ``card["postfit"]`` says when and how.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from phenotyping.models.forward import softmax
+    from phenotyping.models.checkpoint import CARD, load_model_dir
+    from phenotyping.training.data import column, load_images, load_rows, read_cell
+    from phenotyping.training.evaluate import _select_split, match_labels
+    from phenotyping.models.forward import predict_arrays
+
+    model_dir = Path(model_dir)
+    lm = load_model_dir(model_dir)
+    card = json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+    training = card.get("training") or {}
+    manifest = Path(manifest or training.get("manifest") or "")
+    if not manifest.exists():
+        raise FileNotFoundError(f"training manifest {str(manifest)!r} of {model_dir} not found; pass --manifest")
+    label_column = training["label_column"]
+    rows = load_rows(manifest, label_column=label_column)
+    val = _select_split(rows, model_dir, "val")
+    keep, y_val = match_labels(column(val, label_column), lm.classes, drop_unknown=False, log=lambda m: None)
+    x_val = lm.preprocess.normalise(load_images([val[i]["path"] for i in keep], lm.preprocess.img_size),
+                                    batched=True)
+    probs = softmax(predict_arrays(lm.model, x_val)["logits"], lm.temperature)
+    train_rows = _select_split(rows, model_dir, "train")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(train_rows), size=min(max_qc_cells, len(train_rows)), replace=False)
+    images = [read_cell(train_rows[int(i)]["path"]) for i in sorted(pick)]
+    props = training.get("class_proportions") or {}
+    n_train = (card.get("split") or {}).get("n", {}).get("train") or len(train_rows)
+    counts = [round(float(props.get(c, 0.0)) * n_train) for c in lm.classes]
+    sections = card_sections(
+        classes=lm.classes, train_counts=counts, class_weighting=str(training.get("class_weighting", "")),
+        val_probabilities=probs, val_y=np.asarray(y_val),
+        threshold=float(card["calibration"]["unidentified_threshold"]), train_images=images)
+    apply_sections(card, sections)
+    card["postfit"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "by": "python -m phenotyping calibrate", "manifest": str(manifest),
+                       "val_cells": len(keep), "qc_cells": len(images)}
+    (model_dir / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return card

@@ -1,0 +1,132 @@
+"""Pure steps of :func:`reports.context.build_context`: computed results into the report's rows and wording.
+
+Nothing here reads the store or the settings; the gathering steps are in :mod:`reports._gather`. The models it
+fills are in :mod:`reports._models`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+from reports._models import ClassAgreementRow, MarkerRow, MethodInfo, QCSummary, ReportStatus, ResultRow
+
+_STATUS = {"draft": "preliminary", "preliminary": "preliminary", "final": "final", "amended": "amended"}
+_METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"), ("accuracy", "accuracy"),
+            ("kappa", "Cohen's kappa"), ("n", "n cells"))
+
+
+def report_status(rv: Any) -> ReportStatus:
+    """What the report says of a stored version: a draft is preliminary; a saved amendment is amended."""
+    return "amended" if rv.amends_version is not None and rv.status != "draft" else _STATUS[rv.status]
+
+
+def result_rows(diff: Any, refs: dict[str, tuple[float, float]]) -> list[ResultRow]:
+    """One row per class of a ``SampleDifferential``: raw %, its CI, the corrected % and the reference interval.
+
+    A corrected CI bound that is not finite (the bootstrap could not give one) is left out.
+    """
+    corrected = diff.corrected
+    corr = {} if corrected is None else {lab: (p, lo, hi) for lab, p, lo, hi in zip(
+        corrected.labels, corrected.percent, corrected.ci_low, corrected.ci_high)}
+    rows = []
+    for c in diff.raw.classes:
+        cp = corr.get(c.label)
+        ref = refs.get(c.label)
+        rows.append(ResultRow(
+            label=c.label, count=c.count, percent=c.percent, ci_low=c.ci_low, ci_high=c.ci_high,
+            corrected_percent=None if cp is None else cp[0],
+            corrected_ci_low=None if cp is None or not math.isfinite(cp[1]) else cp[1],
+            corrected_ci_high=None if cp is None or not math.isfinite(cp[2]) else cp[2],
+            reference_low=None if ref is None else ref[0], reference_high=None if ref is None else ref[1]))
+    return rows
+
+
+def method_info(model_id: str, model_version: str, card: Any, corrected: Any) -> MethodInfo:
+    """The method section: the model, its test (else validation) metrics from the card, the correction used."""
+    metrics_src = card.get("test") or card.get("validation") or {}
+    validation = {name: float(metrics_src[key]) for key, name in _METRICS
+                  if isinstance(metrics_src.get(key), (int, float))}
+    return MethodInfo(model_name=model_id, model_version=model_version, validation=validation,
+                      validation_set="held-out test split" if card.get("test") else "validation split",
+                      correction_method=None if corrected is None else corrected.method)
+
+
+def marker_rows(diff: Any) -> list[MarkerRow]:
+    return [MarkerRow(label=m.label, target=m.target, n=m.n, median=m.median, q1=m.q1, q3=m.q3)
+            for m in diff.markers]
+
+
+def qc_summary(diff: Any) -> QCSummary:
+    return QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=dict(diff.qc_counts))
+
+
+def _ci(value: Any) -> tuple[float | None, float | None]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None, None
+    lo, hi = value
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi))
+    return (float(lo), float(hi)) if ok else (None, None)
+
+
+def study_rows(study: dict[str, Any], classes: list[str]) -> list[ClassAgreementRow]:
+    """A saved study's per-class Bland-Altman results (raw, then corrected), in the order of ``classes``.
+
+    Classes without a complete bias and limits are left out; a CI that is missing or not finite becomes None.
+    """
+    rows = []
+    for comparison in ("raw", "corrected"):
+        for label in classes:
+            s = study["per_class"].get(f"{label}|{comparison}")
+            if not s or not all(isinstance(s.get(k), (int, float)) for k in ("bias", "loa_lower", "loa_upper")):
+                continue
+            (b_lo, b_hi), (l_lo, l_hi), (u_lo, u_hi) = (_ci(s.get("bias_ci")), _ci(s.get("loa_lower_ci")),
+                                                         _ci(s.get("loa_upper_ci")))
+            rows.append(ClassAgreementRow(
+                label=label, comparison=comparison, n=int(s["n"]), bias=s["bias"], bias_ci_low=b_lo,
+                bias_ci_high=b_hi, loa_low=s["loa_lower"], loa_low_ci_low=l_lo, loa_low_ci_high=l_hi,
+                loa_high=s["loa_upper"], loa_high_ci_low=u_lo, loa_high_ci_high=u_hi))
+    return rows
+
+
+def same_value(a: float, b: Any) -> bool:
+    """Whether a recomputed statistic equals a saved one (``b`` may be missing or not a number)."""
+    return isinstance(b, (int, float)) and math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def thumbnail_data_uri(data: bytes, name: str, size: int = 64) -> str:
+    """A cell image as a small 8-bit PNG data URI: first channel, middle z-plane, 1st–99th percentile stretch."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from phenotyping.ingest import read_image
+
+    arr = read_image(data, name)
+    plane = arr[0] if arr.ndim == 3 else arr[0, arr.shape[1] // 2]  # (H, W)
+    plane = plane.astype(np.float64)
+    lo, hi = np.percentile(plane, [1, 99])
+    img = np.clip((plane - lo) / (hi - lo if hi > lo else 1.0) * 255, 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img)
+    pil.thumbnail((size, size))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_RC_LOCK = threading.Lock()
+
+
+def text_svg(draw: Any, *args: Any, **kwargs: Any) -> str:
+    """Call a :mod:`phenotyping.agreement.figures` SVG function with SVG text kept as text (``svg.fonttype = 'none'``).
+
+    matplotlib writes every glyph as a path by default; WeasyPrint draws such a figure about five times slower than
+    one with text elements (which it typesets in the embedded DejaVu font). rcParams are process-wide, so the
+    switch is held under a lock for the duration of the call.
+    """
+    import matplotlib
+
+    with _RC_LOCK, matplotlib.rc_context({"svg.fonttype": "none", "font.family": "DejaVu Sans"}):
+        return draw(*args, **kwargs)
