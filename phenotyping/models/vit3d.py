@@ -9,6 +9,8 @@ Layout for an input ``(B, C, Z, H, W)``::
 
 The position embedding is learned for the grid of ``z_planes`` × ``img_size`` × ``img_size`` inputs; other grids
 (stacks with more or fewer planes) use it trilinearly resampled, so the network accepts any stack depth.
+Grad-CAM uses the tubelet map (``cam_layer`` = the patch embedding), stretched over the unpadded stack: where Z, H or
+W was padded, the map is displaced by less than one tubelet.
 """
 
 from __future__ import annotations
