@@ -142,14 +142,25 @@ with tab_gallery:
             method = e1.radio("Method", ["gradcam", "occlusion"], horizontal=True,
                               format_func={"gradcam": "Grad-CAM", "occlusion": "Occlusion"}.get)
             target = e2.selectbox("For class", ["(predicted)", *classes])
+            ex_key = (sample_id, res.model_id, first.cell.id if first else None, method, target)
             if first is not None and st.button("Explain", icon=":material/visibility:"):
                 with st.spinner("Computing…"):
                     ok, ex = attempt(explain_cell, store, first.cell, model_dir, method=method,
                                      target=None if target == "(predicted)" else target)
-                if ok:
-                    i1, i2 = st.columns(2)
-                    i1.image(ex.display, caption=f"cell #{first.cell.id} as the model sees it", width=240)
-                    i2.image(ex.image, caption=f"{method} for {ex.target} (red: evidence)", width=240)
+                if ok:   # kept, so that moving the plane slider of a z-stack does not recompute it
+                    st.session_state["explanation"] = (ex_key, ex)
+            kept_key, ex = st.session_state.get("explanation", (None, None))
+            if ex is not None and kept_key == ex_key:
+                plane, where = None, ""
+                if ex.planes > 1:   # a one-plane stack is its own projection
+                    if st.radio("Z-stack", ["Maximum projection", "One plane"], horizontal=True,
+                                key="explain_view") == "One plane":
+                        plane = st.slider("Plane", 1, ex.planes, (ex.planes + 1) // 2, key="explain_plane") - 1
+                    where = " (maximum projection)" if plane is None else f" (plane {plane + 1} of {ex.planes})"
+                shown_disp, shown_map = ex.view(plane)
+                i1, i2 = st.columns(2)
+                i1.image(shown_disp, caption=f"cell #{first.cell.id} as the model sees it{where}", width=240)
+                i2.image(shown_map, caption=f"{method} for {ex.target} (red: evidence){where}", width=240)
 
 # -- embedding map ----------------------------------------------------------------------------------------------------
 with tab_map:

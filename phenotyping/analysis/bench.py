@@ -261,7 +261,8 @@ def run_bench(model_dir: str | Path, *, device: str = "auto", n_cells: int = 10_
     cfg = dict(lm.model.config)
     native = (len(lm.preprocess.channels), *([cfg.get("img_size", lm.preprocess.img_size)] * 2))
     if cfg.get("dims", 2) == 3:
-        raise ValueError(f"model {lm.id} takes z-stacks; the benchmark covers 2D models only")
+        raise ValueError(f"model {lm.id} takes z-stacks; the end-to-end benchmark covers 2D models only; time its "
+                         f"architecture with --arch {cfg['arch']} --input-shape C,Z,H,W")
     out: dict[str, Any] = {"model_id": lm.id, "device": dev, "machine": machine(), "model": {}}
     peak = measured_peak_flops(dev)
     out["measured_peak"] = peak
@@ -287,5 +288,48 @@ def run_bench(model_dir: str | Path, *, device: str = "auto", n_cells: int = 10_
                                        from_files=from_files)
         if dev == "cuda":
             out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def arch_bench(archs: list[str], input_shape: tuple[int, ...], *, device: str = "auto", batch_size: int = 32,
+               min_seconds: float = 3.0, num_classes: int = 5) -> dict[str, Any]:
+    """Forward-pass throughput of untrained registered architectures at one input shape, in one run.
+
+    ``input_shape`` is one cell's ``(C, H, W)``, or ``(C, Z, H, W)`` for z-stack models; each model is built for it
+    (``img_size`` = H; a model with a ``z_planes`` setting gets Z). ``relative_to_first`` divides each model's cells/s
+    by the first's. Returns a JSON-ready dict.
+    """
+    import torch
+
+    from phenotyping.analysis.inference import cpu_threads, resolve_device
+    from phenotyping.models import create_model
+
+    if len(input_shape) not in (3, 4) or min(input_shape) < 1:
+        raise ValueError(f"--input-shape {','.join(map(str, input_shape))}: expected C,H,W or C,Z,H,W "
+                         "(positive integers), e.g. 2,8,40,40")
+    if not archs:
+        raise ValueError("name at least one architecture (--arch resnet3d_50,vit3d)")
+    dev = resolve_device(device)
+    if dev == "cpu":
+        torch.set_num_threads(cpu_threads(background_decoding=False))
+    peak = measured_peak_flops(dev)
+    out: dict[str, Any] = {"device": dev, "machine": machine(), "input_shape": list(input_shape),
+                           "measured_peak": peak, "models": {}}
+    cfg = {"in_chans": input_shape[0], "num_classes": num_classes, "img_size": input_shape[-1]}
+    for arch in archs:
+        torch.manual_seed(0)
+        model = create_model(arch, **cfg)
+        want = 3 if len(input_shape) == 4 else 2
+        if model.config.get("dims", 2) != want:
+            raise ValueError(f"--arch {arch} takes {'z-stacks' if want == 2 else '2D cells'}; --input-shape "
+                             f"{','.join(map(str, input_shape))} is {'a z-stack' if want == 3 else '2D'}")
+        if want == 3 and "z_planes" in model.config:
+            model = create_model(arch, **cfg, z_planes=input_shape[1])
+        speed = model_speed(model, tuple(input_shape), device=dev, batch_size=batch_size, min_seconds=min_seconds)
+        frac = fraction_of_peak(speed, peak["flops_per_s"])
+        out["models"][arch] = {**asdict(speed), "fraction_of_peak": None if frac is None else round(frac, 5)}
+    first = out["models"][archs[0]]["cells_per_s"]
+    out["relative_to_first"] = {a: round(m["cells_per_s"] / first, 3) for a, m in out["models"].items()}
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out

@@ -1,7 +1,7 @@
 """What the review screens show of a cell: a display image, an explanation overlay, and a 2D map of a sample's cells.
 
-UI-free: functions return NumPy arrays (uint8 images ``(H, W)`` grey or ``(H, W, 3)`` RGB) and plain records; the
-app only lays them out. The model work (Grad-CAM, occlusion, penultimate features) is done by
+UI-free: functions return NumPy arrays (uint8 images ``(H, W)`` grey or ``(H, W, 3)`` RGB; z-stacks add a leading
+plane axis) and plain records; the app only lays them out. The model work (Grad-CAM, occlusion, penultimate features) is done by
 :mod:`phenotyping.analysis.explain` on the model's own input (sized and normalised as its card says).
 """
 
@@ -17,6 +17,16 @@ import numpy as np
 EXPLANATIONS = ("gradcam", "occlusion")
 
 
+def _stretch(a: np.ndarray, low: float, high: float) -> np.ndarray:
+    """uint8 copy of channel-first ``a`` (C, …), each channel stretched between its ``low`` and ``high`` percentiles
+    over all its pixels (a flat channel becomes mid-grey)."""
+    out = np.empty(a.shape, np.uint8)
+    for i, p in enumerate(a.astype(np.float32)):
+        lo, hi = np.percentile(p, [low, high])
+        out[i] = 128 if hi <= lo else np.clip((p - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    return out
+
+
 def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
     """A channel-first cell ``(C, H, W)`` or z-stack ``(C, Z, H, W)`` as a uint8 display image.
 
@@ -28,11 +38,18 @@ def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np
         a = a[:, a.shape[1] // 2]
     if a.ndim != 3:
         raise ValueError(f"expected (C, H, W) or (C, Z, H, W), got shape {a.shape}")
-    planes = a[:3] if a.shape[0] == 3 else a[:1]
-    out = np.empty(planes.shape, np.uint8)
-    for i, p in enumerate(planes.astype(np.float32)):
-        lo, hi = np.percentile(p, [low, high])
-        out[i] = 128 if hi <= lo else np.clip((p - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    out = _stretch(a[:3] if a.shape[0] == 3 else a[:1], low, high)
+    return np.moveaxis(out, 0, -1) if out.shape[0] == 3 else out[0]
+
+
+def stack_display(stack: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Every plane of a z-stack ``(C, Z, H, W)`` as uint8 ``(Z, H, W)`` grey or ``(Z, H, W, 3)`` RGB (channels as in
+    :func:`to_display`), stretched with percentiles of the whole stack so planes compare and the maximum over Z of
+    the planes is the display of the stack's maximum projection."""
+    a = np.asarray(stack)
+    if a.ndim != 4:
+        raise ValueError(f"expected a z-stack (C, Z, H, W), got shape {a.shape}")
+    out = _stretch(a[:3] if a.shape[0] == 3 else a[:1], low, high)     # (C', Z, H, W)
     return np.moveaxis(out, 0, -1) if out.shape[0] == 3 else out[0]
 
 
@@ -48,32 +65,73 @@ def cell_display(store: Any, cell: Any) -> np.ndarray:
     return to_display(cell_image(store, cell))
 
 
-def overlay(display: np.ndarray, heat: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
-    """Blend a heat map ``(H, W)`` (scaled to its own maximum; negative values shown as 0) over a display image,
-    red = high. Returns RGB uint8 ``(H, W, 3)``."""
+def overlay(display: np.ndarray, heat: np.ndarray, *, alpha: float = 0.45, scale: float | None = None) -> np.ndarray:
+    """Blend a heat map ``(H, W)`` (divided by ``scale``, default its own maximum; negative values shown as 0) over a
+    display image, red = high. Returns RGB uint8 ``(H, W, 3)``."""
     base = np.repeat(display[..., None], 3, -1) if display.ndim == 2 else display
     if base.shape[:2] != heat.shape:
         raise ValueError(f"heat map {heat.shape} does not match the image {base.shape[:2]}")
     h = np.clip(heat, 0, None)
-    h = h / h.max() if h.max() > 0 else h
+    top = h.max() if scale is None else scale
+    h = np.clip(h / top, 0, 1) if top > 0 else h
     colour = np.stack([255 * h, 64 * (1 - h), 255 * (1 - h) * 0.3], -1)
     return np.clip((1 - alpha * h[..., None]) * base + alpha * h[..., None] * colour, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """An explanation of one cell's prediction, on the model's input grid."""
+    """An explanation of one cell's prediction, on the model's input grid.
+
+    For a z-stack every array has a leading plane axis Z: ``display`` ``(Z, H, W)`` or ``(Z, H, W, 3)``, ``heat``
+    ``(Z, H, W)``, ``image`` ``(Z, H, W, 3)`` (each plane's overlay scaled to the stack's maximum, so planes
+    compare). :meth:`view` gives one plane or the maximum projection.
+    """
 
     method: str
     target: str
     display: np.ndarray  # the cell as the model saw it (sized), uint8
-    heat: np.ndarray  # (H, W) float32
+    heat: np.ndarray  # (H, W) or (Z, H, W) float32
     image: np.ndarray  # overlay of heat on display, RGB uint8
+
+    @property
+    def planes(self) -> int:
+        """Number of planes: 0 for a 2D cell."""
+        return int(self.heat.shape[0]) if self.heat.ndim == 3 else 0
+
+    def view(self, plane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(display, overlay)`` of plane ``plane`` (0-based), or with ``None`` the maximum projection over Z of the
+        display and of the heat map; a 2D explanation is its own view."""
+        if not self.planes:
+            return self.display, self.image
+        if plane is None:
+            disp = self.display.max(0)
+            return disp, overlay(disp, self.heat.max(0), scale=max(float(self.heat.max()), 0.0))
+        if not 0 <= plane < self.planes:
+            raise ValueError(f"plane {plane} is outside this z-stack's planes 0…{self.planes - 1}")
+        return self.display[plane], self.image[plane]
+
+
+def build_explanation(method: str, target: str, sized: np.ndarray, heat: np.ndarray) -> Explanation:
+    """The :class:`Explanation` of a sized cell ``(C, H, W)`` or z-stack ``(C, Z, H, W)`` (raw values) and its heat
+    map ``(H, W)`` or ``(Z, H, W)``."""
+    if heat.shape != sized.shape[1:]:
+        raise ValueError(f"heat map {heat.shape} does not match the cell's grid {sized.shape[1:]}")
+    if sized.ndim == 3:
+        disp = to_display(sized)
+        return Explanation(method, target, disp, heat, overlay(disp, heat))
+    disp = stack_display(sized)
+    top = max(float(heat.max()), 0.0)
+    image = np.stack([overlay(d, h, scale=top) for d, h in zip(disp, heat)])   # (Z, H, W, 3)
+    return Explanation(method, target, disp, heat, image)
 
 
 def explain_cell(store: Any, cell: Any, model_dir: str | Path, *, method: str = "gradcam",
                  target: str | None = None) -> Explanation:
-    """Grad-CAM or occlusion map of ``cell`` for class ``target`` (default: the model's top class for it)."""
+    """Grad-CAM or occlusion map of ``cell`` for class ``target`` (default: the model's top class for it).
+
+    A z-stack ``(C, Z, H, W)`` gets a ``(Z, H, W)`` map (occlusion hides one plane's square at a time). The model
+    must take the cell's kind: a 2D model cannot explain a z-stack, nor a 3D model a 2D cell.
+    """
     from phenotyping.models.preprocess import fit_to_size
     from phenotyping.analysis.explain import grad_cam, occlusion_map
     from phenotyping.models.checkpoint import load_model_cached
@@ -82,8 +140,11 @@ def explain_cell(store: Any, cell: Any, model_dir: str | Path, *, method: str = 
         raise ValueError(f"unknown explanation {method!r}; choose one of {EXPLANATIONS}")
     lm = load_model_cached(model_dir)
     sized = fit_to_size(cell_image(store, cell), lm.preprocess.img_size)
-    if sized.ndim != 3:
-        raise ValueError("explanations are drawn for 2D cells; this cell is a z-stack")
+    dims = int(lm.model.config.get("dims", 2)) if getattr(lm.model, "config", None) else 2
+    if sized.ndim - 1 != dims:
+        kind = {2: "a 2D cell (C, H, W)", 3: "a z-stack (C, Z, H, W)"}
+        raise ValueError(f"cell {cell.id} ({cell.source_file}) is {kind[sized.ndim - 1]} but model {lm.id} takes "
+                         f"{kind.get(dims, dims)}; explain it with a model of its kind")
     x = lm.preprocess.normalise(sized)
     if target is None:
         from phenotyping.models.forward import predict_arrays
@@ -94,8 +155,7 @@ def explain_cell(store: Any, cell: Any, model_dir: str | Path, *, method: str = 
     else:
         raise ValueError(f"class {target!r} is not one of the model's classes {lm.classes}")
     heat = grad_cam(lm.model, x, idx) if method == "gradcam" else occlusion_map(lm.model, x, idx)
-    disp = to_display(sized)
-    return Explanation(method, lm.classes[idx], disp, heat, overlay(disp, heat))
+    return build_explanation(method, lm.classes[idx], sized, heat)
 
 
 def cell_features(store: Any, cells: Sequence[Any], model_dir: str | Path, *, batch_size: int = 256) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``."""
+"""``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``, or
+``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from pathlib import Path
 from phenotyping.cli._common import print_json
 
 
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers, e.g. 2,8,40,40") from e
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="measure model-only and end-to-end throughput and peak memory",
@@ -16,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model's stand-in at 4x28x28, and the end-to-end speed of ingest -> QC -> predict -> store "
                     "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
     )
-    p.add_argument("--model", required=True, type=Path, help="model folder (checkpoint.pt + model_card.json)")
+    p.add_argument("--model", type=Path, default=None, help="model folder (checkpoint.pt + model_card.json)")
+    p.add_argument("--arch", type=_csv, default=None, metavar="A[,B...]",
+                   help="instead of --model: time these registered architectures untrained (random weights) at "
+                        "--input-shape, in one run, with their speed relative to the first")
+    p.add_argument("--input-shape", type=_ints, default=None, metavar="C,[Z,]H,W",
+                   help="with --arch: one cell's shape, e.g. 2,8,40,40 for a 2-channel stack of 8 planes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--cells", type=int, default=10_000, help="cells for the end-to-end run (default 10000)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -33,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     from phenotyping.analysis.bench import run_bench
     from phenotyping.models.checkpoint import load_card
 
+    if args.arch is not None or args.input_shape is not None:
+        return _run_arch(args)
+    if args.model is None:
+        raise ValueError("name a model folder (--model DIR) or architectures and a shape (--arch A --input-shape "
+                         "C,[Z,]H,W)")
     if args.cells < 1:
         raise ValueError(f"--cells {args.cells} must be >= 1")
     source = args.from_files
@@ -46,4 +68,19 @@ def run(args: argparse.Namespace) -> int:
     print_json(run_bench(args.model, device=args.device, n_cells=args.cells, batch_size=args.batch_size,
                          from_files=source, min_seconds=args.seconds, standin=not args.no_standin,
                          end_to_end_run=not args.model_only))
+    return 0
+
+
+def _run_arch(args: argparse.Namespace) -> int:
+    """``--arch``/``--input-shape``: untrained architectures, forward pass only (no end-to-end run)."""
+    from phenotyping.analysis.bench import arch_bench
+
+    if args.model is not None:
+        raise ValueError("--arch times untrained architectures; drop --model, or drop --arch/--input-shape to "
+                         "benchmark the model folder")
+    if not args.arch or args.input_shape is None:
+        raise ValueError("--arch and --input-shape go together, e.g. --arch resnet3d_50,vit3d --input-shape 2,8,40,40")
+    print("benchmarking (this takes a minute)...", file=sys.stderr)
+    print_json(arch_bench(args.arch, args.input_shape, device=args.device, batch_size=args.batch_size,
+                          min_seconds=args.seconds))
     return 0

@@ -20,7 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, type=Path, help="manifest.csv, or a folder with one subfolder per class")
     p.add_argument("--label-column", required=True, help="column with the class of each cell")
     p.add_argument("--target-columns", type=_csv, default=[], help="comma-separated numeric columns to regress")
-    p.add_argument("--group-column", default=None, help="column whose groups never straddle train/val/test")
+    p.add_argument("--group-column", default=None,
+                   help="column (patient, sample) whose groups never straddle train/val/test or two CV folds")
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="first run K-fold cross-validation (grouped by --group-column when given) and record "
+                        "per-fold and mean ± SD metrics in the JSON and the card; the saved model is then trained "
+                        "on all cells as without --cv")
     p.add_argument("--arch", default="hybrid", help="registered model name (default: hybrid)")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs; early stopping on validation (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, order, augmentation")
@@ -67,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
                       normalisation=args.normalisation.replace("-", "_"),
                       model_overrides=dict(args.model_config),
                       embed_model=str(args.embed_model) if args.embed_model else None)
+    extra = {}
+    if args.cv is not None:
+        from phenotyping.training.cv import cross_validate
+
+        extra["cross_validation"] = cross_validate(args.manifest, args.label_column, k=args.cv,
+                                                   target_columns=args.target_columns,
+                                                   group_column=args.group_column, config=cfg)
     card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
-                 group_column=args.group_column, config=cfg)
+                 group_column=args.group_column, config=cfg, card_extra=extra)
     print_json({"model": str(args.out), "id": card["id"], "architecture": card["architecture"]["name"],
                 "classes": card["classes"], "split": card["split"]["n"],
                 "validation": {k: card["validation"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
@@ -76,5 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 "test": None if card["test"] is None else
                 {k: card["test"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")} |
                 {"targets": card["test"]["targets"]},
-                "wall_time_s": card["training"]["wall_time_s"]})
+                "wall_time_s": card["training"]["wall_time_s"]}
+               | ({"cross_validation": {k: extra["cross_validation"][k] for k in ("k", "method", "summary", "folds")}}
+                  if extra else {}))
     return 0

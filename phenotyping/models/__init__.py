@@ -1,7 +1,8 @@
 """What a model is: architectures behind one registry, the preprocessing that travels with them, their checkpoints.
 
 - ``create_model(name, **cfg)`` builds any registered cell model; ``list_models()`` names them (one file per
-  architecture: ``cnn``, ``hybrid``, ``resnet``, ``vit``, ``classical``, ``published``).
+  architecture: ``cnn``, ``hybrid``, ``resnet``, ``vit``, ``resnet3d``, ``vit3d``, ``classical``,
+  ``published``).
 - :mod:`~phenotyping.models.preprocess`: ``Preprocess`` (size, channels, normalisation), ``TargetScaler``,
   ``ChannelSpec`` / ``channel_specs`` (how a channel behaves under flips), ``fit_to_size``.
 - :mod:`~phenotyping.models.checkpoint`: a model folder (``checkpoint.pt`` + ``model_card.json``): ``save_model_dir``,

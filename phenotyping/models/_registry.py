@@ -12,7 +12,7 @@ from typing import Any, Callable
 from phenotyping.errors import NotFoundError
 
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
-_ARCH_MODULES = ("hybrid", "cnn", "resnet", "vit", "classical", "published")
+_ARCH_MODULES = ("hybrid", "cnn", "resnet", "vit", "resnet3d", "vit3d", "classical", "published")
 
 
 def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:

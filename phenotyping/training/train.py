@@ -225,10 +225,10 @@ class _Evaluation:
 
 def train(manifest: str | Path, label_column: str, out: str | Path, *, target_columns: Sequence[str] = (),
           group_column: str | None = None, config: TrainConfig = TrainConfig(),
-          log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+          log: Callable[[str], None] = _stderr, card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``config.arch`` on the cells of ``manifest`` and write ``out`` (checkpoint + model_card.json + split.csv).
 
-    Returns the model card. Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns,
+    Returns the model card; ``card_extra`` sections (e.g. ``cross_validation``) are added to it before it is written. Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns,
     confounded groups, too few cells).
     """
     import torch
@@ -265,6 +265,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
                  group_column=group_column, config=config, cells=cells, split=split, data=data, model=model, cfg=cfg,
                  emb=emb, fit=fit, ev=ev, licence_text=licence_text, licence=licence, wall=wall)
     _add_post_fit_sections(card, cells, split, ev, config.seed, log)
+    card.update(card_extra or {})
     save_model_dir(out, model, card, preprocess=data.pre, targets=data.scaler)
     _write_split(out / "split.csv", cells.ids, split)
     log(f"wrote {out} in {wall:.1f}s: val accuracy {ev.validation['accuracy']:.3f}, "
