@@ -18,7 +18,7 @@ class Facts(BaseModel):
     """Computed facts for interpretation drafting: no identifiers, no user-typed text.
 
     ``values`` maps a fact id (``diff.neutrophil.pct``) to a number; ``classes`` maps the slug used in fact ids to
-    the class label; ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says
+    the label of each class the differential counts, ``apart`` the same for the classes reported apart from it; ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says
     what each kind of fact measures.
     """
 
@@ -26,19 +26,21 @@ class Facts(BaseModel):
 
     specimen: Literal["blood", "balf"]
     classes: dict[str, str]
+    apart: dict[str, str] = Field(default_factory=dict)
     targets: dict[str, str] = Field(default_factory=dict)
     values: dict[str, float]
     units: dict[str, str]
 
     def prompt_json(self) -> dict[str, Any]:
-        return {"specimen": self.specimen, "classes": self.classes, "markers": self.targets, "facts": self.values,
-                "units": self.units}
+        return {"specimen": self.specimen, "classes": self.classes, "reported_apart": self.apart,
+                "markers": self.targets, "facts": self.values, "units": self.units}
 
     def names(self) -> list[str]:
         """Names whose digits are not numbers of the text: class labels, marker names, QC reasons (longest first)."""
         reasons = [k.removeprefix("qc.excluded.").replace("_", " ") for k in self.values
                    if k.startswith("qc.excluded.")]
-        return sorted({*self.classes.values(), *self.targets.values(), *reasons}, key=len, reverse=True)
+        return sorted({*self.classes.values(), *self.apart.values(), *self.targets.values(), *reasons}, key=len,
+                      reverse=True)
 
 
 _UNITS = {
@@ -88,8 +90,9 @@ def _unique_slugs(names: list[str]) -> dict[str, str]:
 def facts_from_context(ctx: ReportContext) -> Facts:
     """The facts an interpretation may use. Leaves out the patient, sample, people and every free-text field
     (study name, amendment reason, interpretation)."""
-    classes = _unique_slugs([r.label for r in ctx.results] + [a.label for a in ctx.apart])
-    by_label = {label: s for s, label in classes.items()}
+    slugs = _unique_slugs([r.label for r in ctx.results] + [a.label for a in ctx.apart])
+    by_label = {label: s for s, label in slugs.items()}
+    classes = {by_label[r.label]: r.label for r in ctx.results}
     targets = _unique_slugs(sorted({m.target for m in ctx.markers}))
     by_target = {name: s for s, name in targets.items()}
     v: dict[str, float] = {
@@ -150,5 +153,6 @@ def facts_from_context(ctx: ReportContext) -> Facts:
                 if value is not None:
                     v[f"{base}.{name}"] = value
     values = {k: float(x) for k, x in v.items() if math.isfinite(float(x))}
-    return Facts(specimen=ctx.specimen, classes=classes, targets=targets, values=values, units=dict(_UNITS))
+    return Facts(specimen=ctx.specimen, classes=classes, apart={by_label[a.label]: a.label for a in ctx.apart},
+                 targets=targets, values=values, units=dict(_UNITS))
 

@@ -193,8 +193,12 @@ def test_report_and_fhir_carry_the_counted_differential_and_the_apart_classes_in
     assert apart["platelet"].count == 3 and apart["platelet"].reference_low is None
     assert ctx.qc.counted_cells == 10 and ctx.qc.reported_apart == {"erythroblast": 2, "platelet": 3}
     assert ctx.specimen_statement is None and ctx.differential_title == "Leukocyte differential"
-    facts = facts_from_context(ctx).values
-    assert facts["apart.erythroblast.per_100"] == pytest.approx(20.0) and facts["specimen_declared"] == 1
+    facts = facts_from_context(ctx)
+    assert facts.values["apart.erythroblast.per_100"] == pytest.approx(20.0) and facts.values["specimen_declared"] == 1
+    assert set(facts.classes.values()) == {"neutrophil", "lymphocyte"} and "platelet" in facts.apart.values()
+    from reports.draft import template_sentences
+
+    assert "platelet" not in " ".join(t.text for t in template_sentences(facts))  # the percentages only
 
     obs = {o["code"]["coding"][-1]["code"]: o for o in
            (e["resource"] for e in fhir_bundle(ctx)["entry"]) if o["resourceType"] == "Observation"}
