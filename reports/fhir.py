@@ -96,7 +96,7 @@ def _class_code(ctx: ReportContext, label: str) -> dict[str, Any]:
 
 def _base_observation(ctx: ReportContext, code: dict[str, Any], subject: dict, specimen_ref: str, method: str
                       ) -> dict[str, Any]:
-    """The parts every Observation shares; the specimen statement as a note when the model does not declare it."""
+    """The parts every Observation shares."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "status": ctx.status,
@@ -111,8 +111,13 @@ def _base_observation(ctx: ReportContext, code: dict[str, Any], subject: dict, s
     }
     if ctx.collected_at is not None:
         obs["effectiveDateTime"] = ctx.collected_at.isoformat()
+    return obs
+
+
+def _with_statement(ctx: ReportContext, obs: dict[str, Any]) -> dict[str, Any]:
+    """``obs`` with the specimen statement as its last note, when the model card does not declare the specimen."""
     if ctx.specimen_statement:
-        obs["note"] = [{"text": ctx.specimen_statement}]
+        obs.setdefault("note", []).append({"text": ctx.specimen_statement})
     return obs
 
 
@@ -182,8 +187,8 @@ def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref
         obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": flag,
                                               "display": {"H": "High", "L": "Low", "N": "Normal"}[flag]}]}]
     else:
-        obs.setdefault("note", []).append({"text": "No reference interval configured by the laboratory for this "
-                                                   "class and specimen; the result is not flagged."})
+        obs["note"] = [{"text": "No reference interval configured by the laboratory for this class and specimen; "
+                                "the result is not flagged."}]
     return obs
 
 
@@ -244,9 +249,9 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
                                     "title": f"{ctx.report_id} v{ctx.version}"}]
     entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report},
                {"fullUrl": specimen_url, "resource": specimen}]
-    entries += [{"fullUrl": u, "resource": _observation(ctx, r, subject, specimen_url)}
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _observation(ctx, r, subject, specimen_url))}
                 for u, r in zip(obs_urls, ctx.results)]
-    entries += [{"fullUrl": u, "resource": _apart_observation(ctx, a, subject, specimen_url)}
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _apart_observation(ctx, a, subject, specimen_url))}
                 for u, a in zip(obs_urls[len(ctx.results):], ctx.apart)]
     bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": ctx.reported_at.isoformat(),
               "entry": entries}

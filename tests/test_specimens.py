@@ -232,6 +232,8 @@ def test_report_states_an_undeclared_specimen_in_context_pdf_and_fhir(store, tmp
     bundle = fhir_bundle(ctx)
     report = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
     assert report["extension"][0] == {"url": SPECIMEN_EXTENSION, "valueString": ctx.specimen_statement}
+    obs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert obs and all(o["note"][-1]["text"] == ctx.specimen_statement for o in obs)
 
 
 def test_balf_report_wording_and_noted_epithelial_cells(store, tmp_path):
