@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, signed_version)
+from phenotyping.analysis.specimens import ROLES, specimen_check
 from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
 
 store = get_store()
@@ -23,6 +24,22 @@ if not models:
     st.stop()
 
 
+def specimens_text(card: dict) -> str:
+    """What the card declares: each specimen with its classes by role."""
+    if "specimens" not in card:
+        return "not stated (older card)"
+    if not card["specimens"]:
+        return "none (not meant for a clinical specimen)"
+    return "; ".join(f"{s}: " + ", ".join(f"{r.replace('_', ' ')} {', '.join(rule[r])}" for r in ROLES if rule.get(r))
+                     for s, rule in card["specimens"].items())
+
+
+def specimen_warning(check: object) -> None:
+    """The prominent warning that the model is not meant for the sample's specimen (nothing when it is)."""
+    if check is not None and not check.declared:
+        st.warning(f"**Not validated for {check.specimen} samples.** {check.message}", icon=":material/warning:")
+
+
 def card_summary(card: dict) -> None:
     val = card.get("validation") or {}
     cal = card.get("calibration") or {}
@@ -35,6 +52,7 @@ def card_summary(card: dict) -> None:
     st.markdown(f"**Classes** {', '.join(card['classes'])}  \n"
                 f"**Targets** {', '.join(t['name'] for t in card.get('targets', [])) or 'none'}  \n"
                 f"**Channels** {', '.join(card['input']['channels'])}  \n"
+                f"**Specimens** {specimens_text(card)}  \n"
                 f"**Intended use** {card.get('intended_use', 'not stated')}  \n"
                 f"**Trained on** {(card.get('training') or {}).get('n_cells', '?')} cells · "
                 f"{(card.get('training') or {}).get('data_licence', 'licence not stated')}")
@@ -64,6 +82,10 @@ with left:
 with right:
     with st.expander("Model card", expanded=False, icon=":material/info:"):
         card_summary(next(m["card"] for m in models if m["id"] == model_id))
+ok, check = attempt(specimen_check, next(m["card"] for m in models if m["id"] == model_id),
+                    store.get_sample(sample_id).specimen.value)
+if ok:
+    specimen_warning(check)
 
 st.subheader("Analysis job")
 jobs = store.list_jobs(sample_id=sample_id, kind="predict", limit=1)
@@ -98,12 +120,20 @@ if store.analysis_model(sample_id) and not running:
     res = sample_results_cached(store, sample_id)
     if res.differential is not None:
         st.subheader("Differential")
+        if res.model_id != model_id:  # the warning above is about the model picked, not this one
+            specimen_warning(res.specimen_check)
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Cells", f"{len(res.cells):,}")
         m2.metric("Counted", f"{res.differential.raw.n_counted:,}")
         m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
         m4.metric("Excluded", f"{sum(v for k, v in res.exclusions.items()) - res.n_unidentified:,}")
         show_differential(res, key="differential")
+        if res.differential.apart:
+            st.markdown("**Reported apart from the differential** (not in the percentages above)")
+            st.dataframe([{"class": a.label, "reported": a.role.replace("_", " "), "cells": a.count,
+                           "value": "—" if a.value is None else f"{a.value:.1f} {a.unit}",
+                           "95% CI": "—" if a.ci_low is None else f"{a.ci_low:.1f}–{a.ci_high:.1f}"}
+                          for a in res.differential.apart], hide_index=True, width="stretch")
         for w in (*res.differential.raw.warnings, *res.differential.notes):
             st.caption(f"⚠ {w}")
         st.caption("Raw CIs: Clopper-Pearson exact. The corrected percentages' bootstrap CIs are computed on the "

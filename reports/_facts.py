@@ -18,7 +18,7 @@ class Facts(BaseModel):
     """Computed facts for interpretation drafting: no identifiers, no user-typed text.
 
     ``values`` maps a fact id (``diff.neutrophil.pct``) to a number; ``classes`` maps the slug used in fact ids to
-    the class label; ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says
+    the label of each class the differential counts, ``apart`` the same for the classes reported apart from it; ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says
     what each kind of fact measures.
     """
 
@@ -26,19 +26,21 @@ class Facts(BaseModel):
 
     specimen: Literal["blood", "balf"]
     classes: dict[str, str]
+    apart: dict[str, str] = Field(default_factory=dict)
     targets: dict[str, str] = Field(default_factory=dict)
     values: dict[str, float]
     units: dict[str, str]
 
     def prompt_json(self) -> dict[str, Any]:
-        return {"specimen": self.specimen, "classes": self.classes, "markers": self.targets, "facts": self.values,
-                "units": self.units}
+        return {"specimen": self.specimen, "classes": self.classes, "reported_apart": self.apart,
+                "markers": self.targets, "facts": self.values, "units": self.units}
 
     def names(self) -> list[str]:
         """Names whose digits are not numbers of the text: class labels, marker names, QC reasons (longest first)."""
         reasons = [k.removeprefix("qc.excluded.").replace("_", " ") for k in self.values
                    if k.startswith("qc.excluded.")]
-        return sorted({*self.classes.values(), *self.targets.values(), *reasons}, key=len, reverse=True)
+        return sorted({*self.classes.values(), *self.apart.values(), *self.targets.values(), *reasons}, key=len,
+                      reverse=True)
 
 
 _UNITS = {
@@ -48,6 +50,13 @@ _UNITS = {
     "diff.<class>.count": "cells counted in the class",
     "diff.<class>.pct|ci_low|ci_high": "classify-and-count %, with the exact CI bounds (%)",
     "corr.<class>.pct|ci_low|ci_high": "prior-shift-corrected %, with bootstrap CI bounds (%)",
+    "apart.<class>.count": "cells of a class reported apart from the differential (not in its percentages)",
+    "apart.<class>.per_100|ci_low|ci_high": "cells per 100 counted cells of a class reported per 100 leukocytes "
+                                            "(e.g. erythroblasts), with exact CI bounds",
+    "apart.<class>.corr_per_100": "the same, corrected for the classifier's error pattern",
+    "apart.<class>.noted_pct|ci_low|ci_high": "a noted class (e.g. BALF epithelial cells) as % of counted and noted "
+                                              "cells, with exact CI bounds",
+    "specimen_declared": "1 when the model card declares this specimen, 0 when the model is not meant for it",
     "reference_configured": "1 when the laboratory configured reference intervals for this specimen, else 0",
     "ref.<class>.low|high": "the laboratory's reference interval (%)",
     "marker.<class>.<marker>.median|q1|q3|n": "regressed marker among the class's cells (marker's own units)",
@@ -81,8 +90,9 @@ def _unique_slugs(names: list[str]) -> dict[str, str]:
 def facts_from_context(ctx: ReportContext) -> Facts:
     """The facts an interpretation may use. Leaves out the patient, sample, people and every free-text field
     (study name, amendment reason, interpretation)."""
-    classes = _unique_slugs([r.label for r in ctx.results])
-    by_label = {label: s for s, label in classes.items()}
+    slugs = _unique_slugs([r.label for r in ctx.results] + [a.label for a in ctx.apart])
+    by_label = {label: s for s, label in slugs.items()}
+    classes = {by_label[r.label]: r.label for r in ctx.results}
     targets = _unique_slugs(sorted({m.target for m in ctx.markers}))
     by_target = {name: s for s, name in targets.items()}
     v: dict[str, float] = {
@@ -92,6 +102,7 @@ def facts_from_context(ctx: ReportContext) -> Facts:
         "confidence_pct": ctx.confidence_percent,
         "reference_min_cells": 200,
         "reference_configured": 1 if ctx.reference_source is not None else 0,
+        "specimen_declared": 0 if ctx.specimen_statement else 1,
     }
     for reason_slug, reason in _unique_slugs(list(ctx.qc.excluded)).items():
         v[f"qc.excluded.{reason_slug}"] = ctx.qc.excluded[reason]
@@ -107,6 +118,16 @@ def facts_from_context(ctx: ReportContext) -> Facts:
         if r.reference_low is not None and r.reference_high is not None:
             v[f"ref.{s}.low"] = r.reference_low
             v[f"ref.{s}.high"] = r.reference_high
+    for a in ctx.apart:
+        s = by_label[a.label]
+        v[f"apart.{s}.count"] = a.count
+        name = {"per_100_leukocytes": "per_100", "noted": "noted_pct"}.get(a.role)
+        if name and a.value is not None:
+            v[f"apart.{s}.{name}"] = a.value
+            if a.ci_low is not None and a.ci_high is not None:
+                v[f"apart.{s}.ci_low"], v[f"apart.{s}.ci_high"] = a.ci_low, a.ci_high
+        if a.corrected_value is not None:
+            v[f"apart.{s}.corr_per_100"] = a.corrected_value
     for m in ctx.markers:
         if m.label not in by_label or m.n == 0 or m.median is None:
             continue
@@ -132,5 +153,6 @@ def facts_from_context(ctx: ReportContext) -> Facts:
                 if value is not None:
                     v[f"{base}.{name}"] = value
     values = {k: float(x) for k, x in v.items() if math.isfinite(float(x))}
-    return Facts(specimen=ctx.specimen, classes=classes, targets=targets, values=values, units=dict(_UNITS))
+    return Facts(specimen=ctx.specimen, classes=classes, apart={by_label[a.label]: a.label for a in ctx.apart},
+                 targets=targets, values=values, units=dict(_UNITS))
 

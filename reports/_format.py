@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any
-from reports._models import ClassAgreementRow, MarkerRow, MethodInfo, QCSummary, ReportStatus, ResultRow
+from reports._models import (ApartRow, ClassAgreementRow, MarkerRow, MethodInfo, QCSummary, ReportStatus,
+                             ResultRow)
 
 _STATUS = {"draft": "preliminary", "preliminary": "preliminary", "final": "final", "amended": "amended"}
 _METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"), ("accuracy", "accuracy"),
@@ -42,6 +43,41 @@ def result_rows(diff: Any, refs: dict[str, tuple[float, float]]) -> list[ResultR
     return rows
 
 
+def apart_rows(diff: Any, refs: dict[str, tuple[float, float]]) -> list[ApartRow]:
+    """One row per class the specimen reports apart (``SampleDifferential.apart``), with the corrected value of a
+    class reported per 100 leukocytes when the corrected composition has one, and the reference interval."""
+    corrected = diff.corrected
+    corr = {} if corrected is None else {lab: (v, lo, hi) for lab, v, lo, hi in corrected.per_100_leukocytes}
+    rows = []
+    for a in diff.apart:
+        cv, clo, chi = corr.get(a.label, (None, None, None))
+        ref = refs.get(a.label) if a.role != "counted_apart" else None
+        rows.append(ApartRow(
+            label=a.label, role=a.role, count=a.count, value=a.value, ci_low=a.ci_low, ci_high=a.ci_high,
+            unit=a.unit, corrected_value=cv if cv is not None and math.isfinite(cv) else None,
+            corrected_ci_low=clo if clo is not None and math.isfinite(clo) else None,
+            corrected_ci_high=chi if chi is not None and math.isfinite(chi) else None,
+            reference_low=None if ref is None else ref[0], reference_high=None if ref is None else ref[1]))
+    return rows
+
+
+def differential_wording(specimen: str, check: Any) -> tuple[str, str, str | None]:
+    """``(title, what the percentages are of, statement)`` for a sample's specimen and its
+    :class:`phenotyping.analysis.specimens.SpecimenCheck`; the statement (None when the model card declares the
+    specimen) says that the model is not meant for it."""
+    spec = check.spec
+    title = {"blood": "Leukocyte differential", "balf": "BAL fluid cell differential"}[specimen]
+    if not check.declared:
+        return title, f"counted cells of the model's classes ({', '.join(spec.counted)})", check.message
+    if specimen == "blood":
+        basis = "counted leukocytes"
+    else:
+        basis = f"counted BAL cells ({', '.join(spec.counted)})"
+    if spec.noted:
+        basis += f"; {', '.join(spec.noted)} are noted apart, not counted"
+    return title, basis, None
+
+
 def method_info(model_id: str, model_version: str, card: Any, corrected: Any) -> MethodInfo:
     """The method section: the model, its test (else validation) metrics from the card, the correction used."""
     metrics_src = card.get("test") or card.get("validation") or {}
@@ -58,7 +94,8 @@ def marker_rows(diff: Any) -> list[MarkerRow]:
 
 
 def qc_summary(diff: Any) -> QCSummary:
-    return QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=dict(diff.qc_counts))
+    return QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=dict(diff.qc_counts),
+                     reported_apart={a.label: a.count for a in diff.apart})
 
 
 def _ci(value: Any) -> tuple[float | None, float | None]:

@@ -55,6 +55,36 @@ class ResultRow(_Frozen):
         return ""
 
 
+class ApartRow(_Frozen):
+    """A class the specimen's differential does not count, reported apart (the model card's ``specimens`` rule).
+
+    ``role`` and ``unit``: ``per_100_leukocytes`` — cells per 100 counted cells ("/100 leukocytes", e.g.
+    erythroblasts), exact CI, and the corrected value when a correction was computed; ``noted`` — % of the counted
+    and noted cells (e.g. epithelial cells in BALF), exact CI; ``counted_apart`` — a number of cells (platelets),
+    no CI. ``value`` is None when there is no denominator (no counted cell).
+    """
+
+    label: str
+    role: Literal["per_100_leukocytes", "counted_apart", "noted"]
+    count: int = Field(ge=0)
+    value: float | None = Field(None, ge=0)
+    ci_low: float | None = Field(None, ge=0)
+    ci_high: float | None = Field(None, ge=0)
+    unit: str
+    corrected_value: float | None = Field(None, ge=0)
+    corrected_ci_low: float | None = Field(None, ge=0)
+    corrected_ci_high: float | None = Field(None, ge=0)
+    reference_low: float | None = Field(None, ge=0, description="the lab's reference interval, in ``unit``")
+    reference_high: float | None = Field(None, ge=0)
+
+    @property
+    def flag(self) -> Literal["H", "L", ""]:
+        """'H' above, 'L' below the reference interval; '' inside it, without one, or without a value."""
+        if self.reference_low is None or self.reference_high is None or self.value is None:
+            return ""
+        return "H" if self.value > self.reference_high else "L" if self.value < self.reference_low else ""
+
+
 class MarkerRow(_Frozen):
     """Median and quartiles of one regressed marker among the cells of one class (None when n = 0)."""
 
@@ -77,6 +107,8 @@ class QCSummary(_Frozen):
     total_cells: int = Field(ge=0)
     counted_cells: int = Field(ge=0)
     excluded: dict[str, int] = Field(default_factory=dict, description="machine-generated reason -> cells")
+    reported_apart: dict[str, int] = Field(default_factory=dict, description="class reported apart from the "
+                                                                           "differential -> cells")
 
 
 class ComparisonRow(_Frozen):
@@ -170,6 +202,11 @@ class ReportContext(_Frozen):
     reported_at: datetime = Field(description="signing time for a signed version, else when the version was saved")
     method: MethodInfo
     results: list[ResultRow] = Field(min_length=1)
+    apart: list[ApartRow] = Field(default_factory=list, description="classes reported apart from the differential")
+    differential_title: str = Field("Leukocyte differential", description="what the report is a differential of")
+    counted_basis: str = Field("counted leukocytes", description="what the percentages are of")
+    specimen_statement: str | None = Field(None, description="why the model is not meant for this specimen "
+                                                             "(machine-generated); None: the model card declares it")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of every interval")
     reference_source: str | None = Field(None, description="where the reference intervals come from; None: the "
                                                            "lab configured none for this specimen")
@@ -226,6 +263,8 @@ class ReportContext(_Frozen):
             row["difference"] = src.difference
         for row, src in zip(d["results"], self.results):
             row["flag"] = src.flag
+        for row, src in zip(d["apart"], self.apart):
+            row["flag"] = src.flag
         d["schema"] = RESULTS_SCHEMA
         return d
 
@@ -241,6 +280,7 @@ class ReportContext(_Frozen):
             d.pop("agreement", None)  # per-sample summary of the first schema; no longer reported
         d["comparison"] = [{k: v for k, v in r.items() if k != "difference"} for r in d.get("comparison", [])]
         d["results"] = [{k: v for k, v in r.items() if k != "flag"} for r in d.get("results", [])]
+        d["apart"] = [{k: v for k, v in r.items() if k != "flag"} for r in d.get("apart", [])]
         return cls.model_validate(d)
 
 

@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from reports._facts import Facts, facts_from_context, slug
-from reports._format import marker_rows, method_info, qc_summary, report_status, result_rows, text_svg
+from reports._format import (apart_rows, differential_wording, marker_rows, method_info, qc_summary, report_status,
+                             result_rows, text_svg)
 from reports._models import (
-    RESULTS_SCHEMA, ClassAgreementRow, ComparisonRow, MarkerRow, MethodInfo, Person, QCSummary, ReportContext,
+    RESULTS_SCHEMA, ApartRow, ClassAgreementRow, ComparisonRow, MarkerRow, MethodInfo, Person, QCSummary, ReportContext,
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
@@ -23,7 +24,7 @@ from reports._gather import (
 )
 
 __all__ = [
-    "ClassAgreementRow", "ComparisonRow", "Facts", "MarkerRow", "MethodInfo", "Person", "QCSummary",
+    "ApartRow", "ClassAgreementRow", "ComparisonRow", "Facts", "MarkerRow", "MethodInfo", "Person", "QCSummary",
     "RESULTS_SCHEMA", "ReportContext", "ReportStatus", "ResultRow", "SignedVersionError", "StudyAgreement",
     "build_context", "drafted_versions", "facts_from_context", "slug", "study_agreement", "text_svg",
 ]
@@ -67,7 +68,8 @@ def build_context(
     res = results if results is not None else sample_results(store, sample_id)
     require_differential(res, sample_id)
     diff, card, sample = res.differential, res.card, res.sample
-    labels = [c.label for c in diff.raw.classes]
+    labels = [c.label for c in diff.raw.classes] + [a.label for a in diff.apart if a.role != "counted_apart"]
+    title, basis, statement = differential_wording(sample.specimen.value, res.specimen_check)
     refs, ref_source, ref_warnings = reference_intervals_for(settings, reference_intervals, sample.specimen.value,
                                                              labels)
     comparison, has_manual_counts = manual_comparison(store, sample_id, diff)
@@ -87,7 +89,8 @@ def build_context(
         patient_pseudonym=sample.patient_pseudonym, sample_id=sample_id,
         specimen=sample.specimen.value, collected_at=sample.collected_at, reported_at=reported_at or rv.created_at,
         method=method_info(res.model_id, model_version(store, sample_id, res.model_id, card), card, diff.corrected),
-        results=result_rows(diff, refs), confidence=diff.raw.confidence, reference_source=ref_source,
+        results=result_rows(diff, refs), apart=apart_rows(diff, refs), differential_title=title,
+        counted_basis=basis, specimen_statement=statement, confidence=diff.raw.confidence, reference_source=ref_source,
         markers=marker_rows(diff), qc=qc_summary(diff),
         comparison=comparison, study=study, study_note=study_note, bland_altman_figures=figures,
         gallery=gallery(store, res.cells, gallery_per_class),

@@ -15,6 +15,13 @@ How each class is encoded (an Observation):
   ``note`` says that no interval is configured;
 * ``code`` — the LOINC "…/100 leukocytes in Blood by Automated count" code for the five blood classes, and always
   a local code ``urn:leuko:cell-class|<label>``.
+
+Only the classes the specimen's differential counts (the model card's ``specimens`` rule) are percentages. Each class
+reported apart is one more Observation in its own unit: per 100 leukocytes (erythroblasts) as UCUM ``/100{WBCs}``
+(LOINC 58413-6 "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count" in blood), with its
+exact CI and corrected value; counted apart (platelets) as a count of cells, UCUM ``{cells}``, never a percentage;
+noted (BALF epithelial cells) as ``%`` of the counted and noted cells. When the model card does not declare the
+sample's specimen, every Observation and the DiagnosticReport carry that statement (:data:`SPECIMEN_EXTENSION`).
 """
 
 from __future__ import annotations
@@ -26,16 +33,18 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reports.context import ReportContext, ResultRow
+from reports.context import ApartRow, ReportContext, ResultRow
 
 CI_EXTENSION = "urn:leuko:fhir:StructureDefinition:confidence-interval"
 REPLACES_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaces-report-version"
 AMENDMENT_EXTENSION = "urn:leuko:fhir:StructureDefinition:amendment-reason"
 REPLACES_SHA256_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaced-report-pdf-sha256"
+SPECIMEN_EXTENSION = "urn:leuko:fhir:StructureDefinition:specimen-not-declared-by-model"
 CLASS_SYSTEM = "urn:leuko:cell-class"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SNOMED = "http://snomed.info/sct"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 #: LOINC codes "<class>/100 leukocytes in Blood by Automated count" (blood specimens only).
@@ -46,18 +55,30 @@ BLOOD_LOINC = {
     "eosinophil": ("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
     "basophil": ("706-2", "Basophils/100 leukocytes in Blood by Automated count"),
 }
+NRBC_LOINC = ("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count")
+_NRBC_NAMES = {"erythroblast", "nrbc", "nucleated red cell", "nucleated red blood cell", "normoblast"}
 SPECIMEN_SNOMED = {"blood": ("119297000", "Blood specimen"),
                    "balf": ("258607008", "Bronchoalveolar lavage fluid sample")}
 
 
+#: UCUM (unit shown, code) of each way a class is reported.
+UNITS = {"percent": ("%", "%"), "per_100_leukocytes": ("/100 WBC", "/100{WBCs}"), "counted_apart": ("cells", "{cells}"),
+         "noted": ("%", "%")}
+
+
+def _quantity(value: float, kind: str = "percent") -> dict[str, Any]:
+    unit, code = UNITS[kind]
+    return {"value": round(float(value), 3), "unit": unit, "system": UCUM, "code": code}
+
+
 def _pct(value: float) -> dict[str, Any]:
-    return {"value": round(float(value), 3), "unit": "%", "system": UCUM, "code": "%"}
+    return _quantity(value, "percent")
 
 
-def _ci(level: float, low: float, high: float, method: str) -> dict[str, Any]:
+def _ci(level: float, low: float, high: float, method: str, kind: str = "percent") -> dict[str, Any]:
     return {"url": CI_EXTENSION, "extension": [
         {"url": "level", "valueDecimal": level},
-        {"url": "interval", "valueRange": {"low": _pct(low), "high": _pct(high)}},
+        {"url": "interval", "valueRange": {"low": _quantity(low, kind), "high": _quantity(high, kind)}},
         {"url": "method", "valueString": method},
     ]}
 
@@ -69,27 +90,86 @@ def _class_code(ctx: ReportContext, label: str) -> dict[str, Any]:
         code, display = BLOOD_LOINC[key]
         codings.append({"system": LOINC, "code": code, "display": display})
     codings.append({"system": CLASS_SYSTEM, "code": label})
-    return {"coding": codings, "text": f"{label} / 100 leukocytes"}
+    per = "leukocytes" if ctx.specimen == "blood" else "cells counted"
+    return {"coding": codings, "text": f"{label} / 100 {per}"}
 
 
-def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref: str) -> dict[str, Any]:
-    level = ctx.confidence
+def _base_observation(ctx: ReportContext, code: dict[str, Any], subject: dict, specimen_ref: str, method: str
+                      ) -> dict[str, Any]:
+    """The parts every Observation shares."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "status": ctx.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                   "code": "laboratory"}]}],
-        "code": _class_code(ctx, row.label),
+        "code": code,
         "subject": subject,
         "specimen": {"reference": specimen_ref},
         "issued": ctx.reported_at.isoformat(),
-        "valueQuantity": _pct(row.percent),
         "method": {"text": f"{ctx.method.description}; model {ctx.method.model_name} "
-                           f"version {ctx.method.model_version}; {row.count} of {ctx.qc.counted_cells} cells"},
-        "extension": [_ci(level, row.ci_low, row.ci_high, "Clopper-Pearson exact binomial")],
+                           f"version {ctx.method.model_version}; {method}"},
     }
     if ctx.collected_at is not None:
         obs["effectiveDateTime"] = ctx.collected_at.isoformat()
+    return obs
+
+
+def _with_statement(ctx: ReportContext, obs: dict[str, Any]) -> dict[str, Any]:
+    """``obs`` with the specimen statement as its last note, when the model card does not declare the specimen."""
+    if ctx.specimen_statement:
+        obs.setdefault("note", []).append({"text": ctx.specimen_statement})
+    return obs
+
+
+def _apart_observation(ctx: ReportContext, row: ApartRow, subject: dict, specimen_ref: str) -> dict[str, Any]:
+    """A class reported apart from the differential, in its own unit (see the module docstring)."""
+    codings = []
+    if ctx.specimen == "blood" and row.role == "per_100_leukocytes" and \
+            row.label.strip().lower().removesuffix("s") in _NRBC_NAMES:
+        codings.append({"system": LOINC, "code": NRBC_LOINC[0], "display": NRBC_LOINC[1]})
+    codings.append({"system": CLASS_SYSTEM, "code": row.label})
+    text = {"per_100_leukocytes": f"{row.label} / 100 leukocytes (not part of the differential)",
+            "counted_apart": f"{row.label}: number of cells among the imaged cells (not a concentration; not part "
+                             "of the differential)",
+            "noted": f"{row.label}, % of counted and noted cells (noted; not part of the differential)"}[row.role]
+    obs = _base_observation(ctx, {"coding": codings, "text": text}, subject, specimen_ref,
+                            f"{row.count} cells; {ctx.qc.counted_cells} cells counted in the differential")
+    if row.role == "counted_apart":
+        obs["valueQuantity"] = _quantity(row.count, "counted_apart")
+        return obs
+    if row.value is None:
+        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-applicable"}],
+                                   "text": "no counted cell to relate it to"}
+        return obs
+    obs["valueQuantity"] = _quantity(row.value, row.role)
+    if row.ci_low is not None and row.ci_high is not None:
+        obs["extension"] = [_ci(ctx.confidence, row.ci_low, row.ci_high, "Clopper-Pearson exact binomial", row.role)]
+    if row.corrected_value is not None:
+        comp: dict[str, Any] = {
+            "code": {"coding": [{"system": CLASS_SYSTEM, "code": f"{row.label}:corrected"}],
+                     "text": f"{row.label} / 100 leukocytes, corrected for the classifier's error pattern "
+                             f"({ctx.method.correction_method or 'prior-shift correction'})"},
+            "valueQuantity": _quantity(row.corrected_value, row.role)}
+        if row.corrected_ci_low is not None and row.corrected_ci_high is not None:
+            comp["extension"] = [_ci(ctx.confidence, row.corrected_ci_low, row.corrected_ci_high,
+                                     "percentile bootstrap", row.role)]
+        obs["component"] = [comp]
+    if row.reference_low is not None and row.reference_high is not None:
+        obs["referenceRange"] = [{"low": _quantity(row.reference_low, row.role),
+                                  "high": _quantity(row.reference_high, row.role),
+                                  "text": "laboratory reference interval"}]
+        flag = row.flag or "N"
+        obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": flag,
+                                              "display": {"H": "High", "L": "Low", "N": "Normal"}[flag]}]}]
+    return obs
+
+
+def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref: str) -> dict[str, Any]:
+    level = ctx.confidence
+    obs = _base_observation(ctx, _class_code(ctx, row.label), subject, specimen_ref,
+                            f"{row.count} of {ctx.qc.counted_cells} cells")
+    obs["valueQuantity"] = _pct(row.percent)
+    obs["extension"] = [_ci(level, row.ci_low, row.ci_high, "Clopper-Pearson exact binomial")]
     if row.corrected_percent is not None:
         comp: dict[str, Any] = {
             "code": {"coding": [{"system": CLASS_SYSTEM, "code": f"{row.label}:corrected"}],
@@ -131,7 +211,7 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
     }
     if ctx.collected_at is not None:
         specimen["collection"] = {"collectedDateTime": ctx.collected_at.isoformat()}
-    obs_urls = [f"urn:uuid:{uuid.uuid4()}" for _ in ctx.results]
+    obs_urls = [f"urn:uuid:{uuid.uuid4()}" for _ in (*ctx.results, *ctx.apart)]
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "meta": {"versionId": str(ctx.version)},
@@ -140,7 +220,7 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
                                   "display": "Hematology"}]}],
         "code": {"coding": [{"system": "urn:leuko:report-type", "code": "leukocyte-differential"}],
-                 "text": "Leukocyte differential by label-free imaging"},
+                 "text": f"{ctx.differential_title} by label-free imaging"},
         "subject": subject,
         "issued": ctx.reported_at.isoformat(),
         "performer": [{"display": f"{ctx.lab_name} ({ctx.lab_id})"}],
@@ -153,13 +233,15 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
         report["resultsInterpreter"] = [{"display": f"{ctx.signer.name} ({ctx.signer.role})"}]
     if ctx.interpretation:
         report["conclusion"] = ctx.interpretation
+    if ctx.specimen_statement:
+        report["extension"] = [{"url": SPECIMEN_EXTENSION, "valueString": ctx.specimen_statement}]
     if ctx.status == "amended":
-        report["extension"] = [
+        report.setdefault("extension", []).extend([
             {"url": REPLACES_EXTENSION, "valueIdentifier": {
                 "system": f"urn:leuko:report:{ctx.lab_id}",
                 "value": f"{ctx.replaces_report_id or ctx.report_id} v{ctx.replaces_version}"}},
             {"url": AMENDMENT_EXTENSION, "valueString": ctx.amendment_reason},
-        ]
+        ])
         if ctx.replaces_pdf_sha256:
             report["extension"].append({"url": REPLACES_SHA256_EXTENSION, "valueString": ctx.replaces_pdf_sha256})
     if pdf is not None:
@@ -167,8 +249,10 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
                                     "title": f"{ctx.report_id} v{ctx.version}"}]
     entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report},
                {"fullUrl": specimen_url, "resource": specimen}]
-    entries += [{"fullUrl": u, "resource": _observation(ctx, r, subject, specimen_url)}
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _observation(ctx, r, subject, specimen_url))}
                 for u, r in zip(obs_urls, ctx.results)]
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _apart_observation(ctx, a, subject, specimen_url))}
+                for u, a in zip(obs_urls[len(ctx.results):], ctx.apart)]
     bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": ctx.reported_at.isoformat(),
               "entry": entries}
     validate_bundle(bundle)

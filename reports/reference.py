@@ -1,7 +1,11 @@
 """The laboratory's reference intervals for the differential, read from the file named by the
 ``LEUKO_REFERENCE_INTERVALS`` setting (``Settings.reference_intervals``).
 
-File formats (percentages of counted leukocytes, 0–100; one row per specimen and class):
+File formats (one row per specimen and class; values 0–100 in the unit the report gives the class: % of the
+specimen's counted cells for a class its differential counts — leukocytes in blood, BAL cells in BALF, as the model
+card's ``specimens`` rule says —, cells per 100 counted cells for a class it reports per 100 leukocytes, e.g.
+erythroblasts, and % of counted and noted cells for a noted class, e.g. BALF epithelial cells; a class reported only
+as a number of cells, e.g. platelets, takes no interval):
 
 * CSV with the header ``specimen,class,low,high``::
 
@@ -77,7 +81,7 @@ def _number(value: Any, what: str, where: str) -> float:
                                      "100 (no % sign)") from None
     if not math.isfinite(x) or not 0.0 <= x <= 100.0:
         raise ReferenceIntervalError(f"{where}: {what} {value!r} is outside 0–100; intervals are percentages of "
-                                     "counted leukocytes")
+                                     "counted cells (or cells per 100 counted cells)")
     return x
 
 

@@ -447,6 +447,33 @@ def test_run_analysis_starts_a_job_and_shows_the_differential(lab, monkeypatch):
     assert dict(zip(diff["class"], diff["cells"])) == {"neutrophil": 6, "lymphocyte": 6}
 
 
+@pytest.mark.slow  # five AppTest runs
+def test_analyse_warns_when_the_model_is_not_meant_for_the_specimen(lab, app_env):
+    """The toy card states no specimens, so Analyse warns on the blood sample; once the card declares blood the
+    warning is gone; declared for BALF only, it names what the card declares."""
+    store, _ = lab
+    at = app("rev", "analyse")
+    assert not at.exception
+    assert any("Not validated for blood samples" in w.value and "no 'specimens' section" in w.value
+               for w in at.warning)
+    for specimens, warned in (({"blood": {"counted": CLASSES}}, False), ({"balf": {"counted": CLASSES}}, True)):
+        card = {**CARD, "specimens": specimens}
+        (app_env / "toy-model" / "model_card.json").write_text(json.dumps(card))
+        store.register_model("toy-1", path=str(app_env / "toy-model"), card=card, actor="admin", usable=True)
+        at = app("rev", "analyse")
+        assert not at.exception
+        found = [w.value for w in at.warning if "Not validated" in w.value]
+        assert bool(found) is warned and all("declares balf only" in w for w in found)
+    # a class the specimen reports apart leaves the percentages for a table of its own
+    card = {**CARD, "specimens": {"blood": {"counted": ["neutrophil"], "counted_apart": ["lymphocyte"]}}}
+    (app_env / "toy-model" / "model_card.json").write_text(json.dumps(card))
+    store.register_model("toy-1", path=str(app_env / "toy-model"), card=card, actor="admin", usable=True)
+    at = app("rev", "analyse")
+    assert not at.exception and list(table(at, "raw %")["class"]) == ["neutrophil"]
+    apart = table(at, "reported")
+    assert list(apart["class"]) == ["lymphocyte"] and list(apart["cells"]) == [5]  # 6, one of them unsure
+
+
 def test_pages_import_no_heavy_or_db_modules():
     """pages/ and app.py stay thin: no torch, timm, duckdb or litellm import anywhere in their sources."""
     pattern = re.compile(r"^\s*(import|from)\s+(torch|timm|duckdb|litellm)\b", re.MULTILINE)

@@ -382,6 +382,21 @@ def test_fixed_loss_through_train(tmp_path, capsys):
     assert summary["validation_targets"]["size"]["mae"] is not None
 
 
+def test_train_writes_the_specimens_section_and_refuses_a_class_the_model_lacks(trained, tmp_path, capsys):
+    """Default from the class names (disc/ring are no blood or BAL cells: none declared); ``--specimen`` declares
+    one with the roles from the names; a section naming a class the model lacks stops before any training."""
+    from phenotyping.__main__ import main
+
+    assert trained.card["specimens"] == {}
+    base = ["train", "--manifest", str(trained.root), "--label-column", "cell_type", "--arch", "test_knn"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--specimen", "blood"]) == 0
+    assert json.loads(capsys.readouterr().out)["specimens"] == {"blood": {"counted": ["disc", "ring"]}}
+    bad = json.dumps({"balf": {"counted": ["disc", "ring", "macrophage"]}})
+    assert main([*base, "--out", str(tmp_path / "b"), "--specimen-classes", bad]) == 2
+    assert "'macrophage', which is not one of the model's classes ['disc', 'ring']" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("arch", ["test_knn", "test_svm"])
 def test_classical_model_through_train_round_trips_exactly(trained, tmp_path, arch):
     from phenotyping.models.checkpoint import load_model_dir

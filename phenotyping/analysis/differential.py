@@ -23,6 +23,10 @@ import numpy as np
 from scipy.optimize import nnls
 from scipy.stats import beta
 
+from phenotyping.analysis.markers import MarkerSummary, marker_expression  # re-exported
+from phenotyping.analysis.markers import check_classes as _check_classes, label_indices as _label_indices
+from phenotyping.analysis.specimens import ApartCount, apart_counts
+
 _EM_BATCH = 100  # bootstrap resamples solved together: (100, N) float64 weights
 
 #: CLSI H20-A2 reference differential: 200 cells per observer (400 in all).
@@ -148,6 +152,8 @@ class CorrectedComposition:
     seed: int
     confidence: float
     notes: tuple[str, ...] = field(default=())
+    #: ``(label, per 100 counted cells, CI low, CI high)`` of the classes reported per 100 leukocytes
+    per_100_leukocytes: tuple[tuple[str, float, float, float], ...] = ()
 
     def as_mapping(self) -> dict[str, float]:
         """Class → corrected percentage."""
@@ -165,6 +171,8 @@ class CorrectedComposition:
                 for lab, p, lo, hi in zip(self.labels, self.percent, self.ci_low, self.ci_high)
             ],
             "notes": list(self.notes),
+            "per_100_leukocytes": [_nan_to_none({"label": lab, "per_100": v, "ci_low": lo, "ci_high": hi})
+                                   for lab, v, lo, hi in self.per_100_leukocytes],
         }
 
 
@@ -276,6 +284,8 @@ def adjusted_count(
     confidence: float = 0.95,
     resample_validation: bool = True,
     fixed: Sequence[str] = (),
+    counted: Sequence[str] | None = None,
+    per_100: Sequence[str] = (),
 ) -> CorrectedComposition:
     """Adjusted classify-and-count (Forman 2008, K classes) with a percentile bootstrap CI.
 
@@ -290,6 +300,8 @@ def adjusted_count(
             interval includes the uncertainty of the validation estimate, not only of this sample's cells.
         fixed: the class of each counted cell whose class a reviewer set; these are certain and are added to the
             corrected model-classified cells, not corrected themselves.
+        counted, per_100: report only these classes, renormalised to 100 %, and these per 100 of them (see
+            :func:`_corrected`); default: every class.
     """
     classes = _check_classes(classes)
     _check_confidence(confidence)
@@ -327,7 +339,8 @@ def adjusted_count(
     notes = ["confusion matrix treated as exact" if not resample_validation else "CI includes validation resampling"]
     if fixed_idx.size:
         notes.append(f"{fixed_idx.size} reviewed cell(s) counted as reviewed, not corrected")
-    return _corrected("adjusted count (Forman 2008)", classes, point, boots, n, n_bootstrap, seed, confidence, notes)
+    return _corrected("adjusted count (Forman 2008)", classes, point, boots, n, n_bootstrap, seed, confidence, notes,
+                      counted=counted, per_100=per_100)
 
 
 def em_corrected(
@@ -341,12 +354,15 @@ def em_corrected(
     tol: float = 1e-8,
     bootstrap_tol: float = 1e-6,
     max_iter: int = 20000,
+    counted: Sequence[str] | None = None,
+    per_100: Sequence[str] = (),
 ) -> CorrectedComposition:
     """EM prior-shift correction (Saerens et al. 2002) with a percentile bootstrap CI over cells.
 
     ``probabilities`` must be calibrated (temperature-scaled) posteriors, ``(N, K)`` in the order of ``classes``.
     The point estimate converges to ``tol``; bootstrap replicates start from it and converge to ``bootstrap_tol``
-    (1e-6 is 1e-4 percentage points, far below any interval width), run in batches of resamples.
+    (1e-6 is 1e-4 percentage points, far below any interval width), run in batches of resamples. ``counted`` and
+    ``per_100`` as in :func:`adjusted_count`.
     """
     classes = _check_classes(classes)
     _check_confidence(confidence)
@@ -367,7 +383,8 @@ def em_corrected(
             p, training_prior, tol=bootstrap_tol, max_iter=max_iter, init=point, weights=w
         )
     notes = ["assumes calibrated posteriors and a pure prior shift (p(x|y) unchanged)"]
-    return _corrected("EM (Saerens et al. 2002)", classes, point, boots, n, n_bootstrap, seed, confidence, notes)
+    return _corrected("EM (Saerens et al. 2002)", classes, point, boots, n, n_bootstrap, seed, confidence, notes,
+                      counted=counted, per_100=per_100)
 
 
 def _corrected(
@@ -380,11 +397,37 @@ def _corrected(
     seed: int,
     confidence: float,
     notes: list[str],
+    *,
+    counted: Sequence[str] | None = None,
+    per_100: Sequence[str] = (),
 ) -> CorrectedComposition:
+    """The result object: point and percentile CIs from the bootstrap replicates ``boots`` (B, K), fractions.
+
+    With ``counted`` (a specimen's differential classes), the correction has been solved over all K classes, since
+    the confusion and the prior describe all of them (a platelet taken for a lymphocyte is an error the adjusted
+    count must undo); the counted classes are then renormalised to sum to 1, in the point estimate and in each
+    replicate (so the CI is that of the renormalised share), and each ``per_100`` class is reported as its corrected
+    share per 100 counted cells. A replicate with no counted mass is left out of the CIs.
+
+    Raises:
+        ValueError: the corrected composition holds no counted cell at all.
+    """
     alpha = 1.0 - confidence
+    per_100_rows: list[tuple[str, float, float, float]] = []
+    if counted is not None:
+        index = [classes.index(c) for c in counted]
+        mass, boot_mass = float(point[index].sum()), boots[:, index].sum(axis=1, keepdims=True)  # (B, 1)
+        if mass <= 0:
+            raise ValueError(f"the corrected composition holds no cell of the counted classes {list(counted)}")
+        share, boot_share = point / mass, boots / np.where(boot_mass > 0, boot_mass, np.nan)  # per counted cell
+        for c in per_100:
+            i = classes.index(c)
+            lo, hi = _percentile_ci(boot_share[:, i], alpha) if n_bootstrap > 0 else (np.nan, np.nan)
+            per_100_rows.append((c, float(100 * share[i]), float(100 * lo), float(100 * hi)))
+        point, boots, classes = share[index], boot_share[:, index], tuple(counted)
+        notes = [*notes, "solved over all the model's classes; the counted classes renormalised to 100 %"]
     if n_bootstrap > 0:
-        low = np.quantile(boots, alpha / 2, axis=0)
-        high = np.quantile(boots, 1 - alpha / 2, axis=0)
+        low, high = _percentile_ci(boots, alpha)
     else:
         low = high = np.full(len(classes), np.nan)
         notes = [*notes, "no bootstrap requested: CIs are NaN"]
@@ -399,50 +442,13 @@ def _corrected(
         seed=seed,
         confidence=confidence,
         notes=tuple(notes),
+        per_100_leukocytes=tuple(per_100_rows),
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Marker expression
-
-
-@dataclass(frozen=True)
-class MarkerSummary:
-    """Distribution of one regressed target among the cells predicted as one class (NaNs skipped)."""
-
-    label: str
-    target: str
-    n: int
-    median: float
-    q1: float
-    q3: float
-
-
-def marker_expression(
-    predicted: Sequence[str],
-    targets: Mapping[str, Sequence[float]],
-    classes: Sequence[str],
-) -> tuple[MarkerSummary, ...]:
-    """Median and IQR (25th, 75th percentile, linear interpolation) of each target per predicted class.
-
-    ``targets`` maps a target name to one value per cell, aligned with ``predicted``. A class with no finite value
-    is reported with ``n = 0`` and NaN statistics.
-    """
-    classes = _check_classes(classes)
-    idx = _label_indices(predicted, classes)
-    out: list[MarkerSummary] = []
-    for name, values in targets.items():
-        v = np.asarray(values, dtype=float)
-        if v.shape != idx.shape:
-            raise ValueError(f"target {name!r} has {v.size} values for {idx.size} cells; give one value per cell")
-        for i, c in enumerate(classes):
-            sel = v[(idx == i) & np.isfinite(v)]
-            if sel.size == 0:
-                out.append(MarkerSummary(c, name, 0, float("nan"), float("nan"), float("nan")))
-                continue
-            q1, med, q3 = np.percentile(sel, [25, 50, 75])
-            out.append(MarkerSummary(c, name, int(sel.size), float(med), float(q1), float(q3)))
-    return tuple(out)
+def _percentile_ci(boots: np.ndarray, alpha: float) -> tuple[Any, Any]:
+    """Percentile interval over the replicates (axis 0), ignoring NaN replicates."""
+    return np.nanquantile(boots, alpha / 2, axis=0), np.nanquantile(boots, 1 - alpha / 2, axis=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -460,6 +466,7 @@ class SampleDifferential:
     markers: tuple[MarkerSummary, ...]
     n_cells: int
     notes: tuple[str, ...] = ()
+    apart: tuple[ApartCount, ...] = ()  # classes the specimen reports outside the differential
 
     @property
     def corrected(self) -> CorrectedComposition | None:
@@ -483,6 +490,7 @@ class SampleDifferential:
                 "em": None if self.em is None else self.em.to_dict(),
             },
             "markers": [_nan_to_none(asdict(m)) for m in self.markers],
+            "apart": [asdict(a) for a in self.apart],
         }
 
 
@@ -501,6 +509,7 @@ def sample_differential(
     confidence: float = 0.95,
     reviewed: Sequence[bool] | None = None,
     notes: Sequence[str] = (),
+    spec: Any = None,
 ) -> SampleDifferential:
     """Assemble a sample's differential from its counted cells.
 
@@ -510,9 +519,16 @@ def sample_differential(
     cells, which EM leaves unchanged) and ``training_prior``, the prior the probabilities were fitted under (see
     :mod:`phenotyping.training.postfit`). Each correction is ``None`` in the result when its inputs are missing or no cell was
     counted. ``qc_counts`` maps an exclusion reason to its number of cells; ``n_cells`` is every cell of the sample
-    (default: counted + excluded); ``notes`` are carried into the result (e.g. why a correction is missing).
+    (default: classified + excluded); ``notes`` are carried into the result (e.g. why a correction is missing).
+
+    ``spec`` (a :class:`phenotyping.analysis.specimens.SpecimenSpec`; default: every class counted) is the
+    specimen's rule: the raw differential counts only ``spec.counted``; the corrections are solved over every
+    class and reported over the counted ones (:func:`_corrected`); the other classes go to ``apart``.
     """
-    raw = differential(predicted, classes, confidence=confidence)
+    counted = tuple(spec.counted) if spec is not None else None
+    apart_set = set(spec.apart) if spec is not None else set()
+    raw = differential([p for p in predicted if p not in apart_set], counted or classes, confidence=confidence)
+    report = {"counted": counted, "per_100": tuple(spec.per_100_leukocytes) if spec is not None else ()}
     acc = em = None
     notes = list(notes)
     if reviewed is not None and len(reviewed) != len(predicted):
@@ -521,30 +537,21 @@ def sample_differential(
         flags = list(reviewed) if reviewed is not None else [False] * len(predicted)
         acc = adjusted_count([p for p, r in zip(predicted, flags) if not r], classes, confusion,
                              n_bootstrap=n_bootstrap, seed=seed, confidence=confidence,
-                             fixed=[p for p, r in zip(predicted, flags) if r])
+                             fixed=[p for p, r in zip(predicted, flags) if r], **report)
     if raw.n_counted and probabilities is not None and training_prior is not None:
         try:
-            em = em_corrected(
-                probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence
-            )
+            em = em_corrected(probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed,
+                              confidence=confidence, **report)
         except EMNotConverged as e:  # one correction failing must not cost the raw differential
             notes.append(f"EM correction not reported: {e}")
     qc = dict(qc_counts or {})
     markers = marker_expression(predicted, targets, classes) if targets else ()
-    total = n_cells if n_cells is not None else raw.n_counted + sum(qc.values())
-    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes))
+    total = n_cells if n_cells is not None else len(predicted) + sum(qc.values())
+    apart = apart_counts(predicted, spec, confidence=confidence) if apart_set else ()
+    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes), apart)
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    out = tuple(classes)
-    if not out:
-        raise ValueError("no classes given; pass the model's class names")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate class names in {list(out)}")
-    return out
 
 
 def _check_bootstrap(n_bootstrap: int) -> None:
@@ -555,14 +562,6 @@ def _check_bootstrap(n_bootstrap: int) -> None:
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must lie strictly between 0 and 1 (e.g. 0.95)")
-
-
-def _label_indices(labels: Sequence[str], classes: tuple[str, ...]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    try:
-        return np.fromiter((index[lab] for lab in labels), dtype=np.int64)
-    except KeyError as e:
-        raise ValueError(f"label {e.args[0]!r} is not one of the model's classes {list(classes)}") from None
 
 
 def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,11 @@ differential. The rules:
 - an unreviewed cell that the model is unsure of (QC state ``unidentified``, or calibrated confidence below the
   card's ``calibration.unidentified_threshold``) waits in the "unidentified" queue and is not counted (and, while
   any cell waits, the corrected % is the adjusted count, not EM: see :func:`sample_results`);
-- every other cell is counted under its final label.
+- every other cell is counted under its final label;
+- which of the counted cells' classes the differential's percentages count is the sample's specimen's rule in the
+  model card (:mod:`phenotyping.analysis.specimens`): e.g. erythroblasts are reported per 100 leukocytes and
+  platelets as a number, apart from the percentages; a specimen the card does not declare is stated in
+  :attr:`SampleResults.specimen_check`, which every screen and report showing the results must show.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from phenotyping.analysis.differential import SampleDifferential, sample_differential
+from phenotyping.analysis.specimens import SpecimenCheck, specimen_check
 from phenotyping.errors import NotFoundError
 from phenotyping.schemas import Cell, QCState, Sample
 
@@ -58,7 +63,7 @@ class SampleResults:
     cells: tuple[CellResult, ...]
     differential: SampleDifferential | None
     exclusions: Mapping[str, int] = field(default_factory=dict)  # by category: the reason's text before ':'
-
+    specimen_check: SpecimenCheck | None = None  # None without a model
 
     @property
     def n_unidentified(self) -> int:
@@ -78,6 +83,7 @@ class SampleResults:
             "n_unidentified": self.n_unidentified,
             "exclusions": dict(self.exclusions),
             "differential": None if self.differential is None else self.differential.to_dict(),
+            "specimen_check": None if self.specimen_check is None else self.specimen_check.to_dict(),
         }
 
 
@@ -209,6 +215,7 @@ def sample_results(
     if card is None:
         card = load_card_for(model_id, store=store)
     classes = list(card["classes"])
+    check = specimen_check(card, sample.specimen.value)
     conf, prior, threshold, notes = _card_arrays(card, classes)
     preds = {p.cell_id: p for p in store.list_predictions(sample_id, model_id)}
     results: list[CellResult] = []
@@ -238,8 +245,8 @@ def sample_results(
     targets = {t: [float(r.targets.get(t, np.nan)) for r in counted] for t in target_names} or None
     diff = sample_differential(labels, classes, probabilities=probs, confusion=conf, training_prior=prior,
                                targets=targets, qc_counts=exclusions, n_cells=len(cells),
-                               n_bootstrap=n_bootstrap, seed=seed, reviewed=reviewed, notes=notes)
-    return SampleResults(sample, model_id, card, tuple(results), diff, exclusions)
+                               n_bootstrap=n_bootstrap, seed=seed, reviewed=reviewed, notes=notes, spec=check.spec)
+    return SampleResults(sample, model_id, card, tuple(results), diff, exclusions, check)
 
 
 def _cell_result(c: Cell, p: Any, classes: Sequence[str], threshold: float) -> CellResult:

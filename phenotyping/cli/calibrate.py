@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from phenotyping.cli._common import print_json
+from phenotyping.cli.train import add_specimen_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,14 +21,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, default=None,
                    help="the manifest the model was trained on (default: the card's training.manifest)")
     p.add_argument("--qc-cells", type=int, default=2000, help="training images used for the QC thresholds")
+    add_specimen_options(p)
+    p.add_argument("--specimens-only", action="store_true",
+                   help="only write the card's specimens section (from --specimen / --specimen-classes, else the "
+                        "defaults from the class names); needs neither the training data nor the weights")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from phenotyping.training.postfit import calibrate_model_dir
+    from phenotyping.training.postfit import calibrate_model_dir, set_specimens
 
-    card = calibrate_model_dir(args.model, args.manifest, max_qc_cells=args.qc_cells)
+    names = tuple(args.specimen_names or ())
+    if args.specimens_only:
+        card = set_specimens(args.model, specimens=args.specimens, specimen_names=names)
+        print_json({"model_id": card["id"], "specimens": card["specimens"]})
+        return 0
+    card = calibrate_model_dir(args.model, args.manifest, max_qc_cells=args.qc_cells, specimens=args.specimens,
+                               specimen_names=names)
     print_json({"model_id": card["id"], "posterior_prior": card["training"]["posterior_prior"],
                 "confusion_confident": card["validation"]["confusion_confident"], "qc": card["qc"],
-                "qc_calibration": card["qc_calibration"], "postfit": card["postfit"]})
+                "qc_calibration": card["qc_calibration"], "specimens": card["specimens"], "postfit": card["postfit"]})
     return 0

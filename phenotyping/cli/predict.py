@@ -84,8 +84,11 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
     diff = res.differential.to_dict() if res.differential is not None else None
     if diff is not None:
         diff["qc_excluded"] = counts
+    check = res.specimen_check
+    if check is not None and not check.declared:
+        print(f"warning: {check.message}", file=sys.stderr)
     print_json({"sample_id": sample_id, "model_id": lm.id, "run": run_info.to_dict(), "qc_counts": counts,
-                "differential": diff})
+                "differential": diff, "specimen_check": None if check is None else check.to_dict()})
     return 0
 
 

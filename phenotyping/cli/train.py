@@ -13,6 +13,19 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def add_specimen_options(p: argparse.ArgumentParser) -> None:
+    """``--specimen`` / ``--specimen-classes``: the card's specimens section (train and calibrate)."""
+    p.add_argument("--specimen", action="append", choices=["blood", "balf"], default=None, dest="specimen_names",
+                   help="a specimen the model is meant for (repeat for both); roles from the class names: "
+                        "erythroblasts per 100 leukocytes, platelets counted apart, epithelial cells noted (BALF), "
+                        "the rest counted. Default: blood when every class is a blood-cell name, balf when a class "
+                        "is a macrophage and every class a BAL cell name, else none")
+    p.add_argument("--specimen-classes", type=json.loads, default=None, dest="specimens",
+                   help='the whole section as JSON, e.g. \'{"balf": {"counted": ["macrophage", "lymphocyte", '
+                        '"neutrophil", "eosinophil"], "noted": ["epithelial"]}}\' (roles: counted, '
+                        'per_100_leukocytes, counted_apart, noted; every class under one role)')
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model; writes DIR with checkpoint.pt and model_card.json",
                        description="Train a cell model (see `phenotyping.models.list_models()`) on a manifest.csv or "
@@ -51,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embed-model", type=Path, default=None, metavar="DIR",
                    help="with --arch knn/svm: fit on the penultimate features of this trained neural model (its "
                         "folder) instead of pixels; the classifier keeps a reference to it and loads it to predict")
+    add_specimen_options(p)
     p.add_argument("--model-config", type=json.loads, default={},
                    help='JSON object of extra create_model keywords, e.g. \'{"drop": 0.2}\'')
     p.set_defaults(func=run)
@@ -71,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
                       model_overrides=dict(args.model_config),
-                      embed_model=str(args.embed_model) if args.embed_model else None)
+                      embed_model=str(args.embed_model) if args.embed_model else None,
+                      specimens=args.specimens, specimen_names=tuple(args.specimen_names or ()))
     extra = {}
     if args.cv is not None:
         from phenotyping.training.cv import cross_validate
@@ -82,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
                  group_column=args.group_column, config=cfg, card_extra=extra)
     print_json({"model": str(args.out), "id": card["id"], "architecture": card["architecture"]["name"],
-                "classes": card["classes"], "split": card["split"]["n"],
+                "classes": card["classes"], "specimens": card["specimens"], "split": card["split"]["n"],
                 "validation": {k: card["validation"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
                 "validation_targets": card["validation"]["targets"],
                 "test": None if card["test"] is None else

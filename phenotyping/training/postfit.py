@@ -17,6 +17,8 @@ Why each exists:
 - **image QC.** The focus, size and emptiness checks depend on the imaging set-up (pixel size, stain, crop size), so
   their thresholds are set from the model's own training images, which were curated as usable single cells: each
   check is set to pass all but about ``quantile`` of them (see :func:`calibrate_qc`).
+- **specimens.** Which classes each specimen's differential counts and which are reported apart
+  (:mod:`phenotyping.analysis.specimens`); :func:`set_specimens` adds it to an older card without the training data.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from phenotyping.analysis.prior import posterior_prior
 from phenotyping.analysis.qc import QCConfig, check_images
+from phenotyping.analysis.specimens import SECTION as SPECIMENS_SECTION, build_section
 
 
 def confident_confusion(probabilities: np.ndarray, y: np.ndarray, threshold: float, n_classes: int) -> list[list[int]]:
@@ -141,8 +144,30 @@ def apply_sections(card: dict[str, Any], sections: Mapping[str, Any]) -> dict[st
     return card
 
 
+def set_specimens(model_dir: str | Path, *, specimens: Mapping[str, Any] | None = None,
+                  specimen_names: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the card's ``specimens`` section (:func:`phenotyping.analysis.specimens.build_section`: the whole
+    section, or specimen names with roles from the class names, or the defaults from the class names) and return
+    the card. Nothing else in the card changes.
+
+    Raises:
+        ValueError: the section names a class the model lacks, leaves one out, or names an unknown specimen.
+    """
+    import json
+
+    from phenotyping.models.checkpoint import CARD
+
+    path = Path(model_dir) / CARD
+    card = json.loads(path.read_text(encoding="utf-8"))
+    card[SPECIMENS_SECTION] = build_section(card["classes"], specimens=specimen_names,
+                                            given=None if specimens is None else dict(specimens))
+    path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return card
+
+
 def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = None, *, max_qc_cells: int = 2000,
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, specimens: Mapping[str, Any] | None = None,
+                        specimen_names: Sequence[str] = ()) -> dict[str, Any]:
     """Recompute the post-fit sections of an existing model folder from its ``split.csv`` and rewrite its card.
 
     The weights, classes, temperature and unidentified threshold are not changed (nor the card's id). The validation
@@ -151,6 +176,8 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
 
     Args:
         manifest: the manifest the model was trained on (default: the card's ``training.manifest``).
+        specimens, specimen_names: the ``specimens`` section to write (see :func:`set_specimens`); when neither is
+            given, a card that has the section keeps it and one without gets the defaults from its class names.
 
     Returns:
         The updated card (also written to ``model_dir/model_card.json``); ``card["postfit"]`` says when and how.
@@ -167,6 +194,9 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     model_dir = Path(model_dir)
     lm = load_model_dir(model_dir)
     card = json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+    if specimens is not None or specimen_names or SPECIMENS_SECTION not in card:  # checked before the slow part
+        card[SPECIMENS_SECTION] = build_section(card["classes"], specimens=specimen_names,
+                                                given=None if specimens is None else dict(specimens))
     training = card.get("training") or {}
     manifest = Path(manifest or training.get("manifest") or "")
     if not manifest.exists():

@@ -41,6 +41,8 @@ class TrainConfig:
     ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``).
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
+    ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
+    names (default: from the class names; see ``phenotyping.analysis.specimens.build_section``).
     """
 
     arch: str = "hybrid"
@@ -64,6 +66,8 @@ class TrainConfig:
     data_licence: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     embed_model: str | None = None
+    specimens: dict[str, Any] | None = None
+    specimen_names: tuple[str, ...] = ()
 
 
 def _stderr(msg: str) -> None:
@@ -233,6 +237,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     """
     import torch
 
+    from phenotyping.analysis.specimens import build_section
     from phenotyping.models._registry import model_family
     from phenotyping.models.checkpoint import save_model_dir
     from phenotyping.training.licence import data_licence
@@ -243,6 +248,8 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     np.random.seed(config.seed)
 
     cells = _read_cells(manifest, label_column, target_columns, group_column, config.classes, log)
+    specimens = build_section(cells.classes, specimens=config.specimen_names, given=config.specimens)
+    log(f"specimens the card declares: {json.dumps(specimens) if specimens else 'none (no clinical specimen)'}")
     licence_text, licence = data_licence(manifest, config.data_licence)
     if licence["note"]:
         log(f"note: {licence['note']}")
@@ -265,6 +272,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
                  group_column=group_column, config=config, cells=cells, split=split, data=data, model=model, cfg=cfg,
                  emb=emb, fit=fit, ev=ev, licence_text=licence_text, licence=licence, wall=wall)
     _add_post_fit_sections(card, cells, split, ev, config.seed, log)
+    card["specimens"] = specimens
     card.update(card_extra or {})
     save_model_dir(out, model, card, preprocess=data.pre, targets=data.scaler)
     _write_split(out / "split.csv", cells.ids, split)
