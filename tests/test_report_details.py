@@ -135,6 +135,9 @@ def test_report_header_shows_lab_requester_and_times(store, tmp_path):
     ctx = build_context(store, "S1", settings=settings)
     assert (ctx.requester, ctx.collected_at, ctx.received_at) == (REQUESTER, COLLECTED, RECEIVED)
     assert ctx.lab_address == "1 Laboratory Road\nLondon W1A 1AA" and ctx.lab_contact.startswith("+44")
+    from reports.context import facts_from_context
+
+    assert "B. Requester" not in json.dumps(facts_from_context(ctx).prompt_json())  # people stay out of LLM prompts
     text = _pdf_text(render(ctx))
     for shown in ("1 Laboratory Road", "London W1A 1AA", "+44 20 7946 0000", "haem.lab@example.org",
                   f"Requester {REQUESTER}", "Collected 2026-11-30 08:15 UTC", "Received 2026-11-30 09:40 UTC"):
