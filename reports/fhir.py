@@ -181,7 +181,8 @@ def _specimen(ctx: ReportContext, subject: dict, request_ref: str | None) -> dic
 
 def _service_request(ctx: ReportContext, subject: dict, specimen_ref: str) -> dict[str, Any]:
     """The order the report answers: who requested it (free text, as recorded on the sample)."""
-    return {"resourceType": "ServiceRequest", "meta": _meta("ServiceRequest"), "status": "completed",
+    status = "active" if ctx.status == "preliminary" else "completed"  # a preliminary report leaves it open
+    return {"resourceType": "ServiceRequest", "meta": _meta("ServiceRequest"), "status": status,
             "intent": "order", "code": REPORT_CODE, "subject": subject, "requester": {"display": ctx.requester},
             "specimen": [{"reference": specimen_ref}]}
 

@@ -40,7 +40,8 @@ def parse_time(text: str | None, option: str) -> datetime | None:
 def sample_details(args: argparse.Namespace) -> dict[str, Any]:
     """``{collected_at, received_at, requester}`` given on the command line (absent keys were not given)."""
     given = {"collected_at": parse_time(args.collected_at, "--collected-at"),
-             "received_at": parse_time(args.received_at, "--received-at"), "requester": args.requester}
+             "received_at": parse_time(args.received_at, "--received-at"),
+             "requester": None if args.requester is None else args.requester.strip()}
     return {k: v for k, v in given.items() if v is not None}
 
 
