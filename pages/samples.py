@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timezone
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, clear_staged, flash, get_store, require_user, sample_header,
-                           show_flash, stage_uploads, staged_files, staging_dir)
+from pages._common import (allowed, attempt, clear_staged, flash, get_store, lock_notice, require_user,
+                           sample_header, show_flash, signed_version, stage_uploads, staged_files, staging_dir)
 from phenotyping.jobs import ingest_and_record, ingest_runs
 from phenotyping.schemas import Sample, SampleStatus, Specimen
 from phenotyping.settings import get_settings
@@ -22,10 +22,50 @@ st.title("Samples")
 show_flash()
 
 
-def create_sample(sample_id: str, specimen: str, pseudonym: str, notes: str, collected: datetime | None) -> Sample:
+def time_fields(what: str, key: str, current: datetime | None = None, *,
+                disabled: bool = False) -> tuple[bool, date | None, time]:
+    """Three columns for one sample time (UTC): known?, day, clock time. ``what`` is 'Collection' or 'Receipt'."""
+    shown = current.astimezone(timezone.utc) if current else None
+    c1, c2, c3 = st.columns(3)
+    known = c1.checkbox(f"{what} time known", value=shown is not None, key=f"{key}_known", disabled=disabled)
+    day = c2.date_input(f"{what} date (UTC)", value=shown.date() if shown else None, key=f"{key}_day",
+                        disabled=disabled)
+    hour = c3.time_input("at (UTC)", value=shown.time() if shown else time(8, 0), key=f"{key}_time",
+                         disabled=disabled)
+    return known, day, hour
+
+
+def chosen_time(what: str, known: bool, day: date | None, hour: time) -> datetime | None:
+    """The time entered with :func:`time_fields` (UTC), None when not known; ValueError when the date is missing."""
+    if known and not day:
+        raise ValueError(f"Give the {what.lower()} date, or untick '{what} time known'.")
+    return datetime.combine(day, hour, tzinfo=timezone.utc) if known and day else None
+
+
+def create_sample(sample_id: str, specimen: str, pseudonym: str, requester: str, notes: str,
+                  collected: tuple[bool, date | None, time], received: tuple[bool, date | None, time]) -> Sample:
     sample = Sample(id=sample_id.strip(), specimen=Specimen(specimen), patient_pseudonym=pseudonym,
-                    notes=notes, collected_at=collected)
+                    requester=requester, notes=notes, collected_at=chosen_time("Collection", *collected),
+                    received_at=chosen_time("Receipt", *received))
     return store.create_sample(sample, actor=user.username)
+
+
+def update_details(sample: Sample, *, pseudonym: str, requester: str, notes: str,
+                   collected: tuple[bool, date | None, time], received: tuple[bool, date | None, time]) -> Sample:
+    """Save the edited details; a time already recorded can be corrected but not removed. The form shows times to
+    the minute, so an unchanged minute keeps the recorded time (seconds included)."""
+    times = {"collected_at": chosen_time("Collection", *collected), "received_at": chosen_time("Receipt", *received)}
+    for field, what in (("collected_at", "collection"), ("received_at", "receipt")):
+        old = getattr(sample, field)
+        if times[field] is None and old is not None:
+            raise ValueError(f"The {what} time is recorded and can be corrected but not removed; tick "
+                             f"'{what.capitalize()} time known' again.")
+        if old is not None and times[field] is not None and \
+                times[field].replace(second=0, microsecond=0) == old.astimezone(timezone.utc).replace(second=0,
+                                                                                                     microsecond=0):
+            times[field] = old
+    return store.update_sample(sample.id, actor=user.username, patient_pseudonym=pseudonym, requester=requester,
+                               notes=notes, **times)
 
 
 def describe_upload(paths: list[Path], folder: Path) -> str:
@@ -67,21 +107,17 @@ if can_write:
             specimen = c2.selectbox("Specimen", [s.value for s in Specimen], format_func=lambda v: {
                 "blood": "Blood", "balf": "BAL fluid"}.get(v, v))
             pseudonym = c3.text_input("Patient pseudonym", help="A pseudonym only, never a name")
-            d1, d2, d3 = st.columns(3)
-            known = d1.checkbox("Collection time known", value=False)
-            day = d2.date_input("Collected on (UTC)", value=None)
-            hour = d3.time_input("at (UTC)", value=time(8, 0))
+            requester = st.text_input("Requester", placeholder="e.g. Dr B. Requester, Ward 7",
+                                      help="Who ordered the test; printed on the report")
+            collected = time_fields("Collection", "new_collected")
+            received = time_fields("Receipt", "new_received")
             notes = st.text_area("Notes", height=68)
             if st.form_submit_button("Create sample", type="primary"):
-                collected = (datetime.combine(day, hour, tzinfo=timezone.utc) if known and day else None)
-                if known and not day:
-                    st.error("Give the collection date, or untick 'Collection time known'.")
-                else:
-                    ok, s = attempt(create_sample, sample_id, specimen, pseudonym, notes, collected)
-                    if ok:
-                        st.session_state["sample_id"] = s.id
-                        flash(f"Sample {s.id} created. Upload its images below.")
-                        st.rerun()
+                ok, s = attempt(create_sample, sample_id, specimen, pseudonym, requester, notes, collected, received)
+                if ok:
+                    st.session_state["sample_id"] = s.id
+                    flash(f"Sample {s.id} created. Upload its images below.")
+                    st.rerun()
 
 samples = store.list_samples()
 if not samples:
@@ -93,6 +129,30 @@ current = st.session_state.get("sample_id")
 sel = st.selectbox("Sample", ids, index=ids.index(current) if current in ids else 0)
 st.session_state["sample_id"] = sel
 sample_header(store, sel)
+
+if can_write:
+    with st.expander("Sample details", icon=":material/edit:"):
+        current_sample = store.get_sample(sel)
+        locked = signed_version(store, sel)
+        if locked is not None:
+            lock_notice(locked, "what the report shows (pseudonym, requester, collection and receipt times)")
+        with st.form(f"details_{sel}", clear_on_submit=False):
+            e1, e2 = st.columns(2)
+            e_pseudonym = e1.text_input("Patient pseudonym", value=current_sample.patient_pseudonym,
+                                        key=f"edit_pseudonym_{sel}", disabled=locked is not None)
+            e_requester = e2.text_input("Requester", value=current_sample.requester, key=f"edit_requester_{sel}",
+                                        disabled=locked is not None)
+            e_collected = time_fields("Collection", f"edit_collected_{sel}", current_sample.collected_at,
+                                      disabled=locked is not None)
+            e_received = time_fields("Receipt", f"edit_received_{sel}", current_sample.received_at,
+                                     disabled=locked is not None)
+            e_notes = st.text_area("Notes", value=current_sample.notes, height=68, key=f"edit_notes_{sel}")
+            if st.form_submit_button("Save details"):
+                ok, _ = attempt(update_details, current_sample, pseudonym=e_pseudonym, requester=e_requester,
+                                notes=e_notes, collected=e_collected, received=e_received)
+                if ok:
+                    flash(f"Details of sample {sel} saved.")
+                    st.rerun()
 
 if can_write:
     st.subheader("Upload images")

@@ -11,13 +11,24 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SAMPLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def require_aware(value: datetime | None, what: str) -> datetime | None:
+    """``value`` unchanged when it carries a time zone (or is None); a naive time raises ValueError.
+
+    A clock time without a zone is ambiguous on a report (local? UTC?), so it is refused rather than guessed.
+    """
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{what} {value.isoformat()} has no time zone; add Z (UTC) or an offset such as +01:00, "
+                         "e.g. 2026-11-30T08:15Z")
+    return value
 
 
 class Specimen(str, Enum):
@@ -56,18 +67,33 @@ class Sample(_Model):
     id: str = Field(pattern=SAMPLE_ID_PATTERN, description="lab sample id: letters, digits, '.', '_', '-'")
     specimen: Specimen
     patient_pseudonym: str = Field("", max_length=128)
-    collected_at: datetime | None = None
+    collected_at: datetime | None = Field(None, description="when the specimen was collected (timezone-aware)")
+    received_at: datetime | None = Field(None, description="when the laboratory received it (timezone-aware)")
+    requester: str = Field("", max_length=200, description="who ordered the test (clinician or service), as "
+                                                           "printed on the report")
     status: SampleStatus = SampleStatus.new
     notes: str = Field("", max_length=4000)
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = "system"
 
-    @field_validator("patient_pseudonym")
+    @field_validator("patient_pseudonym", "requester")
     @classmethod
-    def _no_control_chars(cls, v: str) -> str:
+    def _no_control_chars(cls, v: str, info: ValidationInfo) -> str:
         if re.search(r"[\x00-\x1f]", v):
-            raise ValueError("patient pseudonym must not contain control characters")
+            raise ValueError(f"{info.field_name.replace('_', ' ')} must not contain control characters")
         return v.strip()
+
+    @field_validator("collected_at", "received_at")
+    @classmethod
+    def _aware(cls, v: datetime | None, info: ValidationInfo) -> datetime | None:
+        return require_aware(v, info.field_name.replace("_at", " time").replace("_", " "))
+
+    @model_validator(mode="after")
+    def _received_after_collection(self) -> Sample:
+        if self.collected_at and self.received_at and self.received_at < self.collected_at:
+            raise ValueError(f"receipt time {self.received_at.isoformat()} is before the collection time "
+                             f"{self.collected_at.isoformat()}; check both times and their time zones")
+        return self
 
 
 class Cell(_Model):

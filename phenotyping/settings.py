@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     lab_name: str = Field("Research haematology laboratory", description="laboratory name printed on reports")
     lab_id: str = Field("LAB-001", description="laboratory identifier; report ids are '<lab_id>-<sample id>'")
+    lab_address: str | None = Field(None, description="postal address printed on reports and in the FHIR export "
+                                                      "(lines separated by ', ' or newlines); None = reports say "
+                                                      "it is not configured")
+    lab_contact: str | None = Field(None, description="telephone and/or e-mail for report enquiries, e.g. "
+                                                      "'+44 20 7946 0000, haem.lab@example.org'; None = reports say "
+                                                      "it is not configured")
     reference_intervals: Path | None = Field(
         None, description="JSON or CSV file of the lab's reference intervals (%) per specimen and class "
                           "(see reports/reference.py); None = reports say no interval is configured")

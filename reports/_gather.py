@@ -26,6 +26,14 @@ def unsigned_version(store: Any, sample_id: str, version: int | None, given: Any
     return rv
 
 
+def header_fields(settings: Any, sample: Any) -> dict[str, Any]:
+    """The report header's laboratory and sample details (ISO 15189 report elements) as ``ReportContext`` fields."""
+    return {"lab_name": settings.lab_name, "lab_id": settings.lab_id, "lab_address": settings.lab_address,
+            "lab_contact": settings.lab_contact, "patient_pseudonym": sample.patient_pseudonym,
+            "specimen": sample.specimen.value, "requester": sample.requester, "collected_at": sample.collected_at,
+            "received_at": sample.received_at}
+
+
 def require_differential(res: Any, sample_id: str) -> None:
     """Raise ValueError unless ``sample_results`` found an analysis model and computed a differential."""
     if res.differential is None or res.card is None or res.model_id is None:

@@ -186,6 +186,9 @@ class ReportContext(_Frozen):
 
     lab_name: str
     lab_id: str
+    lab_address: str | None = Field(None, description="the laboratory's postal address (Settings.lab_address); None: "
+                                                       "not configured, and the report says so")
+    lab_contact: str | None = Field(None, description="telephone / e-mail for enquiries (Settings.lab_contact)")
     report_id: str
     version: int = Field(ge=1)
     status: ReportStatus
@@ -198,7 +201,9 @@ class ReportContext(_Frozen):
     patient_pseudonym: str
     sample_id: str
     specimen: Literal["blood", "balf"]
+    requester: str = Field("", description="who ordered the test, as recorded on the sample; '' = not recorded")
     collected_at: datetime | None = None
+    received_at: datetime | None = Field(None, description="when the laboratory received the specimen")
     reported_at: datetime = Field(description="signing time for a signed version, else when the version was saved")
     method: MethodInfo
     results: list[ResultRow] = Field(min_length=1)
@@ -225,6 +230,19 @@ class ReportContext(_Frozen):
     signer: Person | None = None
     signer_certificate: str | None = Field(None, description="subject name of the signing certificate, when it "
                                                              "differs from the signer's display name")
+
+    @field_validator("collected_at", "received_at", "reported_at", "replaces_signed_at")
+    @classmethod
+    def _aware(cls, v: datetime | None, info: Any) -> datetime | None:
+        if v is not None and v.utcoffset() is None:
+            raise ValueError(f"{info.field_name} {v.isoformat()} has no time zone; report times must be "
+                             "timezone-aware (add Z or an offset)")
+        return v
+
+    @field_validator("lab_address", "lab_contact")
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v.strip() or None if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _amendment(self) -> ReportContext:

@@ -19,8 +19,8 @@ from reports._models import (
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
-    drafted_versions, gallery, interpretation_edited, manual_comparison, model_version, person, reference_intervals_for,
-    require_differential, study_agreement, unsigned_version,
+    drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version, person,
+    reference_intervals_for, require_differential, study_agreement, unsigned_version,
 )
 
 __all__ = [
@@ -80,14 +80,13 @@ def build_context(
     replaced = None if rv.amends_version is None else store.get_report_version(sample_id, rv.amends_version)
     replaced_by = None if replaced is None else person(store, replaced.signed_by)
     return ReportContext(
-        lab_name=settings.lab_name, lab_id=settings.lab_id, report_id=f"{settings.lab_id}-{sample_id}",
+        **header_fields(settings, sample), report_id=f"{settings.lab_id}-{sample_id}",
         version=rv.version, status=report_status(rv) if status is None else status,
         amendment_reason=rv.amendment_reason, replaces_version=rv.amends_version,
         replaces_signed_at=None if replaced is None else replaced.signed_at,
         replaces_signed_by=replaced_by.name if replaced_by is not None else None,
         replaces_pdf_sha256=None if replaced is None else replaced.pdf_hash,
-        patient_pseudonym=sample.patient_pseudonym, sample_id=sample_id,
-        specimen=sample.specimen.value, collected_at=sample.collected_at, reported_at=reported_at or rv.created_at,
+        sample_id=sample_id, reported_at=reported_at or rv.created_at,
         method=method_info(res.model_id, model_version(store, sample_id, res.model_id, card), card, diff.corrected),
         results=result_rows(diff, refs), apart=apart_rows(diff, refs), differential_title=title,
         counted_basis=basis, specimen_statement=statement, confidence=diff.raw.confidence, reference_source=ref_source,

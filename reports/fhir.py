@@ -1,8 +1,17 @@
-"""Exports: a FHIR R4 Bundle (DiagnosticReport + one Observation per class + Specimen) and per-cell CSV.
+"""Exports: a FHIR R4B Bundle (DiagnosticReport, Organization, Specimen, ServiceRequest, one Observation per class)
+and per-cell CSV.
 
-FHIR version: ``fhir.resources`` 8 ships R5 (default), R4B and STU3 models, no plain R4. The Bundle is validated
-with the R4B models; Bundle, DiagnosticReport, Observation and Specimen have the same structure in R4 and R4B for
-every element used here.
+FHIR version: exactly R4B, :data:`FHIR_VERSION` 4.3.0. ``fhir.resources`` 8 ships R5 (its default models, 5.0.0),
+R4B and STU3, no plain R4; the Bundle is validated with ``fhir.resources.R4B`` and :func:`validate_bundle` refuses
+to run when those models are not :data:`FHIR_VERSION`. Every resource states the version in ``meta.profile``: the
+core StructureDefinition of its type with the version suffix (``…/StructureDefinition/Specimen|4.3.0``); a server
+reading files or requests should be given :data:`FHIR_MIME_TYPE`.
+
+The report's header goes into the resources an ISO 15189 report element belongs to: the laboratory (name, id,
+address, contact) is an ``Organization``, the report's ``performer``; the requester is a ``ServiceRequest``
+(``requester.display``) that the report's ``basedOn`` and the specimen's ``request`` point to, present only when the
+sample records one; collection and receipt times are ``Specimen.collection.collectedDateTime`` and
+``Specimen.receivedTime``.
 
 How each class is encoded (an Observation):
 
@@ -35,6 +44,9 @@ from typing import Any
 
 from reports.context import ApartRow, ReportContext, ResultRow
 
+FHIR_VERSION = "4.3.0"
+FHIR_MIME_TYPE = "application/fhir+json; fhirVersion=4.3"
+CORE_PROFILE = "http://hl7.org/fhir/StructureDefinition/{resource}|" + FHIR_VERSION
 CI_EXTENSION = "urn:leuko:fhir:StructureDefinition:confidence-interval"
 REPLACES_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaces-report-version"
 AMENDMENT_EXTENSION = "urn:leuko:fhir:StructureDefinition:amendment-reason"
@@ -57,6 +69,8 @@ BLOOD_LOINC = {
 }
 NRBC_LOINC = ("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count")
 _NRBC_NAMES = {"erythroblast", "nrbc", "nucleated red cell", "nucleated red blood cell", "normoblast"}
+REPORT_CODE = {"coding": [{"system": "urn:leuko:report-type", "code": "leukocyte-differential"}],
+               "text": "Leukocyte differential by label-free imaging"}
 SPECIMEN_SNOMED = {"blood": ("119297000", "Blood specimen"),
                    "balf": ("258607008", "Bronchoalveolar lavage fluid sample")}
 
@@ -99,6 +113,7 @@ def _base_observation(ctx: ReportContext, code: dict[str, Any], subject: dict, s
     """The parts every Observation shares."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
+        "meta": _meta("Observation"),
         "status": ctx.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                   "code": "laboratory"}]}],
@@ -192,41 +207,83 @@ def _observation(ctx: ReportContext, row: ResultRow, subject: dict, specimen_ref
     return obs
 
 
-def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, Any]:
-    """The report as a FHIR R4 ``collection`` Bundle (validated), as a JSON-ready dict.
+def _meta(resource: str, **extra: Any) -> dict[str, Any]:
+    return {**extra, "profile": [CORE_PROFILE.format(resource=resource)]}
 
-    ``pdf`` (the rendered report) is embedded in ``DiagnosticReport.presentedForm`` when given.
 
-    Raises:
-        ValueError: the bundle does not validate (names the element).
-    """
-    subject = {"identifier": {"system": "urn:leuko:patient-pseudonym", "value": ctx.patient_pseudonym}}
-    specimen_url = f"urn:uuid:{uuid.uuid4()}"
+def _telecom(contact: str) -> list[dict[str, str]]:
+    """ContactPoints from the lab's free-text contact: items split at ',' ';' or newlines; '@' → email, http(s) →
+    url, digits with + - ( ) spaces → phone, anything else → other."""
+    out = []
+    for item in (x.strip() for x in contact.replace(";", ",").replace("\n", ",").split(",")):
+        if not item:
+            continue
+        if "@" in item:
+            system = "email"
+        elif item.lower().startswith(("http://", "https://")):
+            system = "url"
+        elif sum(ch.isdigit() for ch in item) >= 5 and all(ch.isdigit() or ch in "+-() ./" for ch in item):
+            system = "phone"
+        else:
+            system = "other"
+        out.append({"system": system, "value": item})
+    return out
+
+
+def _organization(ctx: ReportContext) -> dict[str, Any]:
+    org: dict[str, Any] = {"resourceType": "Organization", "meta": _meta("Organization"),
+                           "identifier": [{"system": "urn:leuko:lab", "value": ctx.lab_id}], "name": ctx.lab_name}
+    if ctx.lab_address:
+        lines = [x.strip() for x in ctx.lab_address.splitlines() if x.strip()]
+        org["address"] = [{"text": ", ".join(lines), "line": lines}]
+    if ctx.lab_contact:
+        org["telecom"] = _telecom(ctx.lab_contact)
+    return org
+
+
+def _specimen(ctx: ReportContext, subject: dict, request_ref: str | None) -> dict[str, Any]:
     code, display = SPECIMEN_SNOMED[ctx.specimen]
     specimen: dict[str, Any] = {
         "resourceType": "Specimen",
+        "meta": _meta("Specimen"),
         "accessionIdentifier": {"system": "urn:leuko:sample", "value": ctx.sample_id},
         "type": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": ctx.specimen_label},
         "subject": subject,
     }
+    if ctx.received_at is not None:
+        specimen["receivedTime"] = ctx.received_at.isoformat()
+    if request_ref is not None:
+        specimen["request"] = [{"reference": request_ref}]
     if ctx.collected_at is not None:
         specimen["collection"] = {"collectedDateTime": ctx.collected_at.isoformat()}
-    obs_urls = [f"urn:uuid:{uuid.uuid4()}" for _ in (*ctx.results, *ctx.apart)]
+    return specimen
+
+
+def _service_request(ctx: ReportContext, subject: dict, specimen_ref: str) -> dict[str, Any]:
+    """The order the report answers: who requested it (free text, as recorded on the sample)."""
+    status = "active" if ctx.status == "preliminary" else "completed"  # a preliminary report leaves it open
+    return {"resourceType": "ServiceRequest", "meta": _meta("ServiceRequest"), "status": status,
+            "intent": "order", "code": {**REPORT_CODE, "text": f"{ctx.differential_title} by label-free imaging"}, "subject": subject, "requester": {"display": ctx.requester},
+            "specimen": [{"reference": specimen_ref}]}
+
+
+def _report(ctx: ReportContext, subject: dict, refs: dict[str, str | None], obs_urls: list[str]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "meta": {"versionId": str(ctx.version)},
+        "meta": _meta("DiagnosticReport", versionId=str(ctx.version)),
         "identifier": [{"system": f"urn:leuko:report:{ctx.lab_id}", "value": ctx.report_id}],
         "status": ctx.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
                                   "display": "Hematology"}]}],
-        "code": {"coding": [{"system": "urn:leuko:report-type", "code": "leukocyte-differential"}],
-                 "text": f"{ctx.differential_title} by label-free imaging"},
+        "code": {**REPORT_CODE, "text": f"{ctx.differential_title} by label-free imaging"},
         "subject": subject,
         "issued": ctx.reported_at.isoformat(),
-        "performer": [{"display": f"{ctx.lab_name} ({ctx.lab_id})"}],
-        "specimen": [{"reference": specimen_url}],
+        "performer": [{"reference": refs["organization"], "display": f"{ctx.lab_name} ({ctx.lab_id})"}],
+        "specimen": [{"reference": refs["specimen"]}],
         "result": [{"reference": u} for u in obs_urls],
     }
+    if refs["request"] is not None:
+        report["basedOn"] = [{"reference": refs["request"]}]
     if ctx.collected_at is not None:
         report["effectiveDateTime"] = ctx.collected_at.isoformat()
     if ctx.signer is not None:
@@ -244,25 +301,54 @@ def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, An
         ])
         if ctx.replaces_pdf_sha256:
             report["extension"].append({"url": REPLACES_SHA256_EXTENSION, "valueString": ctx.replaces_pdf_sha256})
+    return report
+
+
+def fhir_bundle(ctx: ReportContext, *, pdf: bytes | None = None) -> dict[str, Any]:
+    """The report as a FHIR R4B (:data:`FHIR_VERSION`) ``collection`` Bundle (validated), as a JSON-ready dict.
+
+    ``pdf`` (the rendered report) is embedded in ``DiagnosticReport.presentedForm`` when given.
+
+    Raises:
+        ValueError: the bundle does not validate (names the element).
+    """
+    subject = {"identifier": {"system": "urn:leuko:patient-pseudonym", "value": ctx.patient_pseudonym}}
+    refs: dict[str, str | None] = {"organization": f"urn:uuid:{uuid.uuid4()}", "specimen": f"urn:uuid:{uuid.uuid4()}",
+                                   "request": f"urn:uuid:{uuid.uuid4()}" if ctx.requester else None}
+    obs_urls = [f"urn:uuid:{uuid.uuid4()}" for _ in (*ctx.results, *ctx.apart)]
+    report = _report(ctx, subject, refs, obs_urls)
     if pdf is not None:
         report["presentedForm"] = [{"contentType": "application/pdf", "data": base64.b64encode(pdf).decode(),
                                     "title": f"{ctx.report_id} v{ctx.version}"}]
     entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report},
-               {"fullUrl": specimen_url, "resource": specimen}]
-    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _observation(ctx, r, subject, specimen_url))}
+               {"fullUrl": refs["specimen"], "resource": _specimen(ctx, subject, refs["request"])}]
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _observation(ctx, r, subject, refs["specimen"]))}
                 for u, r in zip(obs_urls, ctx.results)]
-    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _apart_observation(ctx, a, subject, specimen_url))}
+    entries += [{"fullUrl": u, "resource": _with_statement(ctx, _apart_observation(ctx, a, subject,
+                                                                                   refs["specimen"]))}
                 for u, a in zip(obs_urls[len(ctx.results):], ctx.apart)]
-    bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": ctx.reported_at.isoformat(),
-              "entry": entries}
+    entries.append({"fullUrl": refs["organization"], "resource": _organization(ctx)})
+    if refs["request"] is not None:
+        entries.append({"fullUrl": refs["request"], "resource": _service_request(ctx, subject, refs["specimen"])})
+    bundle = {"resourceType": "Bundle", "meta": _meta("Bundle"), "type": "collection",
+              "timestamp": ctx.reported_at.isoformat(), "entry": entries}
     validate_bundle(bundle)
     return bundle
 
 
 def validate_bundle(bundle: Mapping[str, Any]) -> None:
-    """Validate with the ``fhir.resources`` R4B models; raise ``ValueError`` naming the first problem."""
+    """Validate with the ``fhir.resources`` R4B models; raise ``ValueError`` naming the first problem.
+
+    Raises:
+        RuntimeError: the installed ``fhir.resources.R4B`` models are not FHIR :data:`FHIR_VERSION`.
+    """
+    import fhir.resources.R4B as r4b
     from fhir.resources.R4B.bundle import Bundle
     from pydantic import ValidationError
+
+    if r4b.__fhir_version__ != FHIR_VERSION:
+        raise RuntimeError(f"fhir.resources.R4B holds FHIR {r4b.__fhir_version__} models, but this export declares "
+                           f"{FHIR_VERSION}; install the fhir.resources version pinned in requirements.txt")
 
     try:
         Bundle.model_validate(dict(bundle))

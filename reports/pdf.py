@@ -3,6 +3,12 @@
 The rendered PDF carries an empty, visible signature field named :data:`SIGNATURE_FIELD` placed over the
 "Electronic signature" box of the last page, so that :func:`reports.signing.sign` can fill it. Only ``data:`` URLs
 are fetched while rendering (nothing from disk or network).
+
+Metadata: PDF/A (ISO 19005-3, 6.6.2.3) wants each document-information entry to equal its XMP counterpart. WeasyPrint
+writes both (title, author, subject, creator = "leuko reports (WeasyPrint <version>)", creation and modification
+dates), but every pyHanko incremental update (the signature field here, the signature later) rewrites the XMP
+``pdf:Producer`` as "pyHanko <version>" and the modification date, while it appends itself to the Info /Producer.
+:func:`incremental_writer` copies pyHanko's XMP values back into the Info dictionary in the same update.
 """
 
 from __future__ import annotations
@@ -68,13 +74,24 @@ def _environment() -> Any:
     return env
 
 
-def render_html(ctx: ReportContext) -> str:
-    """The report as HTML (images as data URIs); the print stylesheet is ``templates/report.css``."""
+def creator_tool() -> str:
+    """The PDF's /Creator (xmp:CreatorTool): this application and the WeasyPrint version that laid it out."""
+    from importlib.metadata import version
+
+    return f"leuko reports (WeasyPrint {version('weasyprint')})"
+
+
+def render_html(ctx: ReportContext, *, created: datetime | None = None) -> str:
+    """The report as HTML (images as data URIs); the print stylesheet is ``templates/report.css``.
+
+    ``created`` (default now) becomes the PDF's creation and modification dates (``dcterms.created/modified``).
+    """
     env = _environment()
     ba_figures = [(label, "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode())
                   for label, svg in ctx.bland_altman_figures.items()]
+    stamp = (created or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
     return env.get_template("report.html.j2").render(
-        ctx=ctx, ba_figures=ba_figures,
+        ctx=ctx, ba_figures=ba_figures, generator=creator_tool(), created=stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
         provenance=provenance_label(ctx.interpretation_source, edited=ctx.interpretation_edited),
     )
 
@@ -125,11 +142,48 @@ def attachment(pdf: bytes, name: str) -> bytes | None:
     return found[0] if found else None
 
 
-def _add_signature_field(pdf: bytes, page: int, box: tuple[int, int, int, int]) -> bytes:
+@lru_cache(maxsize=1)
+def _writer_class() -> type:
+    from pyhanko.pdf_utils import generic
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.pdf_utils.metadata import model, xmp_xml
+
+    class MetadataAgreeingWriter(IncrementalPdfFileWriter):
+        """pyHanko's incremental writer; after pyHanko's own metadata update, the Info /Producer and /ModDate are
+        set to the XMP ``pdf:Producer`` and ``xmp:ModifyDate`` it wrote (pyHanko's maintainer names
+        ``_update_meta`` as the hook for changing its metadata updates, pyHanko issue #223)."""
+
+        def _update_meta(self) -> None:
+            super()._update_meta()
+            try:
+                info_ref = self.trailer.raw_get("/Info")
+            except KeyError:
+                return  # no Info dictionary: nothing to disagree with the XMP
+            stream = self.root["/Metadata"] if "/Metadata" in self.root else None
+            if not isinstance(stream, xmp_xml.MetadataStream):
+                return
+            fields = {name: value for root in stream.xmp for name, value in root}
+            info = self.trailer["/Info"]
+            if model.PDF_PRODUCER in fields:
+                info["/Producer"] = generic.TextStringObject(str(fields[model.PDF_PRODUCER].value))
+            if model.XMP_MODDATE in fields and "/ModDate" in info:
+                modified = datetime.fromisoformat(str(fields[model.XMP_MODDATE].value))
+                info["/ModDate"] = generic.pdf_date(modified)
+            self.mark_update(info_ref)
+
+    return MetadataAgreeingWriter
+
+
+def incremental_writer(pdf: bytes, *, strict: bool = True) -> Any:
+    """A pyHanko ``IncrementalPdfFileWriter`` over ``pdf`` that keeps the document-information dictionary equal to
+    the XMP metadata (Producer, modification date) when it writes; use it for every update of a report PDF."""
+    return _writer_class()(io.BytesIO(pdf), strict=strict)
+
+
+def _add_signature_field(pdf: bytes, page: int, box: tuple[int, int, int, int]) -> bytes:
     from pyhanko.sign.fields import SigFieldSpec, append_signature_field
 
-    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    writer = incremental_writer(pdf)
     append_signature_field(writer, SigFieldSpec(sig_field_name=SIGNATURE_FIELD, on_page=page, box=box))
     out = io.BytesIO()
     writer.write(out)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from reports.pdf import SIGNATURE_FIELD
+from reports.pdf import SIGNATURE_FIELD, incremental_writer
 
 STAMP_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_REASON = "Report authorised"
@@ -128,7 +128,6 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
         FileExistsError: ``out_path`` exists (a signed report is never overwritten).
         SigningError: wrong password, unreadable PDF, or a report whose signature field is already signed.
     """
-    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.pdf_utils.misc import PdfReadError
     from pyhanko.pdf_utils.text import TextBoxStyle
     from pyhanko.sign import fields, signers
@@ -144,7 +143,7 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
     role = role or _subject_attr(signer.signing_cert, "title") or "signer"
     data = pdf_path.read_bytes()
     try:
-        writer = IncrementalPdfFileWriter(io.BytesIO(data), strict=False)
+        writer = incremental_writer(data, strict=False)  # keeps Info and XMP metadata equal (PDF/A)
     except (PdfReadError, ValueError) as e:
         raise SigningError(f"{pdf_path} is not a readable PDF: {e}") from e
     state = _field_state(writer.prev)

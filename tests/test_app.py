@@ -236,6 +236,49 @@ def test_create_sample_and_upload_zip(lab, tmp_path):
     assert store.list_audit(sample_id="S2", action="ingest.run")[0].after["rejected"][0]["file"] == "set/broken.png"
 
 
+def test_new_sample_and_details_form_record_requester_and_times(lab):
+    """The New-sample form records requester, collection and receipt times (UTC); the details form corrects them
+    and is locked once the report is signed."""
+    from datetime import date, datetime, time, timezone
+
+    store, _ = lab
+    at = app("rev")
+    next(t for t in at.text_input if t.label == "Sample id").input("S3")
+    next(t for t in at.text_input if t.label == "Requester").input("Dr B. Requester, Ward 7")
+    next(c for c in at.checkbox if c.key == "new_collected_known").check()
+    next(d for d in at.date_input if d.key == "new_collected_day").set_value(date(2026, 11, 30))
+    next(t for t in at.time_input if t.key == "new_collected_time").set_value(time(8, 15))
+    next(c for c in at.checkbox if c.key == "new_received_known").check()  # no date: refused, nothing created
+    next(b for b in at.button if b.label == "Create sample").click().run()
+    assert not at.exception and any("receipt date" in e.value for e in at.error)
+    assert not store.sample_exists("S3")
+    next(d for d in at.date_input if d.key == "new_received_day").set_value(date(2026, 11, 30))
+    next(t for t in at.time_input if t.key == "new_received_time").set_value(time(9, 40))
+    next(b for b in at.button if b.label == "Create sample").click().run()
+    assert not at.exception
+    s = store.get_sample("S3")
+    assert s.requester == "Dr B. Requester, Ward 7"
+    assert (s.collected_at, s.received_at) == (datetime(2026, 11, 30, 8, 15, tzinfo=timezone.utc),
+                                               datetime(2026, 11, 30, 9, 40, tzinfo=timezone.utc))
+
+    at = app("rev")
+    next(s for s in at.selectbox if s.label == "Sample").select("S3").run()
+    next(t for t in at.text_input if t.key == "edit_requester_S3").input("Dr C. Other")
+    next(t for t in at.time_input if t.key == "edit_received_S3_time").set_value(time(9, 55))
+    next(b for b in at.button if b.label == "Save details").click().run()
+    assert not at.exception
+    s = store.get_sample("S3")
+    assert s.requester == "Dr C. Other" and s.received_at == datetime(2026, 11, 30, 9, 55, tzinfo=timezone.utc)
+    assert s.collected_at == datetime(2026, 11, 30, 8, 15, tzinfo=timezone.utc)  # untouched
+
+    store.add_report_version("S3", interpretation="text", source="template", actor="rev")
+    store.mark_report_signed("S3", 1, signer="sig", status="final", pdf_path="r.pdf", pdf_hash="ab")
+    at = app("rev")
+    next(s for s in at.selectbox if s.label == "Sample").select("S3").run()
+    assert next(t for t in at.text_input if t.key == "edit_requester_S3").disabled
+    assert any("is locked" in i.value for i in at.info)
+
+
 def test_upload_many_files_in_two_batches_then_discard_and_ingest(lab, tmp_path):
     store, _ = lab
     at = app("rev")

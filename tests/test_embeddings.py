@@ -163,3 +163,29 @@ def test_sample_prediction_runs_a_classifier_on_embeddings(embedder, tmp_path, s
     assert run.predicted + run.excluded == len(files) and run.predicted > 0
     preds = store.list_predictions("S1", lm.id)
     assert len(preds) == run.predicted and all(p.predicted_class in ("disc", "ring") for p in preds)
+
+
+def test_embedding_map_offers_tsne_and_refuses_umap(embedder, store, sample):
+    """UMAP was removed (see EMBEDDING_METHODS): asking for it is a clear ValueError before any cell is read, and
+    the method that remains maps every cell."""
+    from phenotyping.analysis.cellview import embedding_map
+    from phenotyping.analysis.explain import EMBEDDING_METHODS, embed_2d
+
+    root, emb_dir = embedder
+    files = sorted(root.glob("*/c0*.tif"))
+    rows = []
+    for f in files:
+        digest, rel = store.put_blob(f.read_bytes(), suffix=".tif")
+        rows.append({"cell_key": f"{f.parent.name}-{f.stem}", "content_hash": digest, "source_file": f.name,
+                     "blob_path": rel, "shape": (2, 16, 16), "dtype": "uint16"})
+    store.add_cells("S1", rows, actor="tester")
+    cells = store.list_cells("S1")
+    assert EMBEDDING_METHODS == ("tsne",)
+    ids, xy = embedding_map(store, cells, emb_dir, method="tsne")
+    assert ids == [c.id for c in cells] and xy.shape == (len(cells), 2) and np.isfinite(xy).all()
+    assert np.ptp(xy, axis=0).min() > 0  # a spread map, not a collapsed one
+    for method in ("umap", "pca"):
+        with pytest.raises(ValueError, match="choose one of \\['tsne'\\]"):
+            embedding_map(store, cells, emb_dir / "missing", method=method)  # refused before the model loads
+        with pytest.raises(ValueError, match="tsne"):
+            embed_2d(np.zeros((5, 2)), method=method)

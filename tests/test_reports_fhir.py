@@ -69,3 +69,35 @@ def test_cells_csv_orders_columns_and_neutralises_formulas():
     assert rows[2][1].startswith("'=") and rows[2][3] == "'-1"
     with pytest.raises(ValueError, match="not in columns"):
         cells_csv([{"a": 1, "b": 2}], columns=["a"])
+
+
+def test_bundle_declares_and_validates_against_fhir_r4b():
+    """The export is FHIR R4B 4.3.0: the R4B models of fhir.resources are that version, every resource says so in
+    meta.profile, and validation uses those models (an element only R5 has is refused)."""
+    import fhir.resources
+    import fhir.resources.R4B
+
+    from reports.fhir import FHIR_MIME_TYPE, FHIR_VERSION
+
+    assert FHIR_VERSION == fhir.resources.R4B.__fhir_version__ == "4.3.0"
+    assert fhir.resources.__fhir_version__ != FHIR_VERSION  # the package's default models are another version
+    assert FHIR_MIME_TYPE.endswith("fhirVersion=4.3")
+    ctx = demo_context().model_copy(update={"requester": "Dr B. Requester"})
+    bundle = fhir_bundle(ctx)
+    resources = [bundle, *(e["resource"] for e in bundle["entry"])]
+    assert {r["resourceType"] for r in resources} == {"Bundle", "DiagnosticReport", "Specimen", "Observation",
+                                                     "Organization", "ServiceRequest"}
+    for r in resources:
+        assert r["meta"]["profile"] == [f"http://hl7.org/fhir/StructureDefinition/{r['resourceType']}|4.3.0"]
+    report = bundle["entry"][0]["resource"]
+    report["note"] = [{"text": "DiagnosticReport.note exists in R5, not in R4B"}]
+    with pytest.raises(ValueError, match="note"):
+        validate_bundle(bundle)
+
+
+def test_validation_refuses_models_of_another_version(monkeypatch):
+    import fhir.resources.R4B
+
+    monkeypatch.setattr(fhir.resources.R4B, "__fhir_version__", "4.0.1")
+    with pytest.raises(RuntimeError, match="4.0.1.*4.3.0"):
+        fhir_bundle(demo_context())

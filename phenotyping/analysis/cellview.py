@@ -177,9 +177,12 @@ def embedding_map(store: Any, cells: Sequence[Any], model_dir: str | Path, *, me
     """2D embedding of the cells' penultimate features: ``(cell ids, (N, 2) coordinates)``.
 
     Above ``max_cells`` an evenly spaced subset (every k-th cell by id) is embedded, so the map stays quick.
+    ``method`` is one of :data:`phenotyping.analysis.explain.EMBEDDING_METHODS` (checked before any cell is read).
     """
-    from phenotyping.analysis.explain import embed_2d
+    from phenotyping.analysis.explain import EMBEDDING_METHODS, embed_2d
 
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding method {method!r}; choose one of {list(EMBEDDING_METHODS)}")
     chosen = list(cells)
     if len(chosen) > max_cells:
         step = len(chosen) / max_cells

@@ -113,31 +113,23 @@ def grad_cam(model: Any, x: np.ndarray, target: int) -> np.ndarray:
     return (cam / top if top > 0 else cam).astype(np.float32)
 
 
+#: 2D embedding methods :func:`embed_2d` offers. UMAP is deliberately absent: umap-learn brings numba and llvmlite
+#: (210 MB installed) and compiles for about 40 s in each new process before its first map (docs/BENCHMARKS.md).
+EMBEDDING_METHODS = ("tsne",)
+
+
 def embed_2d(features: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np.ndarray:
-    """2D embedding ``(N, 2)`` of penultimate features ``(N, D)``: ``"tsne"`` (scikit-learn) or ``"umap"``.
+    """2D embedding ``(N, 2)`` of penultimate features ``(N, D)`` by t-SNE (scikit-learn, PCA initialisation).
 
     Raises:
-        ImportError: ``method="umap"`` without the ``umap-learn`` package (install it; no silent switch to t-SNE).
-        ValueError: an unknown method or fewer than 3 cells.
+        ValueError: a method not in :data:`EMBEDDING_METHODS`, or fewer than 3 cells.
     """
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding method {method!r}; choose one of {list(EMBEDDING_METHODS)}"
+                         + (" (UMAP is not offered: use 'tsne')" if method == "umap" else ""))
     f = np.asarray(features, np.float32)
     if len(f) < 3:
         raise ValueError(f"need at least 3 cells to embed, got {len(f)}")
-    if method == "tsne":
-        from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE
 
-        return TSNE(2, perplexity=min(30.0, (len(f) - 1) / 3), init="pca", random_state=seed).fit_transform(f)
-    if method == "umap":
-        try:
-            import umap
-        except ImportError as e:
-            raise ImportError("method='umap' needs the umap-learn package; install it or use method='tsne'") from e
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(f)
-    raise ValueError(f"unknown embedding method {method!r}; choose 'tsne' or 'umap'")
-
-
-def available_embeddings() -> list[str]:
-    """Embedding methods usable here: always ``"tsne"``, plus ``"umap"`` when umap-learn is installed."""
-    import importlib.util
-
-    return ["tsne"] + (["umap"] if importlib.util.find_spec("umap") is not None else [])
+    return TSNE(2, perplexity=min(30.0, (len(f) - 1) / 3), init="pca", random_state=seed).fit_transform(f)

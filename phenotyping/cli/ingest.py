@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from phenotyping.cli._common import add_db_argument, open_store, print_json
+from phenotyping.cli.samples import add_sample_detail_arguments, sample_details
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", required=True, help="sample id (letters, digits, '.', '_', '-')")
     p.add_argument("--specimen", required=True, choices=["blood", "balf"])
     p.add_argument("--pseudonym", default="", help="patient pseudonym (never a name)")
+    add_sample_detail_arguments(p)
     p.add_argument("--label-column", default=None,
                    help="manifest column holding the reference class (default: label, cell_type, class or phase)")
     p.add_argument("--bsccm-channels", default=None,
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from phenotyping.settings import get_settings
 
     settings = get_settings()
+    details = sample_details(args)  # before opening the store: a naive time fails without touching anything
     with open_store(args.db) as store:
         new = None
         if store.sample_exists(args.sample):
@@ -47,8 +50,14 @@ def run(args: argparse.Namespace) -> int:
             if existing.specimen.value != args.specimen:
                 raise ValueError(f"sample {args.sample} exists with specimen {existing.specimen.value}, "
                                  f"not {args.specimen}")
+            differ = sorted(k for k, v in details.items() if getattr(existing, k) != v)
+            if differ:
+                raise ValueError(f"sample {args.sample} exists with other {', '.join(differ)}; ingest sets them only "
+                                 f"when it creates a sample: change them with `python -m phenotyping samples update "
+                                 f"--sample {args.sample} …`")
         else:  # created with the first batch of cells: a set of which nothing is usable leaves no empty sample
-            new = Sample(id=args.sample, specimen=Specimen(args.specimen), patient_pseudonym=args.pseudonym)
+            new = Sample(id=args.sample, specimen=Specimen(args.specimen), patient_pseudonym=args.pseudonym,
+                         **details)
 
         def progress(done: int, total: int | None) -> None:
             print(f"\r{done} files read", end="", file=sys.stderr, flush=True)

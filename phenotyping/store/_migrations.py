@@ -154,6 +154,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE samples ADD COLUMN analysis_model_id VARCHAR;
     """,
+    # 3: ISO 15189 report elements of a sample: who ordered the test and when the laboratory received it
+    """
+    ALTER TABLE samples ADD COLUMN requester VARCHAR NOT NULL DEFAULT '';
+    ALTER TABLE samples ADD COLUMN received_at TIMESTAMPTZ;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,5 @@
-"""Samples: identity, specimen, pseudonym, status and the model whose predictions its differential uses."""
+"""Samples: identity, specimen, pseudonym, requester, collection and receipt times, status, and the model whose
+predictions its differential uses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import duckdb
 from phenotyping.errors import NotFoundError
 from phenotyping.schemas import Sample, SampleStatus, Specimen
 from phenotyping.store._db import Database, _utc
+
+
+#: Sample fields printed on the report (frozen while its latest version is signed), as a message names them.
+REPORTED_FIELDS = {"patient_pseudonym": "pseudonym", "collected_at": "collection time",
+                   "received_at": "receipt time", "requester": "requester"}
 
 
 class SampleRepository:
@@ -26,10 +32,10 @@ class SampleRepository:
         if cur.execute("SELECT 1 FROM samples WHERE id = ?", [sample.id]).fetchall():
             raise ValueError(f"sample {sample.id!r} already exists; choose another id")
         cur.execute(
-            "INSERT INTO samples (id, specimen, patient_pseudonym, collected_at, status, notes, created_at, "
-            "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [sample.id, sample.specimen.value, sample.patient_pseudonym, sample.collected_at,
-             sample.status.value, sample.notes, sample.created_at, actor],
+            "INSERT INTO samples (id, specimen, patient_pseudonym, collected_at, received_at, requester, status, "
+            "notes, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sample.id, sample.specimen.value, sample.patient_pseudonym, sample.collected_at, sample.received_at,
+             sample.requester, sample.status.value, sample.notes, sample.created_at, actor],
         )
         self._db.audit(cur, actor=actor, action="sample.create", entity="sample", entity_id=sample.id,
                        sample_id=sample.id, after=sample.model_dump(mode="json"))
@@ -38,7 +44,8 @@ class SampleRepository:
     def _from_row(r: dict[str, Any]) -> Sample:
         return Sample(
             id=r["id"], specimen=Specimen(r["specimen"]), patient_pseudonym=r["patient_pseudonym"],
-            collected_at=_utc(r["collected_at"]), status=SampleStatus(r["status"]), notes=r["notes"],
+            collected_at=_utc(r["collected_at"]), received_at=_utc(r["received_at"]), requester=r["requester"],
+            status=SampleStatus(r["status"]), notes=r["notes"],
             created_at=_utc(r["created_at"]), created_by=r["created_by"],
         )
 
@@ -85,18 +92,28 @@ class SampleRepository:
                            after={"status": status.value, "reason": reason} if reason else {"status": status.value})
 
     def update(self, sample_id: str, *, actor: str, patient_pseudonym: str | None = None,
-               collected_at: datetime | None = None, notes: str | None = None) -> Sample:
+               collected_at: datetime | None = None, received_at: datetime | None = None,
+               requester: str | None = None, notes: str | None = None) -> Sample:
+        """Change the given fields (None = keep). All but ``notes`` are printed on the report, so they are refused
+        (``SampleLocked``) while its latest version is signed; times must be timezone-aware (ValueError)."""
         before = self.get(sample_id)
-        changes = {k: v for k, v in (("patient_pseudonym", patient_pseudonym), ("collected_at", collected_at),
-                                     ("notes", notes)) if v is not None}
+        given = {"patient_pseudonym": patient_pseudonym, "collected_at": collected_at, "received_at": received_at,
+                 "requester": requester, "notes": notes}
+        changes = {k: v for k, v in given.items() if v is not None}
         if not changes:
             return before
         after = Sample(**{**before.model_dump(), **changes})
+        changes = {k: v for k, v in changes.items() if getattr(after, k) != getattr(before, k)}
+        if not changes:
+            return before
         with self._db.tx() as cur:
-            if "patient_pseudonym" in changes or "collected_at" in changes:  # both are printed on the signed report
-                self._db.refuse_if_signed(cur, sample_id, "change the sample's pseudonym or collection time")
-            cur.execute("UPDATE samples SET patient_pseudonym = ?, collected_at = ?, notes = ? WHERE id = ?",
-                        [after.patient_pseudonym, after.collected_at, after.notes, sample_id])
+            reported = [name for field, name in REPORTED_FIELDS.items() if field in changes]
+            if reported:
+                self._db.refuse_if_signed(cur, sample_id, f"changing the sample's {' and '.join(reported)}")
+            cur.execute("UPDATE samples SET patient_pseudonym = ?, collected_at = ?, received_at = ?, requester = ?, "
+                        "notes = ? WHERE id = ?",
+                        [after.patient_pseudonym, after.collected_at, after.received_at, after.requester,
+                         after.notes, sample_id])
             self._db.audit(cur, actor=actor, action="sample.update", entity="sample", entity_id=sample_id,
                            sample_id=sample_id, before={k: getattr(before, k) for k in changes},
                            after={k: getattr(after, k) for k in changes})
