@@ -126,15 +126,24 @@ def test_roles_are_enforced_on_the_command_line(lab, capsys):
         assert store.list_audit(action="user.create")[0].actor == "admin"  # the authenticated admin, not free text
 
 
-def test_roles_are_enforced_in_the_core(lab):
-    from phenotyping.analysis.review import reclassify_cells
-    from reports.workflow import amend_report, draft_report, save_edit
+def test_review_roles_are_enforced_in_the_core(lab):
+    from phenotyping.analysis.review import confirm_cells, reclassify_cells
 
-    _, tmp, unsure = lab
-    settings = Settings(db_path=lab[0], llm_model=None)
+    _, _, unsure = lab
     with open_lab(lab) as store:
         with pytest.raises(PermissionDenied, match="'ghost' is not an account"):
             reclassify_cells(store, "A", [unsure], "debris", actor="ghost")
+        update_account(store, "rev", actor="admin", active=False)
+        with pytest.raises(PermissionDenied, match="deactivated"):
+            confirm_cells(store, "A", None, actor="rev")
+        assert store.list_cells("A")[0].reviewed_label is None
+
+
+def test_report_and_account_roles_are_enforced_in_the_core(lab):
+    from reports.workflow import amend_report, draft_report, save_edit
+
+    settings = Settings(db_path=lab[0], llm_model=None)
+    with open_lab(lab) as store:
         with pytest.raises(PermissionDenied, match="'ghost' is not an account"):
             draft_report(store, "A", actor="ghost", settings=settings)
         draft_report(store, "A", actor="rev", settings=settings)
