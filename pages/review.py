@@ -8,11 +8,11 @@ import streamlit as st
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, show_flash, signed_version)
 from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
+from phenotyping.analysis.review import EXTRA_LABELS, reclassify_cells
 from phenotyping.errors import PhenotypingError
 from phenotyping.analysis.results import model_dir_for
 from phenotyping.schemas import SampleStatus
 
-EXTRA_LABELS = ("debris", "other")  # reviewed labels that exclude a cell from the count ("reviewed as …")
 PAGE_SIZE = 36
 COLUMNS = 6
 BUTTONS_PER_ROW = 5
@@ -98,8 +98,8 @@ with tab_gallery:
                 for col, label in zip(bcols, targets[row_start:row_start + BUTTONS_PER_ROW]):
                     if col.button(label, key=f"to_{label}", disabled=not n_sel, width="stretch",
                                   type="primary" if label in classes else "secondary"):
-                        ok, changed = attempt(store.reclassify, sorted(selected), label, actor=user.username,
-                                              model_id=res.model_id)
+                        ok, changed = attempt(reclassify_cells, store, sample_id, sorted(selected), label,
+                                              actor=user.username)
                         if ok:
                             for k in [k for k in st.session_state if str(k).startswith("pick_")]:
                                 del st.session_state[k]

@@ -2,7 +2,8 @@
 
 Each command lives in ``phenotyping/cli/<name>.py`` and exposes ``register(subparsers)``, which adds its parser and
 sets ``func`` (``func(args) -> int``, the exit status). Errors a user can fix are printed as one line on stderr and
-exit with status 2.
+exit with status 2. Commands that write to the database authenticate the acting account (``--user`` and its
+password: ``phenotyping.cli._common``); read-only ones need none.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from phenotyping.errors import PhenotypingError
 
 COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "calibrate", "composed-study", "predict", "bench",
-            "users")
+            "users", "counts", "review", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

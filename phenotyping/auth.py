@@ -2,7 +2,8 @@
 
 Passwords are hashed with argon2id (RFC 9106) through ``argon2-cffi``'s ``PasswordHasher`` defaults; only the hash
 is stored. A user is authenticated by :func:`authenticate`; what the user may do follows from the role alone
-(:func:`can`). The first account of an installation is an admin, created by :func:`create_first_admin` (the app's
+(:func:`can`), and the core functions that the screens and the command line share check it themselves
+(:func:`require`, :func:`require_actor`), so a caller cannot skip it. The first account of an installation is an admin, created by :func:`create_first_admin` (the app's
 first-run screen or ``python -m phenotyping users create-admin``).
 
 Optional single sign-on (OpenID Connect, the app's ``st.login``): the identity provider says who someone is, the
@@ -47,8 +48,19 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
 _hasher = PasswordHasher()
 
 
+#: What each permission lets an account do, as the refusal message says it.
+_DOES = {"sample.write": "change samples", "analyse": "analyse samples", "review": "review cells",
+         "counts": "enter manual counts and run studies", "report.draft": "draft and edit reports",
+         "report.sign": "sign reports", "report.amend": "amend signed reports", "audit.read": "read the audit trail",
+         "models.manage": "manage models", "users.manage": "manage accounts"}
+
+
 class AuthError(PhenotypingError):
     """Wrong credentials, an inactive account or a refused account change."""
+
+
+class PermissionDenied(AuthError):
+    """The acting account does not exist, is deactivated, or its role lacks the permission."""
 
 
 def can(role: Role | str, permission: str) -> bool:
@@ -56,6 +68,36 @@ def can(role: Role | str, permission: str) -> bool:
     if permission not in PERMISSIONS:
         raise KeyError(f"unknown permission {permission!r}; known: {sorted(PERMISSIONS)}")
     return Role(role) in PERMISSIONS[permission]
+
+
+def require(user: User | None, permission: str) -> User:
+    """``user`` when it is an active account whose role has ``permission``; the core's own check, called by the
+    functions that the screens and the command line share, so neither can skip it.
+
+    Raises:
+        PermissionDenied: no account, a deactivated one, or a role without ``permission`` (the message names the
+            roles that have it).
+    """
+    can(Role.admin, permission)  # an unknown permission is a KeyError, whoever asks
+    does = _DOES.get(permission, permission)
+    if user is None:
+        raise PermissionDenied(f"only an account of this installation may {does}; log in (on the command line: "
+                               "--user NAME with its password)")
+    if not user.active:
+        raise PermissionDenied(f"account {user.username!r} is deactivated and may not {does}")
+    if not can(user.role, permission):
+        roles = " or ".join(r.value for r in Role if can(r, permission))
+        raise PermissionDenied(f"{user.username!r} is a {user.role.value}; to {does} takes a {roles} account")
+    return user
+
+
+def require_actor(store: Any, username: str, permission: str) -> User:
+    """:func:`require` for the account named ``username`` in ``store`` (an unknown name is refused by name)."""
+    found = store.get_user(str(username).strip().lower())
+    if found is None:
+        raise PermissionDenied(f"{username!r} is not an account of this installation; only an account may "
+                               f"{_DOES.get(permission, permission)}")
+    return require(found[0], permission)
 
 
 def check_password_strength(password: str, *, username: str = "") -> None:
@@ -99,7 +141,18 @@ def authenticate(store: Any, username: str, password: str) -> User:
 
 def create_user(store: Any, username: str, password: str, role: Role | str, *, actor: str,
                 display_name: str = "") -> User:
-    """Create an account (audited with ``actor``). The username is lower-cased."""
+    """An admin (``actor``, an active admin account) creates an account, audited with ``actor``. The username is
+    lower-cased.
+
+    Raises:
+        PermissionDenied: ``actor`` is not an active admin.
+    """
+    require_actor(store, actor, "users.manage")
+    return _new_account(store, username, password, role, actor=actor, display_name=display_name)
+
+
+def _new_account(store: Any, username: str, password: str, role: Role | str, *, actor: str,
+                 display_name: str) -> User:
     username = username.strip().lower()
     check_password_strength(password, username=username)
     user = User(username=username, display_name=display_name.strip(), role=Role(role))
@@ -110,8 +163,8 @@ def create_first_admin(store: Any, username: str, password: str, *, display_name
     """Create the installation's first account, an admin; refused once any account exists."""
     if store.count_users() > 0:
         raise AuthError("accounts already exist; an administrator creates further accounts on the Users screen")
-    return create_user(store, username, password, Role.admin, actor=username.strip().lower(),
-                       display_name=display_name)
+    return _new_account(store, username, password, Role.admin, actor=username.strip().lower(),
+                        display_name=display_name)
 
 
 def change_password(store: Any, username: str, old_password: str, new_password: str) -> None:
@@ -122,7 +175,8 @@ def change_password(store: Any, username: str, old_password: str, new_password: 
 
 
 def set_password(store: Any, username: str, new_password: str, *, actor: str) -> None:
-    """An administrator resets a user's password."""
+    """An administrator (``actor``) resets a user's password."""
+    require_actor(store, actor, "users.manage")
     if store.get_user(username) is None:
         raise NotFoundError(f"no user {username!r}")
     check_password_strength(new_password, username=username)
@@ -131,7 +185,9 @@ def set_password(store: Any, username: str, new_password: str, *, actor: str) ->
 
 def update_account(store: Any, username: str, *, actor: str, role: Role | str | None = None,
                    active: bool | None = None) -> User:
-    """Change a user's role or deactivate/reactivate them; the last active admin cannot be demoted or deactivated."""
+    """An administrator (``actor``) changes a user's role or deactivates/reactivates them; the last active admin
+    cannot be demoted or deactivated."""
+    require_actor(store, actor, "users.manage")
     found = store.get_user(username)
     if found is None:
         raise NotFoundError(f"no user {username!r}")

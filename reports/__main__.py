@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from phenotyping.errors import PhenotypingError
+from reports._commands import add_sample_signing, add_workflow_commands, sign_sample
 
 
 def _print_json(obj: Any) -> None:
@@ -67,8 +68,15 @@ def _render(args: argparse.Namespace) -> int:
 def _sign(args: argparse.Namespace) -> int:
     from reports.signing import sign
 
+    if args.sample is not None:
+        return sign_sample(args)
+    missing = [name for name, v in (("FILE.pdf (or --sample ID)", args.pdf), ("--key", args.key),
+                                    ("--out", args.out)) if v is None]
+    if missing:
+        raise ValueError(f"sign needs {', '.join(missing)}")
     password = _password(args.password_file, "LEUKO_SIGNER_PASSWORD", "signer")
-    _print_json(sign(args.pdf, args.key, args.out, password=password, reason=args.reason, location=args.location))
+    _print_json(sign(args.pdf, args.key, args.out, password=password, reason=args.reason or "Report authorised",
+                     location=args.location))
     return 0
 
 
@@ -232,15 +240,22 @@ def _add_render(sub: Any) -> None:
 
 
 def _add_sign(sub: Any) -> None:
-    p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file",
+    p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file, or sign a sample's report in the store",
                        description="Sign FILE.pdf with the signer's PKCS#12 key and write SIGNED.pdf (the input is "
-                                   "never changed). Password: --password-file or LEUKO_SIGNER_PASSWORD.")
-    p.add_argument("pdf", type=Path, help="PDF to sign")
-    p.add_argument("--key", type=Path, required=True, help="signer's PKCS#12 (.p12/.pfx) with chain")
-    p.add_argument("--out", type=Path, required=True, help="signed PDF to write (must not exist)")
+                                   "never changed). With --sample ID instead of a file: render the sample's latest "
+                                   "report version as final, sign it and record it in the store as the app does "
+                                   "(an authenticated signer; refused while cells await review or the "
+                                   "interpretation does not match the results). Key password: --password-file or "
+                                   "LEUKO_SIGNER_PASSWORD.")
+    p.add_argument("pdf", type=Path, nargs="?", default=None, help="PDF to sign (or --sample)")
+    p.add_argument("--key", type=Path, default=None, help="signer's PKCS#12 (.p12/.pfx) with chain")
+    p.add_argument("--out", type=Path, default=None, help="signed PDF to write (must not exist)")
     p.add_argument("--password-file", type=Path, default=None, help="file whose first line is the key password")
-    p.add_argument("--reason", default="Report authorised", help="signing reason shown in the stamp")
+    p.add_argument("--reason", default=None,
+                   help="signing reason shown in the stamp (default: 'Report authorised'; with --sample 'Final "
+                        "report' or the amendment's reason)")
     p.add_argument("--location", default=None, help="signing location (optional)")
+    add_sample_signing(p)
     p.set_defaults(func=_sign)
 
 
@@ -311,7 +326,8 @@ def _add_bench(sub: Any) -> None:
     p.set_defaults(func=_bench)
 
 
-COMMANDS = (_add_render, _add_sign, _add_verify, _add_export, _add_keys, _add_bench)  # in the order --help lists
+COMMANDS = (_add_render, add_workflow_commands, _add_sign, _add_verify, _add_export, _add_keys,
+            _add_bench)  # in the order --help lists
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,8 @@
 """A sample's report lifecycle over the store: draft → edits (each a version) → sign → amend → export.
 
-Every step writes the store and its audit trail; the app's Report screen and the command line call these functions.
+Every step writes the store and its audit trail; the app's Report screen and the command line call these functions,
+and each checks the acting account's role itself (:func:`phenotyping.auth.require_actor`): drafting and editing take
+``report.draft``, amending ``report.amend``, signing ``report.sign``.
 A signed version is never changed: an amendment is a new version that names the one it replaces, signed again.
 What a signed version says is its signed PDF: the PDF carries the results (``results.json``) and the per-cell table
 (``cells.csv``) it was rendered from, and every export of a signed version (FHIR, CSV, preview) is read from there,
@@ -16,13 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from phenotyping.auth import can, require_actor
 from phenotyping.errors import PhenotypingError, StoreError
-from phenotyping.schemas import ReportVersion, Role, SampleStatus
+from phenotyping.schemas import ReportVersion, SampleStatus
 from reports.context import Person, ReportContext, build_context, facts_from_context
 from reports.draft import DraftRecord, check_text, draft_interpretation
-
-SIGNING_ROLES = (Role.signer, Role.admin)
-
 
 class SigningBlocked(PhenotypingError):
     """The report cannot be signed yet (unreviewed cells, wrong role, already signed…)."""
@@ -46,7 +46,9 @@ def draft_report(store: Any, sample_id: str, *, actor: str, settings: Any = None
 
     Raises:
         ValueError: the latest version is signed (only :func:`amend_report` starts a version after signing).
+        phenotyping.auth.PermissionDenied: ``actor`` is not an active account with ``report.draft``.
     """
+    actor = require_actor(store, actor, "report.draft").username
     settings = _settings(settings)
     latest = store.list_report_versions(sample_id)
     if latest and latest[-1].signed_at is not None:
@@ -77,7 +79,12 @@ def draft_report(store: Any, sample_id: str, *, actor: str, settings: Any = None
 
 
 def save_edit(store: Any, sample_id: str, text: str, *, actor: str) -> ReportVersion:
-    """Save the reviewer's edited interpretation as a new version (the audit keeps the text before and after)."""
+    """Save the reviewer's edited interpretation as a new version (the audit keeps the text before and after).
+
+    Raises:
+        phenotyping.auth.PermissionDenied: ``actor`` is not an active account with ``report.draft``.
+    """
+    actor = require_actor(store, actor, "report.draft").username
     versions = store.list_report_versions(sample_id)
     if not versions:
         raise ValueError(f"sample {sample_id!r} has no draft yet; generate the draft first")
@@ -93,7 +100,12 @@ def save_edit(store: Any, sample_id: str, text: str, *, actor: str) -> ReportVer
 
 
 def amend_report(store: Any, sample_id: str, *, reason: str, actor: str) -> ReportVersion:
-    """Start an amendment of the latest signed version: a new version naming it, with the reason."""
+    """Start an amendment of the latest signed version: a new version naming it, with the reason.
+
+    Raises:
+        phenotyping.auth.PermissionDenied: ``actor`` is not an active signer or admin (``report.amend``).
+    """
+    actor = require_actor(store, actor, "report.amend").username
     if not reason.strip():
         raise ValueError("an amendment needs a reason (what was wrong in the signed report)")
     versions = store.list_report_versions(sample_id)
@@ -124,7 +136,7 @@ def _gate_problems(store: Any, sample_id: str, signer: str) -> tuple[list[str], 
 
     problems = []
     found = store.get_user(signer)
-    if found is None or not found[0].active or found[0].role not in SIGNING_ROLES:
+    if found is None or not found[0].active or not can(found[0].role, "report.sign"):
         problems.append(f"user {signer!r} may not sign reports (a signer or admin must)")
     versions = store.list_report_versions(sample_id)
     if not versions:

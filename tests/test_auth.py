@@ -86,7 +86,8 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert main(["users", "create-admin", "--username", "boss", "--password-file", str(pw), "--db", str(db)]) == 0
     assert json.loads(capsys.readouterr().out)["role"] == "admin"
     monkeypatch.setenv("LEUKO_USER_PASSWORD", "signer-long-pw")
-    assert main(["users", "create", "--username", "sig", "--role", "signer", "--actor", "boss", "--db", str(db)]) == 0
+    monkeypatch.setenv("LEUKO_PASSWORD", PW)  # the acting admin's own password
+    assert main(["users", "create", "--username", "sig", "--role", "signer", "--user", "boss", "--db", str(db)]) == 0
     capsys.readouterr()
     assert main(["users", "create-admin", "--username", "x", "--password-file", str(pw), "--db", str(db)]) == 2
     assert "accounts already exist" in capsys.readouterr().err

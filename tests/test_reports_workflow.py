@@ -71,7 +71,7 @@ def test_sign_then_amend(lab):
         save_edit(store, "S1", "changed after signing", actor="rev")
     with pytest.raises(SigningBlocked, match="already signed"):
         sign_report(store, "S1", signer="sig", key_path=key, password=b"sig-secret-1", settings=settings)
-    rv = amend_report(store, "S1", reason="CD16 summary misread", actor="rev")
+    rv = amend_report(store, "S1", reason="CD16 summary misread", actor="sig")  # a signer amends
     assert rv.amends_version == out["version"] and store.get_sample("S1").status == SampleStatus.amended
     save_edit(store, "S1", "Corrected interpretation.", actor="rev")
     out2 = sign_report(store, "S1", signer="sig", key_path=key, password=b"sig-secret-1", settings=settings)

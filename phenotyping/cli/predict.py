@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from phenotyping.cli._common import add_db_argument, open_store, print_json
+from phenotyping.cli._common import add_db_argument, add_user_arguments, authenticated, open_store, print_json
 
 MANIFEST_SAMPLE = "manifest"
+TEMPORARY_ACTOR = "cli"  # the actor of the temporary store of --manifest, deleted after the run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the corrected CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--label-column", default=None, help="with --manifest: the reference-class column, if any")
-    p.add_argument("--user", default="cli", help="who runs the prediction (recorded in the audit trail)")
+    add_user_arguments(p, "runs the prediction (with --sample; --manifest writes only a temporary store)")
     add_db_argument(p)
     p.set_defaults(func=run)
 
@@ -44,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.manifest is not None and args.db is not None:
         raise ValueError("--db goes with --sample; --manifest predicts in a temporary store")
-    lm = load_model_dir(args.model)
     if args.sample is not None:
         with open_store(args.db) as store:
-            return _predict_and_report(store, args.sample, lm, args)
+            actor = authenticated(store, args, "analyse").username
+            store.get_sample(args.sample)  # an unknown sample fails before the model loads
+            return _predict_and_report(store, args.sample, load_model_dir(args.model), args, actor=actor)
+    lm = load_model_dir(args.model)
     from phenotyping.ingest import ingest_set
     from phenotyping.schemas import Sample, Specimen
     from phenotyping.store import Store
@@ -55,16 +58,17 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="phenotyping-predict-") as tmp:
         with Store(Path(tmp) / "predict.duckdb", image_dir=Path(tmp) / "images") as store:
             store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
-                                       notes=f"temporary sample for {args.manifest}"), actor=args.user)
-            ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=args.user, label_column=args.label_column,
+                                       notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
+            ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
+                             label_column=args.label_column,
                              expected_channels=len(lm.preprocess.channels))
             if ing.rejected:
                 print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
                       f"{ing.rejected[0].reason}", file=sys.stderr)
-            return _predict_and_report(store, MANIFEST_SAMPLE, lm, args)
+            return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
 
 
-def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Namespace) -> int:
+def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Namespace, *, actor: str) -> int:
     from phenotyping.analysis.inference import predict_sample
     from phenotyping.analysis.results import sample_results
 
@@ -72,10 +76,10 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
         print(f"\r{done}/{total} cells, {rate:.0f} cells/s", end="", file=sys.stderr, flush=True)
 
     run_info = predict_sample(store, sample_id, lm, device=args.device, batch_size=args.batch_size,
-                              progress=progress, actor=args.user)
+                              progress=progress, actor=actor)
     print(file=sys.stderr)
     if store.analysis_model(sample_id) is None:
-        store.set_analysis_model(sample_id, lm.id, actor=args.user)
+        store.set_analysis_model(sample_id, lm.id, actor=actor)
     res = sample_results(store, sample_id, model_id=lm.id, card=lm.card, n_bootstrap=args.bootstrap, seed=args.seed)
     counts = qc_counts(res)
     if args.out is not None:

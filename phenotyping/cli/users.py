@@ -1,18 +1,18 @@
 """``python -m phenotyping users {create-admin,create,list}``: local accounts of the app.
 
-Passwords never go on the command line: they come from ``--password-file`` (first line), the environment variable
-``LEUKO_ADMIN_PASSWORD`` (or ``LEUKO_USER_PASSWORD`` for ``create``), or an interactive prompt asked twice.
+Passwords never go on the command line: the new account's comes from ``--password-file`` (first line), the
+environment variable ``LEUKO_ADMIN_PASSWORD`` (or ``LEUKO_USER_PASSWORD`` for ``create``), or an interactive prompt
+asked twice. ``create`` is done by an admin who authenticates (``--user`` and ``--user-password-file`` or
+``LEUKO_PASSWORD``): the audit names that admin.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
-import sys
 from pathlib import Path
 
-from phenotyping.cli._common import add_db_argument, open_store, print_json
+from phenotyping.cli._common import add_db_argument, add_user_arguments, authenticated, open_store, print_json, \
+    read_password
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--username", required=True)
     c.add_argument("--role", required=True, choices=["reviewer", "signer", "admin"])
     c.add_argument("--display-name", default="")
-    c.add_argument("--password-file", type=Path, default=None)
-    c.add_argument("--actor", required=True, help="the admin who creates the account (must exist and be admin)")
+    c.add_argument("--password-file", type=Path, default=None,
+                   help="file whose first line is the new account's password (else LEUKO_USER_PASSWORD, else a "
+                        "prompt)")
+    add_user_arguments(c, "creates the account (an active admin)")
     add_db_argument(c)
     c.set_defaults(func=_create)
     ls = us.add_parser("list", help="list accounts (no hashes)")
@@ -39,28 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_list)
 
 
-def read_password(file: Path | None, env: str) -> str:
-    """The password from the file's first line, else ``env``, else a prompt (asked twice). Never from argv."""
-    if file is not None:
-        lines = file.read_text(encoding="utf-8").splitlines()
-        if not lines or not lines[0]:
-            raise ValueError(f"password file {file} is empty; put the password on its first line")
-        return lines[0]
-    value = os.environ.get(env)
-    if value:
-        return value
-    if not sys.stdin.isatty():
-        raise ValueError(f"no password: give --password-file FILE or set {env} (no terminal to prompt on)")
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Password again: "):
-        raise ValueError("the two passwords differ")
-    return first
-
-
 def _create_admin(args: argparse.Namespace) -> int:
     from phenotyping.auth import create_first_admin
 
-    password = read_password(args.password_file, "LEUKO_ADMIN_PASSWORD")
+    password = read_password(args.password_file, "LEUKO_ADMIN_PASSWORD", confirm=True)
     with open_store(args.db) as store:
         user = create_first_admin(store, args.username, password, display_name=args.display_name)
     print_json(user.model_dump(mode="json"))
@@ -68,14 +52,13 @@ def _create_admin(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from phenotyping.auth import AuthError, can, create_user
+    from phenotyping.auth import create_user
 
-    password = read_password(args.password_file, "LEUKO_USER_PASSWORD")
     with open_store(args.db) as store:
-        found = store.get_user(args.actor)
-        if found is None or not found[0].active or not can(found[0].role, "users.manage"):
-            raise AuthError(f"--actor {args.actor!r} is not an active admin")
-        user = create_user(store, args.username, password, args.role, actor=args.actor,
+        admin = authenticated(store, args, "users.manage")
+        password = read_password(args.password_file, "LEUKO_USER_PASSWORD", prompt="New account's password: ",
+                                 confirm=True)
+        user = create_user(store, args.username, password, args.role, actor=admin.username,
                            display_name=args.display_name)
     print_json(user.model_dump(mode="json"))
     return 0

@@ -1,0 +1,104 @@
+"""A reviewer's decisions on a sample's cells: reclassify, confirm the model's class, list the unidentified queue.
+
+The Review screen and ``python -m phenotyping review`` call these; each checks that the acting account may review
+(:func:`phenotyping.auth.require_actor`, permission ``review``), that the label is one the sample's analysis model
+knows (or :data:`EXTRA_LABELS`, which exclude a cell from the count), and that every cell belongs to the sample.
+The store then refuses the change while the sample's latest report version is signed (``SampleLocked``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from phenotyping.analysis.results import SampleResults, load_card_for, sample_results
+from phenotyping.auth import require_actor
+from phenotyping.errors import NotFoundError
+
+#: Reviewed labels outside the model's classes: the cell is then not counted ("reviewed as debris").
+EXTRA_LABELS = ("debris", "other")
+
+
+def review_labels(store: Any, sample_id: str) -> list[str]:
+    """The labels a reviewer may give the sample's cells: its analysis model's classes, then :data:`EXTRA_LABELS`.
+
+    Raises:
+        ValueError: the sample has no analysis model yet.
+    """
+    model_id = store.analysis_model(sample_id)
+    if model_id is None:
+        raise ValueError(f"sample {sample_id!r} has not been analysed; run a model on it first (predict)")
+    classes = list(load_card_for(model_id, store=store)["classes"])
+    return [*classes, *(x for x in EXTRA_LABELS if x not in classes)]
+
+
+def _check_cells(store: Any, sample_id: str, cell_ids: Sequence[int]) -> list[int]:
+    if not cell_ids:
+        raise ValueError("no cells given; name at least one cell id")
+    ids = [int(c) for c in cell_ids]
+    known = {c.id for c in store.list_cells(sample_id)}
+    foreign = [c for c in ids if c not in known]
+    if foreign:
+        raise NotFoundError(f"cell(s) {foreign[:10]} are not cells of sample {sample_id!r}; the ids are in its "
+                            "cell table (predict --out, or review queue)")
+    return ids
+
+
+def reclassify_cells(store: Any, sample_id: str, cell_ids: Sequence[int], label: str, *, actor: str,
+                     note: str = "") -> int:
+    """Give ``cell_ids`` (cells of ``sample_id``) the reviewed ``label``; returns how many changed.
+
+    Raises:
+        phenotyping.auth.PermissionDenied: ``actor`` may not review.
+        ValueError: ``label`` is not one of :func:`review_labels` (the message lists them).
+        NotFoundError: a cell id that is not the sample's.
+        phenotyping.errors.SampleLocked: the sample's report is signed.
+    """
+    user = require_actor(store, actor, "review")
+    allowed = review_labels(store, sample_id)
+    if label not in allowed:
+        hint = [a for a in allowed if a.lower() == str(label).strip().lower()]
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown label {label!r}{extra}; sample {sample_id!r} takes one of {allowed}")
+    ids = _check_cells(store, sample_id, cell_ids)
+    return store.reclassify(ids, label, actor=user.username, note=note, model_id=store.analysis_model(sample_id))
+
+
+def unidentified_queue(results: SampleResults) -> list[dict[str, Any]]:
+    """The cells awaiting review (the unidentified queue), least confident first: id, file, the model's class and
+    calibrated confidence (None for a cell the image QC flagged before any prediction)."""
+    rows = [{"cell_id": r.cell.id, "cell_key": r.cell.cell_key, "source_file": r.cell.source_file,
+             "predicted_class": r.predicted_class,
+             "confidence": None if r.confidence is None else round(float(r.confidence), 4)}
+            for r in results.cells if r.unidentified]
+    return sorted(rows, key=lambda r: (r["confidence"] is not None, r["confidence"] or 0.0, r["cell_id"]))
+
+
+def confirm_cells(store: Any, sample_id: str, cell_ids: Sequence[int] | None, *, actor: str,
+                  note: str = "") -> dict[str, Any]:
+    """Confirm the analysis model's class of each cell as its reviewed label (``None``: every cell of the
+    unidentified queue, as it stands now). Returns ``{"confirmed": {cell_id: label}, "changed": n}``.
+
+    Raises:
+        phenotyping.auth.PermissionDenied: ``actor`` may not review.
+        ValueError: a cell without a prediction of the analysis model (nothing to confirm: reclassify it).
+        NotFoundError: a cell id that is not the sample's.
+        phenotyping.errors.SampleLocked: the sample's report is signed.
+    """
+    user = require_actor(store, actor, "review")
+    review_labels(store, sample_id)  # analysed at all
+    res = sample_results(store, sample_id, n_bootstrap=0)
+    by_id = {r.cell.id: r for r in res.cells}
+    ids = [r["cell_id"] for r in unidentified_queue(res)] if cell_ids is None else _check_cells(
+        store, sample_id, cell_ids)
+    missing = [c for c in ids if by_id[c].predicted_class is None]
+    if missing:
+        raise ValueError(f"cell(s) {missing[:10]} have no prediction by {res.model_id} to confirm; give each a "
+                         "label with reclassify")
+    store.ensure_unlocked(sample_id, "confirming cells")  # before the first group: all or none
+    groups: dict[str, list[int]] = {}
+    for c in ids:
+        groups.setdefault(str(by_id[c].predicted_class), []).append(c)
+    changed = sum(store.reclassify(group, label, actor=user.username, note=note, model_id=res.model_id)
+                  for label, group in groups.items())
+    return {"confirmed": {c: str(by_id[c].predicted_class) for c in ids}, "changed": changed}
