@@ -52,7 +52,8 @@ def ingest_staged(sample_id: str, paths: list[Path]) -> object:
     try:
         return ingest_and_record(store, source, sample_id, actor=user.username,
                                  source_name=describe_upload(paths, folder), progress=progress,
-                                 max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+                                 max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
+                                 max_files=settings.max_files_per_set)
     finally:
         bar.empty()
         clear_staged(sample_id)
@@ -138,7 +139,7 @@ if runs:
     st.subheader("Ingest runs")
     st.dataframe([{"when (UTC)": r.at.strftime("%Y-%m-%d %H:%M:%S"), "by": r.actor, "source": r.source,
                    "outcome": r.outcome if not r.error else f"failed: {r.error}", "cells ingested": r.ingested,
-                   "duplicates": r.duplicates, "files refused": len(r.rejected)} for r in runs],
+                   "duplicates": r.duplicates, "files refused": r.rejected_total} for r in runs],
                  hide_index=True, width="stretch", height=min(38 + 35 * len(runs), 320),
                  column_config={"source": st.column_config.TextColumn(width="medium"),
                                 "outcome": st.column_config.TextColumn(width="medium")})
