@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, clear_staged, flash, get_store, require_user, sample_header,
+from pages._common import (allowed, attempt, clear_staged, flash, get_store, md, require_user, sample_header,
                            show_flash, stage_uploads, staged_files, staging_dir)
 from phenotyping.jobs import ingest_and_record, ingest_runs
 from phenotyping.schemas import Sample, SampleStatus, Specimen
@@ -119,7 +119,7 @@ if can_write:
         folder = staging_dir(sel)
         size_mb = sum(p.stat().st_size for p in staged) / 1e6
         names = ", ".join(f"{p.relative_to(folder)}" for p in staged[:5]) + (" …" if len(staged) > 5 else "")
-        st.markdown(f"**Ready to ingest into {sel}:** {len(staged):,} file(s), {size_mb:,.1f} MB — {names}")
+        st.markdown(f"**Ready to ingest into {md(sel)}:** {len(staged):,} file(s), {size_mb:,.1f} MB — {md(names)}")
     else:
         st.caption(f"Up to {limit} MB per file. Larger sets: `python -m phenotyping ingest PATH --sample {sel}` "
                    "(while the app is stopped).")

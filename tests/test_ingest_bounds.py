@@ -164,7 +164,7 @@ def test_item9_read_manifest_names_the_bad_line(tmp_path):
 
 
 def test_item9_an_unexpected_failure_is_recorded_too(store, sample, tmp_path, monkeypatch):
-    import phenotyping.ingest as ingest
+    from phenotyping import ingest
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -176,7 +176,7 @@ def test_item9_an_unexpected_failure_is_recorded_too(store, sample, tmp_path, mo
     assert run.outcome == "failed" and "disk on fire" in run.error
 
 
-# -- item 10: zip members with the same name ----------------------------------------------------------------------------
+# -- item 10: zip members with the same name ---------------------------------------------------------------------------
 @pytest.mark.parametrize("second", ["set/a.png", "set\\a.png"])
 def test_item10_zip_members_sharing_a_path_are_refused_naming_both(store, sample, tmp_path, second):
     z = tmp_path / "set.zip"
@@ -213,7 +213,7 @@ def test_item10_manifest_row_naming_a_shared_path_and_a_doubled_manifest(store, 
         ingest_set(store, z2, "S1", actor="t")
 
 
-# -- item 11: the channel count of a set ------------------------------------------------------------------------------
+# -- item 11: the channel count of a set -------------------------------------------------------------------------------
 def test_item11_majority_not_file_order_decides_the_channel_count(store, tmp_path):
     d = tmp_path / "set"
     write(d / "_overview.png", png_bytes(cell_array(c=3, seed=99)))  # sorts first
@@ -224,7 +224,8 @@ def test_item11_majority_not_file_order_decides_the_channel_count(store, tmp_pat
     assert r.ingested == 4
     why = reasons(r)
     assert set(why) == {"_overview.png"}
-    assert "3 channel(s)" in why["_overview.png"] and "most of this set's images (4 of 5) have 1" in why["_overview.png"]
+    assert "3 channel(s)" in why["_overview.png"]
+    assert "most of this set's images (4 of 5) have 1" in why["_overview.png"]
 
 
 def test_item11_a_set_without_a_majority_is_refused_and_nothing_created(store, tmp_path):
@@ -251,7 +252,7 @@ def test_item11_a_sample_with_cells_keeps_its_channel_count(store, sample, tmp_p
     assert all("this sample's cells have 3" in reason for reason in reasons(r).values())
 
 
-# -- item 12: the number of files in a set ----------------------------------------------------------------------------
+# -- item 12: the number of files in a set -----------------------------------------------------------------------------
 def no_reads(monkeypatch) -> None:
     """Fail the test if any image file is read or decoded from now on."""
     import phenotyping.ingest._ingest as ing
@@ -304,7 +305,7 @@ def test_item12_zip_over_the_limit_is_counted_from_its_directory(tmp_path):
 
 
 def test_item12_the_audit_row_of_a_run_is_bounded(store, sample, tmp_path, monkeypatch):
-    import phenotyping.jobs as jobs
+    from phenotyping import jobs
 
     monkeypatch.setattr(jobs, "MAX_RECORDED_REJECTIONS", 5)
     d = tmp_path / "set"
