@@ -149,7 +149,7 @@ with tab_gallery:
                 if ok:
                     i1, i2 = st.columns(2)
                     i1.image(ex.display, caption=f"cell #{first.cell.id} as the model sees it", width=240)
-                    i2.image(ex.image, caption=f"{method} for {md(ex.target)} (red: evidence)", width=240)
+                    i2.image(ex.image, caption=f"{method} for {ex.target} (red: evidence)", width=240)
 
 # -- embedding map ----------------------------------------------------------------------------------------------------
 with tab_map:
