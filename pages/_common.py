@@ -4,6 +4,7 @@ sample picker and header, one-line error messages, and uploads streamed to disk.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
@@ -37,6 +38,26 @@ def get_runner() -> JobRunner:
     runner = JobRunner(get_store(), workers=1)
     runner.warm_up()
     return runner
+
+
+# -- user text -------------------------------------------------------------------------------------------------------
+# What Markdown in Streamlit can turn into something other than text: links and images ([ ] !), autolinks and HTML
+# (< >), emphasis and code (* _ ~ `), emoji, icons and colour directives (:), LaTeX ($), headings (#), table cells (|)
+# and the escape character itself. Other punctuation only matters at the start of a line; line breaks are removed.
+_MD_SPECIAL = re.compile(r"([\\`*_~\[\]<>!:$#|])")
+
+
+def md(value: object) -> str:
+    """``value`` as literal text inside Streamlit Markdown (st.markdown, st.caption, st.info and the other messages,
+    widget labels, radio options, tab names, help tooltips).
+
+    The characters Markdown acts on inside a line are backslash-escaped (CommonMark allows it for every ASCII
+    punctuation character) and line breaks become spaces, so user text (a pseudonym, a display name, a file name, a
+    class label, an error quoting them) can never become an image that every viewer's browser fetches, a link, HTML
+    or a Streamlit directive such as ``:red[…]``. Use it for every value a user or a file supplied; plain-text
+    elements (st.text, st.code, st.dataframe, selectbox options, input values) need nothing.
+    """
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).splitlines()))
 
 
 # -- the user --------------------------------------------------------------------------------------------------------
@@ -105,7 +126,7 @@ def nav_pages() -> list[Any] | dict[str, list[Any]]:
         lab.append(st.Page("pages/users.py", title="Users", icon=":material/group:"))
     lab.append(st.Page("pages/account.py", title="My account", icon=":material/person:"))
     with st.sidebar:
-        st.caption(f"Logged in as **{user.display_name or user.username}** · {user.role.value}")
+        st.caption(f"Logged in as **{md(user.display_name or user.username)}** · {user.role.value}")
         if st.button("Log out", key="logout", icon=":material/logout:"):
             logout()
             st.rerun()
@@ -128,19 +149,19 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, An
     try:
         return True, fn(*args, **kwargs)
     except USER_ERRORS as e:
-        st.error(one_line(e), icon=":material/error:")
+        st.error(md(one_line(e)), icon=":material/error:")
         return False, None
 
 
 def flash(message: str, kind: str = "success") -> None:
-    """Show ``message`` once, after the next rerun."""
+    """Show ``message`` once, after the next rerun, as plain text (it is escaped: messages quote user values)."""
     st.session_state["_flash"] = (kind, message)
 
 
 def show_flash() -> None:
     kind, message = st.session_state.pop("_flash", (None, None))
     if message:
-        getattr(st, kind)(message)
+        getattr(st, kind)(md(message))
 
 
 # -- samples ---------------------------------------------------------------------------------------------------------
@@ -164,13 +185,13 @@ def sample_header(store: Store, sample_id: str) -> None:
     model = store.analysis_model(sample_id)
     with st.container(border=True):
         c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 4])
-        c1.markdown(f"**Sample**  \n### {s.id}")
+        c1.markdown(f"**Sample**  \n### {md(s.id)}")
         c2.markdown(f"**Specimen**  \n{s.specimen.value.upper()}")
         c3.markdown(f"**Status**  \n:{STATUS_BADGE[s.status.value]}-badge[{s.status.value}]")
         c4.markdown(f"**Cells**  \n{store.count_cells(sample_id):,}")
         collected = s.collected_at.strftime("%Y-%m-%d %H:%M UTC") if s.collected_at else "not recorded"
-        c5.markdown(f"**Pseudonym** {s.patient_pseudonym or '—'}  \n**Collected** {collected}  \n"
-                    f"**Model** {model or 'not analysed yet'}")
+        c5.markdown(f"**Pseudonym** {md(s.patient_pseudonym) or '—'}  \n**Collected** {collected}  \n"
+                    f"**Model** {md(model) if model else 'not analysed yet'}")
 
 
 def signed_version(store: Store, sample_id: str) -> Any | None:
@@ -184,7 +205,7 @@ def signed_version(store: Store, sample_id: str) -> Any | None:
 
 def lock_notice(locked: Any, what: str) -> None:
     """Say that ``what`` cannot change because the sample's report version ``locked`` is signed, and how to go on."""
-    st.info(f"Report v{locked.version} was signed by {locked.signed_by} on {locked.signed_at:%Y-%m-%d %H:%M} UTC, "
+    st.info(f"Report v{locked.version} was signed by {md(locked.signed_by)} on {locked.signed_at:%Y-%m-%d %H:%M} UTC, "
             f"so {what} is locked. To change it, amend the report (with a reason) on the Report screen.",
             icon=":material/lock:")
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import allowed, attempt, get_store, require_user
+from pages._common import allowed, attempt, get_store, md, require_user
 from phenotyping.auth import MIN_PASSWORD_LENGTH, change_password, signer_key_path
 from phenotyping.settings import get_settings
 
 store = get_store()
 user = require_user()
 st.title("My account")
-st.markdown(f"**{user.display_name or user.username}** · username `{user.username}` · role **{user.role.value}**")
+st.markdown(f"**{md(user.display_name or user.username)}** · username {md(user.username)} · role "
+            f"**{user.role.value}**")
 
 left, _ = st.columns([3, 2])
 with left, st.form("password", clear_on_submit=True):

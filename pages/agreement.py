@@ -8,8 +8,8 @@ import io
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, lock_notice, one_line, pick_sample, require_user,
-                           sample_header, show_flash, signed_version)
+from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, one_line, pick_sample,
+                           require_user, sample_header, show_flash, signed_version)
 from phenotyping.agreement.comparison import comparison_csv, sample_comparison, study_comparison
 from phenotyping.agreement.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
 from phenotyping.analysis.results import load_card_for
@@ -79,7 +79,7 @@ else:
         try:
             paired = sample_comparison(store, sample_id, model_id=model_id, card=card)
         except ValueError as e:
-            st.info(one_line(e))
+            st.info(md(one_line(e)))
         else:
             method = next((r.correction for r in paired if r.correction), None)
             table = []
@@ -160,18 +160,18 @@ if result is not None:
         f1.download_button("Bland-Altman (SVG)", bland_altman_svg(a.bland_altman, title=f"Bland-Altman: {cls}"),
                            file_name=f"{result.name}-{cls}-bland-altman.svg", mime="image/svg+xml")
     elif a.repeated is not None:
-        f1.info(f"{cls}: replicate counts per sample, so repeated-measures Bland-Altman (Bland & Altman 2007) is "
+        f1.info(f"{md(cls)}: replicate counts per sample, so repeated-measures Bland-Altman (Bland & Altman 2007) is "
                 "reported in the table; no scatter plot is drawn for it.")
     else:
-        f1.warning(f"Bland-Altman for {cls} could not be computed: "
-                   + "; ".join(f"{k}: {v}" for k, v in a.errors.items()))
+        f1.warning(f"Bland-Altman for {md(cls)} could not be computed: "
+                   + "; ".join(f"{md(k)}: {md(v)}" for k, v in a.errors.items()))
     if a.passing_bablok is not None:
         f2.plotly_chart(passing_bablok_figure(a.passing_bablok, title=f"Passing-Bablok: {cls}",
                                               x_label="manual %", y_label="model %"), key="pb")
         f2.download_button("Passing-Bablok (SVG)", passing_bablok_svg(a.passing_bablok, title=f"Passing-Bablok: {cls}"),
                            file_name=f"{result.name}-{cls}-passing-bablok.svg", mime="image/svg+xml")
     elif a.errors:
-        f2.info("Passing-Bablok: " + "; ".join(f"{k}: {v}" for k, v in a.errors.items()))
+        f2.info("Passing-Bablok: " + "; ".join(f"{md(k)}: {md(v)}" for k, v in a.errors.items()))
 
 saved_studies = store.list_studies()
 if saved_studies:

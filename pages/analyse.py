@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, pick_sample, require_user,
+from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.analysis.specimens import ROLES, specimen_check
 from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
@@ -37,7 +37,7 @@ def specimens_text(card: dict) -> str:
 def specimen_warning(check: object) -> None:
     """The prominent warning that the model is not meant for the sample's specimen (nothing when it is)."""
     if check is not None and not check.declared:
-        st.warning(f"**Not validated for {check.specimen} samples.** {check.message}", icon=":material/warning:")
+        st.warning(f"**Not validated for {check.specimen} samples.** {md(check.message)}", icon=":material/warning:")
 
 
 def card_summary(card: dict) -> None:
@@ -49,13 +49,13 @@ def card_summary(card: dict) -> None:
     c3.metric("Review threshold", f"{cal['unidentified_threshold']:.2f}" if "unidentified_threshold" in cal else "—",
               help="Cells whose calibrated confidence is below this wait in the unidentified queue.")
     c4.metric("Input", f"{len(card['input']['channels'])} ch · {card['input']['img_size']} px")
-    st.markdown(f"**Classes** {', '.join(card['classes'])}  \n"
-                f"**Targets** {', '.join(t['name'] for t in card.get('targets', [])) or 'none'}  \n"
-                f"**Channels** {', '.join(card['input']['channels'])}  \n"
-                f"**Specimens** {specimens_text(card)}  \n"
-                f"**Intended use** {card.get('intended_use', 'not stated')}  \n"
-                f"**Trained on** {(card.get('training') or {}).get('n_cells', '?')} cells · "
-                f"{(card.get('training') or {}).get('data_licence', 'licence not stated')}")
+    st.markdown(f"**Classes** {md(', '.join(card['classes']))}  \n"
+                f"**Targets** {md(', '.join(t['name'] for t in card.get('targets', [])) or 'none')}  \n"
+                f"**Channels** {md(', '.join(card['input']['channels']))}  \n"
+                f"**Specimens** {md(specimens_text(card))}  \n"
+                f"**Intended use** {md(card.get('intended_use', 'not stated'))}  \n"
+                f"**Trained on** {md((card.get('training') or {}).get('n_cells', '?'))} cells · "
+                f"{md((card.get('training') or {}).get('data_licence', 'licence not stated'))}")
 
 
 ids = [m["id"] for m in models]
@@ -67,7 +67,7 @@ with left:
                             label_visibility="collapsed")
     job = active_job(store, kind="predict", sample_id=sample_id)
     if current and current != model_id:
-        st.caption(f"The sample's differential currently uses {current}; running {model_id} makes it the "
+        st.caption(f"The sample's differential currently uses {md(current)}; running {md(model_id)} makes it the "
                    "analysis model.")
     locked = signed_version(store, sample_id)
     if locked is not None:
@@ -108,9 +108,9 @@ def job_panel() -> None:
     if running:  # it has just finished: refresh the whole screen so the differential appears
         st.rerun(scope="app")
     if j["status"] == "failed":
-        st.error(f"Job {j['id']} failed: {j['message']}", icon=":material/error:")
+        st.error(f"Job {j['id']} failed: {md(j['message'])}", icon=":material/error:")
     else:
-        st.success(f"Job {j['id']} finished ({j['params'].get('model_id')}): {j['message']}",
+        st.success(f"Job {j['id']} finished ({md(j['params'].get('model_id'))}): {md(j['message'])}",
                    icon=":material/check_circle:")
 
 
@@ -135,7 +135,7 @@ if store.analysis_model(sample_id) and not running:
                            "95% CI": "—" if a.ci_low is None else f"{a.ci_low:.1f}–{a.ci_high:.1f}"}
                           for a in res.differential.apart], hide_index=True, width="stretch")
         for w in (*res.differential.raw.warnings, *res.differential.notes):
-            st.caption(f"⚠ {w}")
+            st.caption(f"⚠ {md(w)}")
         st.caption("Raw CIs: Clopper-Pearson exact. The corrected percentages' bootstrap CIs are computed on the "
                    "Review screen on request; the report always includes them.")
         st.page_link("pages/review.py", label="Review the cells", icon=":material/grid_view:")

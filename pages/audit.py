@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from pages._common import get_store, require, require_user
+from pages._common import get_store, md, require, require_user
 from phenotyping.schemas import AuditEvent
 
 store = get_store()
@@ -50,7 +50,7 @@ rows = picked.selection.rows if picked and picked.selection else []
 if rows and rows[0] < len(events):
     e = events[rows[0]]
     with st.container(border=True):
-        st.markdown(f"**#{e.id} · {e.action}** on {e.entity} {e.entity_id} by {e.actor} at "
+        st.markdown(f"**#{e.id} · {md(e.action)}** on {md(e.entity)} {md(e.entity_id)} by {md(e.actor)} at "
                     f"{e.at:%Y-%m-%d %H:%M:%S} UTC")
         b, a = st.columns(2)
         b.caption("Before")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import attempt, get_store
+from pages._common import attempt, get_store, md
 from phenotyping.auth import (MIN_PASSWORD_LENGTH, AuthError, authenticate, create_first_admin, oidc_links,
                               oidc_username)
 
@@ -47,7 +47,7 @@ with left:
                 try:
                     user = authenticate(store, username, password)
                 except AuthError as e:
-                    st.error(str(e))
+                    st.error(md(e))
                 else:
                     st.session_state["username"] = user.username
                     st.rerun()
@@ -63,7 +63,7 @@ with left:
                         raise AuthError(f"your identity is linked to the account {name!r}, which does not exist or "
                                         "is deactivated; ask an administrator")
                 except (AuthError, ValueError) as e:
-                    st.error(str(e), icon=":material/no_accounts:")
+                    st.error(md(e), icon=":material/no_accounts:")
                     st.button("Sign out of the identity provider", on_click=st.logout)
                 else:
                     st.session_state["username"] = found[0].username

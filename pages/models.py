@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages._common import allowed, attempt, flash, get_runner, get_store, require_user, show_flash
+from pages._common import allowed, attempt, flash, get_runner, get_store, md, require_user, show_flash
 from phenotyping.models.checkpoint import load_card
 from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
 from phenotyping.analysis.results import find_model_dirs
@@ -77,7 +77,7 @@ if rows:
                                 "val macro-F1": st.column_config.NumberColumn(format="%.3f"),
                                 "usable": st.column_config.CheckboxColumn()})
 else:
-    st.info(f"No models found in {[str(p) for p in settings.model_search_path()]}.")
+    st.info(f"No models found in {md([str(p) for p in settings.model_search_path()])}.")
 
 if admin and unregistered:
     c1, c2 = st.columns([3, 1])
@@ -105,12 +105,12 @@ if registered:
               help="Cells whose calibrated confidence is below this wait in the unidentified queue.")
     arch = card.get("architecture") or {}
     training = card.get("training") or {}
-    st.markdown(f"**Architecture** {arch.get('name', '?')} ({arch.get('parameters', 0):,} parameters) · "
-                f"**Intended use** {card.get('intended_use', 'not stated')}  \n"
-                f"**Classes** {', '.join(card.get('classes', []))} · "
-                f"**Targets** {', '.join(t['name'] for t in card.get('targets', [])) or 'none'}  \n"
-                f"**Training data** {training.get('n_cells', '?')} cells · "
-                f"{training.get('data_licence') or 'licence not stated'}")
+    st.markdown(f"**Architecture** {md(arch.get('name', '?'))} ({arch.get('parameters', 0):,} parameters) · "
+                f"**Intended use** {md(card.get('intended_use', 'not stated'))}  \n"
+                f"**Classes** {md(', '.join(card.get('classes', [])))} · "
+                f"**Targets** {md(', '.join(t['name'] for t in card.get('targets', [])) or 'none')}  \n"
+                f"**Training data** {md(training.get('n_cells', '?'))} cells · "
+                f"{md(training.get('data_licence') or 'licence not stated')}")
     tab_class, tab_prop, tab_hist, tab_bench = st.tabs(
         ["Per class", "Predicted vs true proportions", "Training history", "Benchmark"])
     with tab_class:
@@ -177,7 +177,8 @@ if registered:
             st.code(f"python -m phenotyping bench --model {m['path']} --cells 1000", language="bash")
     for ev in card.get("evaluations", []):
         met = ev.get("metrics") or {}
-        st.caption(f"Evaluated on {', '.join(ev.get('samples', []))} by {ev.get('by', '?')} at {ev.get('at', '?')}: "
+        st.caption(f"Evaluated on {md(', '.join(ev.get('samples', [])))} by {md(ev.get('by', '?'))} at "
+                   f"{md(ev.get('at', '?'))}: "
                    f"accuracy {fmt(met.get('accuracy'))}, macro-F1 {fmt(met.get('macro_f1'))}")
     if admin:
         if st.button("Mark not usable" if m["usable"] else "Mark usable",
@@ -237,13 +238,13 @@ if jobs:
         st.subheader("Training and evaluation jobs")
         current = [j for j in store.list_jobs(limit=30) if j["kind"] in ("train", "evaluate")]
         for j in current[:5]:
-            label = f"Job {j['id']} · {j['kind']} · {j['params'].get('name') or j['params'].get('model_id')}"
+            label = f"Job {j['id']} · {j['kind']} · {md(j['params'].get('name') or j['params'].get('model_id'))}"
             if j["status"] in ("queued", "running"):
-                st.progress(min(j["done"] / max(j["total"], 1), 1.0), text=f"{label}: {j['message']}")
+                st.progress(min(j["done"] / max(j["total"], 1), 1.0), text=f"{label}: {md(j['message'])}")
             elif j["status"] == "failed":
-                st.error(f"{label} failed: {j['message']}")
+                st.error(f"{label} failed: {md(j['message'])}")
             else:
-                st.success(f"{label}: {j['message']}")
+                st.success(f"{label}: {md(j['message'])}")
         if active and not any(j["status"] not in FINISHED for j in current):
             st.rerun(scope="app")
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import streamlit as st
 
-from pages._common import allowed, attempt, flash, get_store, pick_sample, require_user, sample_header, show_flash
+from pages._common import (allowed, attempt, flash, get_store, md, pick_sample, require_user, sample_header,
+                           show_flash)
 from phenotyping.auth import signer_key_path
 from phenotyping.settings import get_settings
 from reports.workflow import (amend_report, draft_report, export_cells_csv, export_fhir, install_signer_key,
@@ -69,11 +70,11 @@ if latest is None:
     st.caption("No report yet. The draft is written from the sample's computed results (numbers are checked "
                "against them); you edit it before signing.")
 else:
-    state = f"signed by {latest.signed_by} at {latest.signed_at:%Y-%m-%d %H:%M} UTC" if latest.signed_at else \
+    state = f"signed by {md(latest.signed_by)} at {latest.signed_at:%Y-%m-%d %H:%M} UTC" if latest.signed_at else \
         "not signed"
-    amend = f" · amends v{latest.amends_version}: {latest.amendment_reason}" if latest.amends_version else ""
-    st.caption(f"Version {latest.version} · {latest.status} · {state} · drafted by {latest.interpretation_source}"
-               f"{amend}")
+    amend = f" · amends v{latest.amends_version}: {md(latest.amendment_reason)}" if latest.amends_version else ""
+    st.caption(f"Version {latest.version} · {latest.status} · {state} · drafted by "
+               f"{md(latest.interpretation_source)}{amend}")
 
 can_draft = allowed(user, "report.draft")
 editable = latest is not None and latest.signed_at is None
@@ -128,11 +129,11 @@ if latest is not None and editable:
         key_path = signer_key_path(settings, user.username)
         ok, problems = once("problems", signing_problems, store, sample_id, signer=user.username)
         if ok and problems:
-            st.warning("Signing is blocked:\n\n" + "\n".join(f"- {p}" for p in problems), icon=":material/block:")
+            st.warning("Signing is blocked:\n\n" + "\n".join(f"- {md(p)}" for p in problems), icon=":material/block:")
         elif ok and not key_path.is_file():
             st.write("Upload your signing key once (PKCS#12 .p12 issued by the lab's CA); it stays encrypted with "
                      "your key password. The certificate must be issued to your name "
-                     f"(**{user.display_name or user.username}**).")
+                     f"(**{md(user.display_name or user.username)}**).")
             key_file = st.file_uploader("Signing key (.p12)", type=["p12", "pfx"], key="p12")
             key_pw = st.text_input("Key password", type="password", key="p12_pw")
             accept = st.checkbox("The certificate names me in another spelling (recorded in the audit trail)",
@@ -145,7 +146,7 @@ if latest is not None and editable:
                     st.rerun()
         elif ok:
             with st.form("sign"):
-                st.write(f"Sign version {latest.version} as **{user.display_name or user.username}** "
+                st.write(f"Sign version {latest.version} as **{md(user.display_name or user.username)}** "
                          f"({user.role.value}). The signed PDF is final; changes then need an amendment.")
                 pw = st.text_input("Key password", type="password")
                 if st.form_submit_button("Sign the report", type="primary", icon=":material/verified:"):
@@ -162,7 +163,7 @@ if signed:
     st.subheader("Signed report")
     last_signed = signed[-1]
     v = last_signed.version
-    st.caption(f"Version {v}, signed by {last_signed.signed_by} at {last_signed.signed_at:%Y-%m-%d %H:%M} UTC; "
+    st.caption(f"Version {v}, signed by {md(last_signed.signed_by)} at {last_signed.signed_at:%Y-%m-%d %H:%M} UTC; "
                f"exports are read from the signed PDF (SHA-256 {last_signed.pdf_hash[:16]}…).")
     d1, d2, d3 = st.columns(3)
     ok, data = attempt(signed_pdf, store, sample_id, v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, lock_notice, pick_sample, require_user,
+from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, show_flash, signed_version)
 from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
 from phenotyping.analysis.review import EXTRA_LABELS, reclassify_cells
@@ -45,7 +45,7 @@ m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
 m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
 show_differential(res, key="review_differential")
 for w in (*d.raw.warnings, *d.notes):
-    st.caption(f"⚠ {w}")
+    st.caption(f"⚠ {md(w)}")
 if res.n_unidentified:
     st.warning(f"Signing is blocked: {res.n_unidentified} unidentified cell(s) await review. Open the "
                "unidentified queue below and give each a class (or debris/other).", icon=":material/block:")
@@ -69,7 +69,7 @@ with tab_gallery:
     default = 0 if groups["Unidentified queue"] else 1
     g1, g2 = st.columns([4, 2])
     group = g1.radio("Show", names, index=default, horizontal=True, key=f"group_{sample_id}",
-                     format_func=lambda n: f"{n} ({len(groups[n])})")
+                     format_func=lambda n: f"{md(n)} ({len(groups[n])})")
     order = g2.selectbox("Sort by", ["confidence, lowest first", "confidence, highest first", "cell id"],
                          key="order")
     cells = groups[group]
@@ -96,7 +96,7 @@ with tab_gallery:
             for row_start in range(0, len(targets), BUTTONS_PER_ROW):
                 bcols = st.columns(BUTTONS_PER_ROW)
                 for col, label in zip(bcols, targets[row_start:row_start + BUTTONS_PER_ROW]):
-                    if col.button(label, key=f"to_{label}", disabled=not n_sel, width="stretch",
+                    if col.button(md(label), key=f"to_{label}", disabled=not n_sel, width="stretch",
                                   type="primary" if label in classes else "secondary"):
                         ok, changed = attempt(reclassify_cells, store, sample_id, sorted(selected), label,
                                               actor=user.username)
@@ -125,14 +125,14 @@ with tab_gallery:
                 try:
                     st.image(cell_display(store, r.cell), width="stretch")
                 except PhenotypingError as e:
-                    st.caption(f"image unreadable: {e}")
+                    st.caption(f"image unreadable: {md(e)}")
                 label = r.final_label or "—"
                 conf = "" if r.confidence is None else f" · {r.confidence:.2f}"
                 reviewed = " (reviewed)" if r.cell.reviewed_label else ""
                 st.checkbox(f"#{r.cell.id}", key=f"pick_{r.cell.id}",
-                            help=f"{r.cell.source_file}: predicted {r.predicted_class}"
-                                 + (f"; {r.exclusion}" if r.exclusion else ""))
-                st.caption(f"**{label}**{conf}{reviewed}")
+                            help=md(f"{r.cell.source_file}: predicted {r.predicted_class}"
+                                    + (f"; {r.exclusion}" if r.exclusion else "")))
+                st.caption(f"**{md(label)}**{conf}{reviewed}")
 
     if selected:
         with st.expander("Why did the model say that? (explanation of the first selected cell)",
@@ -189,9 +189,9 @@ with tab_map:
             r = by_id[cid]
             p1, p2 = st.columns([1, 3])
             p1.image(cell_display(store, r.cell), width=160)
-            p2.markdown(f"**Cell #{cid}** · {r.cell.source_file}  \nPredicted **{r.predicted_class}** "
-                        f"({(r.confidence or 0):.2f}) · final label **{r.final_label}**  \n"
-                        f"{r.exclusion or 'counted'}")
+            p2.markdown(f"**Cell #{cid}** · {md(r.cell.source_file)}  \nPredicted **{md(r.predicted_class)}** "
+                        f"({(r.confidence or 0):.2f}) · final label **{md(r.final_label)}**  \n"
+                        f"{md(r.exclusion or 'counted')}")
 
 # -- markers ----------------------------------------------------------------------------------------------------------
 with tab_markers:

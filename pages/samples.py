@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, clear_staged, flash, get_store, lock_notice, require_user,
+from pages._common import (allowed, attempt, clear_staged, flash, get_store, lock_notice, md, require_user,
                            sample_header, show_flash, signed_version, stage_uploads, staged_files, staging_dir)
 from phenotyping.jobs import ingest_and_record, ingest_runs
 from phenotyping.schemas import Sample, SampleStatus, Specimen
@@ -92,7 +92,8 @@ def ingest_staged(sample_id: str, paths: list[Path]) -> object:
     try:
         return ingest_and_record(store, source, sample_id, actor=user.username,
                                  source_name=describe_upload(paths, folder), progress=progress,
-                                 max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+                                 max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
+                                 max_files=settings.max_files_per_set)
     finally:
         bar.empty()
         clear_staged(sample_id)
@@ -178,7 +179,7 @@ if can_write:
         folder = staging_dir(sel)
         size_mb = sum(p.stat().st_size for p in staged) / 1e6
         names = ", ".join(f"{p.relative_to(folder)}" for p in staged[:5]) + (" …" if len(staged) > 5 else "")
-        st.markdown(f"**Ready to ingest into {sel}:** {len(staged):,} file(s), {size_mb:,.1f} MB — {names}")
+        st.markdown(f"**Ready to ingest into {md(sel)}:** {len(staged):,} file(s), {size_mb:,.1f} MB — {md(names)}")
     else:
         st.caption(f"Up to {limit} MB per file. Larger sets: `python -m phenotyping ingest PATH --sample {sel}` "
                    "(while the app is stopped).")
@@ -198,7 +199,7 @@ if runs:
     st.subheader("Ingest runs")
     st.dataframe([{"when (UTC)": r.at.strftime("%Y-%m-%d %H:%M:%S"), "by": r.actor, "source": r.source,
                    "outcome": r.outcome if not r.error else f"failed: {r.error}", "cells ingested": r.ingested,
-                   "duplicates": r.duplicates, "files refused": len(r.rejected)} for r in runs],
+                   "duplicates": r.duplicates, "files refused": r.rejected_total} for r in runs],
                  hide_index=True, width="stretch", height=min(38 + 35 * len(runs), 320),
                  column_config={"source": st.column_config.TextColumn(width="medium"),
                                 "outcome": st.column_config.TextColumn(width="medium")})

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(200, ge=1, description="per-file limit of the image uploader (MB)")
     max_image_pixels: int = Field(4_000_000, ge=1, description="pixels per plane above which an image is refused")
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1, description="bytes per file above which it is refused")
-    max_files_per_set: int = Field(200_000, ge=1)
+    max_files_per_set: int = Field(200_000, ge=1, description="files (zip entries, manifest or BSCCM index rows) above "
+                                                            "which a set is refused before any file is read")
     llm_model: str | None = Field(None, description="litellm route, e.g. 'openai/gpt-4o-mini'; None = template draft")
     llm_timeout_s: float = 30.0
     lab_name: str = Field("Research haematology laboratory", description="laboratory name printed on reports")

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             bsccm["channels"] = [c.strip() for c in args.bsccm_channels.split(",") if c.strip()]
         result = ingest_set(store, args.source, args.sample, actor=args.user, label_column=args.label_column,
                             max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                            progress=progress if sys.stderr.isatty() else None, bsccm_options=bsccm, create=new)
+                            max_files=settings.max_files_per_set, progress=progress if sys.stderr.isatty() else None,
+                            bsccm_options=bsccm, create=new)
     out = result.model_dump(mode="json")
     if not out["notes"]:
         del out["notes"]  # the four keys of the contract; "notes" only when decoding changed something

@@ -140,8 +140,8 @@ def _read(data: bytes, max_pixels: int, max_voxels: int) -> np.ndarray | None:
         elif key != first_key:
             return None
         offsets, counts = tags.get(_TAG_OFFSETS), tags.get(_TAG_COUNTS)
-        if not offsets or not counts or len(offsets) != len(counts):  # type: ignore[arg-type]
-            return None
+        if not offsets or not counts or len(offsets) != len(counts) or len(offsets) > h:  # type: ignore[arg-type]
+            return None  # a strip holds at least one row: more strips than rows is malformed
         expected = w * h * dtype.itemsize
         chunks = []
         for off, cnt in zip(offsets, counts):  # type: ignore[call-overload]

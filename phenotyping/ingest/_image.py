@@ -12,6 +12,7 @@ An alpha channel that is the same everywhere carries no image information and is
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy as np
 
 from phenotyping.errors import ImageError
 from phenotyping.ingest._fasttiff import read_simple_tiff
+from phenotyping.ingest._headers import jpeg2000_size, jpeg_size, png_size
 
 # Defaults; callers pass the installation's limits from Settings.
 MAX_PLANE_PIXELS = 4_000_000
@@ -28,6 +30,14 @@ MAX_TOTAL_VOXELS = 64_000_000
 MIN_SIDE = 4
 MAX_TIFF_PAGES = 4096
 _PIL_FLAG_LOCK = threading.Lock()
+# TIFF compressions whose decoder writes into a buffer of the strip's or tile's size (tifffile passes that size), so
+# the chunk size the tags declare bounds the memory they use
+_BOUNDED_TIFF_CODECS = {1: "none", 5: "LZW", 8: "Deflate", 32946: "Deflate", 32773: "PackBits", 34925: "LZMA",
+                        50000: "Zstandard"}
+# TIFF compressions whose streams carry a size of their own, which the decoder allocates: read before decoding
+_SIZED_TIFF_CODECS = {7: ("JPEG", jpeg_size), 33003: ("JPEG 2000", jpeg2000_size), 33004: ("JPEG 2000", jpeg2000_size),
+                      33005: ("JPEG 2000", jpeg2000_size), 34712: ("JPEG 2000", jpeg2000_size),
+                      34933: ("PNG", png_size)}
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -187,12 +197,53 @@ def _read_tiff(data: bytes, name: str, max_pixels: int, max_voxels: int) -> np.n
             if total > max_voxels:
                 raise ImageError(name, f"TIFF holds {total / 1e6:.1f} M values, above the limit of "
                                        f"{max_voxels / 1e6:.0f} M for one cell")
-            arr = series.asarray()
+            for page in tf.pages:
+                _check_tiff_chunks(page, data, name, max_pixels)
+            arr = series.asarray(maxworkers=1)  # one chunk buffer at a time
     except ImageError:
         raise
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error… for corrupt data
         raise ImageError(name, f"cannot decode TIFF: {e}") from e
     return _tiff_to_cfirst(arr, axes, name)
+
+
+def _round16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _check_tiff_chunks(page, data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse, before decoding, a TIFF page whose codec is not bounded by its strip or tile size, whose tiles are
+    larger than the image needs (tile sides are multiples of 16), or whose JPEG/JPEG 2000/PNG streams declare more
+    pixels than the strip or tile they fill (the codec would allocate the declared size)."""
+    kf = page.keyframe  # a TiffFrame shares its key page's tags
+    code = int(kf.compression)
+    if code not in _BOUNDED_TIFF_CODECS and code not in _SIZED_TIFF_CODECS:
+        codec = getattr(kf.compression, "name", str(code))
+        raise ImageError(name, f"TIFF compression {codec} ({code}) is not accepted for cell images; save the image "
+                               "uncompressed or with LZW, Deflate, Zstandard, JPEG or JPEG 2000")
+    if kf.is_tiled:
+        chunk_h, chunk_w = int(kf.tilelength), int(kf.tilewidth)
+        if chunk_h > _round16(kf.imagelength) or chunk_w > _round16(kf.imagewidth) or kf.tiledepth > kf.imagedepth:
+            raise ImageError(name, f"TIFF tiles of {chunk_w}×{chunk_h} are larger than the {kf.imagewidth}×"
+                                   f"{kf.imagelength} image they hold (a malformed or hostile file); save it again")
+    else:
+        chunk_h, chunk_w = int(kf.rowsperstrip) or int(kf.imagelength), int(kf.imagewidth)
+    if chunk_h * chunk_w > max_pixels:
+        raise ImageError(name, f"TIFF strips or tiles of {chunk_w}×{chunk_h} pixels are above the limit of "
+                               f"{max_pixels / 1e6:.1f} megapixels")
+    if code not in _SIZED_TIFF_CODECS:
+        return
+    codec, size_of = _SIZED_TIFF_CODECS[code]
+    for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts), start=1):
+        if not count:
+            continue  # an empty chunk: tifffile fills it, nothing is decoded
+        try:
+            h, w = size_of(data[offset:offset + count])
+        except (ValueError, struct.error) as e:
+            raise ImageError(name, f"TIFF {codec} chunk {i} is unreadable: {e}") from e
+        if not (0 < h <= chunk_h and 0 < w <= chunk_w):
+            raise ImageError(name, f"TIFF {codec} chunk {i} declares {w}×{h} pixels for a {chunk_w}×{chunk_h} strip "
+                                   f"or tile (possible decompression bomb); refused before decoding")
 
 
 def _several_series_reason(tf) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,7 +14,9 @@ import numpy as np
 
 from phenotyping.errors import ImageError, IngestError
 from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
-from phenotyping.ingest._sources import _parse_manifest, _safe_member_path, iter_source
+from phenotyping.ingest._entry import Entry
+from phenotyping.ingest._sources import MAX_FILES_PER_SET, _parse_manifest, _safe_member_path, iter_source
+from phenotyping.ingest.bsccm import DPC_CHANNELS, is_bsccm_root
 from phenotyping.schemas import IngestResult, RejectedFile, Sample
 
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
@@ -32,6 +35,7 @@ def ingest_set(
     expected_channels: int | None = None,
     max_pixels: int = MAX_PLANE_PIXELS,
     max_bytes: int = 64 * 1024 * 1024,
+    max_files: int = MAX_FILES_PER_SET,
     progress: ProgressFn | None = None,
     bsccm_options: dict | None = None,
     create: Sample | None = None,
@@ -45,21 +49,33 @@ def ingest_set(
         create: a sample that does not exist yet (id ``sample_id``): it is created in the same transaction as the
             first batch of cells, so a set of which nothing can be used leaves no empty sample behind. Without it,
             the sample must exist.
-        expected_channels: channels every cell must have; default: the sample's existing cells, else the first
-            usable file of the set.
+        expected_channels: channels every cell must have; default: the sample's existing cells, else the count
+            most of the set's decodable images have (the set is then read twice: a first pass only decodes).
+        max_files: most files (zip entries, manifest rows) the set may hold; checked before any file is read.
         progress: called as ``progress(files_seen, total_or_None)``.
         bsccm_options: for a BSCCM folder, keyword arguments of :func:`phenotyping.ingest.bsccm.iter_bsccm`
             (``contrast``, ``channels``, ``marker_columns``).
 
     Raises:
-        IngestError: the source cannot be read, or not one file of it is usable (the message lists the reasons).
+        IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
+            channel count, or not one file of it is usable (the message lists the reasons).
         SampleLocked: the sample's latest report version is signed.
     """
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
+
+    def entries() -> Iterator[Entry]:
+        return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
+                           bsccm_options=bsccm_options, max_files=max_files)
+
+    if run.channels is None:
+        run.channels = _known_channels(Path(source), bsccm_options)
+        run.channel_basis = f"this set's images have {run.channels}"
+    if run.channels is None:
+        run.channels, run.channel_basis = _majority_channels(entries(), source, max_bytes=max_bytes,
+                                                             max_pixels=max_pixels, progress=progress)
     seen = 0
     last_report = time.monotonic()
-    for entry in iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
-                             bsccm_options=bsccm_options):
+    for entry in entries():
         seen += 1
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)
@@ -77,6 +93,51 @@ def ingest_set(
                         notes=summary, cell_ids=run.ids)
 
 
+def _known_channels(source: Path, bsccm_options: dict | None) -> int | None:
+    """The channel count a reader fixes for every cell (a BSCCM folder: the chosen LED channels, or the one DPC
+    image), so its images need no first pass; None for every other source."""
+    if not (source.is_dir() and is_bsccm_root(source)):
+        return None
+    options = bsccm_options or {}
+    return 1 if options.get("contrast") == "dpc" else len(options.get("channels") or DPC_CHANNELS)
+
+
+def _majority_channels(entries: Iterable[Entry], source: str | Path, *, max_bytes: int, max_pixels: int,
+                       progress: ProgressFn | None) -> tuple[int | None, str]:
+    """The channel count more than half of the set's decodable images have, and the sentence that says so.
+
+    A first pass over the set that only decodes, so that no file's place in the order (an RGB ``_overview.png``
+    sorting first) decides the count for the rest. None when no file decodes (each is then refused for its own
+    reason).
+
+    Raises:
+        IngestError: no channel count is shared by more than half of the decodable images.
+    """
+    counts: Counter[int] = Counter()
+    last_report = time.monotonic()
+    for seen, entry in enumerate(entries, start=1):
+        if progress and time.monotonic() - last_report > 0.2:
+            progress(seen, None)
+            last_report = time.monotonic()
+        if entry.error:
+            continue
+        try:
+            _, arr, _ = _decode(entry, None, "", max_bytes=max_bytes, max_pixels=max_pixels)
+        except ImageError:
+            continue
+        counts[int(arr.shape[0])] += 1
+    if not counts:
+        return None, ""
+    total = sum(counts.values())
+    top, n = counts.most_common(1)[0]
+    if 2 * n <= total:
+        groups = ", ".join(f"{k:,} with {c} channel(s)" for c, k in sorted(counts.items()))
+        raise IngestError(f"{source}: its images have different channel counts and no count is shared by most of "
+                          f"them ({groups}); a sample's images must all have the same channels: remove the odd "
+                          "files (an overview image, a mask) or ingest each group into its own sample")
+    return top, f"most of this set's images ({n:,} of {total:,}) have {top}"
+
+
 @dataclass
 class _Run:
     """One ingest's state: what the sample already holds, what was rejected, the batch not yet committed."""
@@ -88,6 +149,7 @@ class _Run:
     channels: int | None
     hashes: dict[str, str]                 # content hash -> name of the first file with it
     keys: set[str]
+    channel_basis: str = ""                # why ``channels`` is the count: "this sample's cells have 1", …
     rejected: list[RejectedFile] = field(default_factory=list)
     noted: dict[str, list[str]] = field(default_factory=dict)  # decoding note -> files
     duplicates: int = 0
@@ -109,17 +171,25 @@ def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected
             raise ValueError(f"create= is sample {create.id!r} but the cells are for {sample_id!r}")
         if store.sample_exists(sample_id):
             raise ValueError(f"sample {sample_id!r} already exists; ingest into it without create=")
-        return _Run(store, sample_id, actor, create, channels=expected_channels, hashes={}, keys=set())
+        return _Run(store, sample_id, actor, create, channels=expected_channels, hashes={}, keys=set(),
+                    channel_basis=_basis(expected_channels, expected_channels))
     store.get_sample(sample_id)
     store.ensure_unlocked(sample_id, "ingesting more cells")
     channels = expected_channels or store.sample_channel_count(sample_id)
     return _Run(store, sample_id, actor, create, channels=channels, hashes=store.known_hashes(sample_id),
-                keys=store.known_cell_keys(sample_id))
+                keys=store.known_cell_keys(sample_id), channel_basis=_basis(expected_channels, channels))
 
 
-def _decode(entry, channels: int | None, *, max_bytes: int, max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
+def _basis(expected_channels: int | None, channels: int | None) -> str:
+    if expected_channels:
+        return f"{expected_channels} are expected"
+    return f"this sample's cells have {channels}" if channels else ""
+
+
+def _decode(entry: Entry, channels: int | None, basis: str, *, max_bytes: int,
+            max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
     """The entry's bytes, its decoded image and the decoding notes; ImageError when it is too large, unreadable or
-    has other channels than ``channels``."""
+    has other channels than ``channels`` (``basis`` says why that count: "most of this set's images … have 1")."""
     if entry.size > max_bytes:
         raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
                                      f"{max_bytes / 1e6:.0f} MB")
@@ -129,7 +199,7 @@ def _decode(entry, channels: int | None, *, max_bytes: int, max_pixels: int) -> 
     notes: list[str] = []
     arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
     if channels is not None and arr.shape[0] != channels:
-        raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but this sample's cells have {channels}; "
+        raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but {basis or f'the sample has {channels}'}; "
                                      "a sample's images must all have the same channels")
     return data, arr, notes
 
@@ -141,11 +211,12 @@ def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
         return
     assert entry.read is not None
     try:
-        data, arr, notes = _decode(entry, run.channels, max_bytes=max_bytes, max_pixels=max_pixels)
+        data, arr, notes = _decode(entry, run.channels, run.channel_basis, max_bytes=max_bytes,
+                                   max_pixels=max_pixels)
     except ImageError as e:
         run.rejected.append(RejectedFile(file=entry.name, reason=e.reason))
         return
-    if run.channels is None:
+    if run.channels is None:  # only when the first pass decoded nothing that this pass could
         run.channels = int(arr.shape[0])
     key = entry.cell_key or entry.name
     digest = hashlib.sha256(data).hexdigest()
@@ -190,15 +261,18 @@ def _nothing_ingested(source: str | Path, sample_id: str, seen: int, rejected: l
 def read_manifest(path: str | Path) -> list[dict]:
     """Rows of a manifest.csv with ``path`` resolved against the manifest's folder (a ``Path``), other columns as str.
 
-    Raises IngestError for a missing 'path' column and ValueError for a path escaping the manifest's folder.
+    Raises IngestError for a missing 'path' column and ValueError naming the line for a row that is not readable
+    CSV, has more fields than the header, or whose path is empty or escapes the manifest's folder.
     """
     path = Path(path)
     rows, _ = _parse_manifest(path.read_text(encoding="utf-8-sig"), str(path))
     base = path.parent.resolve()
     out = []
-    for i, r in enumerate(rows, start=2):
+    for line, r, error in rows:
+        if error:
+            raise ValueError(f"{path}: {error}")
         rel = _safe_member_path(r.get("path", ""))
         if rel is None or not r.get("path"):
-            raise ValueError(f"{path} line {i}: path {r.get('path')!r} is empty or escapes the manifest's folder")
+            raise ValueError(f"{path} line {line}: path {r.get('path')!r} is empty or escapes the manifest's folder")
         out.append({**r, "path": base / Path(*PurePosixPath(rel).parts)})
     return out

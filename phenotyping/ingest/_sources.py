@@ -20,10 +20,13 @@ import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from phenotyping.errors import IngestError
 from phenotyping.ingest._entry import Entry
 from phenotyping.ingest._image import IMAGE_SUFFIXES
+from phenotyping.ingest._zipcount import zip_entry_count
+from phenotyping.ingest.bsccm import INDEX_CSV as BSCCM_INDEX
 from phenotyping.ingest.bsccm import is_bsccm_root, iter_bsccm
 
 MANIFEST_NAME = "manifest.csv"
@@ -33,6 +36,8 @@ _ID_COLUMNS = ("cell_id", "id")
 _NON_DATA_COLUMNS = {"path"}
 # A single-cell image is small; a zip member that claims to inflate this much more than it stores is refused.
 MAX_COMPRESSION_RATIO = 200
+# Default of Settings.max_files_per_set: the most files (or manifest rows) one set may hold.
+MAX_FILES_PER_SET = 200_000
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -72,21 +77,71 @@ def _label_from_layout(rel: PurePosixPath) -> str | None:
     return rel.parts[-2] if len(rel.parts) >= 2 else None
 
 
-def _parse_manifest(text: str, manifest_name: str) -> tuple[list[dict[str, str]], list[str]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
+class ManifestRow(NamedTuple):
+    """One data row of a manifest: the line it starts on, its values by column, and why it is unusable (or None)."""
+
+    line: int
+    values: dict[str, str]
+    error: str | None = None
+
+
+def _parse_manifest(text: str, manifest_name: str, *,
+                    max_rows: int = MAX_FILES_PER_SET) -> tuple[list[ManifestRow], list[str]]:
+    """The manifest's rows and its (stripped) column names. A row that cannot be read as CSV (a field over the csv
+    module's 128 KiB limit, a NUL byte) or that has more fields than the header is returned with an ``error``, so it
+    is refused on its own; blank lines are skipped.
+
+    Raises:
+        IngestError: no header, no 'path' column, or more than ``max_rows`` rows.
+    """
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise IngestError(f"{manifest_name} line 1: the header row is not readable CSV ({e})") from e
+    if header is None:
         raise IngestError(f"{manifest_name}: the manifest is empty; it needs a header row with a 'path' column")
-    cols = [c.strip() for c in reader.fieldnames]
+    cols = [c.strip() for c in header]
     if "path" not in cols:
         raise IngestError(f"{manifest_name}: no 'path' column (columns are {cols}); add a 'path' column holding "
                           "each image's path relative to the manifest")
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    rows: list[ManifestRow] = []
+    start = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as e:
+            rows.append(ManifestRow(start, {}, f"line {start} is not readable CSV ({e}); a value longer than "
+                                               f"{csv.field_size_limit():,} characters or a stray quote or NUL"))
+            start = reader.line_num + 1
+            continue
+        if fields is None:
+            break
+        line, start = start, reader.line_num + 1
+        if not fields:
+            continue
+        if len(rows) >= max_rows:
+            raise IngestError(f"{manifest_name}: more than {max_rows:,} rows, above the limit of files per set "
+                              "(LEUKO_MAX_FILES_PER_SET); split the set into several manifests")
+        if len(fields) > len(cols):
+            extra = ", ".join(repr(f) for f in fields[len(cols):][:3])
+            values = {c: v.strip() for c, v in zip(cols, fields)}  # kept so its file is not "not listed"
+            rows.append(ManifestRow(line, values, f"line {line} has {len(fields)} fields but the header has "
+                                              f"{len(cols)} columns (extra: {extra}; a trailing comma, or a comma "
+                                              "inside an unquoted value): remove the extra field or quote the value"))
+            continue
+        fields += [""] * (len(cols) - len(fields))
+        rows.append(ManifestRow(line, {c: v.strip() for c, v in zip(cols, fields)}))
     return rows, cols
 
 
-def _manifest_meta(rows: list[dict[str, str]], cols: list[str], label_column: str | None,
+def _manifest_meta(rows: list[ManifestRow], cols: list[str], label_column: str | None,
                    manifest_name: str) -> tuple[str | None, str | None, set[str]]:
-    """Which column is the cell id, which the label, which are numeric targets."""
+    """Which column is the cell id, which the label, which are numeric targets.
+
+    A column is numeric when it holds at least one finite number and every other non-empty value is a number too
+    (``nan`` and ``inf`` included) or a missing-value mark (``NA``, ``N/A``): one such value must not turn a column
+    of measurements into text; the rows holding them are refused (:func:`_bad_number`)."""
     if label_column is not None and label_column not in cols:
         raise IngestError(f"{manifest_name}: label column {label_column!r} not found; columns are {cols}")
     label_col = label_column or next((c for c in _LABEL_COLUMNS if c in cols), None)
@@ -95,10 +150,13 @@ def _manifest_meta(rows: list[dict[str, str]], cols: list[str], label_column: st
     for c in cols:
         if c in _NON_DATA_COLUMNS or c in (label_col, id_col):
             continue
-        values = [r.get(c, "") for r in rows if r.get(c, "")]
-        if values and all(_is_number(v) for v in values):
+        values = [r.values[c] for r in rows if r.values.get(c)]
+        if any(_is_number(v) for v in values) and all(_is_number(v) or _bad_number(v) for v in values):
             numeric.add(c)
     return id_col, label_col, numeric
+
+
+_MISSING_MARKS = {"na", "n/a"}
 
 
 def _is_number(v: str) -> bool:
@@ -108,14 +166,24 @@ def _is_number(v: str) -> bool:
         return False
 
 
+def _bad_number(v: str) -> bool:
+    """A value that stands for a number but is not a finite one: nan, inf, NA, N/A."""
+    if v.lower() in _MISSING_MARKS:
+        return True
+    try:
+        return not math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
 NOT_LISTED = f"not listed in {MANIFEST_NAME}"
 
 
-def _referenced_paths(rows: list[dict[str, str]]) -> set[PurePosixPath]:
+def _referenced_paths(rows: list[ManifestRow]) -> set[PurePosixPath]:
     """Every value of every column that reads as a relative path: files the manifest accounts for."""
     out = set()
     for row in rows:
-        for v in row.values():
+        for v in row.values.values():
             if v:
                 p = _safe_member_path(v)
                 if p is not None:
@@ -123,19 +191,28 @@ def _referenced_paths(rows: list[dict[str, str]]) -> set[PurePosixPath]:
     return out
 
 
-def _manifest_entries(rows: list[dict[str, str]], cols: list[str], manifest_name: str,
+def _manifest_entries(rows: list[ManifestRow], cols: list[str], manifest_name: str,
                       resolve: Callable[[PurePosixPath], Entry | str], label_column: str | None) -> Iterator[Entry]:
     id_col, label_col, numeric = _manifest_meta(rows, cols, label_column, manifest_name)
     seen_ids: set[str] = set()
-    for i, row in enumerate(rows, start=2):  # line 1 is the header
+    for line, row, error in rows:
+        where = f"{manifest_name} line {line}"
+        if error:
+            yield Entry(name=where, error=error)
+            continue
         raw = row.get("path", "")
-        where = f"{manifest_name} line {i}"
         if not raw:
             yield Entry(name=where, error="empty 'path'")
             continue
         rel = _safe_member_path(raw)
         if rel is None:
             yield Entry(name=raw, error=f"path escapes the set's folder ({where})")
+            continue
+        bad = [c for c in sorted(numeric) if _bad_number(row.get(c, ""))]
+        if bad:
+            yield Entry(name=raw, error=f"column {bad[0]!r} is {row[bad[0]]!r} ({where}), but the column holds "
+                                        "numbers: give a finite number, or leave the cell empty when the value is "
+                                        "unknown")
             continue
         found = resolve(rel)
         if isinstance(found, str):
@@ -154,18 +231,37 @@ def _manifest_entries(rows: list[dict[str, str]], cols: list[str], manifest_name
         yield found
 
 
-def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int) -> Iterator[Entry]:
+def _too_many(source: object, max_files: int, what: str = "files") -> IngestError:
+    return IngestError(f"{source}: more than {max_files:,} {what}, above the limit of files per set "
+                       "(LEUKO_MAX_FILES_PER_SET); split the set into several")
+
+
+def _list_files(root: Path, max_files: int) -> list[Path]:
+    """The files under ``root`` (no folders, no junk), sorted; IngestError as soon as there are more than
+    ``max_files``, so a huge folder is neither listed in full nor read."""
+    out = []
+    for p in root.rglob("*"):
+        if p.is_dir() or _is_junk(p.relative_to(root).parts):
+            continue
+        out.append(p)
+        if len(out) > max_files:
+            raise _too_many(root, max_files)
+    return sorted(out)
+
+
+def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int,
+                max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+    files = _list_files(root, max_files)
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
         referenced: set[PurePosixPath] = set()
-        yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes, referenced=referenced)
-        for p in sorted(root.rglob("*")):
+        yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes, referenced=referenced,
+                                 max_files=max_files)
+        for p in files:
             rel = PurePosixPath(p.relative_to(root).as_posix())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel.parts) and rel not in referenced \
-                    and not p.is_dir():
+            if p.suffix.lower() in IMAGE_SUFFIXES and rel not in referenced:
                 yield Entry(name=rel.as_posix(), error=NOT_LISTED)
         return
-    files = sorted(p for p in root.rglob("*") if not p.is_dir() and not _is_junk(p.relative_to(root).parts))
     rels = [PurePosixPath(p.relative_to(root).as_posix()) for p in files]
     strip = _strip_common_root(rels)
     for p, rel in zip(files, rels):
@@ -187,13 +283,16 @@ def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int, siz
 
 
 def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int,
-                  referenced: set[PurePosixPath] | None = None) -> Iterator[Entry]:
+                  referenced: set[PurePosixPath] | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
     """Entries of a manifest's rows; ``referenced`` (when given) receives every relative path the manifest names."""
+    if manifest.stat().st_size > max_bytes:
+        raise IngestError(f"{manifest}: {manifest.stat().st_size / 1e6:.1f} MB, above the limit of "
+                          f"{max_bytes / 1e6:.0f} MB for a manifest")
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise IngestError(f"{manifest}: not UTF-8 text ({e}); save the manifest as UTF-8 CSV") from e
-    rows, cols = _parse_manifest(text, str(manifest))
+    rows, cols = _parse_manifest(text, str(manifest), max_rows=max_files)
     if referenced is not None:
         referenced |= _referenced_paths(rows)
     base = manifest.parent.resolve()
@@ -223,16 +322,66 @@ def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes:
     yield from _manifest_entries(rows, cols, manifest.name, resolve, label_column)
 
 
+def _clash_reason(members: list[tuple[int, zipfile.ZipInfo]]) -> str:
+    """Why archive members that share one path are all refused, naming each (position in the archive, size)."""
+    named = ", ".join(f"{info.filename!r} (entry {pos}, {info.file_size:,} bytes)" for pos, info in members)
+    return (f"{len(members)} archive members have this path: {named}; which one is the cell cannot be told, so none "
+            "is ingested: rebuild the zip with unique file names")
+
+
+def _member_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: PurePosixPath, label: str | None,
+                  max_bytes: int) -> Entry:
+    """The entry of one zip member, or its refusal (a link, encrypted, too large, a likely zip bomb)."""
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return Entry(name=name, error="symbolic link inside the archive; refused")
+    if info.flag_bits & 0x1:
+        return Entry(name=name, error="encrypted zip member; unpack it with its password first")
+    if info.file_size > max_bytes:
+        return Entry(name=name, error=f"{info.file_size / 1e6:.1f} MB uncompressed, above the per-file "
+                                      f"limit of {max_bytes / 1e6:.0f} MB")
+    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO \
+            and info.file_size > 1_000_000:
+        return Entry(name=name, error=f"compression ratio {info.file_size / info.compress_size:.0f}:1 "
+                                      "(possible zip bomb); refused")
+
+    def read() -> bytes:
+        with zf.open(info) as fh:  # reads at most max_bytes+1 whatever the header claims
+            return fh.read(max_bytes + 1)
+
+    return Entry(name=name, read=read, size=info.file_size, cell_key=rel.as_posix(), label=label)
+
+
+def _read_zip_manifest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, display: str, max_bytes: int) -> str:
+    if info.file_size > max_bytes:
+        raise IngestError(f"{display}: {MANIFEST_NAME} is {info.file_size / 1e6:.1f} MB, above the limit of "
+                          f"{max_bytes / 1e6:.0f} MB")
+    try:
+        return zf.read(info).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{display}: {MANIFEST_NAME} is not UTF-8 text ({e})") from e
+
+
 def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None, max_bytes: int,
-             display: str | None = None) -> Iterator[Entry]:
+             display: str | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+    """Entries of a zip archive. Its size is checked before anything is read: more than ``max_files`` entries in
+    the central directory refuse the set. Members that share a path (after '\\' becomes '/') are all refused, with
+    one entry naming them."""
     display = display or str(path)
+    try:
+        count = zip_entry_count(path, stop_after=max_files)  # type: ignore[arg-type]
+    except OSError as e:
+        raise IngestError(f"{display}: not a readable zip archive ({e})") from e
+    if count is not None and count > max_files:
+        raise _too_many(display, max_files, "entries")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise IngestError(f"{display}: not a readable zip archive ({e})") from e
     with zf:
-        members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        for info in zf.infolist():
+        groups: dict[PurePosixPath, list[tuple[int, zipfile.ZipInfo]]] = {}
+        for pos, info in enumerate(zf.infolist(), start=1):
             if info.is_dir():
                 continue
             rel = _safe_member_path(info.filename)
@@ -241,40 +390,25 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
                 continue
             if _is_junk(rel.parts):
                 continue
-            members.append((info, rel))
-        strip = _strip_common_root([r for _, r in members])
-        inner = {PurePosixPath(*r.parts[strip:]): info for info, r in members}
+            groups.setdefault(rel, []).append((pos, info))
+        strip = _strip_common_root(list(groups))
+        inner = {PurePosixPath(*r.parts[strip:]): found[0][1] for r, found in groups.items() if len(found) == 1}
+        clashes = {PurePosixPath(*r.parts[strip:]): found for r, found in groups.items() if len(found) > 1}
 
         def member_entry(info: zipfile.ZipInfo, rel: PurePosixPath, label: str | None) -> Entry:
-            name = info.filename
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                return Entry(name=name, error="symbolic link inside the archive; refused")
-            if info.flag_bits & 0x1:
-                return Entry(name=name, error="encrypted zip member; unpack it with its password first")
-            if info.file_size > max_bytes:
-                return Entry(name=name, error=f"{info.file_size / 1e6:.1f} MB uncompressed, above the per-file "
-                                              f"limit of {max_bytes / 1e6:.0f} MB")
-            if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO \
-                    and info.file_size > 1_000_000:
-                return Entry(name=name, error=f"compression ratio {info.file_size / info.compress_size:.0f}:1 "
-                                              "(possible zip bomb); refused")
+            return _member_entry(zf, info, rel, label, max_bytes)
 
-            def read() -> bytes:
-                with zf.open(info) as fh:  # reads at most max_bytes+1 whatever the header claims
-                    return fh.read(max_bytes + 1)
-
-            return Entry(name=name, read=read, size=info.file_size, cell_key=rel.as_posix(), label=label)
-
-        manifest_info = inner.get(PurePosixPath(MANIFEST_NAME))
+        manifest_path = PurePosixPath(MANIFEST_NAME)
+        if manifest_path in clashes:
+            raise IngestError(f"{display}: {MANIFEST_NAME}: {_clash_reason(clashes[manifest_path])}")
+        manifest_info = inner.get(manifest_path)
         if manifest_info is not None:
-            try:
-                text = zf.read(manifest_info).decode("utf-8-sig")
-            except UnicodeDecodeError as e:
-                raise IngestError(f"{display}: {MANIFEST_NAME} is not UTF-8 text ({e})") from e
-            rows, cols = _parse_manifest(text, f"{display}:{MANIFEST_NAME}")
+            text = _read_zip_manifest(zf, manifest_info, display, max_bytes)
+            rows, cols = _parse_manifest(text, f"{display}:{MANIFEST_NAME}", max_rows=max_files)
 
             def resolve(rel: PurePosixPath) -> Entry | str:
+                if rel in clashes:
+                    return _clash_reason(clashes[rel])
                 info = inner.get(rel)
                 if info is None:
                     return "listed in the manifest but not in the archive"
@@ -283,17 +417,32 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
 
             yield from _manifest_entries(rows, cols, MANIFEST_NAME, resolve, label_column)
             referenced = _referenced_paths(rows)
+            for rel_inner, found in sorted(clashes.items()):
+                if rel_inner not in referenced:
+                    yield Entry(name=found[0][1].filename, error=_clash_reason(found))
             for rel_inner, info in sorted(inner.items()):
                 if rel_inner.suffix.lower() in IMAGE_SUFFIXES and rel_inner not in referenced:
                     yield Entry(name=info.filename, error=NOT_LISTED)
             return
-        for rel_inner, info in sorted(inner.items()):
-            yield member_entry(info, rel_inner, _label_from_layout(rel_inner))
+        for rel_inner in sorted({*inner, *clashes}):
+            if rel_inner in clashes:
+                yield Entry(name=clashes[rel_inner][0][1].filename, error=_clash_reason(clashes[rel_inner]))
+            else:
+                yield member_entry(inner[rel_inner], rel_inner, _label_from_layout(rel_inner))
+
+
+def _count_rows(csv_path: Path, max_rows: int) -> None:
+    """IngestError when the CSV has more than ``max_rows`` lines after its header (counted, not parsed)."""
+    with open(csv_path, "rb") as fh:
+        for n, _ in enumerate(fh):
+            if n > max_rows:
+                raise _too_many(csv_path, max_rows, "rows")
 
 
 def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int,
-                bsccm_options: dict | None = None) -> Iterator[Entry]:
-    """Entries of any supported source; raises IngestError when the source itself cannot be read.
+                bsccm_options: dict | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+    """Entries of any supported source; raises IngestError when the source itself cannot be read, or holds more
+    than ``max_files`` files (entries of a zip, rows of a manifest or BSCCM index), before any file is read.
 
     ``bsccm_options`` are passed to :func:`phenotyping.ingest.bsccm.iter_bsccm` when the folder is a BSCCM root.
     """
@@ -302,13 +451,14 @@ def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int
         raise IngestError(f"{source}: no such file or folder")
     if source.is_dir():
         if is_bsccm_root(source):
+            _count_rows(source / BSCCM_INDEX, max_files)
             yield from iter_bsccm(source, **(bsccm_options or {}))
             return
-        yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes)
+        yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
     elif source.name.lower() == MANIFEST_NAME or source.suffix.lower() == ".csv":
-        yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes)
+        yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
     elif source.suffix.lower() == ".zip" or zipfile.is_zipfile(source):
-        yield from iter_zip(source, label_column=label_column, max_bytes=max_bytes)
+        yield from iter_zip(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
     elif source.suffix.lower() in IMAGE_SUFFIXES:
         yield _file_entry(source, source.name, label=None, max_bytes=max_bytes)
     else:
