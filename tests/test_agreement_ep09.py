@@ -143,7 +143,7 @@ def test_decision_level_bias():
     y = 1.5 + 0.95 * x + rng.normal(0, 1.5, 40)
     r = ag.decision_level_bias(x, y, [0.0, 1.0, 10.0, 50.0])
     dm = ag.deming(x, y)
-    at0, at1, at10, at50 = r.levels
+    at0, _, at10, at50 = r.levels
     assert at10.bias == pytest.approx(dm.intercept + (dm.slope - 1) * 10)
     assert at10.predicted == pytest.approx(dm.intercept + dm.slope * 10)
     assert at10.relative_bias == pytest.approx(10 * at10.bias)

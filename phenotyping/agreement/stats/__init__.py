@@ -12,7 +12,13 @@ Conventions: ``reference`` is the comparison method (for the project: the manual
 method (the model); differences are always ``test - reference``. Only numpy and scipy are imported.
 """
 
-from phenotyping.agreement.stats._base import MEASURES, X_AXIS, JsonResult, Measure, to_jsonable
+from phenotyping.agreement.stats._base import (
+    MEASURES,
+    X_AXIS,
+    JsonResult,
+    Measure,
+    to_jsonable,
+)
 from phenotyping.agreement.stats._bland_altman import (
     BlandAltmanResult,
     MoverLimits,
@@ -21,6 +27,7 @@ from phenotyping.agreement.stats._bland_altman import (
     RepeatedBlandAltmanResult,
     bland_altman,
     bland_altman_repeated,
+    differences,
 )
 from phenotyping.agreement.stats._classification import (
     ClassPerformance,
@@ -60,46 +67,48 @@ from phenotyping.agreement.stats._ep09 import (
     design_warnings,
     tied_fraction,
 )
-from phenotyping.agreement.stats._outliers import OutlierScreen, default_max_outliers, generalized_esd
-from phenotyping.agreement.stats._regression import CusumTest, PassingBablokResult, passing_bablok
+from phenotyping.agreement.stats._outliers import (
+    OutlierScreen,
+    default_max_outliers,
+    generalized_esd,
+)
+from phenotyping.agreement.stats._regression import (
+    CusumTest,
+    PassingBablokResult,
+    passing_bablok,
+)
 
 __all__ = [
     "CCC_SHIFTS",
     "EP09_MIN_SAMPLES",
+    "MEASURES",
     "MIN_SAMPLES_FOR_CI",
     "REGRESSION_METHODS",
     "TIED_FRACTION_WARNING",
-    "Acceptance",
-    "BootstrapCI",
-    "DecisionLevelBias",
-    "LevelBias",
-    "MoverLimits",
-    "OutlierScreen",
-    "RegressionMethod",
-    "acceptance",
-    "decision_level_bias",
-    "default_max_outliers",
-    "design_warnings",
-    "generalized_esd",
-    "regression_bootstrap",
-    "tied_fraction",
-    "MEASURES",
-    "Measure",
     "X_AXIS",
+    "Acceptance",
     "BlandAltmanResult",
-    "JsonResult",
+    "BootstrapCI",
     "ClassPerformance",
     "ConcordanceResult",
     "CorrelationResult",
     "CountingSpread",
     "CusumTest",
+    "DecisionLevelBias",
     "DemingResult",
     "ICCResult",
+    "JsonResult",
     "KappaResult",
+    "LevelBias",
+    "Measure",
+    "MoverLimits",
+    "OutlierScreen",
     "PassingBablokResult",
     "ProportionalBias",
     "RegressionLimits",
+    "RegressionMethod",
     "RepeatedBlandAltmanResult",
+    "acceptance",
     "bland_altman",
     "bland_altman_repeated",
     "ccc",
@@ -107,10 +116,17 @@ __all__ = [
     "clopper_pearson",
     "cohen_kappa",
     "counting_spread",
+    "decision_level_bias",
+    "default_max_outliers",
     "deming",
+    "design_warnings",
+    "differences",
+    "generalized_esd",
     "icc",
     "passing_bablok",
     "pearson",
+    "regression_bootstrap",
     "spearman",
+    "tied_fraction",
     "to_jsonable",
 ]

@@ -10,7 +10,15 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from phenotyping.agreement.stats._base import MEASURES, X_AXIS, JsonResult, Measure, _confidence, _labels, _paired
+from phenotyping.agreement.stats._base import (
+    MEASURES,
+    X_AXIS,
+    JsonResult,
+    Measure,
+    _confidence,
+    _labels,
+    _paired,
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,15 @@ def _differences(
             "use measure='absolute' or 'percent'"
         )
     return np.log(y) - np.log(x), (np.log(x) + np.log(y)) / 2.0
+
+
+def differences(
+    reference: Sequence[float] | np.ndarray, test: Sequence[float] | np.ndarray, *, measure: Measure = "absolute"
+) -> np.ndarray:
+    """The differences the statistics of ``measure`` use, test - reference: ``y - x``, ``100 (y - x) / mean`` or
+    ``log(y) - log(x)`` (natural log, for ``ratio``); raises ``ValueError`` where the measure is undefined."""
+    x, y = _paired(reference, test, min_n=1)
+    return _differences(x, y, measure, None)[0]
 
 
 def bland_altman(

@@ -12,7 +12,6 @@ from scipy import stats
 
 from phenotyping.agreement.stats._base import JsonResult, _confidence, _paired
 
-
 CCC_SHIFTS = ("location_shift = (mean test - mean reference) / sqrt(s_reference * s_test); "
               "scale_shift = s_test / s_reference (Lin 1989 section 2, oriented test - reference)")
 
@@ -172,6 +171,9 @@ def icc(
     bms, jms = ss_rows / (n - 1), ss_cols / (k - 1)
     ems = ss_err / ((n - 1) * (k - 1))
     df1, df2 = n - 1, (n - 1) * (k - 1)
+    if not ems > 0:
+        raise ValueError("ICC is undefined without residual variance (the methods differ by the same amount in "
+                         "every subject, or every value is equal); its F-based CI needs some disagreement")
     f_obs = bms / ems
     p = float(stats.f.sf(f_obs, df1, df2))
     if kind == "ICC(3,1)":

@@ -11,7 +11,12 @@ import numpy as np
 from scipy import stats
 
 from phenotyping.agreement.stats._base import JsonResult, _confidence, _paired, _vector
-from phenotyping.agreement.stats._deming import _check_error_ratio, _fitter, _jackknife, _jackknife_se
+from phenotyping.agreement.stats._deming import (
+    _check_error_ratio,
+    _fitter,
+    _jackknife,
+    _jackknife_se,
+)
 from phenotyping.agreement.stats._regression import passing_bablok
 
 RegressionMethod = Literal["deming", "passing_bablok"]

@@ -73,7 +73,7 @@ def _weighted_deming_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[floa
     raise ValueError(f"weighted Deming did not converge in {_MAX_ITER} iterations; use ordinary Deming")
 
 
-def _fitter(weighted: bool):  # noqa: ANN202 - a private callable
+def _fitter(weighted: bool):
     return _weighted_deming_fit if weighted else _deming_fit
 
 
