@@ -26,6 +26,7 @@ __all__ = [
     "EP09Options",
     "ManualCountSpread",
     "compare_class",
+    "options_from_specs",
     "parse_class_values",
 ]
 
@@ -206,6 +207,29 @@ def parse_class_values(specs: Sequence[str], what: str) -> dict[str, tuple[float
             raise ValueError(f"{what} {spec!r} gives no value")
         out[key] = vals
     return out
+
+
+def options_from_specs(
+    decision_levels: Sequence[str] | None,
+    allowable: Sequence[str] | None,
+    *,
+    default_levels: Mapping[str, Sequence[float]] | None = None,
+    default_allowable: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> EP09Options:
+    """:class:`EP09Options` from typed specs (``CLASS=X[,X...]`` or ``X[,X...]``, see :func:`parse_class_values`),
+    falling back to the lab's settings (``default_*``) where no spec is given; ``kwargs`` go to the options."""
+    levels = (parse_class_values(decision_levels, "decision levels") if decision_levels
+              else {k: tuple(v) for k, v in (default_levels or {}).items()})  # fmt: skip
+    if allowable:
+        parsed = parse_class_values(allowable, "allowable difference")
+        several = sorted(k for k, v in parsed.items() if len(v) != 1)
+        if several:
+            raise ValueError(f"give one allowable difference per class; {several} have several")
+        allow = {k: v[0] for k, v in parsed.items()}
+    else:
+        allow = dict(default_allowable or {})
+    return EP09Options(decision_levels=levels, allowable=allow, **kwargs)
 
 
 _NONE_CI = (None, None)

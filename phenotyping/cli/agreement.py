@@ -62,23 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _options(args: argparse.Namespace):
-    from phenotyping.agreement.class_agreement import EP09Options, parse_class_values
+def _options(args: argparse.Namespace):  # EP09Options, imported lazily
+    from phenotyping.agreement.class_agreement import options_from_specs
     from phenotyping.settings import get_settings
 
     settings = get_settings()
-    levels = (parse_class_values(args.decision_levels, "--decision-levels") if args.decision_levels
-              else {k: tuple(v) for k, v in settings.agreement_decision_levels.items()})  # fmt: skip
-    if args.allowable:
-        parsed = parse_class_values(args.allowable, "--allowable")
-        bad = [k for k, v in parsed.items() if len(v) != 1]
-        if bad:
-            raise ValueError(f"--allowable takes one value per class; {bad} have several")
-        allowable = {k: v[0] for k, v in parsed.items()}
-    else:
-        allowable = dict(settings.agreement_allowable)
-    return EP09Options(decision_levels=levels, allowable=allowable, regression=args.regression.replace("-", "_"),
-                       weighted_deming=args.weighted_deming, bootstrap=args.bootstrap, seed=args.seed)
+    return options_from_specs(args.decision_levels, args.allowable,
+                              default_levels=settings.agreement_decision_levels,
+                              default_allowable=settings.agreement_allowable,
+                              regression=args.regression.replace("-", "_"), weighted_deming=args.weighted_deming,
+                              bootstrap=args.bootstrap, seed=args.seed)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
