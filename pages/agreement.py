@@ -1,5 +1,6 @@
 """Agreement: manual cytospin counts for this sample (editor or CSV), model vs manual, and method-comparison
-studies over many samples (Bland-Altman, Passing-Bablok and the results table), downloadable as CSV and SVG."""
+studies over many samples (Bland-Altman, Passing-Bablok, the results table with the CLSI EP09 verdict per class,
+decision-level bias, outliers and warnings), downloadable as CSV and SVG."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from phenotyping.agreement.comparison import comparison_csv, sample_comparison, 
 from phenotyping.agreement.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
 from phenotyping.analysis.results import load_card_for
 from phenotyping.agreement.manual_counts import import_manual_counts, save_manual_counts
+from phenotyping.agreement.class_agreement import options_from_specs
 from phenotyping.agreement.study import run_study
+from phenotyping.settings import get_settings
 
 store = get_store()
 user = require_user()
@@ -106,6 +109,12 @@ models = sorted({store.analysis_model(s) for s in candidates})
 if len(candidates) < 3:
     st.caption(f"A study needs at least 3 analysed samples with manual counts; {len(candidates)} so far.")
 else:
+    lab = get_settings()
+
+    def _spec_text(values: dict) -> str:
+        return "; ".join(f"{k}={','.join(f'{v:g}' for v in (x if isinstance(x, (list, tuple)) else [x]))}"
+                         for k, x in values.items())
+
     with st.form("study"):
         c1, c2 = st.columns([2, 3])
         name = c1.text_input("Study name", value=f"study-{len(store.list_studies()) + 1}")
@@ -113,15 +122,36 @@ else:
         chosen = st.multiselect("Samples", candidates, default=candidates)
         measure = st.radio("Difference measure", ["absolute", "percent"], horizontal=True,
                            format_func={"absolute": "percentage points", "percent": "% of the mean"}.get)
+        e1, e2 = st.columns(2)
+        allow_text = e1.text_input(
+            "Allowable difference (CLSI EP09 verdict)", value=_spec_text(lab.agreement_allowable),
+            help="CLASS=A; … or A for every class, in the units of the measure (percentage points or % of the "
+                 "mean). A class is accepted when its bias and both limits of agreement lie within ±A. Empty: no "
+                 "verdict. Default: the lab setting agreement_allowable.")
+        levels_text = e2.text_input(
+            "Medical decision levels (%)", value=_spec_text(lab.agreement_decision_levels),
+            help="CLASS=X,X; … or X,X for every class: the predicted bias is reported at these percentages. "
+                 "Default: the lab setting agreement_decision_levels.")
+        o1, o2, o3 = st.columns(3)
+        regression = o1.radio("Decision-level bias from", ["deming", "passing_bablok"], horizontal=True,
+                              format_func={"deming": "Deming", "passing_bablok": "Passing-Bablok"}.get)
+        weighted = o2.checkbox("Weighted Deming (constant CV)")
+        bootstrap = o3.checkbox("Bootstrap CIs (1000 resamples, seed 0)")
         go = st.form_submit_button("Run study", type="primary", disabled=not allowed(user, "counts"))
     if go:
-        with st.spinner("Computing the agreement statistics…"):
-            ok, result = attempt(run_study, store, name.strip(), model_id=study_model, actor=user.username,
-                                 sample_ids=chosen, measure=measure)
+        def _specs(text: str) -> list[str]:
+            return [p.strip() for p in text.split(";") if p.strip()]
+
+        ok, options = attempt(options_from_specs, _specs(levels_text), _specs(allow_text), regression=regression,
+                              weighted_deming=weighted, bootstrap=1000 if bootstrap else 0)
         if ok:
-            st.session_state["study_result"] = result
-            ok, pairs = attempt(study_comparison, store, list(result.sample_ids), model_id=study_model)
-            st.session_state["study_pairs"] = pairs if ok else None
+            with st.spinner("Computing the agreement statistics…"):
+                ok, result = attempt(run_study, store, name.strip(), model_id=study_model, actor=user.username,
+                                     sample_ids=chosen, measure=measure, options=options)
+            if ok:
+                st.session_state["study_result"] = result
+                ok, pairs = attempt(study_comparison, store, list(result.sample_ids), model_id=study_model)
+                st.session_state["study_pairs"] = pairs if ok else None
 
 result = st.session_state.get("study_result")
 if result is not None:
@@ -132,13 +162,20 @@ if result is not None:
     for c, a in per_class.items():
         s = a.summary()
         pb = s["passing_bablok"] or {}
+        acc = s["acceptance"]
         rows.append({"class": c, "n": s["n"], "bias": s["bias"], "LoA lower": s["loa_lower"],
                      "LoA upper": s["loa_upper"], "PB slope": pb.get("slope"), "PB intercept": pb.get("intercept"),
-                     "CCC": s["ccc"], "Pearson r": s["pearson"]})
+                     "CCC": s["ccc"], "Pearson r": s["pearson"], "ICC": s["icc"]["icc"],
+                     "verdict": "no allowable set" if acc is None else f"{s['verdict']} (±{acc['allowable']:g})",
+                     "outliers": 0 if s["outliers"] is None else s["outliers"]["n_outliers"],
+                     "warnings": len(s["warnings"])})
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.2f")
                                 for k in ("bias", "LoA lower", "LoA upper", "PB slope", "PB intercept", "CCC",
-                                          "Pearson r")})
+                                          "Pearson r", "ICC")})
+    st.caption("Differences model − manual. Verdict (CLSI EP09): accepted when the bias and both limits of "
+               "agreement lie within ± the allowable difference. Outliers: generalised ESD of the differences, "
+               "flagged and kept in the results (the class below shows them and the results without them).")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -154,6 +191,39 @@ if result is not None:
                                                  "and cells the model counted: the pairs the statistics compare.")
     cls = st.selectbox("Class", list(per_class))
     a = per_class[cls]
+    for w in a.warnings:
+        st.warning(f"{cls}: {w}", icon=":material/warning:")
+    if a.acceptance is not None:
+        acc = a.acceptance
+        verdict = st.success if acc.accepted else st.error
+        verdict(f"{cls}: {'accepted' if acc.accepted else 'not accepted'} against ±{acc.allowable:g} — bias "
+                f"{'inside' if acc.bias_within else 'outside'}, limits of agreement "
+                f"{'inside' if acc.limits_within else 'outside'}"
+                + ("" if acc.limits_ci_within is None else
+                   f"; their outer CI bounds {'inside' if acc.limits_ci_within else 'outside'}") + ".")
+    if a.decision_levels is not None:
+        dl = a.decision_levels
+        st.markdown(f"**Predicted bias at decision levels** ({dl.method.replace('_', '-')}; CI: {dl.ci_method})")
+        st.dataframe([{"level %": lv.level, "predicted model %": lv.predicted, "bias": lv.bias,
+                       "CI low": lv.bias_ci[0], "CI high": lv.bias_ci[1], "bias % of level": lv.relative_bias}
+                      for lv in dl.levels], hide_index=True, width="stretch",
+                     column_config={k: st.column_config.NumberColumn(format="%.2f")
+                                    for k in ("level %", "predicted model %", "bias", "CI low", "CI high",
+                                              "bias % of level")})
+    if a.outliers is not None and a.outliers.n_outliers:
+        o = a.outliers
+        st.markdown(f"**Outlying differences** (generalised ESD, up to {o.max_outliers}, α = {o.alpha:g}): "
+                    + ", ".join(f"{lab_} ({v:+.2f})" for lab_, v in zip(o.labels or (), o.values))
+                    + ". They are kept in the results above.")
+        w = a.without_outliers
+        if w is not None:
+            lim = w.limits()
+            st.dataframe([{"": "without the flagged samples", "n": w.n, "bias": lim["bias"],
+                           "LoA lower": lim["loa_lower"], "LoA upper": lim["loa_upper"],
+                           "PB slope": None if w.passing_bablok is None else w.passing_bablok.slope,
+                           "verdict": None if w.acceptance is None else
+                           ("accepted" if w.acceptance.accepted else "not accepted")}],
+                         hide_index=True, width="stretch")
     f1, f2 = st.columns(2)
     if a.bland_altman is not None:
         f1.plotly_chart(bland_altman_figure(a.bland_altman, title=f"Bland-Altman: {cls}", units="%"), key="ba")

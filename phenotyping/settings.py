@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     reference_intervals: Path | None = Field(
         None, description="JSON or CSV file of the lab's reference intervals (%) per specimen and class "
                           "(see reports/reference.py); None = reports say no interval is configured")
+    agreement_decision_levels: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="medical decision levels per class, in the values' units (% for differentials), at which "
+                    "method comparisons report the predicted bias (CLSI EP09); key '*' for every class not named. "
+                    "Environment: JSON, e.g. LEUKO_AGREEMENT_DECISION_LEVELS='{\"neutrophil\": [40, 70]}'")
+    agreement_allowable: dict[str, float] = Field(
+        default_factory=dict,
+        description="allowable difference per class, in the units of the comparison's measure (percentage points "
+                    "for 'absolute'; a factor above 1 for 'ratio'): a class is accepted when its bias and both "
+                    "limits of agreement lie within it; key '*' for every class not named")
 
     def model_search_path(self) -> list[Path]:
         """Folders holding model folders: the installation's model_dir, then the models shipped with the code."""

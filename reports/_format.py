@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any
-from reports._models import (ApartRow, ClassAgreementRow, MarkerRow, MethodInfo, QCSummary, ReportStatus,
-                             ResultRow)
+from reports._models import (ApartRow, ClassAgreementRow, KappaSummary, MarkerRow, MethodInfo, QCSummary,
+                             ReportStatus, ResultRow)
 
 _STATUS = {"draft": "preliminary", "preliminary": "preliminary", "final": "final", "amended": "amended"}
 _METRICS = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"), ("accuracy", "accuracy"),
@@ -122,8 +122,34 @@ def study_rows(study: dict[str, Any], classes: list[str]) -> list[ClassAgreement
             rows.append(ClassAgreementRow(
                 label=label, comparison=comparison, n=int(s["n"]), bias=s["bias"], bias_ci_low=b_lo,
                 bias_ci_high=b_hi, loa_low=s["loa_lower"], loa_low_ci_low=l_lo, loa_low_ci_high=l_hi,
-                loa_high=s["loa_upper"], loa_high_ci_low=u_lo, loa_high_ci_high=u_hi))
+                loa_high=s["loa_upper"], loa_high_ci_low=u_lo, loa_high_ci_high=u_hi, **_ep09_fields(s)))
     return rows
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _ep09_fields(s: dict[str, Any]) -> dict[str, Any]:
+    """ICC, verdict, outliers and warnings of a saved class summary (absent in studies saved before them)."""
+    icc = s.get("icc") if isinstance(s.get("icc"), dict) else {}
+    acc = s.get("acceptance") if isinstance(s.get("acceptance"), dict) else {}
+    out = s.get("outliers") if isinstance(s.get("outliers"), dict) else {}
+    accepted = acc.get("accepted")
+    return {"icc": _number(icc.get("icc")), "allowable": _number(acc.get("allowable")),
+            "accepted": accepted if isinstance(accepted, bool) else None,
+            "n_outliers": out.get("n_outliers") if isinstance(out.get("n_outliers"), int) else None,
+            "warnings": [str(w) for w in s.get("warnings") or []]}
+
+
+def kappa_summary(classification: Any) -> KappaSummary | None:
+    """Cohen's kappa of a saved study's ``classification`` with both SEs; None when the study has none."""
+    k = (classification or {}).get("kappa") if isinstance(classification, dict) else None
+    if not isinstance(k, dict) or _number(k.get("kappa")) is None or _number(k.get("se")) is None:
+        return None
+    lo, hi = _ci(k.get("ci_fleiss"))  # the CI from the Fleiss-Cohen-Everitt SE (None in older studies)
+    return KappaSummary(n=int(k["n"]), kappa=float(k["kappa"]), se=float(k["se"]),
+                        se_fleiss=_number(k.get("se_fleiss")), ci_low=lo, ci_high=hi)
 
 
 def same_value(a: float, b: Any) -> bool:

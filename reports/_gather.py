@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from phenotyping.errors import PhenotypingError
-from reports._format import same_value, study_rows, text_svg, thumbnail_data_uri
+from reports._format import kappa_summary, same_value, study_rows, text_svg, thumbnail_data_uri
 from reports._models import ComparisonRow, Person, SignedVersionError, StudyAgreement
 
 
@@ -189,7 +189,8 @@ def study_agreement(store: Any, sample_id: str, *, model_id: str, card: Any, fig
             name=study["name"], model_id=study["model_id"], model_version=str(study["model_version"]),
             measure=result.get("measure", "absolute"), n_samples=len(study["sample_ids"]),
             saved_at=study["created_at"], saved_by=study.get("created_by") or "",
-            correction_method=result.get("correction_method"), rows=rows)
+            correction_method=result.get("correction_method"), rows=rows,
+            kappa=kappa_summary(result.get("classification")))
         figs, note = _study_figures(store, study, card, classes) if figures else ({}, None)
         return agreement, figs, note
     if others:

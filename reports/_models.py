@@ -127,7 +127,10 @@ class ClassAgreementRow(_Frozen):
     """Bland-Altman agreement of one class in a saved study: model - manual over the study's samples.
 
     Units follow the study's ``measure``: ``absolute`` percentage points, ``percent`` % of the pair's mean,
-    ``ratio`` model/manual. CI bounds are None where the study could not compute them.
+    ``ratio`` model/manual. CI bounds are None where the study could not compute them. EP09: ``icc`` (ICC(2,1)),
+    the verdict ``accepted`` against ``allowable`` (None where the lab set no allowable difference),
+    ``n_outliers`` flagged by the generalised ESD test (kept in these results) and the study's design
+    ``warnings``.
     """
 
     label: str
@@ -142,6 +145,23 @@ class ClassAgreementRow(_Frozen):
     loa_high: float
     loa_high_ci_low: float | None = None
     loa_high_ci_high: float | None = None
+    icc: float | None = None
+    allowable: float | None = None
+    accepted: bool | None = None
+    n_outliers: int | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class KappaSummary(_Frozen):
+    """Cohen's kappa of the study's reviewed cells with both large-sample SEs: Cohen 1960's and Fleiss, Cohen &
+    Everitt 1969's (the asymptotic SE of SAS and most software)."""
+
+    n: int = Field(ge=1, description="reviewed cells compared")
+    kappa: float
+    se: float = Field(ge=0, description="Cohen 1960 SE")
+    se_fleiss: float | None = Field(None, ge=0, description="Fleiss, Cohen & Everitt 1969 SE")
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 class StudyAgreement(_Frozen):
@@ -156,6 +176,7 @@ class StudyAgreement(_Frozen):
     saved_by: str = ""
     correction_method: str | None = None
     rows: list[ClassAgreementRow] = Field(min_length=1)
+    kappa: KappaSummary | None = Field(None, description="cell-level agreement of the model with the reviewers")
 
     @property
     def unit(self) -> str:

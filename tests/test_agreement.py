@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from phenotyping.agreement import stats as ag
 
@@ -327,3 +328,38 @@ def test_repeated_measures_measures_and_validation():
         ag.bland_altman_repeated(subjects, [0.0] + ref[1:], ref, measure="ratio")
     with pytest.raises(ValueError, match="at least 2 subjects"):
         ag.bland_altman_repeated(["a"] * 3, [1, 2, 3], [1, 2, 4])
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_passing_bablok_does_not_depend_on_the_units(scale):
+    """Issue 18: on the PEFR data (Bland & Altman 1986) slopes of -1 were dropped, and slopes below -1 counted,
+    with an exact floating-point test, so l/min gave slope 1.0648 and l/min / 10 gave 1.0715."""
+    ref, test = np.array(WRIGHT, dtype=float), np.array(MINI_WRIGHT, dtype=float)
+    base = ag.passing_bablok(ref, test)
+    scaled = ag.passing_bablok(ref / scale, test / scale)
+    assert (scaled.n_slopes, scaled.shift) == (base.n_slopes, base.shift)
+    assert scaled.slope == pytest.approx(base.slope, rel=1e-12)
+    assert scaled.slope_ci == pytest.approx(base.slope_ci, rel=1e-12)
+    assert scaled.intercept * scale == pytest.approx(base.intercept, rel=1e-9)
+    assert tuple(v * scale for v in scaled.intercept_ci) == pytest.approx(base.intercept_ci, rel=1e-9)
+
+
+def test_ccc_shifts_follow_test_minus_reference():
+    ref = np.array([10.0, 20, 30, 40, 50])
+    test = 2.0 * ref + 5.0  # reads higher and spreads twice as much
+    c = ag.ccc(ref, test)
+    assert c.location_shift > 0
+    assert c.location_shift == pytest.approx((test.mean() - ref.mean()) / math.sqrt(ref.std() * test.std()))
+    assert c.scale_shift == pytest.approx(2.0)
+    assert "mean test - mean reference" in c.to_dict()["shifts"] and "s_test / s_reference" in c.shifts
+    swapped = ag.ccc(test, ref)
+    assert swapped.location_shift == pytest.approx(-c.location_shift) and swapped.scale_shift == pytest.approx(0.5)
+
+
+def test_counting_spread_percentages_are_100k_over_n():
+    # 29 of 200 cells: 100*29/200 is 14.5; 29/200*100 was 14.499999999999998
+    s = ag.counting_spread(20.0, 200)
+    k_lo, k_hi = stats.binom.ppf([0.025, 0.975], 200, 0.2)
+    assert s.range95 == (100.0 * k_lo / 200, 100.0 * k_hi / 200)
+    assert ag.counting_spread(14.5, 200).range95[0] == 10.0
+    assert any(ag.counting_spread(p, 200).range95[1] == 14.5 for p in np.arange(9.0, 11.0, 0.1))

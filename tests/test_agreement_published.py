@@ -117,18 +117,38 @@ def test_creatinine_data_are_complete():
     assert float(np.median(y - CALANAS_CREA_SLOPE * x)) == pytest.approx(CALANAS_CREA_INTERCEPT, abs=1e-12)
 
 
+def _exact_rule_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Passing-Bablok slope with the floating-point rule of the old code and, as shown here, of mcr/calanas: slopes
+    dropped only when exactly -1.0 and K counting ``s < -1.0``; vertical pairs are -/+inf, identical pairs skipped."""
+    i, j = np.triu_indices(x.size, 1)
+    dx, dy = x[j] - x[i], y[j] - y[i]
+    keep = ~((dx == 0) & (dy == 0))
+    dx, dy = dx[keep], dy[keep]
+    with np.errstate(divide="ignore"):
+        s = np.where(dx == 0, np.sign(dy) * np.inf, dy / np.where(dx == 0, 1.0, dx))
+    s = np.sort(s[s != -1.0])
+    k, big_n = int(np.sum(s < -1.0)), s.size
+    return 0.5 * float(s[big_n // 2 + k - 1] + s[big_n // 2 + k]) if big_n % 2 == 0 else float(s[big_n // 2 + k])
+
+
 def test_passing_bablok_creatinine_matches_mcr_calanas():
+    """The creatinine values have 2 decimals, so 20 pairwise slopes are -1 in exact arithmetic, but only 13 of them
+    come out as exactly -1.0 in floating point. calanas (as quoted by mcr) is reproduced by the exact floating-point
+    rule: its slope depends on how the numbers are written. Ours drops all 20 (relative tolerance, issue 18) and
+    equals the fit of the same data written in hundredths, where every -1 slope is exact."""
     x, y = _creatinine()
+    assert _exact_rule_slope(x, y) == pytest.approx(CALANAS_CREA_SLOPE, abs=1e-8)  # calanas's float artefact
+    xi, yi = np.round(100 * x), np.round(100 * y)  # integers: every -1 slope is exactly -1.0
+    assert _exact_rule_slope(xi, yi) != pytest.approx(CALANAS_CREA_SLOPE, abs=1e-6)
     r = ag.passing_bablok(x, y)
-    assert r.n == 108
-    assert r.n_slopes % 2 == 0  # even: the two conventions average different quantities at the median
-    # printed by mcr printSummary to 7 decimals
-    assert round(r.slope, 7) == 1.0880089
-    assert round(r.intercept, 7) == -0.1171729
-    # full calanas precision: mean of the two middle slopes vs tan(mean of their angles) differ by ~5e-9
-    assert r.slope == pytest.approx(CALANAS_CREA_SLOPE, abs=1e-8)
-    assert r.intercept == pytest.approx(CALANAS_CREA_INTERCEPT, abs=1e-8)
-    # bounds on an integer rank in both conventions: identical to calanas
+    scaled = ag.passing_bablok(xi, yi)
+    # 5778 pairs, one identical in both methods, 20 slopes of -1
+    assert r.n == 108 and r.n_slopes == scaled.n_slopes == 108 * 107 // 2 - 1 - 20
+    assert r.slope == pytest.approx(scaled.slope, rel=1e-12)
+    assert r.slope == pytest.approx(_exact_rule_slope(xi, yi), rel=1e-12)
+    assert r.intercept == pytest.approx(scaled.intercept / 100, rel=1e-10)
+    assert r.slope == pytest.approx(CALANAS_CREA_SLOPE, abs=2e-4)  # 1.087912 vs calanas 1.088009
+    # the bounds sit on slopes that are not -1: identical to calanas
     assert r.slope_ci[0] == pytest.approx(CALANAS_CREA_SLOPE_CI[0], abs=1e-12)
     assert r.intercept_ci[1] == pytest.approx(CALANAS_CREA_INTERCEPT_CI[1], abs=1e-12)
 

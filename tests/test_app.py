@@ -339,6 +339,65 @@ def test_save_manual_counts(lab):
     assert list(paired["model raw %"]) == [50.0, 50.0]  # 5 + 5 confident cells; the 2 unsure await review
 
 
+def _analysed_sample(store, folder, sample_id: str, labels: list[str]) -> None:
+    """A sample whose cells the toy model predicted confidently as ``labels``."""
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+
+    store.create_sample(Sample(id=sample_id, specimen=Specimen.blood, patient_pseudonym=f"P-{sample_id}"),
+                        actor="rev")
+    folder.mkdir()
+    for i in range(len(labels)):
+        (folder / f"c{i:02d}.png").write_bytes(png_bytes(cell_array(seed=100 + i)))
+    ids = ingest_set(store, folder, sample_id, actor="rev").cell_ids
+    store.add_predictions([Prediction(cell_id=cid, model_id="toy-1", model_version="1", predicted_class=lab,
+                                      confidence=0.9, probabilities={c: 0.9 if c == lab else 0.1 for c in CLASSES})
+                           for cid, lab in zip(ids, labels)], sample_id=sample_id, actor="rev")
+    store.set_analysis_model(sample_id, "toy-1", actor="rev")
+    store.set_sample_status(sample_id, SampleStatus.analysed, actor="rev")
+
+
+def test_study_shows_verdict_decision_levels_and_warnings(lab, app_env):
+    """Issue 18: a study run on the Agreement screen shows the EP09 verdict, the decision-level bias and the design
+    warnings, without exceptions."""
+    from phenotyping.agreement.manual_counts import save_manual_counts
+
+    store, _ = lab
+    _analysed_sample(store, app_env / "s2", "S2", ["neutrophil"] * 7 + ["lymphocyte"] * 3)
+    _analysed_sample(store, app_env / "s3", "S3", ["neutrophil"] * 3 + ["lymphocyte"] * 7)
+    for sid, neu in (("S1", 55), ("S2", 72), ("S3", 28)):
+        save_manual_counts(store, sid, [{"cell_type": "neutrophil", "count": neu, "total_counted": 100},
+                                        {"cell_type": "lymphocyte", "count": 100 - neu, "total_counted": 100}],
+                           actor="rev", allowed_classes=CLASSES)
+    at = app("rev", "agreement")
+    assert not at.exception, at.exception
+    at.text_input[next(i for i, t in enumerate(at.text_input) if t.label.startswith("Allowable"))].set_value(
+        "neutrophil=10; 1")
+    at.text_input[next(i for i, t in enumerate(at.text_input) if t.label.startswith("Medical decision"))].set_value(
+        "50")
+    next(b for b in at.button if b.label == "Run study").click().run()
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    res = at.session_state["study_result"]
+    neu = res.raw["neutrophil"]
+    rows = table(at, "verdict")
+    verdicts = dict(zip(rows["class"], rows["verdict"]))
+    assert verdicts["neutrophil"] == f"{'accepted' if neu.acceptance.accepted else 'not accepted'} (±10)"
+    assert verdicts["lymphocyte"].endswith("(±1)")
+    assert list(rows["warnings"]) == [len(res.raw[c].warnings) for c in rows["class"]] and min(rows["warnings"]) >= 2
+    levels = table(at, "level %")
+    assert list(levels["level %"]) == [50.0] and levels["bias"][0] == pytest.approx(neu.decision_levels.levels[0].bias)
+    assert any("fewer than the 40 CLSI EP09 requires" in w.value for w in at.warning)
+    assert any("accepted against ±10" in m.value for m in [*at.success, *at.error])
+    saved = store.get_study(res.name)
+    assert saved["result"]["options"]["allowable"] == {"neutrophil": 10.0, "*": 1.0}
+    # a malformed allowable difference is a one-line error, not an exception
+    at.text_input[next(i for i, t in enumerate(at.text_input) if t.label.startswith("Allowable"))].set_value(
+        "neutrophil=ten")
+    next(b for b in at.button if b.label == "Run study").click().run()
+    assert not at.exception and any("not CLASS=VALUE" in e for e in errors(at))
+
+
 def test_draft_edit_and_sign(lab, app_env):
     from phenotyping.auth import install_signer_key
     from phenotyping.settings import get_settings

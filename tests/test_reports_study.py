@@ -81,3 +81,33 @@ def test_manual_counts_without_a_study_are_said(store, tmp_path):
     assert ctx.study_note == "No saved agreement study includes this sample."
     assert "No saved agreement study includes this sample." in render_html(ctx)
     assert not any(k.startswith("agreement") for k in facts_from_context(ctx).values)
+
+
+def test_report_shows_verdict_icc_outliers_and_both_kappa_ses(demo):
+    from phenotyping.agreement.class_agreement import EP09Options
+    from phenotyping.agreement.study import run_study
+
+    store, sample, settings = demo
+    saved = store.get_study("Demo comparison")
+    classes = demo_card()["classes"]
+    for s in saved["sample_ids"]:  # reviewers verify a few cells, so the study has a cell-level kappa
+        cells = [c for c in store.list_cells(s) if c.qc_state.value == "passed"][:8]
+        for i, c in enumerate(cells):
+            store.reclassify([c.id], classes[i % len(classes)], actor="rev", model_id=DEMO_MODEL)
+    res = run_study(store, "EP09 study", model_id=DEMO_MODEL, actor="rev", sample_ids=saved["sample_ids"],
+                    options=EP09Options(allowable={"*": 50.0, "neutrophil": 0.01}))
+    ctx = build_context(store, sample, settings=settings)
+    st = ctx.study
+    assert st.name == "EP09 study"
+    raw = {r.label: r for r in st.rows_for("raw")}
+    neu = res.raw["neutrophil"]
+    assert raw["neutrophil"].accepted is (neu.acceptance.accepted) and raw["neutrophil"].allowable == 0.01
+    assert raw["neutrophil"].icc == (None if neu.icc is None else pytest.approx(neu.icc.icc))
+    assert any("40" in w for w in raw["neutrophil"].warnings)  # 3 samples: fewer than EP09's 40
+    k = res.classification.kappa
+    assert st.kappa is not None and st.kappa.se == pytest.approx(k.se) and st.kappa.se_fleiss == pytest.approx(
+        k.se_fleiss)  # fmt: skip
+    html = render_html(ctx)
+    assert "Verdict (allowable)" in html and "Fleiss, Cohen &amp; Everitt 1969" in html
+    assert ("not accepted (±0.01)" in html) is (not neu.acceptance.accepted)
+    assert "fewer than the 40 CLSI EP09 requires" in html

@@ -55,7 +55,7 @@ def test_compute_study_raw_and_corrected():
     # undefined statistics keep their keys, with nulls, so consumers can index them
     assert summary["corrected"]["basophil"]["passing_bablok"] == {
         "slope": None, "slope_ci": [None, None], "intercept": None, "intercept_ci": [None, None],
-        "cusum_p_value": None, "linear": None}  # fmt: skip
+        "cusum_p_value": None, "linear": None, "bootstrap": None}  # fmt: skip
     assert summary["corrected"]["basophil"]["deming"]["slope"] is None
     assert summary["raw"]["neutrophil"]["counting_error"]["reference_cells"] == 200
     # the spread of 200- and 400-cell manual counts is reported whether or not totals are known
@@ -102,14 +102,17 @@ def test_compare_class_matches_the_statistics():
 def test_each_statistic_of_a_class_is_independent():
     # two samples: nothing can be computed, and every contract key is still there
     res = compare_class("basophil", ["a", "b"], [1.0, 2.0], [1.5, 2.5])
-    assert not res.computed and set(res.errors) == {"bland_altman", "passing_bablok", "deming", "ccc", "pearson"}
+    assert not res.computed and set(res.errors) == {"bland_altman", "passing_bablok", "deming", "ccc", "pearson",
+                                                    "icc", "outliers"}  # fmt: skip
     s = json.loads(json.dumps(res.summary(), allow_nan=False))
     for key in ("bias", "sd", "loa_lower", "loa_upper", "ccc", "pearson"):
         assert s[key] is None
     assert s["bias_ci"] == s["loa_lower_ci"] == s["loa_upper_ci"] == [None, None]
     assert s["proportional_bias"] == {"slope": None, "p_value": None, "intercept": None}
     assert s["passing_bablok"]["slope_ci"] == [None, None] and s["deming"] == {
-        "slope": None, "intercept": None, "slope_ci": [None, None], "intercept_ci": [None, None]}  # fmt: skip
+        "slope": None, "intercept": None, "slope_ci": [None, None], "intercept_ci": [None, None], "weighted": None,
+        "bootstrap": None}  # fmt: skip
+    assert s["icc"]["icc"] is None and s["verdict"] is None and any("40" in w for w in s["warnings"])
     assert [m["n_cells"] for m in s["counting_error"]["manual_counts"]] == [200, 400]
     # ratio with a zero: Bland-Altman fails, the regressions and correlations do not
     r = compare_class("monocyte", list("abcde"), [0.0, 2.0, 4.0, 6.0, 9.0], [1.0, 2.5, 3.5, 6.5, 8.0],
@@ -160,9 +163,10 @@ def test_paired_from_csv_converts_counts(tmp_path):
     assert neu.reference_totals == (200,) * 5
     with pytest.raises(ValueError, match="row 1 .*exceeds reference_total"):
         paired_from_csv("sample_id,cell_type,reference,test,reference_total\nS1,neu,300,50,200\n")
-    # several rows of one sample and class are replicate pairs, not an error
-    reps = paired_from_csv("sample_id,cell_type,reference,test\nS1,neu,30,50\nS1,neu,31,50\n")
+    # replicate pairs of a sample come from an explicit replicate column
+    reps = paired_from_csv("sample_id,cell_type,reference,test,replicate\nS1,neu,30,50,1\nS1,neu,31,50,2\n")
     assert reps["neu"].sample_ids == ("S1", "S1") and reps["neu"].replicates and not neu.replicates
+    assert reps["neu"].replicate_ids == ("1", "2")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['test'\]"):
         paired_from_csv("sample_id,cell_type,reference\nS1,neu,30\n")
 
@@ -247,13 +251,14 @@ def test_cli_agreement_one_class_cannot_abort_the_others(tmp_path):
 def test_cli_agreement_manual_cells_and_replicates(tmp_path):
     ref = [60.0, 55.0, 70.0, 48.0, 65.0]
     test = [62.0, 54.0, 73.0, 50.0, 64.0]
-    rows = [(f"S{i}", "neutrophil", r, t) for i, (r, t) in enumerate(zip(ref, test))]
-    # lymphocytes counted twice on S0 and S1: replicates
+    rows = [(f"S{i}", "neutrophil", r, t, 1) for i, (r, t) in enumerate(zip(ref, test))]
+    # lymphocytes counted twice on S0 and S1: replicates, numbered in the replicate column
     lym = [("S0", 30, 31), ("S0", 28, 30), ("S1", 35, 33), ("S1", 36, 35), ("S2", 20, 22), ("S3", 40, 41),
            ("S4", 25, 24)]  # fmt: skip
-    rows += [(s, "lymphocyte", r, t) for s, r, t in lym]
+    reps = [1, 2, 1, 2, 1, 1, 1]
+    rows += [(s, "lymphocyte", r, t, k) for (s, r, t), k in zip(lym, reps)]
     f = tmp_path / "paired.csv"
-    f.write_text(_csv(rows))
+    f.write_text(_csv(rows, header="sample_id,cell_type,reference,test,replicate"))
     proc = _run_cli("--paired", str(f), "--manual-cells", "100")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -267,7 +272,9 @@ def test_cli_agreement_manual_cells_and_replicates(tmp_path):
     expected = ag.bland_altman_repeated([s for s, _, _ in lym], [r for _, r, _ in lym], [t for _, _, t in lym])
     assert lymph["replicates"] and (lymph["n"], lymph["n_samples"]) == (7, 5)
     assert lymph["bias"] == pytest.approx(expected.bias) and lymph["sd"] == pytest.approx(expected.sd)
-    assert lymph["loa_lower"] == pytest.approx(expected.loa_lower) and lymph["bias_ci"] == [None, None]
+    assert lymph["loa_lower"] == pytest.approx(expected.loa_lower)
+    assert lymph["bias_ci"] == pytest.approx(list(expected.mover.bias_ci)) and "MOVER" in lymph["loa_ci_method"]
+    assert lymph["loa_upper_ci"] == pytest.approx(list(expected.mover.loa_upper_ci))
     assert "Bland & Altman 2007" in lymph["bland_altman_method"] and "replicates" in lymph["note"]
     assert "lymphocyte" in proc.stderr and "replicates" in proc.stderr
     # the regressions use each sample's mean of its replicates

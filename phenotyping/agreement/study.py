@@ -1,5 +1,8 @@
 """Agreement studies: manual differentials against the model's, per class, with the whole method-comparison set.
 
+The per-class comparison (:func:`compare_class`, :class:`ClassAgreement`, :class:`EP09Options`) lives in
+:mod:`phenotyping.agreement.class_agreement` and is re-exported here.
+
 :func:`compute_study` (with :func:`compare_class` and :func:`classification_agreement`) is pure computation, no
 storage. :func:`run_study` is the study workflow over the store: it reads the samples' manual counts and the model's
 differentials (:func:`phenotyping.analysis.results.sample_results`), calls :func:`compute_study` and saves the result
@@ -16,9 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from phenotyping.agreement import stats as ag
+from phenotyping.agreement.class_agreement import (
+    DEFAULT_MANUAL_CELLS,
+    ClassAgreement,
+    CountingError,
+    EP09Options,
+    ManualCountSpread,
+    _check_manual_cells,
+    compare_class,
+)
 from phenotyping.agreement.manual_counts import sample_percentages, sample_totals
 from phenotyping.analysis.results import SampleResults, load_card_for, sample_results
 from phenotyping.schemas import ManualCount, QCState
@@ -28,6 +38,7 @@ __all__ = [
     "ClassAgreement",
     "ClassificationAgreement",
     "CountingError",
+    "EP09Options",
     "ManualCountSpread",
     "StudyResult",
     "classification_agreement",
@@ -37,265 +48,6 @@ __all__ = [
     "reviewed_cells",
     "run_study",
 ]
-
-DEFAULT_MANUAL_CELLS: tuple[int, ...] = (200, 400)
-"""Manual differential sizes whose counting error is reported beside every class's limits of agreement."""
-
-_UNITS = {"absolute": "percentage points", "percent": "% of the pair mean", "ratio": "natural log of test/reference"}
-
-
-@dataclass(frozen=True)
-class ManualCountSpread(ag.JsonResult):
-    """What counting error alone would do if the manual differential were a count of ``n_cells`` cells.
-
-    ``sd_difference`` is the SD of the difference a perfect model would show against such a count, in the units of
-    the Bland-Altman SD (``CountingError.units``), and ``loa_halfwidth = z * sd_difference`` the half-width of its
-    limits of agreement (for ``ratio`` on the log scale: the limits would be ``bias * exp(-/+ loa_halfwidth)``).
-    ``spread`` is the Rümke spread of one such count at the class's mean manual percentage (percentage points).
-    """
-
-    n_cells: int
-    sd_difference: float | None
-    loa_halfwidth: float | None
-    spread: ag.CountingSpread
-
-
-@dataclass(frozen=True)
-class CountingError(ag.JsonResult):
-    """How much of the disagreement binomial counting error alone explains (Rümke 1979; CLSI H20-A2).
-
-    Per pair i with mean percentage p_i, a percentage from n counted cells has variance ``p_i(100-p_i)/n``; the
-    difference's variance is the sum over both methods, carried into the measure's units by the delta method
-    (``percent``: times ``(100/p_i)^2``; ``ratio``: divided by ``p_i^2``, the variance of the log). ``sd_difference``
-    is ``sqrt(mean_i var_i)`` in ``units`` and ``loa_halfwidth = z * sd_difference``.
-
-    With the study's cell totals (``reference_cells``/``test_cells``, medians over samples; the test term is left out
-    where the test's totals are unknown): ``sd_difference``, ``loa_halfwidth`` and ``spread`` (the Rümke spread of
-    one manual count of ``reference_cells`` cells at the class's mean manual %); all ``None`` when the manual totals
-    are unknown (percent-only data). ``manual_counts`` is always given: the same for hypothetical manual counts of
-    200 and 400 cells (or the sizes asked for), the model taken as exact. ``None`` values with ``note`` where the
-    measure is undefined (``percent``/``ratio`` when a pair's mean is 0).
-    """
-
-    units: str
-    reference_cells: int | None
-    test_cells: int | None
-    sd_difference: float | None
-    loa_halfwidth: float | None
-    spread: ag.CountingSpread | None
-    manual_counts: tuple[ManualCountSpread, ...]
-    note: str | None
-
-
-def _check_manual_cells(manual_cells: Sequence[int]) -> tuple[int, ...]:
-    cells = tuple(manual_cells)
-    bad = [c for c in cells if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1]
-    if not cells or bad:
-        raise ValueError(f"manual_cells must be positive whole numbers of cells (e.g. 200 400), got {list(cells)}")
-    return tuple(int(c) for c in cells)
-
-
-def _counting_error(
-    ref: np.ndarray,
-    test: np.ndarray,
-    ref_n: Sequence[int | None] | None,
-    test_n: Sequence[int | None] | None,
-    *,
-    z: float,
-    measure: str,
-    manual_cells: tuple[int, ...],
-) -> CountingError:
-    p = np.clip((ref + test) / 2.0, 0.0, 100.0)
-    binom = p * (100.0 - p)  # n * variance of a percentage from n cells
-    note = None
-    if measure == "absolute":
-        scale = np.ones_like(p)
-    elif np.any(p <= 0):
-        scale, note = None, (f"counting error in {_UNITS[measure]} is undefined where both methods are 0 % "
-                             f"({int(np.sum(p <= 0))} pair(s)); use measure='absolute'")
-    else:
-        scale = (100.0 / p) ** 2 if measure == "percent" else 1.0 / p**2
-
-    def sd(inv: np.ndarray | float) -> float | None:
-        return None if scale is None else math.sqrt(float(np.mean(binom * scale * inv)))
-
-    mean_ref = float(np.clip(ref.mean(), 0.0, 100.0))
-    hypothetical = []
-    for n in manual_cells:
-        s = sd(1.0 / n)
-        hypothetical.append(ManualCountSpread(n_cells=n, sd_difference=s, loa_halfwidth=None if s is None else z * s,
-                                              spread=ag.counting_spread(mean_ref, n)))  # fmt: skip
-    known = ref_n is not None and all(v is not None for v in ref_n)
-    if not known:
-        return CountingError(units=_UNITS[measure], reference_cells=None, test_cells=None, sd_difference=None,
-                             loa_halfwidth=None, spread=None, manual_counts=tuple(hypothetical), note=note)  # fmt: skip
-    rn = np.asarray(ref_n, dtype=float)
-    tn = None if test_n is None or any(v is None for v in test_n) else np.asarray(test_n, dtype=float)
-    actual = sd(1.0 / rn + (1.0 / tn if tn is not None else 0.0))
-    cells = int(round(float(np.median(rn))))
-    return CountingError(
-        units=_UNITS[measure], reference_cells=cells,
-        test_cells=None if tn is None else int(round(float(np.median(tn)))), sd_difference=actual,
-        loa_halfwidth=None if actual is None else z * actual, spread=ag.counting_spread(mean_ref, cells),
-        manual_counts=tuple(hypothetical), note=note,
-    )  # fmt: skip
-
-
-_NONE_CI = (None, None)
-
-
-@dataclass(frozen=True)
-class ClassAgreement(ag.JsonResult):
-    """All agreement statistics of one class. A statistic that cannot be computed for these data (too few samples,
-    zeros with ``percent``/``ratio``, every value 0, ...) is ``None`` and ``errors`` says why; the other statistics
-    of the class are unaffected.
-
-    With replicates (a sample id appearing more than once) ``bland_altman`` is ``None`` and ``repeated`` holds the
-    repeated-measures limits (Bland & Altman 2007); Passing-Bablok, Deming, CCC and Pearson then use each sample's
-    mean of its replicates, and ``note`` says so. ``n`` counts pairs, ``n_samples`` distinct samples.
-    """
-
-    cell_type: str
-    n: int
-    n_samples: int
-    measure: str
-    sample_ids: tuple[str, ...]
-    reference: tuple[float, ...]
-    test: tuple[float, ...]
-    bland_altman: ag.BlandAltmanResult | None
-    repeated: ag.RepeatedBlandAltmanResult | None
-    passing_bablok: ag.PassingBablokResult | None
-    deming: ag.DemingResult | None
-    ccc: ag.ConcordanceResult | None
-    pearson: ag.CorrelationResult | None
-    counting_error: CountingError
-    errors: Mapping[str, str]
-    note: str | None = None
-
-    @property
-    def computed(self) -> bool:
-        """Whether the class has limits of agreement (plain or repeated-measures)."""
-        return self.bland_altman is not None or self.repeated is not None
-
-    def summary(self) -> dict[str, Any]:
-        """The command-line contract: ``n, bias, sd, loa_lower, loa_upper, bias_ci, loa_lower_ci, loa_upper_ci,
-        proportional_bias{slope, p_value}, passing_bablok{slope, slope_ci, intercept, intercept_ci},
-        deming{slope, intercept}, ccc, pearson`` plus extra keys; JSON-safe (no NaN). Every key is always present:
-        what could not be computed is ``null`` (CIs ``[null, null]``; the nested objects keep their keys) and
-        ``errors`` says why."""
-        ba, rep = self.bland_altman, self.repeated
-        pb, dm = self.passing_bablok, self.deming
-        out: dict[str, Any] = {"n": self.n, "n_samples": self.n_samples, "measure": self.measure,
-                               "replicates": self.n_samples < self.n}  # fmt: skip
-        if ba is not None:
-            out.update(bias=ba.bias, sd=ba.sd, loa_lower=ba.loa_lower, loa_upper=ba.loa_upper, bias_ci=ba.bias_ci,
-                       loa_lower_ci=ba.loa_lower_ci, loa_upper_ci=ba.loa_upper_ci, loa_ci_method=ba.loa_ci_method,
-                       bland_altman_method="Bland & Altman 1986/1999, one pair per sample")  # fmt: skip
-        elif rep is not None:
-            out.update(bias=rep.bias, sd=rep.sd, loa_lower=rep.loa_lower, loa_upper=rep.loa_upper, bias_ci=_NONE_CI,
-                       loa_lower_ci=_NONE_CI, loa_upper_ci=_NONE_CI, loa_ci_method=None,
-                       bland_altman_method="repeated measures, true value varies (Bland & Altman 2007)",
-                       within_var=rep.within_var, between_var=rep.between_var)  # fmt: skip
-        else:
-            out.update(bias=None, sd=None, loa_lower=None, loa_upper=None, bias_ci=_NONE_CI, loa_lower_ci=_NONE_CI,
-                       loa_upper_ci=_NONE_CI, loa_ci_method=None, bland_altman_method=None)  # fmt: skip
-        prop = ba.proportional_bias if ba is not None else None
-        out["proportional_bias"] = {
-            "slope": None if prop is None else prop.slope,
-            "p_value": None if prop is None else prop.p_value,
-            "intercept": None if prop is None else prop.intercept,
-        }
-        out["regression_loa"] = None if ba is None else ba.regression_limits
-        out["passing_bablok"] = {
-            "slope": None if pb is None else pb.slope,
-            "slope_ci": _NONE_CI if pb is None else pb.slope_ci,
-            "intercept": None if pb is None else pb.intercept,
-            "intercept_ci": _NONE_CI if pb is None else pb.intercept_ci,
-            "cusum_p_value": None if pb is None else pb.cusum.p_value,
-            "linear": None if pb is None else pb.cusum.linear,
-        }
-        out["deming"] = {
-            "slope": None if dm is None else dm.slope,
-            "intercept": None if dm is None else dm.intercept,
-            "slope_ci": _NONE_CI if dm is None else dm.slope_ci,
-            "intercept_ci": _NONE_CI if dm is None else dm.intercept_ci,
-        }
-        out["ccc"] = None if self.ccc is None else self.ccc.ccc
-        out["ccc_ci"] = _NONE_CI if self.ccc is None else self.ccc.ci
-        out["pearson"] = None if self.pearson is None else self.pearson.r
-        out["counting_error"] = self.counting_error
-        out["errors"] = dict(self.errors)
-        out["note"] = self.note
-        return ag.to_jsonable(out)
-
-
-def compare_class(
-    cell_type: str,
-    sample_ids: Sequence[str],
-    reference: Sequence[float],
-    test: Sequence[float],
-    *,
-    reference_totals: Sequence[int | None] | None = None,
-    test_totals: Sequence[int | None] | None = None,
-    measure: ag.Measure = "absolute",
-    z: float = 1.96,
-    confidence: float = 0.95,
-    manual_cells: Sequence[int] = DEFAULT_MANUAL_CELLS,
-) -> ClassAgreement:
-    """Bland-Altman, Passing-Bablok, Deming, CCC, Pearson and counting error for one class (percentages 0-100).
-
-    Each statistic is independent: one that cannot be computed for these data is ``None`` with the reason in
-    ``errors`` (keys ``bland_altman``, ``passing_bablok``, ``deming``, ``ccc``, ``pearson``). A sample id given more
-    than once marks replicates: repeated-measures Bland-Altman (Bland & Altman 2007) for the class (see
-    :class:`ClassAgreement`). Raises ``ValueError`` only for malformed input (lengths that do not match, a bad
-    ``measure`` or ``manual_cells``).
-    """
-    ids = tuple(str(s) for s in sample_ids)
-    x, y = np.asarray(reference, dtype=float), np.asarray(test, dtype=float)
-    if not (len(ids) == x.size == y.size):
-        raise ValueError(f"class {cell_type!r}: {len(ids)} sample ids, {x.size} reference and {y.size} test values; "
-                         "give one of each per pair")  # fmt: skip
-    if measure not in ag.MEASURES:
-        raise ValueError(f"measure must be one of {ag.MEASURES}, got {measure!r}")
-    cells = _check_manual_cells(manual_cells)
-    for name, totals in (("reference_totals", reference_totals), ("test_totals", test_totals)):
-        if totals is not None and len(totals) != x.size:
-            raise ValueError(f"{name} has {len(totals)} entries for {x.size} pairs of {cell_type!r}")
-    errors: dict[str, str] = {}
-
-    def attempt(name: str, fn: Any) -> Any:
-        try:
-            return fn()
-        except ValueError as e:
-            errors[name] = str(e)
-            return None
-
-    unique = tuple(dict.fromkeys(ids))
-    ba, rep, note = None, None, None
-    if len(unique) < len(ids):
-        rep = attempt("bland_altman", lambda: ag.bland_altman_repeated(ids, x, y, measure=measure, z=z))
-        index = {s: i for i, s in enumerate(unique)}
-        k = np.asarray([index[s] for s in ids])
-        m = np.bincount(k)
-        xs, ys = np.bincount(k, weights=x) / m, np.bincount(k, weights=y) / m
-        note = (f"replicates: {x.size} pairs from {len(unique)} samples ({int(np.sum(m > 1))} with more than one); "
-                "limits of agreement from repeated-measures Bland-Altman (Bland & Altman 2007, true value varies; "
-                "no CIs), Passing-Bablok, Deming, CCC and Pearson on each sample's mean of its replicates")
-    else:
-        ba = attempt("bland_altman", lambda: ag.bland_altman(x, y, measure=measure, z=z, confidence=confidence,
-                                                             labels=ids))  # fmt: skip
-        xs, ys = x, y
-    pb = attempt("passing_bablok", lambda: ag.passing_bablok(xs, ys, confidence=confidence, labels=unique))
-    dm = attempt("deming", lambda: ag.deming(xs, ys, confidence=confidence))
-    cc = attempt("ccc", lambda: ag.ccc(xs, ys, confidence=confidence))
-    pr = attempt("pearson", lambda: ag.pearson(xs, ys, confidence=confidence))
-    ce = _counting_error(x, y, reference_totals, test_totals, z=z, measure=measure, manual_cells=cells)
-    return ClassAgreement(
-        cell_type=cell_type, n=x.size, n_samples=len(unique), measure=measure, sample_ids=ids,
-        reference=tuple(x.tolist()), test=tuple(y.tolist()), bland_altman=ba, repeated=rep, passing_bablok=pb,
-        deming=dm, ccc=cc, pearson=pr, counting_error=ce, errors=errors, note=note,
-    )  # fmt: skip
-
 
 @dataclass(frozen=True)
 class ClassificationAgreement(ag.JsonResult):
@@ -421,6 +173,7 @@ def compute_study(
     confidence: float = 0.95,
     manual_cells: Sequence[int] = DEFAULT_MANUAL_CELLS,
     classification: ClassificationAgreement | None = None,
+    options: EP09Options | None = None,
 ) -> StudyResult:
     """Compare per-sample differentials ``{sample_id: {cell_type: percent}}`` of the manual count (reference) with
     the model's raw and (optionally) corrected differentials (test), class by class.
@@ -430,6 +183,7 @@ def compute_study(
     present in the model's differentials. A class whose statistics cannot be computed keeps ``None`` values and its
     reasons (see :class:`ClassAgreement`); ``ValueError`` only when no class has limits of agreement at all.
     ``classification`` (cell-level agreement, from :func:`classification_agreement`) is attached as given.
+    ``options``: the EP09 choices (decision levels, allowable differences, bootstrap; :class:`EP09Options`).
     """
     samples = sorted(manual)
     if len(samples) < 3:
@@ -456,7 +210,8 @@ def compute_study(
             ref = [float(manual[s].get(c, 0.0)) for s in samples]
             tst = [float(model[s].get(c, 0.0)) for s in samples]
             out[c] = compare_class(c, samples, ref, tst, reference_totals=ref_n, test_totals=test_n,
-                                   measure=measure, z=z, confidence=confidence, manual_cells=cells)  # fmt: skip
+                                   measure=measure, z=z, confidence=confidence, manual_cells=cells,
+                                   options=options)  # fmt: skip
         if not any(a.computed for a in out.values()):
             why = "; ".join(f"{c}: {a.errors.get('bland_altman')}" for c, a in out.items())
             raise ValueError(f"study {name!r}: no class of the {what} differential has limits of agreement ({why})")
@@ -527,6 +282,7 @@ def run_study(
     measure: str = "absolute",
     card: Mapping[str, Any] | None = None,
     manual_cells: Sequence[int] = DEFAULT_MANUAL_CELLS,
+    options: EP09Options | None = None,
 ) -> StudyResult:
     """Compare manual counts with the model's differentials over samples and save the study.
 
@@ -540,6 +296,7 @@ def run_study(
     Args:
         sample_ids: default: every sample with manual counts.
         card: the model's card (default: looked up by ``model_id``).
+        options: the EP09 choices (decision levels, allowable differences, bootstrap); saved with the study.
     """
     card = card or load_card_for(model_id, store=store)
     classes = list(card["classes"])
@@ -572,7 +329,7 @@ def run_study(
         name, manual, raw, model_corrected=use_corrected,
         manual_totals=manual_n if len(manual_n) == len(ids) else None, model_totals=model_n,
         classes=classes, measure=measure, model_version=version,  # type: ignore[arg-type]
-        manual_cells=manual_cells, classification=cls,
+        manual_cells=manual_cells, classification=cls, options=options,
     )
     per_class = {f"{c}|raw": a.summary() for c, a in result.raw.items()}
     if result.corrected is not None:
@@ -580,6 +337,7 @@ def run_study(
     per_class.update({f"{c}|classification": p.to_dict() for c, p in cls.per_class.items()})
     summary = result.summary()
     summary["correction_method"] = next(iter(methods)) if use_corrected is not None else None
+    summary["options"] = (options or EP09Options()).to_dict()
     store.save_study(name, sample_ids=ids, model_id=model_id, model_version=version, result=summary,
                      per_class=per_class, actor=actor)
     return result

@@ -10,7 +10,15 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from phenotyping.agreement.stats._base import MEASURES, X_AXIS, JsonResult, Measure, _confidence, _labels, _paired
+from phenotyping.agreement.stats._base import (
+    MEASURES,
+    X_AXIS,
+    JsonResult,
+    Measure,
+    _confidence,
+    _labels,
+    _paired,
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,15 @@ def _differences(
             "use measure='absolute' or 'percent'"
         )
     return np.log(y) - np.log(x), (np.log(x) + np.log(y)) / 2.0
+
+
+def differences(
+    reference: Sequence[float] | np.ndarray, test: Sequence[float] | np.ndarray, *, measure: Measure = "absolute"
+) -> np.ndarray:
+    """The differences the statistics of ``measure`` use, test - reference: ``y - x``, ``100 (y - x) / mean`` or
+    ``log(y) - log(x)`` (natural log, for ``ratio``); raises ``ValueError`` where the measure is undefined."""
+    x, y = _paired(reference, test, min_n=1)
+    return _differences(x, y, measure, None)[0]
 
 
 def bland_altman(
@@ -242,13 +259,67 @@ def _regression_limits(a: np.ndarray, d: np.ndarray, *, z: float, measure: str) 
 
 
 @dataclass(frozen=True)
+class MoverLimits(JsonResult):
+    """Limits of agreement with several pairs per subject and their CIs by MOVER (Zou 2013, Stat Methods Med Res
+    22:630, the true value varying within subject).
+
+    Zou's estimates: ``bias`` the mean of the subject means of the differences, with the normal CI
+    ``bias -/+ z * sqrt(s_m^2 / n)`` (``s_m^2`` the variance of the subject means); the variance of one difference
+    ``s_m^2 + (1 - 1/m_h) * MS_within`` (``m_h`` the harmonic mean of the pairs per subject), its CI from the
+    chi-square CIs of the two components combined by MOVER, and the limits' CIs from MOVER on the bias and SD. With
+    the same number of pairs per subject they equal the Bland & Altman 2007 estimates. Units as in
+    :class:`RepeatedBlandAltmanResult` (``ratio``: back-transformed ratios, ``sd`` on the log scale).
+    """
+
+    bias: float
+    bias_ci: tuple[float, float]
+    sd: float
+    sd_ci: tuple[float, float]
+    loa_lower: float
+    loa_lower_ci: tuple[float, float]
+    loa_upper: float
+    loa_upper_ci: tuple[float, float]
+    confidence: float
+    method: str = "MOVER (Zou 2013)"
+
+
+def _mover(d: np.ndarray, inverse: np.ndarray, m: np.ndarray, *, z: float, a: float, ratio: bool) -> MoverLimits:
+    """Zou 2013's MOVER limits of the differences ``d`` grouped by ``inverse`` (``m`` pairs per subject)."""
+    k, big_n = m.size, d.size
+    means = np.bincount(inverse, weights=d) / m
+    bias = float(means.mean())
+    var_m = float(means.var(ddof=1))
+    msw = float(np.sum((d - means[inverse]) ** 2)) / (big_n - k)
+    c = 1.0 - 1.0 / (k / float(np.sum(1.0 / m)))
+    var = var_m + c * msw
+    chi = stats.chi2.ppf
+    lo_var = var - math.hypot(var_m * (1 - (k - 1) / chi(1 - a / 2, k - 1)),
+                              c * msw * (1 - (big_n - k) / chi(1 - a / 2, big_n - k)))
+    hi_var = var + math.hypot(var_m * ((k - 1) / chi(a / 2, k - 1) - 1),
+                              c * msw * ((big_n - k) / chi(a / 2, big_n - k) - 1))
+    sd, sd_lo, sd_hi = math.sqrt(var), math.sqrt(max(lo_var, 0.0)), math.sqrt(hi_var)
+    q = float(stats.norm.ppf(1 - a / 2))
+    half_bias = q * math.sqrt(var_m / k)
+    below = math.hypot(half_bias, z * (sd - sd_lo))  # how far the SD can fall
+    above = math.hypot(half_bias, z * (sd_hi - sd))  # how far it can rise
+    lower, upper = bias - z * sd, bias + z * sd
+    vals = [(bias - half_bias, bias + half_bias), (lower - above, lower + below), (upper - below, upper + above)]
+    if ratio:
+        bias, lower, upper = math.exp(bias), math.exp(lower), math.exp(upper)
+        vals = [(math.exp(lo), math.exp(hi)) for lo, hi in vals]
+    return MoverLimits(bias=bias, bias_ci=vals[0], sd=sd, sd_ci=(sd_lo, sd_hi), loa_lower=lower, loa_lower_ci=vals[1],
+                       loa_upper=upper, loa_upper_ci=vals[2], confidence=1.0 - a)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RepeatedBlandAltmanResult(JsonResult):
     """Limits of agreement with several paired replicates per subject (Bland & Altman 2007, §4: true value varies).
 
     ``sd`` is the SD of a single difference, ``sqrt(between_var + within_var)``; ``between_var`` is set to 0 (and
     ``between_var_truncated`` is True) when the ANOVA estimate is negative, as that paper prescribes. Units as in
     :class:`BlandAltmanResult`: for ``ratio`` the variances and ``sd`` are on the natural-log scale and ``bias`` and
-    the limits are back-transformed ratios test/reference. ``divisor`` is the ANOVA's lambda (below).
+    the limits are back-transformed ratios test/reference. ``divisor`` is the ANOVA's lambda (below). ``mover``
+    holds the CIs of the bias and limits by MOVER (Zou 2013; its estimates equal these for balanced designs).
     """
 
     measure: str
@@ -263,6 +334,7 @@ class RepeatedBlandAltmanResult(JsonResult):
     loa_lower: float
     loa_upper: float
     z: float
+    mover: MoverLimits
 
 
 def bland_altman_repeated(
@@ -272,6 +344,7 @@ def bland_altman_repeated(
     *,
     measure: Measure = "absolute",
     z: float = 1.96,
+    confidence: float = 0.95,
 ) -> RepeatedBlandAltmanResult:
     """Bland-Altman for several paired (reference, test) replicates per subject (Bland & Altman 2007,
     J Biopharm Stat 17:571, the case where the true value varies between replicates).
@@ -279,9 +352,11 @@ def bland_altman_repeated(
     One-way ANOVA of the differences by subject: ``within_var = MS_within``;
     ``between_var = (MS_between - MS_within) / lambda`` with ``lambda = ((sum m)^2 - sum m^2) / ((n-1) sum m)``
     for m_i pairs of subject i and n subjects. The bias is the mean of all differences. ``measure`` transforms the
-    differences as :func:`bland_altman` does (``percent`` of the pair mean, or log ratios).
+    differences as :func:`bland_altman` does (``percent`` of the pair mean, or log ratios). CIs at ``confidence``:
+    MOVER (Zou 2013; :class:`MoverLimits`).
     """
     x, y = _paired(reference, test)
+    a = _confidence(confidence)
     subj = np.asarray([str(s) for s in subject])
     if subj.size != x.size:
         raise ValueError(f"subject has {subj.size} entries but there are {x.size} pairs; give one subject id per pair")
@@ -307,10 +382,11 @@ def bland_altman_repeated(
     between = max(between, 0.0)
     sd = math.sqrt(between + ms_within)
     lo, hi = grand - z * sd, grand + z * sd
+    mover = _mover(d, inverse, m, z=z, a=a, ratio=measure == "ratio")
     if measure == "ratio":
         grand, lo, hi = math.exp(grand), math.exp(lo), math.exp(hi)
     return RepeatedBlandAltmanResult(
         measure=measure, n_subjects=int(k), n_pairs=int(big_n), bias=grand, sd=sd, within_var=ms_within,
         between_var=between, between_var_truncated=bool(truncated), divisor=float(lam), loa_lower=lo, loa_upper=hi,
-        z=z,
+        z=z, mover=mover,
     )  # fmt: skip

@@ -92,7 +92,12 @@ def classification_performance(
 
 @dataclass(frozen=True)
 class KappaResult(JsonResult):
-    """Cohen's kappa with observed/expected agreement and an asymptotic CI."""
+    """Cohen's kappa with observed/expected agreement and two large-sample SEs, side by side.
+
+    ``se``/``ci``: Cohen 1960's SE ``sqrt(p_o (1 - p_o) / (n (1 - p_e)^2))``. ``se_fleiss``/``ci_fleiss``: the
+    asymptotic SE of Fleiss, Cohen & Everitt 1969 (Psychol Bull 72:323), the one SAS PROC FREQ prints as "ASE";
+    ``se_null``: its value under kappa = 0 (for the test of no agreement). CIs are ``kappa -/+ z * SE``.
+    """
 
     n: int
     kappa: float
@@ -101,13 +106,33 @@ class KappaResult(JsonResult):
     expected_agreement: float
     se: float
     confidence: float
+    se_fleiss: float
+    ci_fleiss: tuple[float, float]
+    se_null: float
+
+
+def _fleiss_se(table: np.ndarray, kappa: float) -> tuple[float, float]:
+    """``(SE, SE under kappa = 0)`` of Fleiss, Cohen & Everitt 1969 from a table of counts (rows reference)."""
+    n = float(table.sum())
+    p = table / n
+    rows, cols = p.sum(axis=1), p.sum(axis=0)
+    pe = float(rows @ cols)
+    diag = np.diag(p)
+    term1 = float(np.sum(diag * (1.0 - (rows + cols) * (1.0 - kappa)) ** 2))
+    off = p.copy()
+    np.fill_diagonal(off, 0.0)
+    term2 = (1.0 - kappa) ** 2 * float(np.sum(off * (cols[:, None] + rows[None, :]) ** 2))
+    term3 = (kappa - pe * (1.0 - kappa)) ** 2
+    var = (term1 + term2 - term3) / (n * (1.0 - pe) ** 2)
+    var0 = (pe + pe * pe - float(np.sum(rows * cols * (rows + cols)))) / (n * (1.0 - pe) ** 2)
+    return math.sqrt(max(var, 0.0)), math.sqrt(max(var0, 0.0))
 
 
 def cohen_kappa(
     reference: Sequence[str], predicted: Sequence[str], *, confidence: float = 0.95
 ) -> KappaResult:
     """Cohen's kappa ``(p_o - p_e)/(1 - p_e)`` (Cohen 1960, Educ Psychol Meas 20:37) between two labellings
-    of the same cells. CI: ``kappa -/+ z * sqrt(p_o (1 - p_o) / (n (1 - p_e)^2))`` (Cohen 1960's large-sample SE)."""
+    of the same cells, with Cohen's and Fleiss-Cohen-Everitt's SEs (see :class:`KappaResult`)."""
     ref, pred = _check_labels(reference, predicted)
     a = _confidence(confidence)
     n = len(ref)
@@ -122,8 +147,11 @@ def cohen_kappa(
         raise ValueError("kappa is undefined: both labellings use a single, identical class for every cell")
     kappa = (po - pe) / (1.0 - pe)
     se = math.sqrt(po * (1 - po) / (n * (1 - pe) ** 2))
+    se_f, se0 = _fleiss_se(table, kappa)
     q = float(stats.norm.ppf(1 - a / 2))
-    return KappaResult(n, kappa, (kappa - q * se, kappa + q * se), po, pe, se, confidence)
+    return KappaResult(n=n, kappa=kappa, ci=(kappa - q * se, kappa + q * se), observed_agreement=po,
+                       expected_agreement=pe, se=se, confidence=confidence, se_fleiss=se_f,
+                       ci_fleiss=(kappa - q * se_f, kappa + q * se_f), se_null=se0)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,8 +184,8 @@ def counting_spread(percent: float, n_cells: int = 200) -> CountingSpread:
         raise ValueError(f"percent must be within 0-100, got {percent!r}")
     q = p / 100.0
     sd = 100.0 * math.sqrt(q * (1 - q) / n_cells)
-    lo = float(stats.binom.ppf(0.025, n_cells, q)) / n_cells * 100.0
-    hi = float(stats.binom.ppf(0.975, n_cells, q)) / n_cells * 100.0
+    lo = 100.0 * float(stats.binom.ppf(0.025, n_cells, q)) / n_cells  # 100*k/n: 29 of 200 is 14.5, not 14.4999...
+    hi = 100.0 * float(stats.binom.ppf(0.975, n_cells, q)) / n_cells
     k = int(round(q * n_cells))
     ci = clopper_pearson(k, int(n_cells))
     return CountingSpread(percent=p, n_cells=int(n_cells), sd=sd, range95=(lo, hi), ci95=(100 * ci[0], 100 * ci[1]))

@@ -12,10 +12,18 @@ from scipy import stats
 
 from phenotyping.agreement.stats._base import JsonResult, _confidence, _paired
 
+CCC_SHIFTS = ("location_shift = (mean test - mean reference) / sqrt(s_reference * s_test); "
+              "scale_shift = s_test / s_reference (Lin 1989 section 2, oriented test - reference)")
+
 
 @dataclass(frozen=True)
 class ConcordanceResult(JsonResult):
-    """Lin's concordance correlation ``ccc = pearson * bias_correction`` with a CI from Fisher's z."""
+    """Lin's concordance correlation ``ccc = pearson * bias_correction`` with a CI from Fisher's z.
+
+    The shifts follow the package's test - reference rule (``shifts`` says so in the output): ``location_shift`` is
+    ``(mean test - mean reference) / sqrt(s_reference * s_test)`` (positive when the test reads higher) and
+    ``scale_shift`` is ``s_test / s_reference`` (above 1 when the test spreads more).
+    """
 
     n: int
     ccc: float
@@ -25,6 +33,7 @@ class ConcordanceResult(JsonResult):
     location_shift: float
     scale_shift: float
     confidence: float
+    shifts: str = CCC_SHIFTS
 
 
 def ccc(
@@ -35,7 +44,9 @@ def ccc(
     ``ccc = 2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2)`` with 1/n moments. CI: ``tanh(z -/+ z_{a/2} * se)`` of
     ``z = atanh(ccc)`` with Lin's asymptotic variance
     ``[(1-r^2) c^2/((1-c^2) r^2) + 2 c^3 (1-c) u^2/(r (1-c^2)^2) - c^4 u^4/(2 r^2 (1-c^2)^2)] / (n-2)``,
-    ``u = (mean_x - mean_y)/sqrt(s_x s_y)``. ``location_shift`` is u, ``scale_shift`` is ``s_x/s_y`` (Lin 1989 §2).
+    ``u = (mean_y - mean_x)/sqrt(s_x s_y)`` (x reference, y test; the variance depends on u^2 only).
+    ``location_shift`` is u and ``scale_shift`` is ``s_y/s_x``: Lin 1989 §2's quantities, oriented test - reference
+    like every difference here.
     """
     x, y = _paired(reference, test)
     a = _confidence(confidence)
@@ -48,7 +59,7 @@ def ccc(
     c = 2.0 * sxy / (sx2 + sy2 + (mx - my) ** 2)
     r = sxy / math.sqrt(sx2 * sy2)
     sx, sy = math.sqrt(sx2), math.sqrt(sy2)
-    u = float(mx - my) / math.sqrt(sx * sy)
+    u = float(my - mx) / math.sqrt(sx * sy)
     cb = c / r if r != 0 else math.nan
     if abs(c) < 1 and r != 0:
         var_z = (
@@ -63,7 +74,7 @@ def ccc(
     else:
         ci = (c, c)
     return ConcordanceResult(
-        n=n, ccc=c, ci=ci, pearson=r, bias_correction=cb, location_shift=u, scale_shift=sx / sy, confidence=confidence
+        n=n, ccc=c, ci=ci, pearson=r, bias_correction=cb, location_shift=u, scale_shift=sy / sx, confidence=confidence
     )
 
 
@@ -160,6 +171,9 @@ def icc(
     bms, jms = ss_rows / (n - 1), ss_cols / (k - 1)
     ems = ss_err / ((n - 1) * (k - 1))
     df1, df2 = n - 1, (n - 1) * (k - 1)
+    if not ems > 0:
+        raise ValueError("ICC is undefined without residual variance (the methods differ by the same amount in "
+                         "every subject, or every value is equal); its F-based CI needs some disagreement")
     f_obs = bms / ems
     p = float(stats.f.sf(f_obs, df1, df2))
     if kind == "ICC(3,1)":

@@ -1,4 +1,4 @@
-"""Method-comparison regression: Passing-Bablok (with its cusum linearity test) and Deming."""
+"""Method-comparison regression: Passing-Bablok with its cusum linearity test (Deming is in ``_deming``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import numpy as np
 from scipy import stats
 
 from phenotyping.agreement.stats._base import JsonResult, _confidence, _labels, _paired
+
+SLOPE_RTOL = 1e-9
+"""Relative tolerance within which a Passing-Bablok pairwise slope counts as -1 (dropped) rather than below -1
+(shifting the median). Rounding of rescaled inputs moves a slope of -1 by ~1e-15 relative; real slopes differ far
+more."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ def passing_bablok(
     """Passing-Bablok regression (Passing & Bablok 1983, J Clin Chem Clin Biochem 21:709).
 
     Slopes ``S_ij = (y_j - y_i)/(x_j - x_i)`` over all pairs; pairs identical in both methods are skipped, vertical
-    pairs count as -/+inf by the sign of ``y_j - y_i``, slopes of exactly -1 are dropped. With K slopes < -1 the slope
-    is the median shifted by K. Its CI takes the ranks ``M1 = round((N - C)/2)`` and ``M2 = N - M1 + 1`` (shifted by
+    pairs count as -/+inf by the sign of ``y_j - y_i``, slopes of -1 are dropped (within the relative tolerance
+    :data:`SLOPE_RTOL`, as is the count K of slopes below -1, so that the fit does not depend on the units). With
+    K slopes < -1 the slope is the median shifted by K. Its CI takes the ranks ``M1 = round((N - C)/2)`` and ``M2 = N - M1 + 1`` (shifted by
     K) with ``C = z_{1-alpha/2} * sqrt(n(n-1)(2n+5)/18)``; the intercept is ``median(y - b x)`` and its CI
     ``median(y - b_upper x)``, ``median(y - b_lower x)``. Linearity: the cusum test of the same paper.
     """
@@ -71,11 +77,14 @@ def passing_bablok(
     s = np.empty(dx.size)
     s[~vertical] = dy[~vertical] / dx[~vertical]
     s[vertical] = np.sign(dy[vertical]) * np.inf
-    s = np.sort(s[s != -1.0])
+    # a slope computed from rescaled data (l/min divided by 10, counts into percentages) misses -1 by rounding;
+    # comparing with a tolerance keeps the fit independent of the units the numbers are written in
+    minus_one = np.abs(s + 1.0) <= SLOPE_RTOL
+    s = np.sort(s[~minus_one])
     big_n = s.size
     if big_n == 0:
         raise ValueError("Passing-Bablok needs at least two distinct points; all pairs are identical")
-    k = int(np.sum(s < -1.0))
+    k = int(np.sum(s < -1.0 - SLOPE_RTOL))
     half = (big_n + 1) // 2 if big_n % 2 else big_n // 2
     if half + k > big_n or (big_n % 2 == 0 and half + k + 1 > big_n):
         raise ValueError(
@@ -122,64 +131,3 @@ def _cusum(x: np.ndarray, y: np.ndarray, a: float, b: float, alpha: float) -> Cu
     return CusumTest(
         statistic=h, p_value=p, critical_value=float(stats.kstwobign.isf(alpha)), alpha=alpha, linear=bool(p >= alpha)
     )
-
-
-@dataclass(frozen=True)
-class DemingResult(JsonResult):
-    """Deming fit ``test = intercept + slope * reference``; CIs from the jackknife (Linnet 1990) with t(n-2)."""
-
-    n: int
-    slope: float
-    intercept: float
-    slope_ci: tuple[float, float]
-    intercept_ci: tuple[float, float]
-    slope_se: float
-    intercept_se: float
-    error_ratio: float
-    confidence: float
-
-
-def _deming_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, float]:
-    mx, my = x.mean(), y.mean()
-    sxx = float(np.sum((x - mx) ** 2))
-    syy = float(np.sum((y - my) ** 2))
-    sxy = float(np.sum((x - mx) * (y - my)))
-    if sxy == 0:
-        raise ValueError("Deming regression is undefined when the two methods are uncorrelated (covariance 0)")
-    u = syy - lam * sxx
-    b = (u + math.sqrt(u * u + 4.0 * lam * sxy * sxy)) / (2.0 * sxy)
-    return b, float(my - b * mx)
-
-
-def deming(
-    reference: Sequence[float] | np.ndarray,
-    test: Sequence[float] | np.ndarray,
-    *,
-    error_ratio: float = 1.0,
-    confidence: float = 0.95,
-) -> DemingResult:
-    """Deming regression, closed form (Cornbleet & Gochman 1979, Clin Chem 25:432; Linnet 1990, Stat Med 9:1463).
-
-    ``error_ratio`` is ``lambda = var(error of test) / var(error of reference)`` (1: orthogonal regression).
-    ``slope = (Syy - l*Sxx + sqrt((Syy - l*Sxx)^2 + 4*l*Sxy^2)) / (2*Sxy)``. CIs: leave-one-out jackknife standard
-    errors ``sqrt((n-1)/n * sum (b_i - mean b_i)^2)`` around the full-data estimate, with t(n-2) (Linnet 1990).
-    """
-    x, y = _paired(reference, test)
-    a = _confidence(confidence)
-    if not (error_ratio > 0 and math.isfinite(error_ratio)):
-        raise ValueError(f"error_ratio must be a positive number, got {error_ratio!r}")
-    n = x.size
-    b, icpt = _deming_fit(x, y, error_ratio)
-    loo = np.empty((n, 2))
-    mask = np.ones(n, dtype=bool)
-    for k in range(n):
-        mask[k] = False
-        loo[k] = _deming_fit(x[mask], y[mask], error_ratio)
-        mask[k] = True
-    se = np.sqrt((n - 1) / n * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
-    t = float(stats.t.ppf(1.0 - a / 2.0, n - 2))
-    return DemingResult(
-        n=n, slope=b, intercept=icpt, slope_ci=(b - t * se[0], b + t * se[0]),
-        intercept_ci=(icpt - t * se[1], icpt + t * se[1]), slope_se=float(se[0]), intercept_se=float(se[1]),
-        error_ratio=error_ratio, confidence=confidence,
-    )  # fmt: skip
