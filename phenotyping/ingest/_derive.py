@@ -16,7 +16,13 @@ import numpy as np
 from phenotyping.errors import ImageError
 from phenotyping.ingest._channels import channel_names_in
 from phenotyping.ingest.qdpc import (
-    ABSORPTION_CHANNEL, HALF_PUPIL_CHANNELS, PHASE_CHANNEL, REG_ABSORPTION, REG_PHASE, OpticalSetup, reconstruct,
+    ABSORPTION_CHANNEL,
+    HALF_PUPIL_CHANNELS,
+    PHASE_CHANNEL,
+    REG_ABSORPTION,
+    REG_PHASE,
+    OpticalSetup,
+    reconstruct,
 )
 
 DERIVATIONS = ("qdpc-phase",)
