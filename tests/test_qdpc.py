@@ -288,9 +288,18 @@ def test_a_bsccm_variant_without_dpc_channels_ingests_nothing_and_says_why(store
     assert not store.sample_exists("B2")
 
 
-def test_derivation_choices_are_explicit():
+def test_derivation_choices_are_explicit_and_bad_cells_are_named():
+    from phenotyping.errors import ImageError
+
     with pytest.raises(ValueError, match="'keep'.*'replace'"):
         QdpcDerivation(SETUP, raw="both")  # type: ignore[arg-type]
+    keep = QdpcDerivation(SETUP, raw="keep")
+    four = qdpc.forward_images(_bumps(16), SETUP)
+    out, names = keep.apply(four, [n.lower() for n in DPC4], file="a.tif")          # names match ignoring case
+    with pytest.raises(ImageError, match="already has channel.*qdpc_phase"):
+        keep.apply(out, names, file="a.tif")
+    with pytest.raises(ImageError, match=r"2D half-pupil images.*\(4, 3, 16, 16\)"):
+        keep.apply(np.stack([four] * 3, 1), DPC4, file="stack.tif")
 
 
 # ---------------------------------------------------------------- command line

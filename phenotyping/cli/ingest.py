@@ -88,7 +88,9 @@ def derivation_from_args(args: argparse.Namespace):
             optics = json.loads(args.optics.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"--optics {args.optics}: cannot read it as JSON ({e})") from e
-        unknown = sorted(set(optics) - set(_OPTICS)) if isinstance(optics, dict) else ["(not an object)"]
+        if not isinstance(optics, dict):
+            raise ValueError(f"--optics {args.optics}: expected a JSON object with keys {sorted(_OPTICS)}")
+        unknown = sorted(set(optics) - set(_OPTICS))
         if unknown:
             raise ValueError(f"--optics {args.optics}: unknown key(s) {unknown}; expected {sorted(_OPTICS)}")
     optics = {**optics, **given}

@@ -25,7 +25,6 @@ from phenotyping.ingest.qdpc import (
     reconstruct,
 )
 
-DERIVATIONS = ("qdpc-phase",)
 RAW_CHOICES = ("keep", "replace")
 
 

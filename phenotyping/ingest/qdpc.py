@@ -166,15 +166,16 @@ def _frequency_grid(setup: OpticalSetup, shape: tuple[int, int]) -> tuple[np.nda
 def _overlaps(setup: OpticalSetup, samples: int) -> tuple[np.ndarray, float]:
     """``plus_k(u) = sum_s S_k(s) P(u + s) / sum_s S_k(s)`` for the four half-pupil sources on a fine lattice.
 
-    Source and pupil are sampled on one cell-centred lattice (``samples`` steps per illumination radius, at most
-    ``_MAX_LATTICE`` per pupil radius; no point lies on a half's dividing line), and the sum, a cross-correlation,
+    Source and pupil are sampled on one cell-centred lattice (``samples`` steps per illumination radius, at least 4
+    across an annulus, at most ``_MAX_LATTICE`` per pupil radius; no point lies on a half's dividing line), and the
+    sum, a cross-correlation,
     is taken by FFT. Returns ``(4, L, L)`` (rows ``f_y``, columns ``f_x``; ``u = 0`` at the centre) and the step
     (cycles/µm). ``plus_k`` is an overlap area, continuous in ``u``, so it interpolates well onto any image grid.
     """
     outer = setup.na_illumination / setup.wavelength_um
     inner = setup.na_illumination_inner / setup.wavelength_um
     cutoff = setup.na_objective / setup.wavelength_um
-    step = max(outer / samples, cutoff / _MAX_LATTICE)
+    step = max(min(outer / samples, (outer - inner) / 4), cutoff / _MAX_LATTICE)
     m = math.ceil(cutoff / step) + 1
     axis = (np.arange(-m, m) + 0.5) * step
     fx, fy = np.meshgrid(axis, axis, indexing="xy")
@@ -184,6 +185,9 @@ def _overlaps(setup: OpticalSetup, samples: int) -> tuple[np.ndarray, float]:
     out = np.empty((4, 4 * m - 1, 4 * m - 1))
     for k, half in enumerate((fx < 0, fx > 0, fy < 0, fy > 0)):
         s = (source & half).astype(float)
+        if not s.any():
+            raise ValueError(f"the illumination annulus NA {setup.na_illumination_inner:g}-{setup.na_illumination:g} "
+                             "is too thin to model; widen it or give na_illumination_inner 0")
         corr = np.fft.irfft2(np.conj(np.fft.rfft2(s, (4 * m, 4 * m))) * pupil, (4 * m, 4 * m))   # lag d at d mod 4m
         corr = np.roll(corr, (2 * m - 1, 2 * m - 1), (0, 1))[: 4 * m - 1, : 4 * m - 1]
         out[k] = np.rint(corr) / s.sum()                                            # counts, freed of FFT round-off
