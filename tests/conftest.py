@@ -80,9 +80,10 @@ BSCCM_LED = ["Brightfield", "DF_50", "DPC_Bottom", "DPC_Left", "DPC_Right", "DPC
 
 
 def build_bsccm(root: Path, n: int = 6, *, drop: int | None = None, random_leds: bool = False, dpc: bool = False,
-                markers: bool = True) -> Path:
+                markers: bool = True, led_arrays: dict[int, np.ndarray] | None = None) -> Path:
     """A tiny BSCCM folder in the bsccm package's layout: LED-array stacks (channel c at about 100·(c+1), or uniform
-    random values), optionally the computed DPC images, and surface markers; cell ``drop`` is indexed but missing."""
+    random values), optionally the computed DPC images, and surface markers; cell ``drop`` is indexed but missing.
+    ``led_arrays`` (cell index -> uint16 ``(len(BSCCM_LED), H, W)``) gives chosen cells their own LED-array stack."""
     import zarr
 
     root.mkdir(parents=True)
@@ -104,6 +105,8 @@ def build_bsccm(root: Path, n: int = 6, *, drop: int | None = None, random_leds:
             else:
                 led = np.stack([np.full((16, 16), 100 * (c + 1), np.uint16) for c in range(len(BSCCM_LED))])
                 led += rng.integers(0, 50, size=led.shape).astype(np.uint16)
+            if led_arrays is not None and i in led_arrays:
+                led = led_arrays[i]
             g.create_array(f"{data_path}/led_array/cell_{i}", data=led)
             if dpc:
                 left = led[BSCCM_LED.index("DPC_Left")].astype(np.float32)

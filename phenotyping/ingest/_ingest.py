@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from phenotyping.errors import ImageError, IngestError
+from phenotyping.ingest._channels import tiff_bytes
+from phenotyping.ingest._derive import QdpcDerivation, cell_channel_names
 from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
 from phenotyping.ingest._entry import Entry
 from phenotyping.ingest._sources import MAX_FILES_PER_SET, _parse_manifest, _safe_member_path, iter_source
@@ -39,6 +41,7 @@ def ingest_set(
     progress: ProgressFn | None = None,
     bsccm_options: dict | None = None,
     create: Sample | None = None,
+    derive: QdpcDerivation | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
@@ -55,6 +58,10 @@ def ingest_set(
         progress: called as ``progress(files_seen, total_or_None)``.
         bsccm_options: for a BSCCM folder, keyword arguments of :func:`phenotyping.ingest.bsccm.iter_bsccm`
             (``contrast``, ``channels``, ``marker_columns``).
+        derive: compute channels from each cell's own (quantitative DPC phase) before storing it; a file without
+            the channels it needs is rejected, naming what is missing. The stored cell is then a float32 TIFF that
+            names its channels (also in ``extra["channel_names"]``), ``extra["derived"]`` says how it was made, and
+            ``content_hash`` stays the hash of the file as given, so the same raw cell is still a duplicate.
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -62,15 +69,16 @@ def ingest_set(
         SampleLocked: the sample's latest report version is signed.
     """
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
+    run.derive = derive
 
     def entries() -> Iterator[Entry]:
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
                            bsccm_options=bsccm_options, max_files=max_files)
 
-    if run.channels is None:
+    if run.channels is None and derive is None:
         run.channels = _known_channels(Path(source), bsccm_options)
         run.channel_basis = f"this set's images have {run.channels}"
-    if run.channels is None:
+    if run.channels is None and derive is None:  # derived channels: the first derived cell decides
         run.channels, run.channel_basis = _majority_channels(entries(), source, max_bytes=max_bytes,
                                                              max_pixels=max_pixels, progress=progress)
     seen = 0
@@ -122,7 +130,7 @@ def _majority_channels(entries: Iterable[Entry], source: str | Path, *, max_byte
         if entry.error:
             continue
         try:
-            _, arr, _ = _decode(entry, None, "", max_bytes=max_bytes, max_pixels=max_pixels)
+            _, arr, _ = _decode(entry, max_bytes=max_bytes, max_pixels=max_pixels)
         except ImageError:
             continue
         counts[int(arr.shape[0])] += 1
@@ -155,6 +163,7 @@ class _Run:
     duplicates: int = 0
     pending: list[dict] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    derive: QdpcDerivation | None = None
 
     def flush(self) -> None:
         """Commit the pending cells (creating the sample with the first batch when ``create`` is set)."""
@@ -186,10 +195,8 @@ def _basis(expected_channels: int | None, channels: int | None) -> str:
     return f"this sample's cells have {channels}" if channels else ""
 
 
-def _decode(entry: Entry, channels: int | None, basis: str, *, max_bytes: int,
-            max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
-    """The entry's bytes, its decoded image and the decoding notes; ImageError when it is too large, unreadable or
-    has other channels than ``channels`` (``basis`` says why that count: "most of this set's images … have 1")."""
+def _decode(entry, *, max_bytes: int, max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
+    """The entry's bytes, its decoded image and the decoding notes; ImageError when it is too large or unreadable."""
     if entry.size > max_bytes:
         raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
                                      f"{max_bytes / 1e6:.0f} MB")
@@ -198,10 +205,27 @@ def _decode(entry: Entry, channels: int | None, basis: str, *, max_bytes: int,
         raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
     notes: list[str] = []
     arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
-    if channels is not None and arr.shape[0] != channels:
-        raise ImageError(entry.name, f"{arr.shape[0]} channel(s), but {basis or f'the sample has {channels}'}; "
-                                     "a sample's images must all have the same channels")
     return data, arr, notes
+
+
+def _prepare(run: _Run, entry, *, max_bytes: int,
+             max_pixels: int) -> tuple[bytes, bytes, np.ndarray, list[str], dict[str, str]]:
+    """Decode (and derive): the bytes as given, the bytes to store, the stored image, decoding notes and extra.
+
+    Raises ImageError when the file is unusable or its (derived) channels differ from the sample's."""
+    data, arr, notes = _decode(entry, max_bytes=max_bytes, max_pixels=max_pixels)
+    stored, extra = data, entry.extra
+    if run.derive is not None:
+        names = cell_channel_names(entry.extra, data, int(arr.shape[0]), file=entry.name)
+        arr, names = run.derive.apply(arr, names, file=entry.name)
+        stored = tiff_bytes(arr, names)
+        extra = {**extra, "channel_names": ",".join(names), "derived": run.derive.describe()}
+    if run.channels is not None and arr.shape[0] != run.channels:
+        derived = " after derivation" if run.derive is not None else ""
+        raise ImageError(entry.name, f"{arr.shape[0]} channel(s){derived}, but "
+                                     f"{run.channel_basis or f'the sample has {run.channels}'}; "
+                                     "a sample's images must all have the same channels")
+    return data, stored, arr, notes, extra
 
 
 def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
@@ -211,8 +235,7 @@ def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
         return
     assert entry.read is not None
     try:
-        data, arr, notes = _decode(entry, run.channels, run.channel_basis, max_bytes=max_bytes,
-                                   max_pixels=max_pixels)
+        data, stored, arr, notes, extra = _prepare(run, entry, max_bytes=max_bytes, max_pixels=max_pixels)
     except ImageError as e:
         run.rejected.append(RejectedFile(file=entry.name, reason=e.reason))
         return
@@ -229,10 +252,9 @@ def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
         run.rejected.append(RejectedFile(file=entry.name,
                                          reason=f"cell id {key!r} is already in sample {run.sample_id}"))
         return
-    _, rel = run.store.put_blob(data, suffix=_SUFFIX[sniff_format(data)])
+    _, rel = run.store.put_blob(stored, suffix=_SUFFIX[sniff_format(stored)])
     run.hashes[digest] = entry.name
     run.keys.add(key)
-    extra = entry.extra
     if notes:
         extra = {**extra, "image_note": "; ".join(notes)}
         for n in notes:

@@ -18,7 +18,6 @@ like any uploaded file.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,13 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from phenotyping.errors import IngestError
+from phenotyping.ingest._channels import tiff_bytes
 from phenotyping.ingest._entry import Entry
+from phenotyping.ingest.qdpc import HALF_PUPIL_CHANNELS
 
 INDEX_CSV = "BSCCM_index.csv"
 METADATA_JSON = "BSCCM_global_metadata.json"
 MARKERS_CSV = "BSCCM_surface_markers.csv"
 # The four half-pupil images that differential phase contrast is computed from.
-DPC_CHANNELS = ("DPC_Left", "DPC_Right", "DPC_Top", "DPC_Bottom")
+DPC_CHANNELS = HALF_PUPIL_CHANNELS
 _KEPT_INDEX_COLUMNS = ("batch", "slide_replicate", "antibodies", "data_path")
 
 
@@ -53,15 +54,6 @@ def _images_store(root: Path) -> Path:
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
-
-
-def _tiff_bytes(arr: np.ndarray, channel_names: Sequence[str]) -> bytes:
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr, photometric="minisblack",
-                     metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)}})
-    return buf.getvalue()
 
 
 def iter_bsccm(
@@ -130,7 +122,7 @@ def iter_bsccm(
             arr = arr[picks]
         else:
             arr = arr[None] if arr.ndim == 2 else arr
-        data = _tiff_bytes(np.ascontiguousarray(arr), out_names)
+        data = tiff_bytes(np.ascontiguousarray(arr), out_names)
         yield Entry(
             name=key, read=lambda data=data: data, size=len(data), cell_key=str(gi),
             targets=markers.get(str(gi), {}),

@@ -125,47 +125,20 @@ def image_channel_names(path: str | Path) -> list[str] | None:
     """
     import tifffile
 
+    from phenotyping.ingest._channels import tiff_channel_names
+
     p = Path(path)
     try:
         with p.open("rb") as fh:
             if fh.read(4) not in _TIFF_MAGIC:
                 return None
         with tifffile.TiffFile(p) as tf:
-            names: list[Any] | None = None
-            shaped = tf.shaped_metadata
-            if shaped and isinstance(shaped[0], dict) and isinstance(shaped[0].get("Channel"), dict):
-                names = shaped[0]["Channel"].get("Name")
-            elif tf.is_imagej and tf.imagej_metadata and tf.imagej_metadata.get("Labels"):
-                ij = tf.imagej_metadata
-                labels = list(ij["Labels"])
-                c = int(ij.get("channels") or len(labels))
-                if c and len(labels) % c == 0 and all(labels[i:i + c] == labels[:c] for i in range(0, len(labels), c)):
-                    names = labels[:c]
-            elif tf.is_ome and tf.ome_metadata:
-                names = _ome_channel_names(tf.ome_metadata)
+            names = tiff_channel_names(tf)
     except OSError as e:
         raise ImageError(str(p), f"cannot read file ({e.strerror or e})") from e
     except Exception as e:  # tifffile raises TiffFileError, ValueError… for a corrupt header
         raise ImageError(str(p), f"cannot read the TIFF metadata: {e}") from e
-    if isinstance(names, str):
-        names = [names]
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        return None
-    return [n.strip() for n in names]
-
-
-def _ome_channel_names(xml: str) -> list[str] | None:
-    """``Name`` of each ``Channel`` of the first OME ``Image`` (None if any is unnamed)."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(xml)
-    image = next((el for el in root if el.tag.endswith("}Image") or el.tag == "Image"), None)
-    if image is None:
-        return None
-    pixels = next((el for el in image if el.tag.endswith("Pixels")), None)
-    chans = [el for el in (pixels if pixels is not None else []) if el.tag.endswith("Channel")]
-    names = [el.get("Name") for el in chans]
-    return names if names and all(names) else None  # type: ignore[return-value]
+    return names
 
 
 def channel_names_from_images(paths: Sequence[str | Path]) -> list[str] | None:
