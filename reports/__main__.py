@@ -269,8 +269,8 @@ def _add_verify(sub: Any) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="export a sample's results as FHIR R4 JSON and/or per-cell CSV",
-                       description="Write a report version as a validated FHIR R4 Bundle (DiagnosticReport + one "
+    p = sub.add_parser("export", help="export a sample's results as FHIR R4B JSON and/or per-cell CSV",
+                       description="Write a report version as a validated FHIR R4B (4.3.0) Bundle (DiagnosticReport + one "
                                    "Observation per class) and/or the per-cell results as CSV. A signed version is "
                                    "exported from what its signed PDF carries (the PDF attached to the bundle); an "
                                    "unsigned one from the current results.")

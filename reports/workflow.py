@@ -325,7 +325,7 @@ def preview_pdf(store: Any, sample_id: str, *, settings: Any = None) -> bytes:
 
 
 def export_fhir(store: Any, sample_id: str, *, version: int | None = None, settings: Any = None) -> dict[str, Any]:
-    """FHIR R4 Bundle of a version (default: the latest), validated.
+    """FHIR R4B Bundle of a version (default: the latest), validated.
 
     A signed version is exported from its signed PDF's ``results.json`` with the PDF attached; an unsigned one from
     the current results, as preliminary.

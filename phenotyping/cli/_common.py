@@ -44,6 +44,11 @@ def open_store(db: Path | None, *, read_only: bool = False):
     return Store(settings.db_path, image_dir=settings.image_dir(), read_only=read_only)
 
 
+def comma_list(value: str) -> list[str]:
+    """An argparse ``type``: ``"a, b,,c"`` → ``["a", "b", "c"]``."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")

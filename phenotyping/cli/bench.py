@@ -7,16 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from phenotyping.cli._common import print_json
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+from phenotyping.cli._common import comma_list, print_json
 
 
 def _ints(value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in _csv(value))
+        return tuple(int(v) for v in comma_list(value))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers, e.g. 2,8,40,40") from e
 
@@ -29,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
     )
     p.add_argument("--model", type=Path, default=None, help="model folder (checkpoint.pt + model_card.json)")
-    p.add_argument("--arch", type=_csv, default=None, metavar="A[,B...]",
+    p.add_argument("--arch", type=comma_list, default=None, metavar="A[,B...]",
                    help="instead of --model: time these registered architectures untrained (random weights) at "
                         "--input-shape, in one run, with their speed relative to the first")
     p.add_argument("--input-shape", type=_ints, default=None, metavar="C,[Z,]H,W",

@@ -6,11 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from phenotyping.cli._common import print_json
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+from phenotyping.cli._common import comma_list, print_json
 
 
 def add_specimen_options(p: argparse.ArgumentParser) -> None:
@@ -32,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ImageFolder folder. Progress per epoch on stderr; a JSON summary on stdout.")
     p.add_argument("--manifest", required=True, type=Path, help="manifest.csv, or a folder with one subfolder per class")
     p.add_argument("--label-column", required=True, help="column with the class of each cell")
-    p.add_argument("--target-columns", type=_csv, default=[], help="comma-separated numeric columns to regress")
+    p.add_argument("--target-columns", type=comma_list, default=[], help="comma-separated numeric columns to regress")
     p.add_argument("--group-column", default=None,
                    help="column (patient, sample) whose groups never straddle train/val/test or two CV folds")
     p.add_argument("--cv", type=int, default=None, metavar="K",
@@ -43,11 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs; early stopping on validation (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, order, augmentation")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--classes", type=_csv, default=None, help="keep only these labels, in this order (others dropped)")
-    p.add_argument("--channels", type=_csv, default=None,
+    p.add_argument("--classes", type=comma_list, default=None, help="keep only these labels, in this order (others dropped)")
+    p.add_argument("--channels", type=comma_list, default=None,
                    help="channel names, e.g. brightfield,darkfield or dpc_lr,dpc_tb (DPC names get direction-aware "
                         "augmentation)")
-    p.add_argument("--log-targets", type=_csv, default=[], help="targets to log-transform before standardising")
+    p.add_argument("--log-targets", type=comma_list, default=[], help="targets to log-transform before standardising")
     p.add_argument("--img-size", type=int, default=None, help="input side length (default: image size, ≤ 64)")
     p.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training split to use")
     p.add_argument("--batch-size", type=int, default=64)
