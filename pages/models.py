@@ -15,6 +15,10 @@ from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_t
 from phenotyping.analysis.results import find_model_dirs
 from phenotyping.settings import get_settings
 
+# Architectures the Models screen trains, by the kind of cell: (C, H, W) images or (C, Z, H, W) z-stacks.
+ARCHS_2D = ["hybrid", "hybrid_wide", "cnn", "resnet18", "vit_small"]
+ARCHS_3D = ["hybrid3d", "cnn3d", "resnet3d_50", "vit3d"]
+
 store = get_store()
 runner = get_runner()
 user = require_user()
@@ -210,8 +214,9 @@ if admin:
                            "job's result.")
         c1, c2, c3 = st.columns([2, 2, 1])
         name = c1.text_input("Model name", placeholder="e.g. bal-hybrid-2", key="train_name")
-        arch = c2.selectbox("Architecture", ["hybrid", "hybrid_wide", "cnn", "resnet18", "vit_small"],
-                            key="train_arch")
+        zstack = any(len(c.shape) == 4 for s in samples for c in store.list_cells(s, limit=1))
+        arch = c2.selectbox("Architecture", ARCHS_3D if zstack else ARCHS_2D, key=f"train_arch_{zstack}",
+                            help="z-stack samples get the 3D architectures, 2D samples the 2D ones")
         epochs = c3.number_input("Epochs", 1, 200, 20, key="train_epochs")
         if st.button("Start training", type="primary", disabled=not (samples and classes)):
             ok, jid = attempt(submit_training, runner, samples, name.strip(), actor=user.username, arch=arch,

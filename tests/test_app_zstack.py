@@ -49,3 +49,32 @@ def test_review_shows_a_z_stack_explanation_per_plane_and_as_projection(lab, mon
     assert not at.exception, at.exception
     assert any(f"plane 2 of {PLANES}" in c for c in _captions(at))
     assert len(calls) == 1          # moving the slider shows the kept explanation; it is not recomputed
+
+
+def test_models_screen_offers_3d_architectures_for_z_stack_samples(lab, app_env):
+    """Training from the app uses the same architectures as the CLI: 3D ones for z-stacks, 2D ones for images."""
+    from conftest import encode
+
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from tests.test_app import get_store_obj
+
+    store = get_store_obj()
+    root = app_env / "zset"
+    rng = np.random.default_rng(0)
+    for label in ("neutrophil", "lymphocyte"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            stack = rng.integers(0, 900, (2, PLANES, 24, 24), dtype=np.uint16)  # (C, Z, H, W)
+            (root / label / f"{label}{i}.tif").write_bytes(encode(stack, "tiff"))
+    ingest_set(store, root, "Z1", actor="admin", create=Sample(id="Z1", specimen=Specimen.blood))
+    at = app("admin", "models")
+
+    def options_for(sample: str) -> list[str]:
+        pick = next(m for m in at.multiselect if m.label.startswith("Samples with labelled cells"))
+        pick.set_value([sample]).run()
+        assert not at.exception, at.exception
+        return next(s for s in at.selectbox if s.label == "Architecture").options
+
+    assert options_for("Z1") == ["hybrid3d", "cnn3d", "resnet3d_50", "vit3d"]
+    assert "hybrid" in options_for("S1") and "vit3d" not in options_for("S1")
