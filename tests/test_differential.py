@@ -190,7 +190,8 @@ def test_sample_differential_keeps_raw_when_em_fails():
     with mock.patch("phenotyping.analysis.differential.em_corrected", side_effect=EMNotConverged("slow")):
         s = sample_differential(predicted, CLASSES, probabilities=post, training_prior=np.ones(3) / 3, n_bootstrap=5)
     assert s.em is None and s.raw.n_counted == 300
-    assert any("EM correction not reported" in n for n in s.notes)
+    assert any("Corrected % by EM not available" in n and "did not" in n for n in s.notes)
+    assert not any("max_iter" in n or "iterations" in n for n in s.notes)  # a finding, not a solver message
 
 
 # ---- markers and the whole sample ------------------------------------------------------------------------------
