@@ -82,6 +82,8 @@ def test_an_ill_conditioned_confusion_refuses_rather_than_turn_0_into_100_percen
     assert d.adjusted_count is not None
     assert d.corrected is None
     assert "neutrophil and lymphocyte" in d.shown.note and "condition number" in d.shown.note
+    from phenotyping.analysis.correction_rule import MAX_CONFUSION_CONDITION
+
     assert np.linalg.cond(confusion / confusion.sum(1, keepdims=True)) > MAX_CONFUSION_CONDITION
 
 
