@@ -241,8 +241,7 @@ def _percentages(res: SampleResults, sample_id: str, model_id: str
     comp = d.corrected  # the same correction the screens and the report show
     if comp is None:
         return raw, None, None, d.raw.n_counted
-    method = "em" if comp is d.em else "adjusted_count"
-    return raw, comp.as_mapping(), method, d.raw.n_counted
+    return raw, comp.as_mapping(), d.shown.method, d.raw.n_counted
 
 
 def reviewed_cells(results: Iterable[SampleResults]) -> tuple[list[str], list[str], dict[str, int]]:
