@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from phenotyping.agreement.manual_counts import sample_percentages, sample_totals
+from phenotyping.agreement.manual_counts import over_model_classes, sample_percentages, sample_totals
 from phenotyping.agreement.study import model_percentages
 from phenotyping.analysis.results import load_card_for
 
@@ -78,7 +78,9 @@ class ComparisonRow:
 def sample_comparison(store: Any, sample_id: str, *, model_id: str | None = None,
                       card: Mapping[str, Any] | None = None) -> list[ComparisonRow]:
     """The sample's manual and model percentages per class: the model's classes in card order, then any manual
-    class the model lacks.
+    class the model lacks (``in_model`` False, its share of the whole manual count). When the manual count holds
+    such classes, its percentages of the model's classes are renormalised over those classes (the model's
+    percentages are of the cells it can classify), as :func:`phenotyping.agreement.study.run_study` compares them.
 
     Args:
         model_id: default: the sample's analysis model.
@@ -94,7 +96,8 @@ def sample_comparison(store: Any, sample_id: str, *, model_id: str | None = None
     if not manual_rows:
         raise ValueError(f"sample {sample_id!r} has no manual counts; enter or import them first")
     card = card or load_card_for(model_id, store=store)
-    manual = sample_percentages(manual_rows)[sample_id]
+    inside, outside = over_model_classes(sample_percentages(manual_rows)[sample_id], card["classes"])
+    manual = {**inside, **outside}  # model classes renormalised over themselves, as the study compares them
     manual_total = sample_totals(manual_rows).get(sample_id)
     raw, corrected, method, counted = model_percentages(store, sample_id, model_id=model_id, card=card)
     classes = [*card["classes"], *sorted(c for c in manual if c not in card["classes"])]
