@@ -49,7 +49,7 @@ shown = d.shown  # the one rule (phenotyping.analysis.correction_rule): the same
 if shown.note:
     st.info(md(shown.note), icon=":material/info:")
 elif shown.composition is not None:
-    st.caption(f"Corrected % : {md(shown.composition.method)}, the correction the report shows.")
+    st.caption(f"Corrected %: {md(shown.composition.method)}, the correction the report shows.")
 for w in (*d.raw.warnings, *(n for n in d.notes if n != shown.note)):
     st.caption(f"⚠ {md(w)}")
 if res.n_unidentified:
