@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import streamlit as st
 
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, one_line, pick_sample,
                            require_user, sample_header, show_flash, signed_version)
-from phenotyping.agreement.comparison import comparison_csv, sample_comparison, study_comparison
-from phenotyping.agreement.figures import bland_altman_figure, bland_altman_svg, passing_bablok_figure, passing_bablok_svg
+from phenotyping.agreement.comparison import FLAG_DIFFERENCE_POINTS, comparison_csv, sample_comparison, study_comparison
+from phenotyping.agreement.figures import (bland_altman_caveat, bland_altman_figure, bland_altman_svg,
+                                           passing_bablok_figure, passing_bablok_svg)
 from phenotyping.analysis.results import load_card_for
-from phenotyping.agreement.manual_counts import import_manual_counts, save_manual_counts
+from phenotyping.agreement.manual_counts import import_manual_counts, manual_classes, save_manual_counts
 from phenotyping.agreement.class_agreement import options_from_specs
-from phenotyping.agreement.study import run_study
+from phenotyping.agreement.study import run_study, study_candidates
 from phenotyping.settings import get_settings
 
 store = get_store()
@@ -31,6 +33,8 @@ show_flash()
 model_id = store.analysis_model(sample_id)
 card = load_card_for(model_id, store=store) if model_id else None
 classes = list(card["classes"]) if card else sorted({c.cell_type for c in store.get_manual_counts(sample_id)})
+# cell types a manual count of this specimen may hold although the model cannot classify them (e.g. basophils)
+classes, extra_classes = manual_classes(classes, store.get_sample(sample_id).specimen.value)
 
 # -- manual counts of this sample -------------------------------------------------------------------------------------
 st.subheader("Manual count (cytospin)")
@@ -44,14 +48,19 @@ else:
         lock_notice(locked, "its manual count")
     total_saved = next((c.total_counted for c in saved.values() if c.total_counted), None)
     rows = [{"cell_type": c, "count": saved[c].count if c in saved else None} for c in classes]
+    extra_rows = [{"cell_type": c, "count": saved[c].count if c in saved else None} for c in extra_classes]
     left, right = st.columns([3, 2])
     with left:
+        count_columns = {"cell_type": st.column_config.TextColumn("Class"),
+                         "count": st.column_config.NumberColumn("Cells counted", min_value=0, step=1, format="%d")}
         edited = st.data_editor(rows, key=f"counts_{sample_id}", hide_index=True, width="stretch",
-                                disabled=["cell_type"] if can_count else True,
-                                column_config={
-                                    "cell_type": st.column_config.TextColumn("Class"),
-                                    "count": st.column_config.NumberColumn("Cells counted", min_value=0, step=1,
-                                                                           format="%d")})
+                                disabled=["cell_type"] if can_count else True, column_config=count_columns)
+        if extra_rows:
+            st.caption("Counted by hand only: classes the model does not classify. They count towards the total "
+                       "and are shown apart in the comparison.")
+            edited = [*edited, *st.data_editor(extra_rows, key=f"extra_counts_{sample_id}", hide_index=True,
+                                               width="stretch", disabled=["cell_type"] if can_count else True,
+                                               column_config=count_columns)]
         total = st.number_input("Total cells counted (optional; checks the sum)", min_value=0, step=1,
                                 value=int(total_saved or 0), key=f"total_{sample_id}", disabled=not can_count)
         if can_count and st.button("Save manual count", type="primary", icon=":material/save:"):
@@ -61,7 +70,7 @@ else:
                 st.error("Enter at least one count.")
             else:
                 ok, _ = attempt(save_manual_counts, store, sample_id, entered, actor=user.username,
-                                allowed_classes=classes)
+                                allowed_classes=classes, extra_classes=extra_classes)
                 if ok:
                     flash("Manual count saved.")
                     st.rerun()
@@ -72,7 +81,8 @@ else:
                                   "it may hold many samples", type=["csv"], key=f"counts_csv_{gen}")
             if up is not None and st.button("Import CSV", icon=":material/upload_file:"):
                 text = io.TextIOWrapper(up, encoding="utf-8-sig")
-                ok, done = attempt(import_manual_counts, store, text, actor=user.username, allowed_classes=classes)
+                ok, done = attempt(import_manual_counts, store, text, actor=user.username, allowed_classes=classes,
+                                   extra_classes=extra_classes)
                 if ok:
                     st.session_state["_counts_csv_generation"] = gen + 1  # an empty uploader again
                     flash(f"Imported manual counts of {len(done)} sample(s): {', '.join(sorted(done))}.")
@@ -87,27 +97,39 @@ else:
             method = next((r.correction for r in paired if r.correction), None)
             table = []
             for r in paired:
-                row = {"class": r.cell_type, "manual %": r.manual_percent, "model raw %": r.model_raw_percent,
+                row = {"class": r.cell_type + ("" if r.in_model else " (not in the model)"),
+                       "manual %": r.manual_percent, "model raw %": r.model_raw_percent,
                        "raw − manual": r.raw_minus_manual}
                 if method:
                     row[f"model corrected % ({method})"] = r.model_corrected_percent
+                row["flag"] = r.flag
                 table.append(row)
             st.markdown("**Model vs manual for this sample**")
             st.dataframe(table, hide_index=True, width="stretch",
                          column_config={k: st.column_config.NumberColumn(format="%.1f") for k in table[0]
-                                        if k != "class"})
+                                        if k not in ("class", "flag")})
             manual_n = paired[0].manual_total
             st.caption(f"Manual: {'?' if manual_n is None else f'{manual_n:,}'} cells counted · model: "
                        f"{paired[0].model_counted:,} cells counted. Percentages of counted cells; differences in "
-                       "percentage points.")
+                       f"percentage points; flagged from ±{FLAG_DIFFERENCE_POINTS:g} points."
+                       + (" A class not in the model keeps its share of the whole manual count; the model's classes "
+                          "are compared as a share of the manual cells of those classes."
+                          if any(not r.in_model for r in paired) else ""))
+            for r in paired:
+                if r.in_model and r.flag:
+                    st.warning(f"{md(r.cell_type)}: {md(r.flag)} (≥ {FLAG_DIFFERENCE_POINTS:g} points): check the "
+                               "slides and the review.", icon=":material/flag:")
 
 # -- studies ----------------------------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Method-comparison study")
-candidates = [s for s in store.samples_with_manual_counts() if store.analysis_model(s)]
-models = sorted({store.analysis_model(s) for s in candidates})
+analysed = [s for s in store.samples_with_manual_counts() if store.analysis_model(s)]
+models = sorted({store.analysis_model(s) for s in analysed})
+study_model = st.selectbox("Model", models, key="study_model") if len(models) > 1 else (models or [None])[0]
+candidates = study_candidates(store, study_model) if study_model else []
 if len(candidates) < 3:
-    st.caption(f"A study needs at least 3 analysed samples with manual counts; {len(candidates)} so far.")
+    st.caption(f"A study needs at least 3 samples with manual counts analysed with one model; {len(candidates)} "
+               f"so far{f' for {study_model}' if study_model else ''}.")
 else:
     lab = get_settings()
 
@@ -116,10 +138,9 @@ else:
                          for k, x in values.items())
 
     with st.form("study"):
-        c1, c2 = st.columns([2, 3])
-        name = c1.text_input("Study name", value=f"study-{len(store.list_studies()) + 1}")
-        study_model = c2.selectbox("Model", models)
-        chosen = st.multiselect("Samples", candidates, default=candidates)
+        name = st.text_input("Study name", value=f"study-{len(store.list_studies()) + 1}")
+        chosen = st.multiselect(f"Samples analysed with {study_model}", candidates, default=candidates,
+                                key=f"study_samples_{study_model}")
         measure = st.radio("Difference measure", ["absolute", "percent"], horizontal=True,
                            format_func={"absolute": "percentage points", "percent": "% of the mean"}.get)
         e1, e2 = st.columns(2)
@@ -158,24 +179,39 @@ if result is not None:
     comparisons = {"raw": result.raw, **({"corrected": result.corrected} if result.corrected else {})}
     which = st.radio("Model differential", list(comparisons), horizontal=True)
     per_class = comparisons[which]
+    def _stat(value: object, error: str | None, n: int) -> str:
+        """A statistic with two decimals, or why it is missing ("Pearson r: None" said nothing)."""
+        if isinstance(value, (int, float)):
+            return f"{value:.2f}"
+        need = re.search(r"at least (\d+)", error or "")
+        return f"not computable (n = {n} < {need.group(1)})" if need else "not computable"
+
     rows = []
     for c, a in per_class.items():
         s = a.summary()
         pb = s["passing_bablok"] or {}
         acc = s["acceptance"]
-        rows.append({"class": c, "n": s["n"], "bias": s["bias"], "LoA lower": s["loa_lower"],
-                     "LoA upper": s["loa_upper"], "PB slope": pb.get("slope"), "PB intercept": pb.get("intercept"),
-                     "CCC": s["ccc"], "Pearson r": s["pearson"], "ICC": s["icc"]["icc"],
+        err = {k: a.errors.get(k) for k in ("bland_altman", "passing_bablok", "ccc", "pearson", "icc")}
+        rows.append({"class": c, "n": s["n"], "bias": _stat(s["bias"], err["bland_altman"], s["n"]),
+                     "LoA lower": _stat(s["loa_lower"], err["bland_altman"], s["n"]),
+                     "LoA upper": _stat(s["loa_upper"], err["bland_altman"], s["n"]),
+                     "PB slope": _stat(pb.get("slope"), err["passing_bablok"], s["n"]),
+                     "PB intercept": _stat(pb.get("intercept"), err["passing_bablok"], s["n"]),
+                     "CCC": _stat(s["ccc"], err["ccc"], s["n"]), "Pearson r": _stat(s["pearson"], err["pearson"],
+                                                                                     s["n"]),
+                     "ICC": _stat(s["icc"]["icc"], err["icc"], s["n"]),
                      "verdict": "no allowable set" if acc is None else f"{s['verdict']} (±{acc['allowable']:g})",
                      "outliers": 0 if s["outliers"] is None else s["outliers"]["n_outliers"],
                      "warnings": len(s["warnings"])})
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.2f")
-                                for k in ("bias", "LoA lower", "LoA upper", "PB slope", "PB intercept", "CCC",
-                                          "Pearson r", "ICC")})
-    st.caption("Differences model − manual. Verdict (CLSI EP09): accepted when the bias and both limits of "
-               "agreement lie within ± the allowable difference. Outliers: generalised ESD of the differences, "
-               "flagged and kept in the results (the class below shows them and the results without them).")
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption("Differences model − manual, in percentage points (or % of the mean). Bias: mean difference. "
+               "LoA: limits of agreement, bias ± 1.96 SD of the differences (Bland-Altman). PB: Passing-Bablok "
+               "regression of model on manual (slope 1 and intercept 0 mean no systematic difference). CCC: Lin's "
+               "concordance correlation coefficient. Pearson r: linear correlation (needs at least 4 samples). ICC: "
+               "intraclass correlation coefficient (absolute agreement). Verdict (CLSI EP09): accepted when the "
+               "bias and both limits of agreement lie within ± the allowable difference. Outliers: generalised ESD "
+               "of the differences, flagged and kept in the results (the class below shows them and the results "
+               "without them). Warnings: the design warnings of the class below.")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -225,6 +261,9 @@ if result is not None:
                            ("accepted" if w.acceptance.accepted else "not accepted")}],
                          hide_index=True, width="stretch")
     f1, f2 = st.columns(2)
+    caveat = None if a.bland_altman is None else bland_altman_caveat(a.bland_altman)
+    if caveat:
+        st.warning(f"{md(cls)}: {caveat}", icon=":material/warning:")
     if a.bland_altman is not None:
         f1.plotly_chart(bland_altman_figure(a.bland_altman, title=f"Bland-Altman: {cls}", units="%"), key="ba")
         f1.download_button("Bland-Altman (SVG)", bland_altman_svg(a.bland_altman, title=f"Bland-Altman: {cls}"),

@@ -8,6 +8,7 @@ import streamlit as st
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, show_flash, signed_version)
 from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
+from phenotyping.analysis.markers import format_marker, target_units
 from phenotyping.analysis.review import EXTRA_LABELS, reclassify_cells
 from phenotyping.errors import PhenotypingError
 from phenotyping.analysis.results import model_dir_for
@@ -44,7 +45,12 @@ m2.metric("Counted", f"{d.raw.n_counted:,}")
 m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
 m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
 show_differential(res, key="review_differential")
-for w in (*d.raw.warnings, *d.notes):
+shown = d.shown  # the one rule (phenotyping.analysis.correction_rule): the same correction the report signs
+if shown.note:
+    st.info(md(shown.note), icon=":material/info:")
+elif shown.composition is not None:
+    st.caption(f"Corrected %: {md(shown.composition.method)}, the correction the report shows.")
+for w in (*d.raw.warnings, *(n for n in d.notes if n != shown.note)):
     st.caption(f"⚠ {md(w)}")
 if res.n_unidentified:
     st.warning(f"Signing is blocked: {res.n_unidentified} unidentified cell(s) await review. Open the "
@@ -202,14 +208,18 @@ with tab_markers:
         import plotly.express as px
 
         target = st.selectbox("Marker", names)
+        unit = target_units(res.card).get(target, "a.u.")
         counted = [r for r in res.cells if r.counted and target in r.targets]
         fig = px.histogram(x=[r.targets[target] for r in counted], color=[r.final_label for r in counted],
                            barmode="overlay", opacity=0.6, nbins=40, template="plotly_white", height=420,
-                           labels={"x": target, "color": "class"})
+                           labels={"x": f"{target}, predicted ({unit})", "color": "class"})
         st.plotly_chart(fig, key="marker_hist")
-        rows = [{"class": m.label, "cells": m.n, "median": m.median, "Q1": m.q1, "Q3": m.q3}
+        rows = [{"class": m.label, "cells": m.n, f"predicted median ({unit})": format_marker(m.median),
+                 f"Q1 ({unit})": format_marker(m.q1), f"Q3 ({unit})": format_marker(m.q3)}
                 for m in d.markers if m.target == target]
         st.dataframe(rows, hide_index=True, width="stretch")
+        st.caption(f"{md(target)} is predicted by the model from the label-free image, not measured; values in "
+                   f"{md(unit)}, to 3 significant figures.")
 
 # -- exclusions -------------------------------------------------------------------------------------------------------
 with tab_excluded:

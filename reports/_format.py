@@ -88,8 +88,14 @@ def method_info(model_id: str, model_version: str, card: Any, corrected: Any) ->
                       correction_method=None if corrected is None else corrected.method)
 
 
-def marker_rows(diff: Any) -> list[MarkerRow]:
-    return [MarkerRow(label=m.label, target=m.target, n=m.n, median=m.median, q1=m.q1, q3=m.q3)
+def marker_rows(diff: Any, card: Any = None) -> list[MarkerRow]:
+    """The marker table: predicted median and IQR per class to 3 significant figures, with each target's unit from
+    the model ``card`` (:func:`phenotyping.analysis.markers.target_units`; default "a.u.")."""
+    from phenotyping.analysis.markers import DEFAULT_UNIT, significant, target_units
+
+    units = target_units(card)
+    return [MarkerRow(label=m.label, target=m.target, n=m.n, median=significant(m.median), q1=significant(m.q1),
+                      q3=significant(m.q3), unit=units.get(m.target, DEFAULT_UNIT))
             for m in diff.markers]
 
 

@@ -94,6 +94,7 @@ class MarkerRow(_Frozen):
     median: float | None = None
     q1: float | None = None
     q3: float | None = None
+    unit: str = "a.u."  # the target's unit from the model card
 
     @field_validator("median", "q1", "q3", mode="before")
     @classmethod

@@ -90,7 +90,7 @@ def build_context(
         method=method_info(res.model_id, model_version(store, sample_id, res.model_id, card), card, diff.corrected),
         results=result_rows(diff, refs), apart=apart_rows(diff, refs), differential_title=title,
         counted_basis=basis, specimen_statement=statement, confidence=diff.raw.confidence, reference_source=ref_source,
-        markers=marker_rows(diff), qc=qc_summary(diff),
+        markers=marker_rows(diff, card), qc=qc_summary(diff),
         comparison=comparison, study=study, study_note=study_note, bland_altman_figures=figures,
         gallery=gallery(store, res.cells, gallery_per_class),
         warnings=[*diff.raw.warnings, *getattr(diff, "notes", ()), *ref_warnings],

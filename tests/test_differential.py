@@ -190,7 +190,8 @@ def test_sample_differential_keeps_raw_when_em_fails():
     with mock.patch("phenotyping.analysis.differential.em_corrected", side_effect=EMNotConverged("slow")):
         s = sample_differential(predicted, CLASSES, probabilities=post, training_prior=np.ones(3) / 3, n_bootstrap=5)
     assert s.em is None and s.raw.n_counted == 300
-    assert any("EM correction not reported" in n for n in s.notes)
+    assert any("Corrected % by EM not available" in n and "did not" in n for n in s.notes)
+    assert not any("max_iter" in n or "iterations" in n for n in s.notes)  # a finding, not a solver message
 
 
 # ---- markers and the whole sample ------------------------------------------------------------------------------
@@ -242,3 +243,19 @@ def test_em_batched_weights_match_single_runs():
     for b in range(2):
         one, _ = em_prior_shift(post, np.ones(3) / 3, weights=w[b])
         assert both[b] == pytest.approx(one, abs=1e-6)
+
+
+def test_marker_units_come_from_the_card_and_values_keep_three_figures():
+    from phenotyping.analysis.markers import format_marker, significant, target_units
+    from reports._format import marker_rows
+
+    card = {"targets": [{"name": "CD16", "log": False, "mean": 0, "std": 1, "unit": "MFI"},
+                        {"name": "CD3", "log": False, "mean": 0, "std": 1}]}
+    assert target_units(card) == {"CD16": "MFI", "CD3": "a.u."} and target_units({"targets": []}) == {}
+    assert significant(296961.8047) == 297000.0 and significant(0.0012345) == pytest.approx(0.00123)
+    assert format_marker(296961.8047) == "297,000" and format_marker(float("nan")) == "—"
+    s = sample_differential(["neutrophil"] * 3, CLASSES, targets={"CD16": [296961.8047] * 3, "CD3": [1.23456] * 3},
+                            n_bootstrap=0)
+    rows = {(r.label, r.target): r for r in marker_rows(s, card)}
+    assert rows[("neutrophil", "CD16")].unit == "MFI" and rows[("neutrophil", "CD16")].median == 297000.0
+    assert rows[("neutrophil", "CD3")].unit == "a.u." and rows[("neutrophil", "CD3")].median == pytest.approx(1.23)

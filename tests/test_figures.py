@@ -94,3 +94,23 @@ def test_ratio_regression_lines_use_the_plotted_axis():
     assert list(line.y) == pytest.approx(list(res.regression_limits.at(np.asarray(line.x))[1]))
     assert fig.layout.xaxis.title.text == "geometric mean of the two methods"
     assert "geometric mean of the two methods" in figures.bland_altman_svg(res)
+
+
+def test_bland_altman_legend_names_the_bias_the_limits_and_what_the_bands_are():
+    res = _ba()
+    names = [t.name for t in figures.bland_altman_figure(res, units="%").data]
+    assert any(n.startswith("bias (mean difference)") for n in names)
+    assert any(n.startswith("limits of agreement (bias ± 1.96 SD)") for n in names)
+    assert "95 % CI of the bias" in names and "95 % CI of each limit" in names
+    svg = figures.bland_altman_svg(res)
+    assert "95 % CI of the bias" in svg or "CI of the bias" in svg.replace("\u00a0", " ")
+
+
+def test_bland_altman_of_few_samples_carries_a_caveat():
+    few = ag.bland_altman([10.0, 20.0, 30.0], [12.0, 19.0, 35.0])
+    caveat = figures.bland_altman_caveat(few)
+    assert caveat is not None and "Only 3 samples" in caveat and str(figures.MIN_SAMPLES_FOR_LIMITS) in caveat
+    assert "Only 3 samples" in figures.bland_altman_figure(few).layout.title.text
+    many = ag.bland_altman(np.arange(1.0, 26.0), np.arange(1.0, 26.0) + np.linspace(-1, 1, 25))
+    assert figures.bland_altman_caveat(many) is None
+    assert "Only" not in figures.bland_altman_figure(many).layout.title.text

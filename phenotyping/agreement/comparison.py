@@ -15,13 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from phenotyping.agreement.manual_counts import sample_percentages, sample_totals
+from phenotyping.agreement.manual_counts import over_model_classes, sample_percentages, sample_totals
 from phenotyping.agreement.study import model_percentages
 from phenotyping.analysis.results import load_card_for
 
 #: CSV header of :func:`comparison_csv`, in order (percentages of counted cells, 0-100).
 CSV_COLUMNS = ("sample", "class", "manual %", "model raw %", "model corrected %", "correction", "manual total",
-               "model counted")
+               "model counted", "in model", "flag")
+
+FLAG_DIFFERENCE_POINTS = 10.0
+"""A per-sample difference (model − manual) of at least this many percentage points is flagged for a look at the
+slides. A 200-cell manual count of a class at 50 % has a binomial 95 % CI of about ±7 points (CLSI H20-A2), so 10
+points is beyond counting error even for the commonest class; smaller classes have narrower intervals."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class ComparisonRow:
     correction: str | None  # "em" or "adjusted_count"; None without a correction
     manual_total: int | None  # cells counted by hand (given, else the sum of the counts); None for bare percentages
     model_counted: int  # cells the model's differential counts
+    in_model: bool = True  # False for a class the manual count has and the model cannot classify (e.g. basophils)
 
     @property
     def raw_minus_manual(self) -> float | None:
@@ -45,17 +51,36 @@ class ComparisonRow:
             return None
         return self.model_raw_percent - self.manual_percent
 
+    @property
+    def corrected_minus_manual(self) -> float | None:
+        """Model corrected % minus manual %, in percentage points."""
+        if self.manual_percent is None or self.model_corrected_percent is None:
+            return None
+        return self.model_corrected_percent - self.manual_percent
+
+    @property
+    def flag(self) -> str:
+        """Why this pair deserves a look ("" when nothing stands out): a class the model lacks, or a difference of
+        at least :data:`FLAG_DIFFERENCE_POINTS` points between the model (raw or corrected) and the manual count."""
+        if not self.in_model:
+            return "class not in the model"
+        gaps = [(what, d) for what, d in (("raw", self.raw_minus_manual), ("corrected", self.corrected_minus_manual))
+                if d is not None and abs(d) >= FLAG_DIFFERENCE_POINTS]
+        return "; ".join(f"{what} {d:+.1f} points vs manual" for what, d in gaps)
+
     def as_csv_row(self) -> dict[str, Any]:
         d = asdict(self)
         return dict(zip(CSV_COLUMNS, (d["sample_id"], d["cell_type"], d["manual_percent"], d["model_raw_percent"],
                                       d["model_corrected_percent"], d["correction"], d["manual_total"],
-                                      d["model_counted"])))
+                                      d["model_counted"], d["in_model"], self.flag)))
 
 
 def sample_comparison(store: Any, sample_id: str, *, model_id: str | None = None,
                       card: Mapping[str, Any] | None = None) -> list[ComparisonRow]:
     """The sample's manual and model percentages per class: the model's classes in card order, then any manual
-    class the model lacks.
+    class the model lacks (``in_model`` False, its share of the whole manual count). When the manual count holds
+    such classes, its percentages of the model's classes are renormalised over those classes (the model's
+    percentages are of the cells it can classify), as :func:`phenotyping.agreement.study.run_study` compares them.
 
     Args:
         model_id: default: the sample's analysis model.
@@ -71,14 +96,16 @@ def sample_comparison(store: Any, sample_id: str, *, model_id: str | None = None
     if not manual_rows:
         raise ValueError(f"sample {sample_id!r} has no manual counts; enter or import them first")
     card = card or load_card_for(model_id, store=store)
-    manual = sample_percentages(manual_rows)[sample_id]
+    inside, outside = over_model_classes(sample_percentages(manual_rows)[sample_id], card["classes"])
+    manual = {**inside, **outside}  # model classes renormalised over themselves, as the study compares them
     manual_total = sample_totals(manual_rows).get(sample_id)
     raw, corrected, method, counted = model_percentages(store, sample_id, model_id=model_id, card=card)
     classes = [*card["classes"], *sorted(c for c in manual if c not in card["classes"])]
     return [ComparisonRow(sample_id=sample_id, cell_type=c, manual_percent=manual.get(c),
                           model_raw_percent=raw.get(c),
                           model_corrected_percent=None if corrected is None else corrected.get(c),
-                          correction=method, manual_total=manual_total, model_counted=counted)
+                          correction=method, manual_total=manual_total, model_counted=counted,
+                          in_model=c in card["classes"])
             for c in classes]
 
 

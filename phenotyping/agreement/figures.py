@@ -14,11 +14,17 @@ from typing import Any
 
 from phenotyping.agreement.stats import BlandAltmanResult, PassingBablokResult
 
-__all__ = ["LABEL_ALL_UP_TO", "bland_altman_figure", "bland_altman_svg", "labelled_points", "passing_bablok_figure",
-           "passing_bablok_svg"]
+__all__ = ["LABEL_ALL_UP_TO", "MIN_SAMPLES_FOR_LIMITS", "bland_altman_caveat", "bland_altman_figure", "bland_altman_svg",
+           "labelled_points", "passing_bablok_figure", "passing_bablok_svg"]
 
 LABEL_ALL_UP_TO = 30
 """SVG Bland-Altman plots label every point up to this many samples, beyond it only those outside the limits."""
+
+MIN_SAMPLES_FOR_LIMITS = 20
+"""Below this many samples a Bland-Altman plot carries a caveat: the SE of a limit of agreement is about
+``sqrt(3/n)·SD`` (Bland & Altman 1986), so under 20 samples each limit's 95 % CI is wider than ±0.76 SD of the
+differences, more than a third of the distance from the bias to the limit (at n = 3 it is ±2 SD). CLSI EP09 asks
+for at least 40."""
 
 _UNITS = {"absolute": "test − reference", "percent": "(test − reference) / mean, %", "ratio": "test / reference"}
 
@@ -33,9 +39,26 @@ def _x_range(values: tuple[float, ...]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def bland_altman_caveat(result: BlandAltmanResult) -> str | None:
+    """The caveat a plot of fewer than :data:`MIN_SAMPLES_FOR_LIMITS` samples carries, else None."""
+    if result.n >= MIN_SAMPLES_FOR_LIMITS:
+        return None
+    return (f"Only {result.n} sample{'s' if result.n != 1 else ''} (< {MIN_SAMPLES_FOR_LIMITS}): the limits of "
+            "agreement are very uncertain; read the shaded confidence intervals, not the lines.")
+
+
+def _legend_names(result: BlandAltmanResult) -> dict[str, str]:
+    level = f"{100 * result.confidence:g} %"
+    return {"bias": f"bias (mean difference) {result.bias:.3g}",
+            "limits": f"limits of agreement (bias ± {result.z:.2f} SD) {result.loa_lower:.3g} to "
+                      f"{result.loa_upper:.3g}",
+            "bias_ci": f"{level} CI of the bias", "limits_ci": f"{level} CI of each limit"}
+
+
 def bland_altman_figure(result: BlandAltmanResult, *, title: str = "Bland-Altman", units: str = "") -> Any:
     """plotly Bland-Altman plot: points (hover shows the sample id), bias and limits of agreement as lines, and
-    their confidence intervals as shaded bands; regression-based limits as dashed lines when present."""
+    their confidence intervals as shaded bands, each named in the legend; regression-based limits as dashed lines
+    when present; the caveat of :func:`bland_altman_caveat` under the title for few samples."""
     import plotly.graph_objects as go
 
     x0, x1 = _x_range(result.means)
@@ -53,6 +76,19 @@ def bland_altman_figure(result: BlandAltmanResult, *, title: str = "Bland-Altman
             fig.add_hrect(y0=ci[0], y1=ci[1], fillcolor=colour, opacity=0.15, line_width=0, layer="below")
         fig.add_hline(y=value, line_color=colour, line_dash="solid" if name == "bias" else "dash",
                       annotation_text=f"{name} {value:.3g}", annotation_position="right")  # fmt: skip
+    names = _legend_names(result)
+    legend = [(names["bias"], "lines", {"color": "#1f77b4"}), (names["limits"], "lines",
+                                                                {"color": "#d62728", "dash": "dash"})]
+    if _finite(*result.bias_ci):
+        legend.append((names["bias_ci"], "markers", {"color": "rgba(31,119,180,0.3)"}))
+    if _finite(*result.loa_lower_ci, *result.loa_upper_ci):
+        legend.append((names["limits_ci"], "markers", {"color": "rgba(214,39,40,0.3)"}))
+    for name, mode, style in legend:  # legend-only entries: the lines and bands are shapes, which have none
+        kw = {"line": style} if mode == "lines" else {"marker": {"symbol": "square", "size": 12, **style}}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode=mode, name=name, hoverinfo="skip", **kw))
+    caveat = bland_altman_caveat(result)
+    if caveat:
+        title = f"{title}<br><sup>⚠ {caveat}</sup>"
     if result.regression_limits is not None:
         import numpy as np
 
@@ -138,6 +174,7 @@ def bland_altman_svg(result: BlandAltmanResult, *, title: str = "Bland-Altman", 
         ax.annotate(result.labels[i], (result.means[i], result.differences[i]), xytext=(3, 3),  # type: ignore[index]
                     textcoords="offset points", fontsize=6, color="#333333", zorder=4)
     x0, x1 = _x_range(result.means)
+    names = _legend_names(result)
     for name, value, ci, colour, style in (
         ("bias", result.bias, result.bias_ci, "#1f77b4", "-"),
         ("lower LoA", result.loa_lower, result.loa_lower_ci, "#d62728", "--"),
@@ -145,8 +182,22 @@ def bland_altman_svg(result: BlandAltmanResult, *, title: str = "Bland-Altman", 
     ):
         if _finite(*ci):
             ax.axhspan(ci[0], ci[1], color=colour, alpha=0.15, lw=0)
-        ax.axhline(value, color=colour, ls=style, lw=1.2)
+        legend_key = {"bias": "bias", "lower LoA": "limits"}.get(name)  # one legend entry for both limits
+        ax.axhline(value, color=colour, ls=style, lw=1.2, label=names[legend_key] if legend_key else None)
         ax.annotate(f"{name} {value:.3g}", (x1, value), xytext=(3, 2), textcoords="offset points", fontsize=8)
+    from matplotlib.patches import Patch
+
+    handles, _ = ax.get_legend_handles_labels()
+    if _finite(*result.bias_ci):
+        handles.append(Patch(color="#1f77b4", alpha=0.15, label=names["bias_ci"]))
+    if _finite(*result.loa_lower_ci, *result.loa_upper_ci):
+        handles.append(Patch(color="#d62728", alpha=0.15, label=names["limits_ci"]))
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    caveat = bland_altman_caveat(result)
+    if caveat:
+        import textwrap
+
+        title = title + "\n" + textwrap.fill(f"⚠ {caveat}", 80)
     if result.regression_limits is not None:
         import numpy as np
 
@@ -159,7 +210,7 @@ def bland_altman_svg(result: BlandAltmanResult, *, title: str = "Bland-Altman", 
     ax.set_xlim(x0, x1)
     ax.set_xlabel(result.x_axis + (f" ({units})" if units else ""))
     ax.set_ylabel(_UNITS[result.measure])
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9 if caveat else None)
     return _svg(fig)
 
 

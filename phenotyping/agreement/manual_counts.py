@@ -21,9 +21,12 @@ from phenotyping.errors import NotFoundError
 from phenotyping.schemas import ManualCount
 
 __all__ = [
+    "MANUAL_ONLY_CLASSES",
     "PERCENT_TOLERANCE",
     "ManualCount",
     "counts_to_percent",
+    "manual_classes",
+    "over_model_classes",
     "import_manual_counts",
     "parse_counts",
     "percent_to_counts",
@@ -37,6 +40,39 @@ PERCENT_TOLERANCE = 0.5
 """Percentages of a sample must sum to 100 within this many points (rounding of reported values)."""
 
 _TOTAL_KEYS = ("total_counted", "total")
+
+MANUAL_ONLY_CLASSES: dict[str, tuple[str, ...]] = {
+    "blood": ("basophil", "band neutrophil", "immature granulocyte", "blast", "atypical lymphocyte", "plasma cell",
+              "erythroblast"),
+    "balf": ("macrophage", "lymphocyte", "neutrophil", "eosinophil", "mast cell", "epithelial cell"),
+}
+"""Cell types a manual differential of each specimen may count although a model may not classify them (CLSI H20-A2
+blood categories; BAL fluid cytology). Given as ``extra_classes``, they are accepted next to the model's classes and
+shown in the comparison as classes the model lacks."""
+
+
+def manual_classes(model_classes: Sequence[str], specimen: str | None) -> tuple[list[str], list[str]]:
+    """``(model classes, the specimen's other manual classes)``: what a manual count of ``specimen`` may hold."""
+    model = list(model_classes)
+    known = {c.casefold() for c in model}
+    extra = [c for c in MANUAL_ONLY_CLASSES.get(specimen or "", ()) if c.casefold() not in known]
+    return model, extra
+
+
+def over_model_classes(percent: Mapping[str, float], classes: Sequence[str]
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """``(manual % over the model's classes only, manual % of the classes the model lacks)``.
+
+    The model's percentages are of cells it can classify, so a manual count that also counted e.g. basophils is
+    renormalised over the model's classes before the two are compared; the left-out classes keep their share of the
+    whole manual count. Raises ValueError when the manual count holds no cell of the model's classes.
+    """
+    inside = {c: float(percent.get(c, 0.0)) for c in classes}
+    outside = {c: float(v) for c, v in percent.items() if c not in classes}
+    total = sum(inside.values())
+    if total <= 0:
+        raise ValueError(f"the manual count has no cell of the model's classes {list(classes)} (only {outside})")
+    return ({c: 100.0 * v / total for c, v in inside.items()} if outside else inside), outside
 
 
 def _blank(v: Any) -> bool:
@@ -62,7 +98,7 @@ def _number(v: Any, what: str, where: str, *, integer: bool) -> float | int | No
 
 
 def _parse_row(
-    i: int, row: Mapping[str, Any], allowed: list[str] | None
+    i: int, row: Mapping[str, Any], allowed: list[str] | None, extra: Sequence[str] = ()
 ) -> tuple[str, str, str, int | None, float | None, int | None]:
     """``(sample, cell_type, where, count, percent, total)`` of data row ``i`` (1-based), checked on its own: ids
     present, class allowed, exactly one of count/percent, percent at most 100, total at least 1."""
@@ -73,10 +109,11 @@ def _parse_row(
         raise ValueError(f"{where}: sample_id is empty")
     if not cell_type:
         raise ValueError(f"{where}: cell_type is empty")
-    if allowed is not None and cell_type not in allowed:
-        hint = [a for a in allowed if a.lower() == cell_type.lower()]
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ValueError(f"{where}: unknown cell type {cell_type!r}{extra}; allowed classes: {allowed}")
+    if allowed is not None and cell_type not in allowed and cell_type not in extra:
+        hint = [a for a in (*allowed, *extra) if a.lower() == cell_type.lower()]
+        also = f" and, not in the model, {list(extra)}" if extra else ""
+        raise ValueError(f"{where}: unknown cell type {cell_type!r}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; allowed classes: {allowed}{also}")
     count = _number(row.get("count"), "count", where, integer=True)
     percent = _number(row.get("percent"), "percent", where, integer=False)
     total_raw = next((row.get(k) for k in _TOTAL_KEYS if not _blank(row.get(k))), None)
@@ -98,11 +135,13 @@ def parse_counts(
     allowed_classes: Sequence[str] | None = None,
     entered_by: str = "system",
     tolerance: float = PERCENT_TOLERANCE,
+    extra_classes: Sequence[str] = (),
 ) -> list[ManualCount]:
     """Validate manual-count rows (dicts with ``sample_id, cell_type`` and ``count`` or ``percent``, optional
     ``total_counted``/``total``) and return them as ``ManualCount``.
 
-    Checks: class names in ``allowed_classes`` (when given); no negative or non-numeric values; one of count/percent
+    Checks: class names in ``allowed_classes`` (when given) or ``extra_classes`` (cell types counted by hand that
+    the model lacks, e.g. :data:`MANUAL_ONLY_CLASSES`; they count towards the total); no negative or non-numeric values; one of count/percent
     per row and the same kind throughout a sample; no duplicate (sample, class); percentages of a sample sum to 100
     within ``tolerance``; counts of a sample sum to its total when a total is given; one total per sample.
     Raises ``ValueError`` naming the sample and row.
@@ -114,7 +153,7 @@ def parse_counts(
     totals: dict[str, int | None] = {}
     first_row: dict[str, int] = {}
     for i, row in enumerate(rows, start=1):
-        sample, cell_type, where, count, percent, total = _parse_row(i, row, allowed)
+        sample, cell_type, where, count, percent, total = _parse_row(i, row, allowed, extra_classes)
         kind = "count" if count is not None else "percent"
         if kinds.setdefault(sample, kind) != kind:
             raise ValueError(
@@ -171,6 +210,7 @@ def read_counts_csv(
     allowed_classes: Sequence[str] | None = None,
     entered_by: str = "system",
     tolerance: float = PERCENT_TOLERANCE,
+    extra_classes: Sequence[str] = (),
 ) -> list[ManualCount]:
     """Parse manual counts from CSV text, a path, or an open text file.
 
@@ -194,7 +234,8 @@ def read_counts_csv(
     if "count" not in header and "percent" not in header:
         raise ValueError(f"manual-count CSV needs a 'count' or a 'percent' column; found {header}")
     rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
-    return parse_counts(rows, allowed_classes=allowed_classes, entered_by=entered_by, tolerance=tolerance)
+    return parse_counts(rows, allowed_classes=allowed_classes, entered_by=entered_by, tolerance=tolerance,
+                        extra_classes=extra_classes)
 
 
 def counts_to_percent(counts: Mapping[str, int]) -> dict[str, float]:
@@ -270,13 +311,14 @@ def import_manual_counts(
     *,
     actor: str,
     allowed_classes: Sequence[str] | None = None,
+    extra_classes: Sequence[str] = (),
 ) -> dict[str, int]:
     """Validate a manual-count CSV and save it, replacing each listed sample's previous counts.
 
     All rows are validated before anything is saved; a sample id not in the store is an error naming it.
     Returns ``{sample_id: classes saved}``.
     """
-    counts = read_counts_csv(source, allowed_classes=allowed_classes, entered_by=actor)
+    counts = read_counts_csv(source, allowed_classes=allowed_classes, entered_by=actor, extra_classes=extra_classes)
     return _save(store, counts, actor=actor)
 
 
@@ -287,6 +329,7 @@ def save_manual_counts(
     *,
     actor: str,
     allowed_classes: Sequence[str] | None = None,
+    extra_classes: Sequence[str] = (),
 ) -> list[ManualCount]:
     """Validate and save one sample's counts given as dicts (``cell_type`` and ``count`` or ``percent``, optional
     ``total_counted``); rows with neither a count nor a percent are dropped first (an empty editor row)."""
@@ -296,7 +339,7 @@ def save_manual_counts(
                 r.get(k) in (None, "") for k in ("count", "percent")):
             continue
         kept.append({**r, "sample_id": sample_id})
-    counts = parse_counts(kept, allowed_classes=allowed_classes, entered_by=actor)
+    counts = parse_counts(kept, allowed_classes=allowed_classes, entered_by=actor, extra_classes=extra_classes)
     _save(store, counts, actor=actor)
     return counts
 

@@ -29,7 +29,7 @@ from phenotyping.agreement.class_agreement import (
     _check_manual_cells,
     compare_class,
 )
-from phenotyping.agreement.manual_counts import sample_percentages, sample_totals
+from phenotyping.agreement.manual_counts import over_model_classes, sample_percentages, sample_totals
 from phenotyping.analysis.results import SampleResults, load_card_for, sample_results
 from phenotyping.schemas import ManualCount, QCState
 
@@ -241,8 +241,7 @@ def _percentages(res: SampleResults, sample_id: str, model_id: str
     comp = d.corrected  # the same correction the screens and the report show
     if comp is None:
         return raw, None, None, d.raw.n_counted
-    method = "em" if comp is d.em else "adjusted_count"
-    return raw, comp.as_mapping(), method, d.raw.n_counted
+    return raw, comp.as_mapping(), d.shown.method, d.raw.n_counted
 
 
 def reviewed_cells(results: Iterable[SampleResults]) -> tuple[list[str], list[str], dict[str, int]]:
@@ -270,6 +269,11 @@ def reviewed_cells(results: Iterable[SampleResults]) -> tuple[list[str], list[st
                 continue
             excluded[why] = excluded.get(why, 0) + 1
     return ref, pred, excluded
+
+
+def study_candidates(store: Any, model_id: str) -> list[str]:
+    """The samples a study of ``model_id`` can compare: those with manual counts whose analysis model it is."""
+    return [s for s in store.samples_with_manual_counts() if store.analysis_model(s) == model_id]
 
 
 def run_study(
@@ -303,13 +307,20 @@ def run_study(
     ids = list(sample_ids) if sample_ids is not None else store.samples_with_manual_counts()
     if not ids:
         raise ValueError("no samples with manual counts; enter or import manual counts first")
+    other = {s: m for s in ids if (m := store.analysis_model(s)) not in (None, model_id)}
+    if other:
+        raise ValueError(f"sample(s) {sorted(other)} were analysed with {sorted(set(other.values()))}, "
+                         f"not with model {model_id!r}; leave them out of this study or analyse them with it")
     manual_rows: list[ManualCount] = []
     for s in ids:
         rows = store.get_manual_counts(s)
         if not rows:
             raise ValueError(f"sample {s!r} has no manual counts; enter them or leave it out of the study")
         manual_rows.extend(rows)
-    manual = sample_percentages(manual_rows)
+    manual, left_out = {}, {}
+    for s, percent in sample_percentages(manual_rows).items():  # compared over the classes the model has
+        manual[s], outside = over_model_classes(percent, classes)
+        left_out.update({c: left_out.get(c, 0) + 1 for c in outside})
     manual_n = sample_totals(manual_rows)
     raw, corrected, model_n, methods = {}, {}, {}, set()
     results = []
@@ -337,6 +348,7 @@ def run_study(
     per_class.update({f"{c}|classification": p.to_dict() for c, p in cls.per_class.items()})
     summary = result.summary()
     summary["correction_method"] = next(iter(methods)) if use_corrected is not None else None
+    summary["manual_classes_not_in_model"] = left_out  # class -> samples whose manual count had it
     summary["options"] = (options or EP09Options()).to_dict()
     store.save_study(name, sample_ids=ids, model_id=model_id, model_version=version, result=summary,
                      per_class=per_class, actor=actor)

@@ -23,6 +23,8 @@ import numpy as np
 from scipy.optimize import nnls
 from scipy.stats import beta
 
+from phenotyping.analysis._em import EM_LOGLIK_GAP, EMNotConverged, em_prior_shift  # re-exported
+from phenotyping.analysis.correction_rule import ChosenCorrection, choose_correction, correction_refusal
 from phenotyping.analysis.markers import MarkerSummary, marker_expression  # re-exported
 from phenotyping.analysis.markers import check_classes as _check_classes, label_indices as _label_indices
 from phenotyping.analysis.specimens import ApartCount, apart_counts
@@ -217,63 +219,6 @@ def adjusted_count_proportions(predicted_fraction: np.ndarray, conditional: np.n
     return p / total
 
 
-class EMNotConverged(RuntimeError):
-    """EM reached its iteration limit before the priors settled."""
-
-
-def em_prior_shift(
-    probabilities: np.ndarray,
-    training_prior: np.ndarray,
-    *,
-    tol: float = 1e-8,
-    max_iter: int = 20000,
-    init: np.ndarray | None = None,
-    weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, int]:
-    """EM estimate of a sample's class priors from calibrated posteriors (Saerens et al. 2002, eqs. 2.9–2.10).
-
-    Args:
-        probabilities: ``(N, K)`` calibrated posteriors under the training prior.
-        training_prior: ``(K,)`` class frequencies of the training set the model was calibrated for.
-        tol: stop when the largest change of any prior is below this.
-        max_iter: iteration limit; reaching it raises (a silent non-converged estimate would be a wrong result).
-        init: starting prior (default: ``training_prior``). The log-likelihood is concave in the prior, so the
-            start only changes the number of iterations.
-        weights: optional ``(N,)`` non-negative cell weights (a bootstrap resample as counts), or ``(B, N)`` to run
-            ``B`` weighted problems at once (then ``prior`` is ``(B, K)``).
-
-    Returns:
-        ``(prior, iterations)`` with ``prior`` of shape ``(K,)`` (or ``(B, K)``) summing to 1.
-    """
-    p = np.asarray(probabilities, dtype=float)
-    pi = np.asarray(training_prior, dtype=float)
-    if p.ndim != 2:
-        raise ValueError(f"probabilities must be (N, K), got shape {p.shape}")
-    n, k = p.shape
-    if pi.shape != (k,):
-        raise ValueError(f"training prior has shape {pi.shape}, expected ({k},)")
-    if (pi <= 0).any():
-        raise ValueError(f"training prior must be positive for every class, got {pi.tolist()}")
-    pi = pi / pi.sum()
-    w = np.ones((1, n)) if weights is None else np.asarray(weights, dtype=float)
-    single = w.ndim == 1 or weights is None
-    w = np.atleast_2d(w)  # (B, N)
-    if w.shape[1] != n:
-        raise ValueError(f"weights have shape {w.shape}, expected (N,) or (B, N) with N={n}")
-    start = pi if init is None else np.asarray(init, dtype=float) / np.sum(init)
-    prior = np.tile(start, (w.shape[0], 1))  # (B, K)
-    ratio = p / pi  # (N, K): posterior / training prior
-    w_total = w.sum(axis=1, keepdims=True)  # (B, 1)
-    for it in range(1, max_iter + 1):
-        norm = ratio @ prior.T  # (N, B): denominator of the adjusted posteriors
-        new = prior * ((w / norm.T) @ ratio) / w_total  # (B, K): weighted mean adjusted posterior
-        if np.max(np.abs(new - prior)) < tol:
-            return (new[0] if single else new), it
-        prior = new
-    raise EMNotConverged(f"EM prior estimate did not converge in {max_iter} iterations (tol={tol}); a class prior "
-                         "is probably near 0, where EM converges slowly (raise max_iter or tol)")
-
-
 def adjusted_count(
     predicted: Sequence[str],
     classes: Sequence[str],
@@ -380,9 +325,12 @@ def em_corrected(
         b = min(_EM_BATCH, n_bootstrap - start)
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(float)  # (b, N) resample counts
         boots[start : start + b], _ = em_prior_shift(
-            p, training_prior, tol=bootstrap_tol, max_iter=max_iter, init=point, weights=w
+            p, training_prior, tol=bootstrap_tol, max_iter=max_iter, init=point, weights=w, strict=False
         )
     notes = ["assumes calibrated posteriors and a pure prior shift (p(x|y) unchanged)"]
+    unsettled = int(np.isnan(boots).any(axis=1).sum())
+    if unsettled:  # the point estimate stands; only the interval rests on fewer resamples
+        notes.append(f"{unsettled} of {n_bootstrap} bootstrap resamples did not settle and are left out of the CI")
     return _corrected("EM (Saerens et al. 2002)", classes, point, boots, n, n_bootstrap, seed, confidence, notes,
                       counted=counted, per_100=per_100)
 
@@ -467,17 +415,25 @@ class SampleDifferential:
     n_cells: int
     notes: tuple[str, ...] = ()
     apart: tuple[ApartCount, ...] = ()  # classes the specimen reports outside the differential
+    #: the rule's decision (:mod:`phenotyping.analysis.correction_rule`); default: EM, else the adjusted count
+    chosen: ChosenCorrection | None = None
+
+    @property
+    def shown(self) -> ChosenCorrection:
+        """Which correction "corrected %" shows, and the reader's note when it is not EM or none is shown."""
+        return self.chosen if self.chosen is not None else choose_correction(self.em, self.adjusted_count)
 
     @property
     def corrected(self) -> CorrectedComposition | None:
-        """The prior-shift-corrected composition that screens, studies and reports show as "corrected %".
+        """The prior-shift-corrected composition that screens, studies, reports and FHIR show as "corrected %".
 
-        The one rule, so that a reviewer signs the numbers they reviewed: EM (Saerens et al. 2002) when it could be
-        computed, else the adjusted count (Forman 2008), else ``None``. :func:`phenotyping.analysis.results.sample_results`
-        computes EM only once no cell waits in the unidentified queue (before that the counted cells are a
-        confidence-selected subset, which EM's pure-prior-shift model does not fit).
+        The one rule (:func:`phenotyping.analysis.correction_rule.choose_correction`), so that a reviewer signs the
+        numbers they reviewed: none when the card's validation cannot support a correction, else EM (Saerens et
+        al. 2002) when its point estimate could be computed, else the adjusted count (Forman 2008), else ``None``.
+        :func:`phenotyping.analysis.results.sample_results` computes EM only once no cell waits in the unidentified
+        queue (before that the counted cells are a confidence-selected subset, which EM's model does not fit).
         """
-        return self.em if self.em is not None else self.adjusted_count
+        return self.shown.composition
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -488,6 +444,7 @@ class SampleDifferential:
             "corrected": {
                 "adjusted_count": None if self.adjusted_count is None else self.adjusted_count.to_dict(),
                 "em": None if self.em is None else self.em.to_dict(),
+                "shown": {"method": self.shown.method, "note": self.shown.note},
             },
             "markers": [_nan_to_none(asdict(m)) for m in self.markers],
             "apart": [asdict(a) for a in self.apart],
@@ -538,17 +495,24 @@ def sample_differential(
         acc = adjusted_count([p for p, r in zip(predicted, flags) if not r], classes, confusion,
                              n_bootstrap=n_bootstrap, seed=seed, confidence=confidence,
                              fixed=[p for p, r in zip(predicted, flags) if r], **report)
+    em_failure = None
     if raw.n_counted and probabilities is not None and training_prior is not None:
         try:
             em = em_corrected(probabilities, classes, training_prior, n_bootstrap=n_bootstrap, seed=seed,
                               confidence=confidence, **report)
-        except EMNotConverged as e:  # one correction failing must not cost the raw differential
-            notes.append(f"EM correction not reported: {e}")
+        except EMNotConverged:  # one correction failing must not cost the raw differential
+            em_failure = ("Corrected % by EM not available: the estimate of this sample's class shares did not "
+                          "settle, which happens when a class is nearly absent and the model's probabilities "
+                          "cannot tell how much of it there is.")
+    chosen = choose_correction(em, acc, refusal=correction_refusal(confusion, classes) if acc or em else None,
+                               em_failure=em_failure)
+    if chosen.note:
+        notes.append(chosen.note)
     qc = dict(qc_counts or {})
     markers = marker_expression(predicted, targets, classes) if targets else ()
     total = n_cells if n_cells is not None else len(predicted) + sum(qc.values())
     apart = apart_counts(predicted, spec, confidence=confidence) if apart_set else ()
-    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes), apart)
+    return SampleDifferential(raw, acc, em, qc, markers, total, tuple(notes), apart, chosen)
 
 
 # --------------------------------------------------------------------------------------------------------------

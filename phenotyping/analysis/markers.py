@@ -1,5 +1,10 @@
 """Marker expression per class: median and IQR of each regressed target among a class's cells.
 
+Marker values are *predicted* from the label-free image by the model's regression head, in the units of its training
+targets: a target spec in the card's ``targets`` list may carry a ``unit`` (default :data:`DEFAULT_UNIT`), read by
+:func:`target_units`. Displays round them with :func:`significant` (three significant figures: a regressed
+intensity is not known to six digits).
+
 Also the label helpers the differential shares (class list checks, label → index). Pure numpy.
 """
 
@@ -8,7 +13,47 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import math
+from typing import Any
+
 import numpy as np
+
+#: The unit of a target whose spec in the card names none: arbitrary units (e.g. a fluorescence intensity).
+DEFAULT_UNIT = "a.u."
+
+#: Significant figures a marker value is shown with.
+MARKER_SIGNIFICANT_FIGURES = 3
+
+
+def target_units(card: Mapping[str, Any] | None) -> dict[str, str]:
+    """Target name → unit from a card's ``targets`` list (``{"name", "unit"?, ...}`` specs); missing units are
+    :data:`DEFAULT_UNIT`. A card without targets gives ``{}``."""
+    out: dict[str, str] = {}
+    for spec in (card or {}).get("targets") or []:
+        if isinstance(spec, Mapping) and spec.get("name"):
+            unit = spec.get("unit")
+            out[str(spec["name"])] = str(unit).strip() if isinstance(unit, str) and unit.strip() else DEFAULT_UNIT
+        elif isinstance(spec, str):
+            out[spec] = DEFAULT_UNIT
+    return out
+
+
+def significant(x: float | None, figures: int = MARKER_SIGNIFICANT_FIGURES) -> float | None:
+    """``x`` rounded to ``figures`` significant figures (296961.8047 → 297000.0); None and NaN give None."""
+    if x is None or not math.isfinite(x):
+        return None
+    if x == 0:
+        return 0.0
+    return round(x, figures - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def format_marker(x: float | None) -> str:
+    """A marker value as text to :data:`MARKER_SIGNIFICANT_FIGURES` significant figures: ``297,000``, ``12.3``,
+    ``0.00123``; "—" for a missing value."""
+    v = significant(x)
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if abs(v) >= 10 ** (MARKER_SIGNIFICANT_FIGURES - 1) else f"{v:.{MARKER_SIGNIFICANT_FIGURES}g}"
 
 
 def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
