@@ -1,7 +1,10 @@
 """PAdES signing (pyHanko) and verification of report PDFs.
 
-Signing never rewrites its input: it appends an incremental update holding a PAdES baseline-B signature
-(``/ETSI.CAdES.detached``, SHA-256) to a copy written to a new file. The visible stamp (signer's name, role, time,
+Signing never rewrites its input: it appends an incremental update holding a PAdES baseline-B certification
+signature (``/ETSI.CAdES.detached``, SHA-256, DocMDP "no changes permitted") to a copy written to a new file, so a
+later revision that paints over the results (a shadow attack) is reported by every validator. :func:`verify`
+honours pyHanko's whole validation status (integrity, DocMDP, trust at the signing time, its bottom line) and names
+each failed rule. The visible stamp (signer's name, role, time,
 reason) uses an embedded TrueType font, so a PDF/A report stays PDF/A. The stamp fills the report's empty
 :data:`reports.pdf.SIGNATURE_FIELD`; other PDFs get a new field at the bottom left of their last page.
 """
@@ -245,14 +248,16 @@ def _modification_reasons(status: Any) -> list[str]:
 
 def _validate_one(sig: Any, trust: Path | None, roots: list[Any]) -> dict[str, Any]:
     """One embedded signature: the fields of :func:`verify` and its reasons."""
-    from pyhanko.sign.validation import validate_pdf_signature
+    from pyhanko.sign.validation import KeyUsageConstraints, validate_pdf_signature
     from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
 
     signed_at: datetime | None = sig.self_reported_timestamp
     context = ValidationContext(trust_roots=roots, allow_fetching=False, moment=signed_at)
     try:
-        status = validate_pdf_signature(sig, context)
+        # key usage: the lab's rule (digital signature), where pyHanko's default asks for non-repudiation
+        status = validate_pdf_signature(sig, context,
+                                        key_usage_settings=KeyUsageConstraints(key_usage={"digital_signature"}))
     except Exception as e:  # noqa: BLE001 - pyHanko raises on structurally broken signatures: not intact
         return {"intact": False, "modifications_ok": False, "trusted": False, "valid": False, "signer": None,
                 "signed_at": None, "covers_whole_file": False, "pyhanko_status": None,
