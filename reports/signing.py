@@ -218,7 +218,8 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
 def _trust_reasons(status: Any, trust: Path | None, signed_at: datetime | None) -> list[str]:
     """Why the signer of a validated signature is not trusted (empty: trusted)."""
     if trust is None:
-        return [f"no trust anchor was given, so the signer cannot be trusted: give --trust CA.pem or {CONFIGURE_LAB_CA}"]
+        return ["no trust anchor was given, so the signer cannot be trusted: give --trust CA.pem or "
+                + CONFIGURE_LAB_CA]
     reasons = []
     if not status.trusted:
         why = status.trust_problem_indic.name if status.trust_problem_indic is not None else "no path to a trust anchor"
