@@ -31,6 +31,9 @@ with left, st.form("password", clear_on_submit=True):
 if allowed(user, "report.sign"):
     st.subheader("Signing key")
     path = signer_key_path(get_settings(), user.username)
+    if get_settings().lab_ca is None:
+        st.warning("No lab CA is configured (LEUKO_LAB_CA), so no signing key can be installed or used; ask an "
+                   "administrator.")
     if path.is_file():
         st.success("Your signing key is installed; signing asks for its password each time.")
     else:

@@ -132,15 +132,16 @@ if latest is not None and editable:
             st.warning("Signing is blocked:\n\n" + "\n".join(f"- {md(p)}" for p in problems), icon=":material/block:")
         elif ok and not key_path.is_file():
             st.write("Upload your signing key once (PKCS#12 .p12 issued by the lab's CA); it stays encrypted with "
-                     "your key password. The certificate must be issued to your name "
-                     f"(**{md(user.display_name or user.username)}**).")
+                     "your key password. The certificate must be issued by the lab's CA to your name "
+                     f"(**{md(user.display_name or user.username)}**), be valid and allow digital signatures.")
+            if settings.lab_ca is None:
+                st.warning("No lab CA is configured, so no signing key can be accepted: an administrator sets "
+                           "LEUKO_LAB_CA to the lab CA's certificate (ca.pem).", icon=":material/key_off:")
             key_file = st.file_uploader("Signing key (.p12)", type=["p12", "pfx"], key="p12")
             key_pw = st.text_input("Key password", type="password", key="p12_pw")
-            accept = st.checkbox("The certificate names me in another spelling (recorded in the audit trail)",
-                                 key="p12_accept")
             if key_file is not None and st.button("Keep this key"):
                 ok, info = attempt(install_signer_key, store, settings, user.username, key_file.getvalue(),
-                                   key_pw.encode(), accept_name_mismatch=accept)
+                                   key_pw.encode())
                 if ok:
                     flash(f"Signing key installed (certificate issued to {info['certificate_name']}).")
                     st.rerun()
@@ -152,7 +153,7 @@ if latest is not None and editable:
                 if st.form_submit_button("Sign the report", type="primary", icon=":material/verified:"):
                     with st.spinner("Rendering and signing…"):
                         ok, out = attempt(sign_report, store, sample_id, signer=user.username, key_path=key_path,
-                                          password=pw.encode())
+                                          password=pw.encode(), settings=settings)
                     if ok:
                         flash(f"Version {out['version']} signed ({out['status']}); SHA-256 {out['sha256'][:16]}…")
                         st.rerun()

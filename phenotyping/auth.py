@@ -297,13 +297,18 @@ def signer_key_path(settings: Any, username: str) -> Path:
     return keys_dir(settings) / f"{username}.p12"
 
 
-def install_signer_key(settings: Any, username: str, data: bytes, password: bytes) -> Path:
-    """Check that ``data`` is a PKCS#12 file that ``password`` opens, then keep it as ``username``'s key (0600).
+def install_signer_key(settings: Any, username: str, data: bytes, password: bytes, *, signer_name: str) -> Path:
+    """Check ``data`` and keep it as ``username``'s key (0600): a PKCS#12 that ``password`` opens, whose certificate
+    passes :func:`phenotyping.certificates.check_signer_certificate` against ``settings.lab_ca`` for
+    ``signer_name`` (the account's display name).
 
     Raises:
-        ValueError: not a PKCS#12 file, wrong password, or no private key in it.
+        ValueError: not a PKCS#12 file, wrong password, no private key in it, or a certificate rule that fails
+            (the message names each failed rule); nothing is kept then.
     """
     from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from phenotyping.certificates import check_signer_certificate
 
     try:
         key, cert, _ = pkcs12.load_key_and_certificates(data, password)
@@ -311,6 +316,9 @@ def install_signer_key(settings: Any, username: str, data: bytes, password: byte
         raise ValueError("cannot open this key file with that password (is it a PKCS#12 .p12/.pfx file?)") from e
     if key is None or cert is None:
         raise ValueError("the PKCS#12 file holds no private key and certificate")
+    failed = check_signer_certificate(cert, lab_ca=settings.lab_ca, signer_name=signer_name)
+    if failed:
+        raise ValueError("this signing key is refused: " + "; ".join(failed))
     path = signer_key_path(settings, username)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".p12.tmp")

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     lab_contact: str | None = Field(None, description="telephone and/or e-mail for report enquiries, e.g. "
                                                       "'+44 20 7946 0000, haem.lab@example.org'; None = reports say "
                                                       "it is not configured")
+    lab_ca: Path | None = Field(
+        None, description="the lab CA's certificate (PEM/DER; the ca.pem of `python -m reports keys init-ca`): signer "
+                          "keys must be issued by it to be installed or to sign, and `reports verify` trusts it; "
+                          "None = no key can be installed and verify needs --trust")
     reference_intervals: Path | None = Field(
         None, description="JSON or CSV file of the lab's reference intervals (%) per specimen and class "
                           "(see reports/reference.py); None = reports say no interval is configured")

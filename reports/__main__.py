@@ -74,9 +74,11 @@ def _sign(args: argparse.Namespace) -> int:
                                     ("--out", args.out)) if v is None]
     if missing:
         raise ValueError(f"sign needs {', '.join(missing)}")
+    from phenotyping.settings import get_settings
+
     password = _password(args.password_file, "LEUKO_SIGNER_PASSWORD", "signer")
     _print_json(sign(args.pdf, args.key, args.out, password=password, reason=args.reason or "Report authorised",
-                     location=args.location))
+                     location=args.location, lab_ca=get_settings().lab_ca))
     return 0
 
 
@@ -106,9 +108,15 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from reports.signing import verify
 
-    result = verify(args.pdf, trust=args.trust)
+    from phenotyping.settings import get_settings
+
+    result = verify(args.pdf, trust=args.trust if args.trust is not None else get_settings().lab_ca)
+    relaxed = args.allow_untrusted and result["intact"] and result["modifications_ok"]
+    result["accepted"] = bool(result["valid"] or relaxed)
+    if relaxed and not result["valid"]:
+        result["note"] = "accepted with --allow-untrusted: intact and unmodified, but the signer is NOT trusted"
     _print_json(result)
-    return 0 if result["intact"] else 1
+    return 0 if result["accepted"] else 1
 
 
 def _init_ca(args: argparse.Namespace) -> int:
@@ -118,7 +126,8 @@ def _init_ca(args: argparse.Namespace) -> int:
     cert = init_ca(args.out, name=args.name, organisation=args.organisation, password=password, years=args.years,
                    key_type=args.key_type)
     _print_json({"ca_certificate": str(cert), "ca_key": str(args.out / "ca.key.pem"),
-                 "note": "share ca.pem as the trust anchor (verify --trust); keep ca.key.pem offline"})
+                 "note": "set LEUKO_LAB_CA to ca.pem (signer keys must be issued by it; verify trusts it) and "
+                         "share it as the trust anchor (verify --trust); keep ca.key.pem offline"})
     return 0
 
 
@@ -241,8 +250,10 @@ def _add_render(sub: Any) -> None:
 
 def _add_sign(sub: Any) -> None:
     p = sub.add_parser("sign", help="PAdES-sign a PDF into a new file, or sign a sample's report in the store",
-                       description="Sign FILE.pdf with the signer's PKCS#12 key and write SIGNED.pdf (the input is "
-                                   "never changed). With --sample ID instead of a file: render the sample's latest "
+                       description="Certify FILE.pdf (DocMDP: no later changes permitted) with the signer's PKCS#12 "
+                                   "key and write SIGNED.pdf (the input is never changed); a PDF that states it is "
+                                   "PRELIMINARY is refused, and with LEUKO_LAB_CA set the key must be issued by "
+                                   "that CA and valid. With --sample ID instead of a file: render the sample's latest "
                                    "report version as final, sign it and record it in the store as the app does "
                                    "(an authenticated signer; refused while cells await review or the "
                                    "interpretation does not match the results). Key password: --password-file or "
@@ -261,10 +272,19 @@ def _add_sign(sub: Any) -> None:
 
 def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="check a signed PDF",
-                       description='Print {"signed","intact","trusted","signer","signed_at","covers_whole_file"}; '
-                                   "exit status 1 when the signature is missing or broken.")
+                       description="Validate every signature with pyHanko and print JSON: valid, intact, "
+                                   "modifications_ok (nothing added after signing beyond what its DocMDP "
+                                   "permissions allow), trusted (chains to the trust anchor and valid at the "
+                                   "signing time), certified, signer, signed_at, reasons (each failed rule). Exit "
+                                   "status 0 only when the PDF is signed, intact, unmodified and trusted; 1 "
+                                   "otherwise.")
     p.add_argument("pdf", type=Path)
-    p.add_argument("--trust", type=Path, default=None, help="trusted CA certificate(s), PEM or DER")
+    p.add_argument("--trust", type=Path, default=None,
+                   help="trusted CA certificate(s), PEM or DER (default: LEUKO_LAB_CA); without either nothing is "
+                        "trusted and verify exits 1")
+    p.add_argument("--allow-untrusted", action="store_true",
+                   help="exit 0 for an intact, unmodified signature whose signer is not trusted (the JSON still "
+                        "says trusted: false)")
     p.set_defaults(func=_verify)
 
 

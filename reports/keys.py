@@ -1,9 +1,10 @@
 """Signing keys for a fresh installation: a lab's self-signed CA and signer PKCS#12 files issued by it.
 
-A lab with certificates from a real CA skips this module: any password-protected PKCS#12 holding the signer's key,
-certificate and chain works with :func:`reports.signing.sign`.
+A lab with certificates from a real CA skips this module: a password-protected PKCS#12 holding the signer's key,
+certificate and chain works with :func:`reports.signing.sign`, and ``LEUKO_LAB_CA`` names that CA's certificate.
 
-Layout of a CA folder: ``ca.pem`` (certificate, share it as the trust anchor for ``verify --trust``) and
+Layout of a CA folder: ``ca.pem`` (certificate: set ``LEUKO_LAB_CA`` to it, so that signer keys are accepted only
+when it issued them and ``verify`` trusts it; share it as the trust anchor for ``verify --trust``) and
 ``ca.key.pem`` (private key, PKCS#8 encrypted with the CA password; keep it offline).
 """
 

@@ -1,7 +1,10 @@
 """PAdES signing (pyHanko) and verification of report PDFs.
 
-Signing never rewrites its input: it appends an incremental update holding a PAdES baseline-B signature
-(``/ETSI.CAdES.detached``, SHA-256) to a copy written to a new file. The visible stamp (signer's name, role, time,
+Signing never rewrites its input: it appends an incremental update holding a PAdES baseline-B certification
+signature (``/ETSI.CAdES.detached``, SHA-256, DocMDP "no changes permitted") to a copy written to a new file, so a
+later revision that paints over the results (a shadow attack) is reported by every validator. :func:`verify`
+honours pyHanko's whole validation status (integrity, DocMDP, trust at the signing time, its bottom line) and names
+each failed rule. The visible stamp (signer's name, role, time,
 reason) uses an embedded TrueType font, so a PDF/A report stays PDF/A. The stamp fills the report's empty
 :data:`reports.pdf.SIGNATURE_FIELD`; other PDFs get a new field at the bottom left of their last page.
 """
@@ -14,7 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from phenotyping.certificates import CONFIGURE_LAB_CA, check_signer_certificate, same_person_name
 from reports.pdf import SIGNATURE_FIELD, incremental_writer
+
+__all__ = ["SigningError", "certificate_subject", "same_person_name", "sign", "verify"]
 
 STAMP_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_REASON = "Report authorised"
@@ -94,17 +100,20 @@ def certificate_subject(key_path: Path, password: bytes) -> dict[str, str | None
     return {"name": _subject_attr(cert, "common_name"), "role": _subject_attr(cert, "title")}
 
 
-_TITLES = {"dr", "prof", "professor", "mr", "mrs", "ms", "mx", "md", "phd", "msc", "bsc", "frcpath", "frcp"}
+def signing_certificate(key_path: Path, password: bytes) -> Any:
+    """The signing certificate of a PKCS#12 file, as a ``cryptography`` certificate.
+
+    Raises:
+        FileNotFoundError: no such key file.
+        SigningError: wrong password or not a PKCS#12 file.
+    """
+    return _as_cryptography(_load_signer(key_path, password).signing_cert)
 
 
-def same_person_name(a: str | None, b: str | None) -> bool:
-    """Whether two spellings name the same person: case, punctuation, word order and titles (Dr, Prof…) ignored."""
-    def words(x: str | None) -> list[str]:
-        import re
+def _as_cryptography(cert: Any) -> Any:
+    from cryptography import x509
 
-        return sorted(w for w in re.findall(r"[^\W\d_]+", (x or "").casefold()) if w not in _TITLES)
-
-    return bool(words(a)) and words(a) == words(b)
+    return x509.load_der_x509_certificate(cert.dump())
 
 
 def _field_state(reader: Any) -> bool | None:
@@ -117,16 +126,41 @@ def _field_state(reader: Any) -> bool | None:
     return None
 
 
-def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, reason: str = DEFAULT_REASON,
-         signer_name: str | None = None, role: str | None = None, location: str | None = None) -> dict[str, Any]:
-    """Sign ``pdf_path`` with the PKCS#12 at ``key_path`` and write the signed copy to ``out_path``.
+def preliminary_marking(data: bytes) -> str | None:
+    """The line of a PDF's text that marks it preliminary (our drafts print "PRELIMINARY REPORT" and
+    "· PRELIMINARY ·" in the running header), or None. An unreadable PDF gives None (signing then reports it)."""
+    import re
 
-    ``signer_name`` and ``role`` default to the certificate's common name and title. Returns what was signed:
-    ``{"out", "signer", "role", "reason"}``.
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        pages = PdfReader(io.BytesIO(data), strict=False).pages
+        for number, page in enumerate(pages, start=1):
+            for line in (page.extract_text() or "").splitlines():
+                if re.search(r"\bPRELIMINARY\b", line):
+                    return f"page {number}: {line.strip()!r}"
+    except (PyPdfError, ValueError, KeyError):
+        return None
+    return None
+
+
+def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, reason: str = DEFAULT_REASON,
+         signer_name: str | None = None, role: str | None = None, location: str | None = None,
+         lab_ca: Path | None = None) -> dict[str, Any]:
+    """Certify ``pdf_path`` with the PKCS#12 at ``key_path`` and write the signed copy to ``out_path``.
+
+    The signature is a certification signature (DocMDP, no changes permitted), so any later revision makes every
+    validator report the document as modified. ``signer_name`` and ``role`` default to the certificate's common
+    name and title. With ``lab_ca`` the certificate must pass
+    :func:`phenotyping.certificates.check_signer_certificate` (issued by that CA, valid now, digital-signature key
+    usage, a common name). Returns what was signed: ``{"out", "signer", "role", "reason"}``.
 
     Raises:
         FileExistsError: ``out_path`` exists (a signed report is never overwritten).
-        SigningError: wrong password, unreadable PDF, or a report whose signature field is already signed.
+        SigningError: wrong password, unreadable PDF, a PDF that says it is preliminary, a report whose signature
+            field is already signed, a certificate without a common name, or (with ``lab_ca``) a certificate rule
+            that fails.
     """
     from pyhanko.pdf_utils.misc import PdfReadError
     from pyhanko.pdf_utils.text import TextBoxStyle
@@ -139,9 +173,19 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
     if not STAMP_FONT.exists():
         raise FileNotFoundError(f"stamp font {STAMP_FONT} is missing; install the fonts-dejavu-core package")
     signer = _load_signer(key_path, password)
-    name = signer_name or _subject_attr(signer.signing_cert, "common_name") or "unknown signer"
+    cert_name = _subject_attr(signer.signing_cert, "common_name")
+    failed = (check_signer_certificate(_as_cryptography(signer.signing_cert), lab_ca=lab_ca, signer_name=None)
+              if lab_ca is not None else [] if cert_name else
+              ["the certificate has no subject common name (CN), so it does not say who signs"])
+    if failed:
+        raise SigningError(f"the key {key_path} may not sign: " + "; ".join(failed))
+    name = signer_name or cert_name
     role = role or _subject_attr(signer.signing_cert, "title") or "signer"
     data = pdf_path.read_bytes()
+    marking = preliminary_marking(data)
+    if marking is not None:
+        raise SigningError(f"{pdf_path} states that it is preliminary ({marking}); a preliminary report is never "
+                           "signed: sign the sample's final report with `python -m reports sign --sample ID`")
     try:
         writer = incremental_writer(data, strict=False)  # keeps Info and XMP metadata equal (PDF/A)
     except (PdfReadError, ValueError) as e:
@@ -155,6 +199,7 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD, reason=reason, name=name, location=location,
         subfilter=fields.SigSeedSubFilter.PADES, md_algorithm="sha256",
+        certify=True, docmdp_permissions=fields.MDPPerm.NO_CHANGES,
     )
     style = TextStampStyle(
         stamp_text="Electronically signed by %(signer)s\nRole: %(role)s\nTime: %(ts)s\nReason: %(reason)s",
@@ -170,44 +215,119 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
     return {"out": str(out_path), "signer": name, "role": role, "reason": reason}
 
 
-def verify(path: Path, trust: Path | None = None) -> dict[str, Any]:
-    """Check the last signature of ``path``.
+def _trust_reasons(status: Any, trust: Path | None, signed_at: datetime | None) -> list[str]:
+    """Why the signer of a validated signature is not trusted (empty: trusted)."""
+    if trust is None:
+        return ["no trust anchor was given, so the signer cannot be trusted: give --trust CA.pem or "
+                + CONFIGURE_LAB_CA]
+    reasons = []
+    if not status.trusted:
+        why = status.trust_problem_indic.name if status.trust_problem_indic is not None else "no path to a trust anchor"
+        reasons.append(f"the signer's certificate is not trusted at the signing time ({why}): it must chain to "
+                       f"{trust} and be valid when it signed")
+    reasons += check_signer_certificate(_as_cryptography(status.signing_cert), lab_ca=trust, signer_name=None,
+                                        at=signed_at)
+    return list(dict.fromkeys(reasons))
 
-    Returns ``{"signed", "intact", "trusted", "signer", "signed_at", "covers_whole_file"}``: ``intact`` means the
-    signed bytes are unchanged and the signature matches the certificate; ``trusted`` means the certificate chains
-    to a certificate in ``trust`` (PEM/DER file; without one nothing is trusted); ``covers_whole_file`` is False
-    when bytes were appended after signing. ``signed_at`` is the signer-reported time (ISO 8601).
-    """
-    from pyhanko.keys import load_certs_from_pemder
-    from pyhanko.pdf_utils.reader import PdfFileReader
-    from pyhanko.sign.validation import validate_pdf_signature
+
+def _modification_reasons(status: Any) -> list[str]:
+    """Why what was added after the signature is not permitted (empty: nothing, or only permitted updates)."""
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+
+    if status.coverage == SignatureCoverageLevel.ENTIRE_FILE:
+        return []
+    if status.coverage != SignatureCoverageLevel.ENTIRE_REVISION:
+        return ["the signature does not cover its whole revision of the file (non-standard byte range)"]
+    level = status.modification_level
+    if level is None:
+        return ["the file was changed after signing and the changes could not be analysed"]
+    if status.docmdp_ok is not True:
+        return [f"the file was changed after signing (modification level {level.name}) in a way its DocMDP "
+                "permissions do not allow: the document shown is not the one signed"]
+    return []
+
+
+def _validate_one(sig: Any, trust: Path | None, roots: list[Any]) -> dict[str, Any]:
+    """One embedded signature: the fields of :func:`verify` and its reasons."""
+    from pyhanko.sign.validation import KeyUsageConstraints, validate_pdf_signature
     from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
 
-    result: dict[str, Any] = {"signed": False, "intact": False, "trusted": False, "signer": None,
-                              "signed_at": None, "covers_whole_file": False}
+    signed_at: datetime | None = sig.self_reported_timestamp
+    context = ValidationContext(trust_roots=roots, allow_fetching=False, moment=signed_at)
+    try:
+        # key usage: the lab's rule (digital signature), where pyHanko's default asks for non-repudiation
+        status = validate_pdf_signature(sig, context,
+                                        key_usage_settings=KeyUsageConstraints(key_usage={"digital_signature"}))
+    except Exception as e:  # noqa: BLE001 - pyHanko raises on structurally broken signatures: not intact
+        return {"intact": False, "modifications_ok": False, "trusted": False, "valid": False, "signer": None,
+                "signed_at": None, "covers_whole_file": False, "pyhanko_status": None,
+                "reasons": [f"the signature cannot be validated: {e}"]}
+    intact = bool(status.intact and status.valid)
+    reasons = [] if intact else ["the signed bytes were changed, or the signature does not match its certificate"]
+    modification = _modification_reasons(status)
+    trust_reasons = _trust_reasons(status, trust, signed_at) if intact else []
+    if intact and not status.seed_value_ok:
+        modification.append(f"the signature breaks its field's seed-value constraints: "
+                            f"{status.seed_value_constraint_error.failure_message}")
+    valid = intact and not modification and not trust_reasons and bool(status.bottom_line)
+    if intact and not modification and not trust_reasons and not valid:
+        reasons.append(f"pyHanko's validation verdict is negative ({status.summary()})")
+    return {"intact": intact, "modifications_ok": intact and not modification,
+            "trusted": intact and not trust_reasons, "valid": valid,
+            "signer": _subject_attr(status.signing_cert, "common_name") or status.signing_cert.subject.human_friendly,
+            "signed_at": signed_at.isoformat() if signed_at else None,
+            "covers_whole_file": status.coverage == SignatureCoverageLevel.ENTIRE_FILE,
+            "pyhanko_status": status.summary(), "reasons": reasons + modification + trust_reasons}
+
+
+def verify(path: Path, trust: Path | None = None) -> dict[str, Any]:
+    """Check every signature of ``path`` with pyHanko's full validation status.
+
+    Returns ``{"signed", "valid", "intact", "modifications_ok", "trusted", "certified", "signer", "signed_at",
+    "covers_whole_file", "signatures", "pyhanko_status", "reasons"}``. ``intact``: the signed bytes are unchanged
+    and the signature matches its certificate. ``modifications_ok``: nothing was added after the signature except
+    what its DocMDP permissions allow (a certified report permits nothing). ``trusted``: the certificate chains to
+    a certificate in ``trust`` (PEM/DER; without one nothing is trusted) and, at the signer-reported signing time,
+    is within its validity with the digital-signature key usage and a common name. ``valid``: all of these, for
+    every signature, and pyHanko's bottom line. ``reasons`` names each failed rule. ``signer`` and ``signed_at``
+    (signer-reported, ISO 8601) are the first signature's; ``certified`` says whether it carries DocMDP.
+    """
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation import read_certification_data
+
+    result: dict[str, Any] = {"signed": False, "valid": False, "intact": False, "modifications_ok": False,
+                              "trusted": False, "certified": False, "signer": None, "signed_at": None,
+                              "covers_whole_file": False, "signatures": 0, "pyhanko_status": None, "reasons": []}
     data = Path(path).read_bytes()
-    roots = list(load_certs_from_pemder([str(trust)])) if trust is not None else []
+    roots = list(_trust_roots(trust)) if trust is not None else []
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=False)
         sigs = reader.embedded_signatures
-    except Exception:  # noqa: BLE001 - a damaged file is reported as not intact, whatever the parser raised
+        certified = read_certification_data(reader) is not None
+    except Exception as e:  # noqa: BLE001 - a damaged file is reported as not intact, whatever the parser raised
         result["signed"] = b"/ByteRange" in data
+        result["reasons"] = [f"{path} cannot be read as a PDF: {e}"]
         return result
     if not sigs:
+        result["reasons"] = [f"{path} carries no signature"]
         return result
-    sig = sigs[-1]
-    result["signed"] = True
-    try:
-        status = validate_pdf_signature(sig, ValidationContext(trust_roots=roots, allow_fetching=False))
-    except Exception:  # noqa: BLE001 - pyHanko raises on structurally broken signatures: not intact
-        return result
-    signed_at: datetime | None = status.signer_reported_dt
+    checks = [_validate_one(sig, trust, roots) for sig in sigs]
+    reasons = [r if len(checks) == 1 else f"signature {i} ({sig.field_name}): {r}"
+               for i, (sig, c) in enumerate(zip(sigs, checks), start=1) for r in c["reasons"]]
+    first = checks[0]
     result.update(
-        intact=bool(status.intact and status.valid),
-        trusted=bool(status.intact and status.valid and status.trusted),
-        signer=_subject_attr(status.signing_cert, "common_name") or status.signing_cert.subject.human_friendly,
-        signed_at=signed_at.isoformat() if signed_at else None,
-        covers_whole_file=status.coverage == SignatureCoverageLevel.ENTIRE_FILE,
+        signed=True, certified=certified, signatures=len(checks), signer=first["signer"],
+        signed_at=first["signed_at"], pyhanko_status=first["pyhanko_status"],
+        covers_whole_file=checks[-1]["covers_whole_file"], reasons=list(dict.fromkeys(reasons)),
+        **{k: all(c[k] for c in checks) for k in ("valid", "intact", "modifications_ok", "trusted")},
     )
     return result
+
+
+def _trust_roots(trust: Path) -> list[Any]:
+    from pyhanko.keys import load_certs_from_pemder
+
+    if not Path(trust).is_file():
+        raise FileNotFoundError(f"trust anchor {trust} does not exist; give the lab CA's ca.pem")
+    return list(load_certs_from_pemder([str(trust)]))

@@ -178,17 +178,19 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
                 settings: Any = None, reason: str | None = None) -> dict[str, Any]:
     """Render the latest version as final (or amended), sign it with the signer's PKCS#12, and record it.
 
-    The report time is the signing time; the PDF carries ``results.json`` and ``cells.csv`` (what was signed). When
-    the certificate's name is not the signer's display name, the report shows both and the audit records it.
+    The report time is the signing time; the PDF carries ``results.json`` and ``cells.csv`` (what was signed).
     Returns ``{"version", "status", "pdf", "sha256", "signer", "certificate_name"}``.
 
     Raises:
-        SigningBlocked: see :func:`signing_problems`.
+        SigningBlocked: see :func:`signing_problems`, or the key's certificate fails a rule of
+            :func:`phenotyping.certificates.check_signer_certificate` (issued by ``settings.lab_ca``, valid now,
+            digital-signature key usage, a common name that names the signer); nothing changes in the store then.
         reports.signing.SigningError: wrong key password or unreadable key.
     """
     from phenotyping.analysis.results import sample_results
+    from phenotyping.certificates import check_signer_certificate
     from reports.pdf import render
-    from reports.signing import certificate_subject, same_person_name, sign
+    from reports.signing import sign, signing_certificate
 
     settings = _settings(settings)
     found = store.get_user(signer)
@@ -197,15 +199,16 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
         raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(pre))
     user = found[0]
     display = user.display_name or user.username
-    subject = certificate_subject(Path(key_path), password)  # a wrong password fails here, before any work
-    mismatch = not same_person_name(subject["name"], display)
+    cert = signing_certificate(Path(key_path), password)  # a wrong password fails here, before any work
+    failed = check_signer_certificate(cert, lab_ca=settings.lab_ca, signer_name=display)
+    if failed:
+        raise SigningBlocked(f"cannot sign sample {sample_id} with the key {key_path}: " + "; ".join(failed))
     rv = store.get_report_version(sample_id)
     status = "amended" if rv.amends_version is not None else "final"
     res = sample_results(store, sample_id)
     now = datetime.now(timezone.utc)
     ctx = build_context(store, sample_id, version=rv.version, status=status, settings=settings, results=res,
-                        signer=Person(name=display, role=user.role.value), reported_at=now,
-                        signer_certificate=subject["name"] if mismatch else None)
+                        signer=Person(name=display, role=user.role.value), reported_at=now)
     problems = interpretation_problems(ctx)
     if problems:
         raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(problems))
@@ -216,7 +219,7 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     unsigned.unlink(missing_ok=True)  # a previous attempt that failed at signing
     unsigned.write_bytes(render(ctx, cells_csv=cells_csv_from_results(res)))
     try:
-        info = sign(unsigned, Path(key_path), signed, password=password,
+        info = sign(unsigned, Path(key_path), signed, password=password, lab_ca=settings.lab_ca,
                     reason=reason or (f"Amended report (replaces v{rv.amends_version}): {rv.amendment_reason}"
                                       if status == "amended" else "Final report"))
     finally:
@@ -224,54 +227,40 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     digest = hashlib.sha256(signed.read_bytes()).hexdigest()
     store.mark_report_signed(sample_id, rv.version, signer=signer, status=status, pdf_path=str(signed),
                              pdf_hash=digest)
-    if mismatch:
-        store.record_event(actor=signer, action="report.signer_name_mismatch", entity="report",
-                           entity_id=f"{sample_id}/v{rv.version}", sample_id=sample_id,
-                           after={"display_name": display, "certificate_name": subject["name"]})
     store.set_sample_status(sample_id, SampleStatus.signed if status == "final" else SampleStatus.amended,
                             actor=signer)
     return {"version": rv.version, "status": status, "pdf": str(signed), "sha256": digest, "signer": signer,
             "certificate_name": info["signer"]}
 
 
-def install_signer_key(store: Any, settings: Any, username: str, data: bytes, password: bytes, *,
-                       accept_name_mismatch: bool = False) -> dict[str, Any]:
-    """Keep ``data`` (a PKCS#12) as ``username``'s signing key after checking whose certificate it is.
+def install_signer_key(store: Any, settings: Any, username: str, data: bytes, password: bytes) -> dict[str, Any]:
+    """Keep ``data`` (a PKCS#12) as ``username``'s signing key after checking its certificate.
 
-    The certificate's subject name must name the user's display name (case, punctuation, order and titles
-    ignored); a mismatch is refused unless ``accept_name_mismatch`` (e.g. a CA's own spelling), and then recorded in
-    the audit. Returns ``{"path", "certificate_name", "display_name", "name_matches"}``.
+    The certificate must be issued by the lab CA (``settings.lab_ca``), be within its validity, carry the
+    digital-signature key usage and name the user's display name (case, punctuation, order and titles ignored):
+    :func:`phenotyping.certificates.check_signer_certificate`. The installation is audited. Returns
+    ``{"path", "certificate_name", "display_name"}``.
 
     Raises:
-        ValueError: wrong password, not a PKCS#12, no such user, or a name mismatch not accepted.
+        ValueError: wrong password, not a PKCS#12, no such user, or a certificate rule that fails (named).
     """
     from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
-    from cryptography.x509.oid import NameOID
 
     from phenotyping.auth import install_signer_key as keep_key
-    from reports.signing import same_person_name
+    from phenotyping.certificates import common_name
 
     found = store.get_user(username)
     if found is None:
         raise ValueError(f"no user {username!r}")
     display = found[0].display_name or found[0].username
-    try:
-        _, cert, _ = pkcs12.load_key_and_certificates(data, password)
-    except ValueError as e:
-        raise ValueError("cannot open this key file with that password (is it a PKCS#12 .p12/.pfx file?)") from e
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) if cert is not None else []
-    cn = str(names[0].value) if names else ""
-    matches = same_person_name(cn, display)
-    if not matches and not accept_name_mismatch:
-        raise ValueError(f"the certificate is issued to {cn or '(no common name)'!r}, not to {display!r} (your "
-                         "display name); use a key issued to you, ask an admin to correct your display name, or "
-                         "confirm that this is your certificate")
-    path = keep_key(settings, username, data, password)
+    path = keep_key(settings, username, data, password, signer_name=display)
+    _, cert, _ = pkcs12.load_key_and_certificates(data, password)
+    assert cert is not None  # keep_key refuses a file without one
+    cn = common_name(cert)
     store.record_event(actor=username, action="signer_key.install", entity="user", entity_id=username,
-                       after={"certificate_name": cn, "display_name": display, "name_matches": matches,
-                              "certificate_sha256": None if cert is None else hashlib.sha256(
-                                  cert.public_bytes(Encoding.DER)).hexdigest()})
-    return {"path": str(path), "certificate_name": cn, "display_name": display, "name_matches": matches}
+                       after={"certificate_name": cn, "display_name": display,
+                              "certificate_sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()})
+    return {"path": str(path), "certificate_name": cn, "display_name": display}
 
 
 # -- what was signed --------------------------------------------------------------------------------------------------

@@ -398,7 +398,7 @@ def test_study_shows_verdict_decision_levels_and_warnings(lab, app_env):
     assert not at.exception and any("not CLASS=VALUE" in e for e in errors(at))
 
 
-def test_draft_edit_and_sign(lab, app_env):
+def test_draft_edit_and_sign(lab, app_env, monkeypatch):
     from phenotyping.auth import install_signer_key
     from phenotyping.settings import get_settings
     from reports.keys import init_ca, issue_signer
@@ -418,7 +418,9 @@ def test_draft_edit_and_sign(lab, app_env):
     init_ca(app_env / "ca", name="Test CA", password=b"ca-secret-1", key_type="ec")
     key = issue_signer(app_env / "ca", app_env / "sig.p12", name="Dr Sig", role="haematologist",
                        ca_password=b"ca-secret-1", password=KEY_PASSWORD.encode(), key_type="ec")
-    install_signer_key(get_settings(), "sig", key.read_bytes(), KEY_PASSWORD.encode())
+    monkeypatch.setenv("LEUKO_LAB_CA", str(app_env / "ca" / "ca.pem"))
+    get_settings.cache_clear()
+    install_signer_key(get_settings(), "sig", key.read_bytes(), KEY_PASSWORD.encode(), signer_name="Dr Sig")
     at = app("sig", "report")
     pw = next(t for t in at.text_input if t.label == "Key password")
     pw.input("wrong-password")

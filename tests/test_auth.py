@@ -66,13 +66,13 @@ def test_deactivated_user_cannot_log_in_and_last_admin_is_kept(store):
 def test_signer_key_is_checked_before_it_is_kept(tmp_path):
     from reports.keys import init_ca, issue_signer
 
-    settings = Settings(db_path=tmp_path / "lab.duckdb")
+    settings = Settings(db_path=tmp_path / "lab.duckdb", lab_ca=tmp_path / "ca" / "ca.pem")
     init_ca(tmp_path / "ca", name="CA", password=b"ca-secret-1", key_type="ec")
     key = issue_signer(tmp_path / "ca", tmp_path / "k.p12", name="Dr S", role="signer", ca_password=b"ca-secret-1",
                        password=b"sig-secret-1", key_type="ec")
     with pytest.raises(ValueError, match="cannot open this key file"):
-        install_signer_key(settings, "sig", key.read_bytes(), b"wrong")
-    path = install_signer_key(settings, "sig", key.read_bytes(), b"sig-secret-1")
+        install_signer_key(settings, "sig", key.read_bytes(), b"wrong", signer_name="Dr S")
+    path = install_signer_key(settings, "sig", key.read_bytes(), b"sig-secret-1", signer_name="Dr S")
     assert path == signer_key_path(settings, "sig") and path.read_bytes() == key.read_bytes()
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.name == "lab-keys"
 

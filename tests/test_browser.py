@@ -74,7 +74,7 @@ def server(tmp_path):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
     env = {**os.environ, "LEUKO_DB_PATH": str(tmp_path / "lab.duckdb"), "LEUKO_ADMIN_PASSWORD": ADMIN_PW,
-           "LEUKO_MODEL_DIR": str(tmp_path / "models")}
+           "LEUKO_MODEL_DIR": str(tmp_path / "models"), "LEUKO_LAB_CA": str(tmp_path / "ca" / "ca.pem")}
     env.pop("LEUKO_LLM_MODEL", None)
     subprocess.run([sys.executable, "-m", "phenotyping", "users", "create-admin", "--username", "admin",
                     "--display-name", "Dr Admin"], env=env, check=True, cwd=PROJECT_ROOT, capture_output=True)

@@ -276,7 +276,7 @@ def test_study_run_list_show(lab, capsys):
 
 # -- signing through the store ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_sign_sample_records_the_signed_version_and_checks_the_draft(lab, capsys):
+def test_sign_sample_records_the_signed_version_and_checks_the_draft(lab, capsys, monkeypatch):
     from reports.keys import init_ca, issue_signer
     from reports.signing import verify
 
@@ -285,6 +285,7 @@ def test_sign_sample_records_the_signed_version_and_checks_the_draft(lab, capsys
     key = issue_signer(tmp / "ca", tmp / "sig.p12", name="Dr Sig", role="haematologist", ca_password=b"ca-secret-1",
                        password=b"key-secret-1", key_type="ec")
     (tmp / "key.pw").write_text("key-secret-1\n")
+    monkeypatch.setenv("LEUKO_LAB_CA", str(tmp / "ca" / "ca.pem"))
     sign = ["sign", "--sample", "A", "--key", str(key), "--password-file", str(tmp / "key.pw"), *as_(lab, "sig")]
     assert run(capsys, pheno, ["review", "confirm", "--sample", "A", "--unidentified", *as_(lab, "rev")])[0] == 0
     assert run(capsys, reports, ["draft", "--sample", "A", *as_(lab, "rev")])[0] == 0

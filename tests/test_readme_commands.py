@@ -33,6 +33,7 @@ def test_block_reaches_verify_and_uses_the_store_recorded_signing():
     lines = [ln for ln in block.splitlines() if ln.strip()]
     assert "reports verify" in block.replace("$R verify", "reports verify") and lines[-1].startswith("$R verify")
     assert "$R sign --sample" in block and "$R draft" in block and "review confirm" in block
+    assert "export LEUKO_LAB_CA=" in block  # keys are accepted only from the configured lab CA
 
 
 @pytest.mark.slow
@@ -51,7 +52,8 @@ def test_readme_command_block_runs_as_written(tmp_path):
                        timeout=600)
     assert p.returncode == 0, f"exit {p.returncode}\n--- stderr ---\n{p.stderr[-4000:]}"
     verified = json.loads(p.stdout[p.stdout.rindex("{\n  \"signed\""):])
-    assert verified["signed"] and verified["intact"] and verified["trusted"]
+    assert verified["signed"] and verified["valid"] and verified["intact"] and verified["trusted"]
+    assert verified["certified"] and verified["reasons"] == []
     assert verified["signer"] == "Dr A. Signer"
 
     from phenotyping.store import Store

@@ -49,8 +49,9 @@ def test_signature_is_valid_and_trusted(pki, signed):
 
 def test_unsigned_report_reports_unsigned(signed):
     d, _ = signed
-    assert signing.verify(d / "report.pdf") == {"signed": False, "intact": False, "trusted": False,
-                                                "signer": None, "signed_at": None, "covers_whole_file": False}
+    result = signing.verify(d / "report.pdf")
+    assert not result["signed"] and not result["valid"] and not result["intact"] and not result["trusted"]
+    assert result["signer"] is None and result["reasons"] == [f"{d / 'report.pdf'} carries no signature"]
 
 
 def test_signed_report_is_still_pdfa_and_keeps_the_original_bytes(signed):
@@ -116,7 +117,7 @@ def test_command_line_keys_sign_verify(tmp_path, monkeypatch, capsys):
     assert main(["keys", "issue", "--ca", str(tmp_path / "ca"), "--name", "Dr. CLI", "--role", "signer",
                  "--out", str(tmp_path / "s.p12"), "--password-file", str(tmp_path / "pw"),
                  "--key-type", "ec"]) == 0
-    (tmp_path / "r.pdf").write_bytes(render(demo_context(status="preliminary")))
+    (tmp_path / "r.pdf").write_bytes(render(demo_context(status="final")))
     monkeypatch.delenv("LEUKO_SIGNER_PASSWORD", raising=False)
     assert main(["sign", str(tmp_path / "r.pdf"), "--key", str(tmp_path / "s.p12"), "--out",
                  str(tmp_path / "s.pdf")]) == 2  # no password given anywhere
@@ -126,8 +127,9 @@ def test_command_line_keys_sign_verify(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["verify", str(tmp_path / "s.pdf"), "--trust", str(tmp_path / "ca" / "ca.pem")]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"signed", "intact", "trusted", "signer", "signed_at", "covers_whole_file"}
-    assert out["trusted"] and out["signer"] == "Dr. CLI"
+    assert {"signed", "valid", "intact", "modifications_ok", "trusted", "certified", "signer", "signed_at",
+            "covers_whole_file", "reasons", "accepted"} <= set(out)
+    assert out["valid"] and out["trusted"] and out["signer"] == "Dr. CLI" and out["reasons"] == []
 
 
 @pytest.mark.parametrize("argv", [[], ["render"], ["sign"], ["verify"], ["keys"], ["keys", "init-ca"],

@@ -23,7 +23,8 @@ def lab(store, tmp_path):
     _fill(store, tmp_path / "model")
     store.create_user(User(username="sig", display_name="Dr Sig", role=Role.signer), password_hash="x", actor="a")
     store.create_user(User(username="rev", role=Role.reviewer), password_hash="x", actor="a")
-    settings = Settings(db_path=":memory:", data_dir=tmp_path / "images", llm_model=None)
+    settings = Settings(db_path=":memory:", data_dir=tmp_path / "images", llm_model=None,
+                        lab_ca=tmp_path / "ca" / "ca.pem")
     init_ca(tmp_path / "ca", name="Test Lab CA", password=b"ca-secret-1", key_type="ec")
     key = issue_signer(tmp_path / "ca", tmp_path / "sig.p12", name="Dr Sig", role="haematologist",
                        ca_password=b"ca-secret-1", password=b"sig-secret-1", key_type="ec")
@@ -231,7 +232,7 @@ def test_render_command_refuses_a_signed_version(tmp_path, capsys):
     from reports.__main__ import main
 
     db = tmp_path / "lab.duckdb"
-    settings = Settings(db_path=db, llm_model=None)
+    settings = Settings(db_path=db, llm_model=None, lab_ca=tmp_path / "ca" / "ca.pem")
     with Store(db, image_dir=settings.image_dir()) as store:
         _fill(store, tmp_path / "model")
         store.create_user(User(username="sig", display_name="Dr Sig", role=Role.signer), password_hash="x",
@@ -255,22 +256,54 @@ def test_signer_certificate_must_name_the_signer(lab):
 
     store, settings, key, tmp_path = lab
     settings = settings.model_copy(update={"data_dir": tmp_path / "data"})
-    assert install_signer_key(store, settings, "sig", key.read_bytes(), b"sig-secret-1")["name_matches"]
+    assert install_signer_key(store, settings, "sig", key.read_bytes(), b"sig-secret-1")["certificate_name"] == "Dr Sig"
     other = issue_signer(tmp_path / "ca", tmp_path / "other.p12", name="Someone Else", role="haematologist",
                          ca_password=b"ca-secret-1", password=b"sig-secret-1", key_type="ec")
     with pytest.raises(ValueError, match="issued to 'Someone Else', not to 'Dr Sig'"):
         install_signer_key(store, settings, "sig", other.read_bytes(), b"sig-secret-1")
     assert signer_key_path(settings, "sig").read_bytes() == key.read_bytes()  # the old key stays
-    info = install_signer_key(store, settings, "sig", other.read_bytes(), b"sig-secret-1",
-                              accept_name_mismatch=True)
-    assert not info["name_matches"]
     ev = store.list_audit(action="signer_key.install", limit=1)[0]
-    assert ev.after["certificate_name"] == "Someone Else" and ev.after["name_matches"] is False
+    assert ev.after["certificate_name"] == "Dr Sig"
 
     draft_report(store, "S1", actor="rev", settings=settings)
-    out = sign_report(store, "S1", signer="sig", key_path=other, password=b"sig-secret-1", settings=settings)
-    assert out["certificate_name"] == "Someone Else"  # the stamp shows the certificate's name …
-    results = json.loads(_attached(out["pdf"], "results.json"))
-    assert results["signer"]["name"] == "Dr Sig" and results["signer_certificate"] == "Someone Else"  # … and both
-    assert store.list_audit(sample_id="S1", action="report.signer_name_mismatch")[0].after == {
-        "display_name": "Dr Sig", "certificate_name": "Someone Else"}
+    before = store.get_report_version("S1")
+    with pytest.raises(SigningBlocked, match="issued to 'Someone Else', not to 'Dr Sig'"):
+        sign_report(store, "S1", signer="sig", key_path=other, password=b"sig-secret-1", settings=settings)
+    assert store.get_report_version("S1") == before and store.get_sample("S1").status != SampleStatus.signed
+
+
+@pytest.mark.parametrize("rule", ["expired", "not valid yet", "not issued by the lab CA", "digital signature",
+                                  "no subject common name", "no lab CA is configured"])
+def test_sign_report_refuses_a_certificate_that_breaks_a_rule(lab, rule):
+    import datetime as dt
+
+    from tests.test_signature_trust import KEY_PW, NOW, make_p12
+
+    store, settings, key, tmp_path = lab
+    if rule == "no lab CA is configured":
+        settings = settings.model_copy(update={"lab_ca": None})
+    elif rule == "not issued by the lab CA":
+        init_ca(tmp_path / "other", name="Another CA", password=b"ca-password-1", key_type="ec")
+        key = make_p12(tmp_path / "k.p12", ca_dir=tmp_path / "other")
+    else:
+        ca_copy = tmp_path / "ca-copy"  # make_p12 opens the CA key with its own password
+        from cryptography.hazmat.primitives import serialization
+
+        ca_copy.mkdir()
+        shutil.copy(tmp_path / "ca" / "ca.pem", ca_copy / "ca.pem")
+        ca_key = serialization.load_pem_private_key((tmp_path / "ca" / "ca.key.pem").read_bytes(), b"ca-secret-1")
+        (ca_copy / "ca.key.pem").write_bytes(ca_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"ca-password-1")))
+        options = {"expired": {"not_before": NOW - dt.timedelta(days=400), "not_after": NOW - dt.timedelta(days=30)},
+                   "not valid yet": {"not_before": NOW + dt.timedelta(days=30)},
+                   "digital signature": {"digital_signature": False},
+                   "no subject common name": {"name": None}}[rule]
+        key = make_p12(tmp_path / "k.p12", ca_dir=ca_copy, **options)
+    password = b"sig-secret-1" if key.name == "sig.p12" else KEY_PW
+    draft_report(store, "S1", actor="rev", settings=settings)
+    before = store.get_report_version("S1")
+    with pytest.raises(SigningBlocked, match=rule):
+        sign_report(store, "S1", signer="sig", key_path=key, password=password, settings=settings)
+    assert store.get_report_version("S1") == before and store.get_sample("S1").status != SampleStatus.signed
+    assert not list(settings.reports_dir().glob("S1-*.pdf"))
