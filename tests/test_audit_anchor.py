@@ -14,6 +14,7 @@ from phenotyping.store._db import _utc, audit_digest
 from reports.demo import demo_context
 from reports.fhir import AUDIT_HEAD_EXTENSION, fhir_bundle
 from reports._models import AuditChainHead
+from tests.test_app import app_env  # noqa: F401 (fixture)
 from tests.test_store import add_cells
 
 
@@ -194,3 +195,20 @@ def test_report_without_a_head_reads_back(tmp_path):
     assert type(demo_context()).from_results_json(data).audit_head is None
     with pytest.raises(ValueError, match="sha256"):
         AuditChainHead(seq=1, event_id=1, sha256="not-a-hash")
+
+
+def test_audit_screen_shows_the_anchor_state(app_env):
+    from phenotyping.auth import create_first_admin
+    from tests.test_app import PASSWORD, app, get_store_obj
+
+    store = get_store_obj()
+    create_first_admin(store, "admin", PASSWORD)
+    store.create_sample(Sample(id="S1", specimen=Specimen.blood), actor="admin")
+    store.set_sample_status("S1", SampleStatus.analysed, actor="admin")
+    at = app("admin", "audit")
+    at.button[0].click().run()
+    assert not at.exception and any("Anchor: agrees" in s.value for s in at.success)
+    store._cursor().execute("DELETE FROM audit WHERE id = (SELECT max(id) FROM audit)")
+    at.button[0].click().run()
+    assert any("Anchor: disagrees" in e.value for e in at.error)
+    assert any("truncated" in e.value and "sample.status" in e.value for e in at.error)
