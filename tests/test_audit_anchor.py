@@ -212,3 +212,17 @@ def test_audit_screen_shows_the_anchor_state(app_env):
     at.button[0].click().run()
     assert any("Anchor: disagrees" in e.value for e in at.error)
     assert any("truncated" in e.value and "sample.status" in e.value for e in at.error)
+
+
+def test_a_line_torn_by_a_crash_is_a_note_and_written_again(tmp_path, capsys):
+    db = tmp_path / "a.duckdb"
+    _fill(db)
+    anchor = tmp_path / "a.duckdb.audit-anchor"
+    text = anchor.read_text()
+    anchor.write_text(text[:-40])  # the last line (seq 7) cut mid-write, no newline
+    with Store(db) as s:
+        s.set_sample_status("S1", SampleStatus.analysed, actor="b")
+    lines = anchor.read_text().splitlines()
+    assert json.loads(lines[-2])["seq"] == 7 and json.loads(lines[-2])["late"] and json.loads(lines[-1])["seq"] == 8
+    rc, out = _verify(db, capsys)
+    assert rc == 0 and any("cut short" in n for n in out["notes"])

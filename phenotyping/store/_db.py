@@ -200,8 +200,11 @@ class Database:
         data = "".join(_json(line) + "\n" for line in lines).encode()
         try:
             created = not self.anchor_path.exists()
-            fd = os.open(self.anchor_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.anchor_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: start on a new one
+                    data = b"\n" + data
                 os.write(fd, data)
                 os.fsync(fd)
             finally:

@@ -87,8 +87,9 @@ def _name(e: dict[str, Any]) -> str:
     return f"event #{e['id']} (seq {e['seq']}, {e['at']}, {e['action']})"
 
 
-def _read_anchor(path: Path, problems: list[str]) -> dict[int, dict[str, Any]]:
-    """seq -> the first anchor line for it; unreadable lines and contradicting duplicates go to ``problems``."""
+def _read_anchor(path: Path, problems: list[str], notes: list[str]) -> dict[int, dict[str, Any]]:
+    """seq -> the first anchor line for it; unreadable lines and contradicting duplicates go to ``problems``, except
+    a line cut short (a crash during the write; the next commit wrote its events again), which is a note."""
     out: dict[int, dict[str, Any]] = {}
     for n, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not text.strip():
@@ -97,7 +98,10 @@ def _read_anchor(path: Path, problems: list[str]) -> dict[int, dict[str, Any]]:
             line = json.loads(text)
             seq, line["id"], line["hash"] = int(line["seq"]), int(line["id"]), str(line["hash"])
         except (ValueError, KeyError, TypeError) as e:
-            problems.append(f"{path} line {n} is not an anchor line ({e}): {text[:80]!r}")
+            if text.lstrip().startswith("{") and not text.rstrip().endswith("}"):
+                notes.append(f"{path} line {n} was cut short (a crash while it was written): {text[:60]!r}")
+            else:
+                problems.append(f"{path} line {n} is not an anchor line ({e}): {text[:80]!r}")
             continue
         line["line"] = n
         first = out.setdefault(seq, line)
@@ -244,7 +248,7 @@ class AuditRepository:
                 return "missing", 0, len(rows), None
             return "agrees", 0, 0, None
         before = len(problems)
-        anchor = _read_anchor(path, problems)
+        anchor = _read_anchor(path, problems, notes)
         bad = _compare_anchor(rows, anchor, path, problems)
         top = max(anchor, default=0)
         gaps = [s for s in range(1, min(top, len(rows)) + 1) if s not in anchor]
