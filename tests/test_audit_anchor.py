@@ -226,3 +226,20 @@ def test_a_line_torn_by_a_crash_is_a_note_and_written_again(tmp_path, capsys):
     assert json.loads(lines[-2])["seq"] == 7 and json.loads(lines[-2])["late"] and json.loads(lines[-1])["seq"] == 8
     rc, out = _verify(db, capsys)
     assert rc == 0 and any("cut short" in n for n in out["notes"])
+
+
+def test_predictions_replaced_or_deleted_through_the_store_are_not_flagged(store, sample):
+    ids = add_cells(store, 4)
+
+    def preds(cells, label):
+        return [Prediction(cell_id=i, model_id="m1", model_version="1", predicted_class=label, confidence=0.7,
+                           probabilities={label: 0.7, "x": 0.3}) for i in cells]
+
+    store.add_predictions(preds(ids[:2], "neutrophil"), sample_id="S1", actor="r")
+    store.add_predictions(preds(ids[2:], "neutrophil"), sample_id="S1", actor="r")
+    store.add_predictions(preds(ids[1:2], "monocyte"), sample_id="S1", actor="r")  # a re-run replaces one
+    check = store.verify_audit()
+    assert check.ok and check.batches == {"checked": 3, "changed": 0, "superseded": 1, "without_digest": 0}
+    store.delete_predictions("S1", "m1", actor="r")
+    check = store.verify_audit()
+    assert check.ok and check.batches["superseded"] == 3 and check.batches["checked"] == 1  # the cells batch

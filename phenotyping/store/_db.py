@@ -203,8 +203,10 @@ class Database:
             fd = os.open(self.anchor_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: start on a new one
-                    data = b"\n" + data
+                if size:
+                    os.lseek(fd, size - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":  # a line torn by a crash: start on a new one
+                        data = b"\n" + data
                 os.write(fd, data)
                 os.fsync(fd)
             finally:

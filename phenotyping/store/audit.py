@@ -107,7 +107,8 @@ def _read_anchor(path: Path, problems: list[str], notes: list[str]) -> dict[int,
         first = out.setdefault(seq, line)
         if first is not line and (first["id"], first["hash"]) != (line["id"], line["hash"]):
             problems.append(f"{path} has two different lines for seq {seq} (lines {first['line']} and {n}): the "
-                            f"audit table was cut back to before seq {seq} and written again")
+                            f"audit table was cut back to before seq {seq} and written again (or the database file was "
+                            "replaced by another while this anchor stayed)")
     return out
 
 
