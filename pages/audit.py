@@ -1,4 +1,5 @@
-"""Audit: the append-only audit trail, filterable by sample, user and action, with a check of its hash chain."""
+"""Audit: the append-only audit trail, filterable by sample, user and action, with a check of its hash chain, its
+anchor file and the batch digests (:meth:`phenotyping.store.audit.AuditRepository.verify`)."""
 
 from __future__ import annotations
 
@@ -57,9 +58,36 @@ if rows and rows[0] < len(events):
         b.json(e.before if e.before is not None else {}, expanded=2)
         a.caption("After")
         a.json(e.after if e.after is not None else {}, expanded=2)
-if st.button("Verify the audit chain", icon=":material/verified_user:"):
+if st.button("Verify the audit trail", icon=":material/verified_user:",
+             help="Recomputes the hash chain, compares it with the anchor file beside the database and recomputes "
+                  "the digests of the cell and prediction batches (as `python -m phenotyping audit verify`)."):
+    check = store.verify_audit()
+    chain, anchor = st.columns(2)
     intact, bad = store.verify_audit_chain()
     if intact:
-        st.success("The audit chain is intact: no row was changed or removed.")
+        chain.success(f"Hash chain: intact over {check.events} event(s).")
     else:
-        st.error(f"The audit chain is broken at row {bad}: a row was changed or removed.")
+        chain.error(f"Hash chain: broken at event #{bad} (a row was changed or removed in place).")
+    anchor_text = {"agrees": f"Anchor: agrees ({check.anchored} event(s) anchored).",
+                   "behind": f"Anchor: behind by {check.behind_by} event(s).",
+                   "missing": "Anchor: missing.", "disagrees": "Anchor: disagrees with the table.",
+                   "none": "Anchor: none (in-memory database)."}[check.anchor_state]
+    {"agrees": anchor.success, "none": anchor.info, "disagrees": anchor.error}.get(check.anchor_state,
+                                                                                  anchor.warning)(anchor_text)
+    if check.bottom_line == "intact":
+        st.success(f"The audit trail is intact: chain, anchor and {check.batches.get('checked', 0)} batch digest(s) "
+                   "agree.")
+    elif check.bottom_line == "tampered":
+        first = check.first_bad
+        st.error("The audit trail was changed behind the application's back"
+                 + (f", first at event #{first['id']} (seq {first['seq']}, {md(str(first['action']))})" if first
+                    else "") + ":\n\n" + "\n".join(f"- {md(p)}" for p in check.problems))
+    else:
+        st.warning("Nothing was found changed, but the anchor cannot vouch for every event:\n\n"
+                   + "\n".join(f"- {md(n)}" for n in check.notes))
+    if check.head is not None:
+        st.caption(f"Chain head: event {check.head.seq} (#{check.head.id}, {check.head.at:%Y-%m-%d %H:%M:%S} UTC), "
+                   f"SHA-256 `{check.head.hash}` — signed reports print the head they were rendered at."
+                   + (f" Anchor file: `{check.anchor}`." if check.anchor else ""))
+    for n in check.notes if check.bottom_line != "unanchored" else ():
+        st.caption(md(n))

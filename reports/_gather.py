@@ -1,7 +1,7 @@
 """Gathering steps of :func:`reports.context.build_context`: what a report needs from the store and the core.
 
-The report version, the people, manual counts, the latest saved study of the sample, reference intervals and cell
-thumbnails. Turning computed results into rows and wording is in :mod:`reports._format`. The models it fills
+The report version, the people, the audit chain head, manual counts, the latest saved study of the sample,
+reference intervals and cell thumbnails. Turning computed results into rows and wording is in :mod:`reports._format`. The models it fills
 are in :mod:`reports._models`.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from phenotyping.errors import PhenotypingError
 from reports._format import kappa_summary, same_value, study_rows, text_svg, thumbnail_data_uri
-from reports._models import ComparisonRow, Person, SignedVersionError, StudyAgreement
+from reports._models import AuditChainHead, ComparisonRow, Person, SignedVersionError, StudyAgreement
 
 
 def unsigned_version(store: Any, sample_id: str, version: int | None, given: Any = None) -> Any:
@@ -45,6 +45,12 @@ def model_version(store: Any, sample_id: str, model_id: str, card: Any) -> str:
     """The version recorded with the sample's predictions, else the card's."""
     preds = store.list_predictions(sample_id, model_id)
     return preds[0].model_version if preds else str(card.get("version", "unknown"))
+
+
+def audit_head(store: Any) -> AuditChainHead | None:
+    """The store's audit chain head (seq, event id, SHA-256), printed in the report; None while the trail is empty."""
+    head = store.audit_head()
+    return None if head is None else AuditChainHead(seq=head.seq, event_id=head.id, sha256=head.hash)
 
 
 def person(store: Any, username: str | None) -> Person | None:

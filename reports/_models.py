@@ -203,6 +203,16 @@ class Person(_Frozen):
     role: str
 
 
+class AuditChainHead(_Frozen):
+    """The audit trail's chain head when the report was rendered: the newest event's place in the chain (``seq``,
+    1-based), its id and its SHA-256. ``python -m phenotyping audit verify`` prints the same fields; a trail whose
+    event ``seq`` no longer has this hash was rewritten after the report."""
+
+    seq: int = Field(ge=1)
+    event_id: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ReportContext(_Frozen):
     """Everything one report version shows."""
 
@@ -252,6 +262,8 @@ class ReportContext(_Frozen):
     signer: Person | None = None
     signer_certificate: str | None = Field(None, description="subject name of the signing certificate, when it "
                                                              "differs from the signer's display name")
+    audit_head: AuditChainHead | None = Field(None, description="the audit chain head when rendered; None: the "
+                                                                "trail was empty (or a report from before heads)")
 
     @field_validator("collected_at", "received_at", "reported_at", "replaces_signed_at")
     @classmethod

@@ -19,8 +19,8 @@ from reports._models import (
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
-    drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version, person,
-    reference_intervals_for, require_differential, study_agreement, unsigned_version,
+    audit_head, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version,
+    person, reference_intervals_for, require_differential, study_agreement, unsigned_version,
 )
 
 __all__ = [
@@ -97,5 +97,5 @@ def build_context(
         interpretation=rv.interpretation, interpretation_source=rv.interpretation_source,
         interpretation_edited=interpretation_edited(store, rv),
         reviewer=person(store, rv.created_by), signer=person(store, rv.signed_by) or signer,
-        signer_certificate=signer_certificate,
+        signer_certificate=signer_certificate, audit_head=audit_head(store),
     )

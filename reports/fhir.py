@@ -31,6 +31,10 @@ reported apart is one more Observation in its own unit: per 100 leukocytes (eryt
 exact CI and corrected value; counted apart (platelets) as a count of cells, UCUM ``{cells}``, never a percentage;
 noted (BALF epithelial cells) as ``%`` of the counted and noted cells. When the model card does not declare the
 sample's specimen, every Observation and the DiagnosticReport carry that statement (:data:`SPECIMEN_EXTENSION`).
+
+The DiagnosticReport carries the audit trail's chain head when the report was rendered (:data:`AUDIT_HEAD_EXTENSION`:
+sub-extensions ``seq`` valueInteger, ``event`` valueInteger, the event id, and ``sha256`` valueString), the same
+values the PDF prints and ``python -m phenotyping audit verify`` checks against.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ REPLACES_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaces-report-version
 AMENDMENT_EXTENSION = "urn:leuko:fhir:StructureDefinition:amendment-reason"
 REPLACES_SHA256_EXTENSION = "urn:leuko:fhir:StructureDefinition:replaced-report-pdf-sha256"
 SPECIMEN_EXTENSION = "urn:leuko:fhir:StructureDefinition:specimen-not-declared-by-model"
+AUDIT_HEAD_EXTENSION = "urn:leuko:fhir:StructureDefinition:audit-chain-head"
 CLASS_SYSTEM = "urn:leuko:cell-class"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -301,6 +306,11 @@ def _report(ctx: ReportContext, subject: dict, refs: dict[str, str | None], obs_
         ])
         if ctx.replaces_pdf_sha256:
             report["extension"].append({"url": REPLACES_SHA256_EXTENSION, "valueString": ctx.replaces_pdf_sha256})
+    if ctx.audit_head is not None:
+        report.setdefault("extension", []).append({"url": AUDIT_HEAD_EXTENSION, "extension": [
+            {"url": "seq", "valueInteger": ctx.audit_head.seq},
+            {"url": "event", "valueInteger": ctx.audit_head.event_id},
+            {"url": "sha256", "valueString": ctx.audit_head.sha256}]})
     return report
 
 

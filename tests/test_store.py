@@ -247,6 +247,8 @@ def test_every_change_writes_its_audit_event(store, sample):
     assert by_action["report.sign"][0].actor == "sig" and by_action["report.sign"][0].after["status"] == "final"
     saves = by_action["predictions.save"]  # one event per batch, not per cell; newest first
     assert len(saves) == 2 and all(e.actor == "runner" for e in saves)
+    assert saves[1].after.pop("cell_ranges") == [[min(ids), max(ids)]] and len(saves[1].after.pop("digest")) == 64
+    assert saves[0].after.pop("cell_ranges") and saves[0].after.pop("digest")  # what `audit verify` recomputes
     assert saves[1].after == {"model_id": "m1", "model_version": "1.2", "cells": 3, "replaced": 0,
                               "classes": {"neutrophil": 3}}
     assert saves[0].after == {"model_id": "m1", "model_version": "1.2", "cells": 1, "replaced": 1,

@@ -11,7 +11,9 @@ Design:
 - Every change of a sample, cell label, manual count, report, user or model is written to the append-only ``audit``
   table in the same transaction as the change (who, when, what, state before and after). Each audit row carries the
   SHA-256 of its content chained to the previous row's, so a deleted or edited row is detectable
-  (:meth:`Store.verify_audit_chain`).
+  (:meth:`Store.verify_audit_chain`). The chain is anchored outside the table in ``<db>.audit-anchor`` and batches
+  of cells and predictions carry digests of their rows, so truncation, re-chaining and rows changed behind the
+  audit's back are detectable too (:meth:`Store.verify_audit`, ``python -m phenotyping audit verify``).
 - Cell images are kept as the original file bytes in a content-addressed folder, not as blobs, and are made durable
   before the rows that point to them are committed (see :mod:`.cells`).
 - While a sample's latest report version is signed, the sample is locked: changes that would alter its results
@@ -111,6 +113,8 @@ class Store:
     record_event = _delegate("audit", AuditRepository.record_event)
     list_audit = _delegate("audit", AuditRepository.list)
     verify_audit_chain = _delegate("audit", AuditRepository.verify_chain)
+    verify_audit = _delegate("audit", AuditRepository.verify)
+    audit_head = _delegate("audit", AuditRepository.head)
 
     # -- samples
     create_sample = _delegate("samples", SampleRepository.create)

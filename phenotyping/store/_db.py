@@ -6,7 +6,15 @@
 - Schema changes are numbered migrations (:mod:`._migrations`) applied in order and recorded in ``schema_migrations``.
 - Every change is written to the append-only ``audit`` table in the same transaction as the change
   (:meth:`Database.audit`). Each audit row carries the SHA-256 of its content chained to the previous row's
-  (:func:`audit_digest`), so a deleted or edited row is detectable.
+  (:func:`audit_digest`), so a row edited or deleted in place is detectable.
+- The chain is anchored outside the table: after each transaction that appended audit rows commits, one line per new
+  row (JSON: ``seq``, ``id``, ``at``, ``action``, ``hash``) is appended to the sidecar file ``<db>.audit-anchor``
+  (:func:`anchor_path`) in one write and fsynced. Deleting the last rows, or editing one and recomputing every later
+  hash, then disagrees with the anchor (:meth:`phenotyping.store.audit.AuditRepository.verify`). The anchor is
+  written only after the commit, so it never claims an event the database lacks; a crash in between leaves it behind,
+  and the next commit appends the missing lines marked ``"late": true``. In-memory databases have no anchor.
+- Batches of cells and predictions record :func:`rows_digest` of the rows they inserted in their audit event, so rows
+  changed behind the audit's back are detectable too.
 - While a sample's latest report version is signed, writes that would alter its results call
   :meth:`Database.refuse_if_signed` inside their own transaction.
 """
@@ -15,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,6 +41,8 @@ from phenotyping.store._migrations import MIGRATIONS
 
 _GENESIS = "0" * 64
 _LOCK_PATTERN = re.compile(r"lock|conflicting|being used", re.IGNORECASE)
+ANCHOR_SUFFIX = ".audit-anchor"
+_log = logging.getLogger(__name__)
 
 
 def _json(value: Any) -> str:
@@ -50,6 +62,40 @@ def audit_digest(prev: str, at: datetime, actor: str, action: str, entity: str, 
     return hashlib.sha256(
         _json([prev, at.isoformat(), actor, action, entity, entity_id, sample_id, before, after]).encode()
     ).hexdigest()
+
+
+def anchor_path(db_path: str | Path) -> Path | None:
+    """The audit anchor beside a database file (``<db>.audit-anchor``); None for ``":memory:"``."""
+    return None if str(db_path) == ":memory:" else Path(str(db_path) + ANCHOR_SUFFIX)
+
+
+def rows_digest(rows: Sequence[Sequence[Any]]) -> str:
+    """SHA-256 (hex) of rows as DuckDB returns them, in the order given (canonical JSON, one array per row).
+
+    Writers and :meth:`~phenotyping.store.audit.AuditRepository.verify` select the same columns in the same order, so
+    the digest of unchanged rows is the same; floats are serialised by ``repr``, which round-trips a DOUBLE exactly.
+    """
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(_json([v.isoformat() if isinstance(v, datetime) else v for v in r]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def id_ranges(ids: Sequence[int]) -> list[list[int]]:
+    """Sorted ids as inclusive ``[first, last]`` runs: ``[1, 2, 3, 7]`` → ``[[1, 3], [7, 7]]``."""
+    out: list[list[int]] = []
+    for i in sorted(int(x) for x in ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        elif not out or i != out[-1][1]:
+            out.append([i, i])
+    return out
+
+
+CELL_DIGEST_COLUMNS = ("id, cell_key, content_hash, source_file, blob_path, channels, shape, dtype, reference_label, "
+                       "targets, extra")
+PREDICTION_DIGEST_COLUMNS = "cell_id, model_id, model_version, predicted_class, confidence, probabilities, targets"
 
 
 class Database:
@@ -82,8 +128,11 @@ class Database:
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self.read_only = read_only
+        self.anchor_path = anchor_path(self.db_path)
+        self._anchored_seq = 0
         if not read_only:
             self._migrate()
+            self._anchored_seq = self._last_anchored_seq()
 
     def close(self) -> None:
         self._con.close()
@@ -104,16 +153,75 @@ class Database:
         with self._write_lock:
             cur = self.cursor()
             cur.execute("BEGIN TRANSACTION")
+            self._local.pending = []
             try:
                 yield cur
             except BaseException:
+                self._local.pending = None
                 cur.execute("ROLLBACK")
                 raise
             else:
+                pending, self._local.pending = self._local.pending, None
                 try:
                     cur.execute("COMMIT")
                 except duckdb.Error as e:
                     raise StoreError(f"commit failed on {self.db_path}: {e}") from e
+                if pending and self.anchor_path is not None:
+                    self._write_anchor(cur, pending)
+
+    def _last_anchored_seq(self) -> int:
+        """The seq of the anchor's last line (0 when there is none or it cannot be read)."""
+        try:
+            with open(self.anchor_path, "rb") as fh:  # type: ignore[arg-type]
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 4096))
+                tail = fh.read().splitlines()
+        except (OSError, TypeError):
+            return 0
+        for line in reversed(tail):
+            try:
+                return int(json.loads(line)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return 0
+
+    def _write_anchor(self, cur: duckdb.DuckDBPyConnection, pending: list[dict[str, Any]]) -> None:
+        """Append the committed events' lines to the anchor (one write, one fsync), with any the anchor missed
+        (a crash after an earlier commit) first, marked late. Called after COMMIT, under the write lock."""
+        lines = []
+        first = pending[0]["seq"]
+        if first > self._anchored_seq + 1:
+            missed = cur.execute("SELECT id, happened_at, action, hash FROM audit ORDER BY id LIMIT ? OFFSET ?",
+                                 [first - 1 - self._anchored_seq, self._anchored_seq]).fetchall()
+            now = utcnow().isoformat()
+            lines += [{"seq": self._anchored_seq + k, "id": int(i), "at": _utc(at).isoformat(), "action": act,
+                       "hash": h, "late": True, "anchored_at": now} for k, (i, at, act, h) in enumerate(missed, 1)]
+        lines += pending
+        data = "".join(_json(line) + "\n" for line in lines).encode()
+        try:
+            created = not self.anchor_path.exists()
+            fd = os.open(self.anchor_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    os.lseek(fd, size - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":  # a line torn by a crash: start on a new one
+                        data = b"\n" + data
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created and os.name != "nt":
+                dfd = os.open(self.anchor_path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as e:  # the change is committed: say so loudly; the next commit catches the anchor up
+            _log.error("audit anchor %s not written (%s): it is now behind the database by %d event(s)",
+                       self.anchor_path, e, pending[-1]["seq"] - self._anchored_seq)
+            return
+        self._anchored_seq = pending[-1]["seq"]
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a query on this thread's cursor; each row as a dict keyed by column name."""
@@ -138,8 +246,8 @@ class Database:
     def schema_version(self) -> int:
         return int(self.cursor().execute("SELECT max(version) FROM schema_migrations").fetchone()[0])
 
-    @staticmethod
     def audit(
+        self,
         cur: duckdb.DuckDBPyConnection,
         *,
         actor: str,
@@ -150,17 +258,23 @@ class Database:
         before: Any = None,
         after: Any = None,
     ) -> None:
-        """Append an audit row chained to the last one, inside the caller's transaction ``cur``."""
-        row = cur.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        prev = row[0] if row else _GENESIS
+        """Append an audit row chained to the last one, inside the caller's transaction ``cur`` (opened by
+        :meth:`tx`, which anchors the row once the transaction commits)."""
+        count, last = cur.execute("SELECT count(*), arg_max(hash, id) FROM audit").fetchone()
+        prev = last or _GENESIS
         at = utcnow()
         b = None if before is None else _json(before)
         a = None if after is None else _json(after)
         digest = audit_digest(prev, at, actor, action, entity, entity_id, sample_id, b, a)
+        event_id = int(cur.execute("SELECT nextval('audit_id_seq')").fetchone()[0])
         cur.execute(
-            "INSERT INTO audit VALUES (nextval('audit_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [at, actor, action, entity, str(entity_id), sample_id, b, a, prev, digest],
+            "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [event_id, at, actor, action, entity, str(entity_id), sample_id, b, a, prev, digest],
         )
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append({"seq": int(count) + 1, "id": event_id, "at": at.isoformat(), "action": action,
+                            "hash": digest})
 
     @staticmethod
     def refuse_if_signed(cur: duckdb.DuckDBPyConnection, sample_id: str, change: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from phenotyping.errors import NotFoundError, StoreError
 from phenotyping.schemas import Cell, QCState, Sample, utcnow
-from phenotyping.store._db import Database, _json
+from phenotyping.store._db import CELL_DIGEST_COLUMNS, Database, _json, rows_digest
 from phenotyping.store.samples import SampleRepository
 
 
@@ -159,8 +159,12 @@ class CellRepository:
                     [sample_id, QCState.pending.value, now])
             finally:
                 cur.unregister("_cells_batch")
+            digest = rows_digest(cur.execute(  # the rows as stored; audit verify recomputes it from the table
+                f"SELECT {CELL_DIGEST_COLUMNS} FROM cells WHERE sample_id = ? AND id BETWEEN ? AND ? ORDER BY id",
+                [sample_id, ids[0], ids[-1]]).fetchall())
             self._db.audit(cur, actor=actor, action="cells.ingest", entity="sample", entity_id=sample_id,
-                           sample_id=sample_id, after={"cells": len(ids), "first_id": ids[0], "last_id": ids[-1]})
+                           sample_id=sample_id, after={"cells": len(ids), "first_id": ids[0], "last_id": ids[-1],
+                                                       "digest": digest})
         return ids
 
     @staticmethod

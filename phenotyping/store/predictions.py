@@ -6,7 +6,8 @@ import json
 from collections.abc import Sequence
 
 from phenotyping.schemas import Prediction
-from phenotyping.store._db import Database, _json, _utc
+from phenotyping.store._db import (PREDICTION_DIGEST_COLUMNS, Database, _json, _utc, id_ranges,
+                                   rows_digest)
 
 
 class PredictionRepository:
@@ -17,7 +18,9 @@ class PredictionRepository:
         """Store (or replace) predictions; committed as one transaction so an interrupted run keeps whole batches.
 
         One audit event per model in the batch (normally one per batch) records the model id and version, the
-        number of cells, how many earlier predictions it replaced, and the predicted classes counted.
+        number of cells, how many earlier predictions it replaced, the predicted classes counted, the cell ids
+        (``cell_ranges``, inclusive runs) and the SHA-256 of the rows as stored (``digest``), which
+        ``audit verify`` recomputes.
 
         Raises:
             ValueError: a prediction's cell is not a cell of ``sample_id``.
@@ -52,6 +55,11 @@ class PredictionRepository:
                             "(SELECT cell_id, model_id FROM _pred_batch)")
                 cur.execute("INSERT INTO predictions SELECT cell_id, ?, model_id, model_version, predicted_class, "
                             "confidence, probabilities, targets, created_at FROM _pred_batch", [sample_id])
+                digests = {(m, v): rows_digest(cur.execute(
+                    f"SELECT {PREDICTION_DIGEST_COLUMNS} FROM predictions WHERE sample_id = ? AND model_id = ? AND "
+                    "model_version = ? AND cell_id IN (SELECT cell_id FROM _pred_batch WHERE model_id = ? AND "
+                    "model_version = ?) ORDER BY cell_id", [sample_id, m, v, m, v]).fetchall())
+                    for m, v, _, _ in summary}
             finally:
                 cur.unregister("_pred_batch")
             for model_id, version, n, replaced in summary:
@@ -60,7 +68,9 @@ class PredictionRepository:
                 self._db.audit(cur, actor=actor, action="predictions.save", entity="sample", entity_id=sample_id,
                                sample_id=sample_id,
                                after={"model_id": model_id, "model_version": version, "cells": int(n),
-                                      "replaced": int(replaced), "classes": classes})
+                                      "replaced": int(replaced), "classes": classes,
+                                      "cell_ranges": id_ranges(mine["cell_id"].tolist()),
+                                      "digest": digests[(model_id, version)]})
 
     def cell_ids(self, sample_id: str, model_id: str) -> set[int]:
         """Ids of the sample's cells that ``model_id`` has predicted."""
