@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import attempt, flash, get_store, require, require_user, show_flash
+from pages._common import attempt, flash, get_store, require, require_user, show_flash, start_session
 from phenotyping.auth import (MIN_PASSWORD_LENGTH, create_user, locked_until, set_password, unlock_account,
                               update_account)
 from phenotyping.schemas import Role
@@ -62,5 +62,8 @@ with right.container(border=True):
     if st.button("Reset password") and new_pw:
         ok, _ = attempt(set_password, store, who, new_pw, actor=user.username)
         if ok:
-            flash(f"Password of {who} reset.")
+            if who == user.username:  # the account's other sessions end; this one goes on
+                start_session(user)
+            flash(f"Password of {who} reset; {'your other' if who == user.username else 'its'} live sessions are "
+                  "logged out.")
             st.rerun()

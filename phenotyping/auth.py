@@ -23,7 +23,6 @@ installation's key folder (:func:`signer_key_path`); the password is asked again
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -179,22 +178,12 @@ class LoginPolicy:
         return min(self.lockout * 2 ** min(max(lockouts, 1) - 1, 30), self.max_lockout)
 
 
-def _who(name: str, known: bool) -> dict[str, Any]:
-    """Actor and entity of a login event: the account, or for an unknown name a hash of it (a password typed into
-    the username field must not be kept as text)."""
-    if known:
-        return {"actor": name, "entity": "user", "entity_id": name}
-    return {"actor": "anonymous", "entity": "user", "entity_id": "(unknown name)"}
-
-
 def _audit_login(store: Any, action: str, name: str, *, known: bool, **after: Any) -> None:
-    if not known:
-        after["name_sha256"] = _name_hash(name)
-    store.record_event(action=action, after=after, **_who(name, known))
-
-
-def _name_hash(name: str) -> str:
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+    """A login event of the account ``name``; a name without an account is recorded as ``anonymous`` and not kept
+    (it may be a password typed into the username field)."""
+    who = name if known else "anonymous"
+    store.record_event(actor=who, action=action, entity="user", entity_id=name if known else "(unknown name)",
+                       after=after)
 
 
 def _refusal(state: Any, policy: LoginPolicy, now: datetime) -> LoginRefused | None:
