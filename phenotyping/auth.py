@@ -208,7 +208,8 @@ def _fail(store: Any, name: str, *, known: bool, reason: str, policy: LoginPolic
         return replace(old, failures=0, last_failed_at=now, locked_until=now + policy.lock_for(old.lockouts + 1),
                        lockouts=old.lockouts + 1)
 
-    old, new = store.users.update_login_state(name, count)
+    forget = now - max(policy.max_lockout, timedelta(days=1))  # stale rows, mostly names without an account
+    old, new = store.users.update_login_state(name, count, forget_before=forget)
     _audit_login(store, "login_failed", name, known=known, reason=reason, failures=old.failures + 1)
     if new.lockouts > old.lockouts:
         _audit_login(store, "account_locked", name, known=known, until=new.locked_until.isoformat(),

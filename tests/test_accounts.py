@@ -80,6 +80,14 @@ def test_unknown_usernames_lock_with_the_same_messages(accounts):
     assert str(k.value) == str(u.value)
 
 
+def test_stale_failures_of_names_without_an_account_are_forgotten(accounts):
+    fail(accounts, "nobody", 3)
+    assert accounts.users.login_state("nobody").failures == 3
+    fail(accounts, "rev", 1, start=T0 + timedelta(days=2))
+    assert accounts.users.login_state("nobody").failures == 0
+    assert accounts.users.login_state("rev").failures == 1
+
+
 def test_admin_unlocks_in_the_core_and_on_the_command_line(accounts, tmp_path, monkeypatch, capsys):
     from phenotyping.__main__ import main
     from phenotyping.auth import PermissionDenied, locked_until, unlock_account
@@ -140,10 +148,11 @@ def test_rapid_failures_must_wait_and_a_refused_attempt_checks_no_password(accou
     fail(accounts, "rev", 2, delay=timedelta(seconds=10))  # at 09:00:00 and 09:00:01
     checked = []
     monkeypatch.setattr("phenotyping.auth.verify_password", lambda h, p: checked.append(p) or True)
-    with pytest.raises(AuthError, match="wait 5 s before trying again"):
-        authenticate(accounts, "rev", PASSWORD, now=T0 + timedelta(seconds=6), policy=policy(delay=timedelta(seconds=10)))
+    slow = policy(delay=timedelta(seconds=10))
+    with pytest.raises(AuthError, match="wait 5 s before trying again"):  # 10 s after 09:00:01
+        authenticate(accounts, "rev", PASSWORD, now=T0 + timedelta(seconds=6), policy=slow)
     assert checked == []  # refused before the password is looked at
-    user = authenticate(accounts, "rev", PASSWORD, now=T0 + timedelta(seconds=12), policy=policy(delay=timedelta(seconds=10)))
+    user = authenticate(accounts, "rev", PASSWORD, now=T0 + timedelta(seconds=12), policy=slow)
     assert user.username == "rev"
 
 

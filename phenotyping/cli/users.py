@@ -17,8 +17,9 @@ from phenotyping.cli._common import add_db_argument, add_user_arguments, authent
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("users", help="manage the app's local accounts",
-                       description="Create the first admin, add accounts, unlock a locked account, list accounts (JSON). Passwords are read "
-                                   "from --password-file, LEUKO_ADMIN_PASSWORD / LEUKO_USER_PASSWORD, or a prompt.")
+                       description="Create the first admin, add accounts, unlock a locked account, list accounts "
+                                   "(JSON). Passwords are read from --password-file, LEUKO_ADMIN_PASSWORD / "
+                                   "LEUKO_USER_PASSWORD, or a prompt.")
     us = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     a = us.add_parser("create-admin", help="create the first account (an admin); refused once accounts exist")
     a.add_argument("--username", required=True)

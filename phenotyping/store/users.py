@@ -103,12 +103,17 @@ class UserRepository:
         return LoginState(failures=int(r["failures"]), last_failed_at=_utc(r["last_failed_at"]),
                           locked_until=_utc(r["locked_until"]), lockouts=int(r["lockouts"]))
 
-    def update_login_state(self, username: str,
-                           change: Callable[[LoginState], LoginState]) -> tuple[LoginState, LoginState]:
+    def update_login_state(self, username: str, change: Callable[[LoginState], LoginState], *,
+                           forget_before: datetime | None = None) -> tuple[LoginState, LoginState]:
         """Replace the attempted name's state by ``change(old)`` in one transaction (two concurrent failures both
-        count). Returns ``(old, new)``; an all-zero new state removes the row."""
+        count). Returns ``(old, new)``; an all-zero new state removes the row. Rows of any name whose last failure
+        and lock both ended before ``forget_before`` are removed first (names without an account are never cleared
+        by a login)."""
         key = name_key(username)
         with self._db.tx() as cur:
+            if forget_before is not None:
+                cur.execute("DELETE FROM login_attempts WHERE last_failed_at < ? AND name_key <> ? AND "
+                            "(locked_until IS NULL OR locked_until < ?)", [forget_before, key, forget_before])
             cols = ["failures", "last_failed_at", "locked_until", "lockouts"]
             rows = cur.execute(f"SELECT {', '.join(cols)} FROM login_attempts WHERE name_key = ?", [key]).fetchall()
             old = self._state(dict(zip(cols, rows[0]))) if rows else LoginState()
