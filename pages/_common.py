@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import streamlit as st
 
-from phenotyping.auth import can
+from phenotyping.auth import can, record_logout
 from phenotyping.errors import PhenotypingError
 from phenotyping.jobs import JobRunner
 from phenotyping.schemas import Role, User
@@ -61,22 +62,58 @@ def md(value: object) -> str:
 
 
 # -- the user --------------------------------------------------------------------------------------------------------
+#: Session keys of the login: the account's session epoch when this session logged in, and the time (time.time())
+#: of the session's last interaction.
+SESSION_EPOCH, LAST_ACTIVE = "_session_epoch", "_last_active"
+_ENDED = "_session_ended"
+
+
+def start_session(user: User) -> None:
+    """Log ``user`` in for this browser session: remember the account's session epoch and the time."""
+    st.session_state["username"] = user.username
+    st.session_state[SESSION_EPOCH] = get_store().users.session_epoch(user.username)
+    st.session_state[LAST_ACTIVE] = time.time()
+
+
 def current_user() -> User | None:
-    """The logged-in user, re-read from the store so a deactivation or role change applies at once."""
+    """The logged-in user, re-read from the store on every rerun.
+
+    The session ends (audited as ``logout``, with a message on the login screen) when the account is gone or
+    deactivated, when its session epoch is not the one recorded at login (a password change or reset, a role change
+    or a deactivation since), or when the last interaction is longer ago than ``Settings.idle_timeout_min``.
+    """
     name = st.session_state.get("username")
     if not name:
         return None
-    found = get_store().get_user(name)
+    store = get_store()
+    found = store.get_user(name)
+    idle_min = get_settings().idle_timeout_min
+    last = st.session_state.get(LAST_ACTIVE)
     if found is None or not found[0].active:
-        st.session_state.pop("username", None)
-        return None
-    return found[0]
+        ended = ("account deactivated", "Your account was deactivated; ask an administrator.")
+    elif st.session_state.get(SESSION_EPOCH) != store.users.session_epoch(name):
+        ended = ("account changed", "Your session ended because the account's password, role or status changed; "
+                                    "please log in again.")
+    elif not isinstance(last, (int, float)) or time.time() - last > idle_min * 60:
+        ended = ("idle timeout", f"You were logged out after {idle_min:g} minutes without activity; please log in "
+                                 "again.")
+    else:
+        st.session_state[LAST_ACTIVE] = time.time()
+        return found[0]
+    logout(reason=ended[0])
+    st.session_state[_ENDED] = ended[1]
+    return None
+
+
+def session_ended_message() -> str | None:
+    """Why this session was logged out (once), for the login screen."""
+    return st.session_state.pop(_ENDED, None)
 
 
 def require_user() -> User:
     user = current_user()
     if user is None:
-        st.warning("Please log in.")
+        st.warning(md(session_ended_message() or "Please log in."))
         st.stop()
     return user
 
@@ -97,9 +134,12 @@ def _roles(permission: str) -> Iterable[Role]:
     return [r for r in Role if can(r, permission)]
 
 
-def logout() -> None:
-    """End the local session, and the identity provider's one where the user came in through it (else the login
-    screen would sign them straight back in)."""
+def logout(*, reason: str = "logged out") -> None:
+    """End the local session (audited as ``logout`` with ``reason``), and the identity provider's one where the user
+    came in through it (else the login screen would sign them straight back in)."""
+    name = st.session_state.get("username")
+    if name:
+        record_logout(get_store(), name, reason=reason)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     if getattr(st.user, "is_logged_in", False):
@@ -303,7 +343,6 @@ STAGING_MAX_AGE_S = 24 * 3600
 def staging_dir(sample_id: str) -> Path:
     """This session's folder of uploaded files waiting to be ingested into ``sample_id``, on disk beside the
     database (the same disk as the image store). Folders of sessions idle for a day are removed."""
-    import time
     import uuid
 
     token = st.session_state.setdefault("_upload_token", uuid.uuid4().hex)

@@ -1,11 +1,13 @@
-"""Users (admin): create accounts, change roles, deactivate, reset passwords."""
+"""Users (admin): create accounts, change roles, deactivate, reset passwords, unlock accounts locked after repeated
+failed logins. A role change, deactivation or password reset logs the account's live sessions out."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import attempt, flash, get_store, require, require_user, show_flash
-from phenotyping.auth import MIN_PASSWORD_LENGTH, create_user, set_password, update_account
+from pages._common import attempt, flash, get_store, require, require_user, show_flash, start_session
+from phenotyping.auth import (MIN_PASSWORD_LENGTH, create_user, locked_until, set_password, unlock_account,
+                              update_account)
 from phenotyping.schemas import Role
 
 store = get_store()
@@ -15,7 +17,9 @@ require(user, "users.manage", "Managing users")
 show_flash()
 
 accounts = store.list_users()
-st.dataframe([{"username": u.username, "name": u.display_name, "role": u.role.value, "active": u.active}
+locks = {u.username: locked_until(store, u.username) for u in accounts}
+st.dataframe([{"username": u.username, "name": u.display_name, "role": u.role.value, "active": u.active,
+               "locked until (UTC)": f"{locks[u.username]:%Y-%m-%d %H:%M}" if locks[u.username] else ""}
               for u in accounts], hide_index=True, width="stretch")
 
 left, right = st.columns(2)
@@ -25,7 +29,9 @@ with left:
         username = st.text_input("Username", help="lower-case letters, digits, '.', '_' or '-'")
         display = st.text_input("Full name")
         role = st.selectbox("Role", [r.value for r in Role])
-        pw = st.text_input("Initial password", type="password", help=f"At least {MIN_PASSWORD_LENGTH} characters")
+        pw = st.text_input("Initial password", type="password",
+                           help=f"At least {MIN_PASSWORD_LENGTH} characters, not a common password, not built on the "
+                                "name")
         if st.form_submit_button("Create account", type="primary"):
             ok, u = attempt(create_user, store, username, pw, role, actor=user.username, display_name=display)
             if ok:
@@ -39,6 +45,14 @@ with right.container(border=True):
     new_role = st.selectbox("Role", [r.value for r in Role], index=[r.value for r in Role].index(target.role.value),
                             key=f"role_{who}")
     active = st.checkbox("Active", value=target.active, key=f"active_{who}")
+    if locks[who]:
+        st.warning(f"Locked after repeated failed logins until {locks[who]:%Y-%m-%d %H:%M} UTC.",
+                   icon=":material/lock:")
+        if st.button("Unlock", key=f"unlock_{who}", icon=":material/lock_open:"):
+            ok, _ = attempt(unlock_account, store, who, actor=user.username)
+            if ok:
+                flash(f"Account {who} unlocked.")
+                st.rerun()
     if st.button("Save changes"):
         ok, _ = attempt(update_account, store, who, actor=user.username, role=new_role, active=active)
         if ok:
@@ -48,5 +62,8 @@ with right.container(border=True):
     if st.button("Reset password") and new_pw:
         ok, _ = attempt(set_password, store, who, new_pw, actor=user.username)
         if ok:
-            flash(f"Password of {who} reset.")
+            if who == user.username:  # the account's other sessions end; this one goes on
+                start_session(user)
+            flash(f"Password of {who} reset; {'your other' if who == user.username else 'its'} live sessions are "
+                  "logged out.")
             st.rerun()

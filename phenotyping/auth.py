@@ -11,14 +11,22 @@ local account says what they may do. :func:`oidc_username` maps a provider ident
 explicit link (:class:`OidcLink`): the provider's subject (with its issuer), or an email address the provider marks
 verified that equals the linked address exactly. A username or the part of an address before the ``@`` never maps.
 
+Logins (:func:`authenticate`, the app's and the command line's) are throttled and locked per attempted name, known
+or not (:class:`LoginPolicy`), and every login, failed login, lock, unlock and logout is an audit event (``login``,
+``login_failed`` with its reason, ``account_locked``, ``account_unlocked``, ``logout``). An unknown name runs the same
+argon2 verification (against a dummy hash) as a known one and gets the same messages, so neither timing nor wording
+tells which usernames exist. Passwords follow :func:`check_password_strength` (:mod:`phenotyping.password_policy`).
+
 A signer's PKCS#12 signing key (see :mod:`reports.keys`) is kept encrypted with the signer's own password in the
 installation's key folder (:func:`signer_key_path`); the password is asked again at every signature.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +34,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from phenotyping.errors import NotFoundError, PhenotypingError
-from phenotyping.schemas import Role, User
-
-MIN_PASSWORD_LENGTH = 10
+from phenotyping.password_policy import (COMMON_PASSWORDS, MIN_PASSWORD_LENGTH,  # noqa: F401 - re-exported
+                                         check_password_strength)
+from phenotyping.schemas import Role, User, utcnow
 
 #: What each role may do. A reviewer prepares results; a signer also signs and reads the audit trail; an admin also
 #: manages users and models.
@@ -61,6 +69,14 @@ class AuthError(PhenotypingError):
 
 class PermissionDenied(AuthError):
     """The acting account does not exist, is deactivated, or its role lacks the permission."""
+
+
+class LoginRefused(AuthError):
+    """Too many failed logins of this name: locked until ``until`` (UTC), or asked to wait until then."""
+
+    def __init__(self, message: str, *, until: datetime):
+        super().__init__(message)
+        self.until = until
 
 
 def can(role: Role | str, permission: str) -> bool:
@@ -100,14 +116,7 @@ def require_actor(store: Any, username: str, permission: str) -> User:
     return require(found[0], permission)
 
 
-def check_password_strength(password: str, *, username: str = "") -> None:
-    """Refuse short passwords and the username itself (ValueError says which rule failed)."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters (got {len(password)})")
-    if username and password.strip().lower() == username.strip().lower():
-        raise ValueError("the password must not be the username")
-
-
+# -- passwords -------------------------------------------------------------------------------------------------------
 def hash_password(password: str) -> str:
     """argon2id hash in PHC string format (salt and parameters included)."""
     return _hasher.hash(password)
@@ -121,22 +130,175 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def authenticate(store: Any, username: str, password: str) -> User:
-    """The active user with these credentials.
+_dummy_hashes: dict[tuple[int, ...], str] = {}
+
+
+def _dummy_hash() -> str:
+    """A hash of a random secret made with the current hasher's parameters, verified for unknown usernames so that
+    they cost the same argon2 work as known ones."""
+    h = _hasher
+    key = (h.time_cost, h.memory_cost, h.parallelism, h.hash_len, h.salt_len)
+    if key not in _dummy_hashes:
+        _dummy_hashes[key] = h.hash(secrets.token_urlsafe(24))
+    return _dummy_hashes[key]
+
+
+# -- logins ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoginPolicy:
+    """Throttling and lockout of failed logins, per attempted name (known or not).
+
+    After a second failure in a row a name waits ``delay`` before its next attempt, doubling with each further
+    failure; the ``max_failures``-th failure locks it for ``lockout``, each further lock in a row twice as long, up
+    to ``max_lockout``. A successful login or an administrator's unlock clears it.
+    """
+
+    max_failures: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+    max_lockout: timedelta = timedelta(hours=4)
+    delay: timedelta = timedelta(seconds=1)
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> LoginPolicy:
+        """The policy of :class:`phenotyping.settings.Settings` (``login_*``); the process settings by default."""
+        from phenotyping.settings import get_settings
+
+        s = settings or get_settings()
+        return cls(max_failures=s.login_max_failures, lockout=timedelta(minutes=s.login_lockout_min),
+                   max_lockout=timedelta(minutes=s.login_lockout_max_min), delay=timedelta(seconds=s.login_delay_s))
+
+    def wait_after(self, failures: int) -> timedelta:
+        """How long to wait after ``failures`` failed logins in a row before the next attempt (none after one)."""
+        if failures < 2:
+            return timedelta(0)
+        return min(self.delay * 2 ** min(failures - 2, 30), self.lockout)
+
+    def lock_for(self, lockouts: int) -> timedelta:
+        """How long the ``lockouts``-th lock in a row lasts (1 = the first)."""
+        return min(self.lockout * 2 ** min(max(lockouts, 1) - 1, 30), self.max_lockout)
+
+
+def _audit_login(store: Any, action: str, name: str, *, known: bool, **after: Any) -> None:
+    """A login event of the account ``name``; a name without an account is recorded as ``anonymous`` and not kept
+    (it may be a password typed into the username field)."""
+    who = name if known else "anonymous"
+    store.record_event(actor=who, action=action, entity="user", entity_id=name if known else "(unknown name)",
+                       after=after)
+
+
+def _refusal(state: Any, policy: LoginPolicy, now: datetime) -> LoginRefused | None:
+    """The refusal of a name that is locked or must still wait, before its password is looked at."""
+    if state.locked_until is not None and state.locked_until > now:
+        return LoginRefused(f"too many failed logins: this username is locked until {state.locked_until:%Y-%m-%d %H:%M}"
+                            " UTC; try again then, or ask an administrator to unlock it", until=state.locked_until)
+    if state.last_failed_at is not None:
+        until = state.last_failed_at + policy.wait_after(state.failures)
+        if until > now:
+            wait = max(1, int((until - now).total_seconds() + 0.999))
+            return LoginRefused(f"too many failed logins in a row: wait {wait} s before trying again", until=until)
+    return None
+
+
+def _fail(store: Any, name: str, *, known: bool, reason: str, policy: LoginPolicy, now: datetime) -> AuthError:
+    """Count a failed login of ``name`` (locking it at the policy's limit), audit it; the error to raise."""
+    def count(old: Any) -> Any:
+        failures = old.failures + 1
+        if failures < policy.max_failures:
+            return replace(old, failures=failures, last_failed_at=now)
+        return replace(old, failures=0, last_failed_at=now, locked_until=now + policy.lock_for(old.lockouts + 1),
+                       lockouts=old.lockouts + 1)
+
+    forget = now - max(policy.max_lockout, timedelta(days=1))  # stale rows, mostly names without an account
+    old, new = store.users.update_login_state(name, count, forget_before=forget)
+    _audit_login(store, "login_failed", name, known=known, reason=reason, failures=old.failures + 1)
+    if new.lockouts > old.lockouts:
+        _audit_login(store, "account_locked", name, known=known, until=new.locked_until.isoformat(),
+                     lock=new.lockouts, after_failures=policy.max_failures)
+        return LoginRefused(f"unknown username or wrong password; after {policy.max_failures} failed logins in a row "
+                            f"this username is locked until {new.locked_until:%Y-%m-%d %H:%M} UTC (an administrator "
+                            "can unlock it)", until=new.locked_until)
+    return AuthError("unknown username or wrong password")
+
+
+def authenticate(store: Any, username: str, password: str, *, now: datetime | None = None,
+                 policy: LoginPolicy | None = None, method: str = "password") -> User:
+    """The active user with these credentials; every attempt is audited (``login`` or ``login_failed``).
+
+    A name that is locked or must still wait (``policy``, default :meth:`LoginPolicy.from_settings`) is refused
+    before its password is checked, whether or not an account has it. An unknown name runs argon2 against a dummy
+    hash, as a known name does against its own, and gets the same message as a wrong password.
+
+    Args:
+        now: the time of the attempt (UTC; default now): tests pass a clock.
+        method: how the user logs in, as the audit records it (``password``, ``password change``).
 
     Raises:
-        AuthError: unknown user, wrong password or inactive account (one message for the first two, so the screen
-            does not tell which usernames exist).
+        LoginRefused: locked (the message says until when) or too soon after the last failures.
+        AuthError: unknown user or wrong password (one message), or an inactive account.
     """
-    found = store.get_user(username.strip().lower())
-    if found is None or not verify_password(found[1], password):
-        raise AuthError("unknown username or wrong password")
+    now = now or utcnow()
+    policy = policy or LoginPolicy.from_settings()
+    name = username.strip().lower()
+    found = store.get_user(name)
+    state = store.users.login_state(name)
+    refused = _refusal(state, policy, now)
+    if refused is not None:
+        locked = state.locked_until is not None and state.locked_until > now
+        _audit_login(store, "login_failed", name, known=found is not None, reason="locked" if locked else "throttled")
+        raise refused
+    ok = verify_password(_dummy_hash() if found is None else found[1], password)
+    if found is None or not ok:
+        raise _fail(store, name, known=found is not None, reason="unknown user" if found is None else "bad password",
+                    policy=policy, now=now)
     user, old_hash = found
     if not user.active:
+        _audit_login(store, "login_failed", name, known=True, reason="inactive")
         raise AuthError(f"account {user.username!r} is deactivated; ask an administrator")
-    if _hasher.check_needs_rehash(old_hash):  # parameters raised since the hash was made
-        store.update_user(user.username, actor=user.username, password_hash=hash_password(password))
+    if state.failures or state.lockouts or state.locked_until is not None:
+        store.users.update_login_state(name, lambda old: replace(old, failures=0, last_failed_at=None,
+                                                                 locked_until=None, lockouts=0))
+    if _hasher.check_needs_rehash(old_hash):  # parameters raised since the hash was made; sessions stay
+        store.update_user(user.username, actor=user.username, password_hash=hash_password(password),
+                          end_sessions=False)
+    _audit_login(store, "login", name, known=True, method=method)
     return user
+
+
+def record_login(store: Any, user: User, *, method: str) -> None:
+    """Audit a login that did not go through :func:`authenticate` (``oidc``, ``first run``)."""
+    _audit_login(store, "login", user.username, known=True, method=method)
+
+
+def record_logout(store: Any, username: str, *, reason: str) -> None:
+    """Audit the end of a session: ``logged out``, ``idle timeout``, ``account changed``."""
+    _audit_login(store, "logout", username, known=True, reason=reason)
+
+
+def locked_until(store: Any, username: str, *, now: datetime | None = None) -> datetime | None:
+    """When the lock of ``username`` ends (UTC), or None when it is not locked at ``now``."""
+    until = store.users.login_state(username.strip().lower()).locked_until
+    return until if until is not None and until > (now or utcnow()) else None
+
+
+def unlock_account(store: Any, username: str, *, actor: str) -> bool:
+    """An administrator (``actor``) clears the failed logins and lock of an account, audited
+    (``account_unlocked``). Returns whether it was locked.
+
+    Raises:
+        PermissionDenied: ``actor`` is not an active admin.
+        NotFoundError: no such account.
+    """
+    require_actor(store, actor, "users.manage")
+    name = username.strip().lower()
+    if store.get_user(name) is None:
+        raise NotFoundError(f"no user {username!r}; `users list` shows the accounts")
+    old, _ = store.users.update_login_state(name, lambda s: replace(s, failures=0, last_failed_at=None,
+                                                                    locked_until=None, lockouts=0))
+    was_locked = old.locked_until is not None and old.locked_until > utcnow()
+    store.record_event(actor=actor, action="account_unlocked", entity="user", entity_id=name,
+                       before={"failures": old.failures, "locked_until": old.locked_until, "lockouts": old.lockouts},
+                       after={"was_locked": was_locked})
+    return was_locked
 
 
 def create_user(store: Any, username: str, password: str, role: Role | str, *, actor: str,
@@ -154,7 +316,7 @@ def create_user(store: Any, username: str, password: str, role: Role | str, *, a
 def _new_account(store: Any, username: str, password: str, role: Role | str, *, actor: str,
                  display_name: str) -> User:
     username = username.strip().lower()
-    check_password_strength(password, username=username)
+    check_password_strength(password, username=username, display_name=display_name)
     user = User(username=username, display_name=display_name.strip(), role=Role(role))
     return store.create_user(user, password_hash=hash_password(password), actor=actor)
 
@@ -168,25 +330,27 @@ def create_first_admin(store: Any, username: str, password: str, *, display_name
 
 
 def change_password(store: Any, username: str, old_password: str, new_password: str) -> None:
-    """A user changes their own password (the old one is checked first)."""
-    user = authenticate(store, username, old_password)
-    check_password_strength(new_password, username=user.username)
+    """A user changes their own password (the old one is checked first, as a login: a wrong one counts towards the
+    lockout). Their live sessions end (the session epoch rises): the app asks them to log in again."""
+    user = authenticate(store, username, old_password, method="password change")
+    check_password_strength(new_password, username=user.username, display_name=user.display_name)
     store.update_user(user.username, actor=user.username, password_hash=hash_password(new_password))
 
 
 def set_password(store: Any, username: str, new_password: str, *, actor: str) -> None:
-    """An administrator (``actor``) resets a user's password."""
+    """An administrator (``actor``) resets a user's password; the user's live sessions end."""
     require_actor(store, actor, "users.manage")
-    if store.get_user(username) is None:
+    found = store.get_user(username)
+    if found is None:
         raise NotFoundError(f"no user {username!r}")
-    check_password_strength(new_password, username=username)
+    check_password_strength(new_password, username=username, display_name=found[0].display_name)
     store.update_user(username, actor=actor, password_hash=hash_password(new_password))
 
 
 def update_account(store: Any, username: str, *, actor: str, role: Role | str | None = None,
                    active: bool | None = None) -> User:
-    """An administrator (``actor``) changes a user's role or deactivates/reactivates them; the last active admin
-    cannot be demoted or deactivated."""
+    """An administrator (``actor``) changes a user's role or deactivates/reactivates them (either ends the user's
+    live sessions); the last active admin cannot be demoted or deactivated."""
     require_actor(store, actor, "users.manage")
     found = store.get_user(username)
     if found is None:

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
         description="allowable difference per class, in the units of the comparison's measure (percentage points "
                     "for 'absolute'; a factor above 1 for 'ratio'): a class is accepted when its bias and both "
                     "limits of agreement lie within it; key '*' for every class not named")
+    login_max_failures: int = Field(5, ge=1, description="consecutive failed logins of one username after which it "
+                                                         "is locked")
+    login_lockout_min: float = Field(15.0, gt=0, description="minutes of the first lock; each further lock in a row "
+                                                             "lasts twice as long, up to login_lockout_max_min, "
+                                                             "unless an administrator unlocks the account")
+    login_lockout_max_min: float = Field(240.0, gt=0, description="the longest lock (minutes)")
+    login_delay_s: float = Field(1.0, ge=0, description="seconds a username (and an app session) must wait after its "
+                                                        "second failed login in a row, doubling with each further "
+                                                        "one; 0 = no delay")
+    idle_timeout_min: float = Field(30.0, gt=0, description="minutes without interaction after which the app logs "
+                                                            "a session out (LEUKO_IDLE_TIMEOUT_MIN)")
 
     def model_search_path(self) -> list[Path]:
         """Folders holding model folders: the installation's model_dir, then the models shipped with the code."""

@@ -53,10 +53,22 @@ def get_store_obj():
     return get_store()
 
 
+def logged_in(at: AppTest, user: str) -> AppTest:
+    """``at`` with ``user``'s session as the login screen starts it (the account's session epoch, active now)."""
+    import time
+
+    from pages._common import LAST_ACTIVE, SESSION_EPOCH
+
+    at.session_state["username"] = user
+    at.session_state[SESSION_EPOCH] = get_store_obj().users.session_epoch(user)
+    at.session_state[LAST_ACTIVE] = time.time()
+    return at
+
+
 def app(user: str | None = None, page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
     if user:
-        at.session_state["username"] = user
+        logged_in(at, user)
         at.session_state["sample_id"] = "S1"
     at.run()
     if page:

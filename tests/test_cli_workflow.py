@@ -19,7 +19,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.test_results import CARD
 from tests.test_studies import make_sample
 
-PASSWORDS = {"admin": "admin-password-1", "sig": "signer-password-1", "rev": "reviewer-password-1"}
+PASSWORDS = {"admin": "orbit-maple-crane-41", "sig": "signer-password-1", "rev": "reviewer-password-1"}
 COMPOSITIONS = {"A": (12, 8), "B": (5, 15), "C": (10, 10)}
 
 

@@ -1,9 +1,9 @@
-"""``python -m phenotyping users {create-admin,create,list}``: local accounts of the app.
+"""``python -m phenotyping users {create-admin,create,unlock,list}``: local accounts of the app.
 
 Passwords never go on the command line: the new account's comes from ``--password-file`` (first line), the
 environment variable ``LEUKO_ADMIN_PASSWORD`` (or ``LEUKO_USER_PASSWORD`` for ``create``), or an interactive prompt
-asked twice. ``create`` is done by an admin who authenticates (``--user`` and ``--user-password-file`` or
-``LEUKO_PASSWORD``): the audit names that admin.
+asked twice. ``create`` and ``unlock`` (of an account locked after repeated failed logins) are done by an admin who
+authenticates (``--user`` and ``--user-password-file`` or ``LEUKO_PASSWORD``): the audit names that admin.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from phenotyping.cli._common import add_db_argument, add_user_arguments, authent
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("users", help="manage the app's local accounts",
-                       description="Create the first admin, add accounts, list accounts (JSON). Passwords are read "
-                                   "from --password-file, LEUKO_ADMIN_PASSWORD / LEUKO_USER_PASSWORD, or a prompt.")
+                       description="Create the first admin, add accounts, unlock a locked account, list accounts "
+                                   "(JSON). Passwords are read from --password-file, LEUKO_ADMIN_PASSWORD / "
+                                   "LEUKO_USER_PASSWORD, or a prompt.")
     us = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     a = us.add_parser("create-admin", help="create the first account (an admin); refused once accounts exist")
     a.add_argument("--username", required=True)
@@ -36,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_user_arguments(c, "creates the account (an active admin)")
     add_db_argument(c)
     c.set_defaults(func=_create)
-    ls = us.add_parser("list", help="list accounts (no hashes)")
+    u = us.add_parser("unlock", help="clear an account's failed logins and lock (as an admin, recorded in the audit "
+                                     "trail)")
+    u.add_argument("username", metavar="USERNAME")
+    add_user_arguments(u, "unlocks the account (an active admin)")
+    add_db_argument(u)
+    u.set_defaults(func=_unlock)
+    ls = us.add_parser("list", help="list accounts (no hashes; locked_until is set while one is locked)")
     add_db_argument(ls)
     ls.set_defaults(func=_list)
 
@@ -64,7 +71,20 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
+def _unlock(args: argparse.Namespace) -> int:
+    from phenotyping.auth import unlock_account
+
     with open_store(args.db) as store:
-        print_json([u.model_dump(mode="json") for u in store.list_users()])
+        admin = authenticated(store, args, "users.manage")
+        was_locked = unlock_account(store, args.username, actor=admin.username)
+    print_json({"username": args.username.strip().lower(), "was_locked": was_locked})
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from phenotyping.auth import locked_until
+
+    with open_store(args.db) as store:
+        print_json([{**u.model_dump(mode="json"), "locked_until": locked_until(store, u.username)}
+                    for u in store.list_users()])
     return 0

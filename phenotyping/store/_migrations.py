@@ -159,6 +159,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE samples ADD COLUMN requester VARCHAR NOT NULL DEFAULT '';
     ALTER TABLE samples ADD COLUMN received_at TIMESTAMPTZ;
     """,
+    # 4: login throttling and lockout per attempted name (kept as a SHA-256, known or not), and a per-account
+    # session epoch that a password change, reset, deactivation or role change raises, ending live sessions
+    """
+    CREATE TABLE login_attempts (
+        name_key VARCHAR PRIMARY KEY,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_failed_at TIMESTAMPTZ,
+        locked_until TIMESTAMPTZ,
+        lockouts INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
