@@ -36,6 +36,44 @@ def cell_array(h: int = 32, w: int = 32, c: int = 1, dtype=np.uint8, seed: int =
     return np.clip(img, 0, hi).astype(dtype)
 
 
+def synthetic_cell(kind: str, rng: np.random.Generator, size: int = 20) -> np.ndarray:
+    """2-channel uint16 cell: a bright textured disc or ring on a noisy background, or a blank frame."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - (size - 1) / 2, xx - (size - 1) / 2)
+    img = rng.normal(1000, 20, size=(2, size, size))
+    if kind == "disc":
+        img[:, r < 6] += 3000 + rng.normal(0, 300, size=(2, int((r < 6).sum())))
+    elif kind == "ring":
+        m = (r > 4) & (r < 7)
+        img[:, m] += 3000 + rng.normal(0, 300, size=(2, int(m.sum())))
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def save_tiny_model(out: Path, classes: list[str]) -> Path:
+    """An untrained ``test_hybrid`` (2 channels, 20 px, one target ``cd16``) saved as a model folder with a
+    calibrated-looking card and label-free QC defaults (no training needed)."""
+    import torch
+
+    from phenotyping.analysis.qc import QCConfig
+    from phenotyping.models import create_model
+    from phenotyping.models.checkpoint import save_model_dir
+    from phenotyping.models.preprocess import Preprocess, TargetScaler
+
+    torch.manual_seed(0)
+    model = create_model("test_hybrid", in_chans=2, num_classes=len(classes), num_targets=1, img_size=20).eval()
+    pre = Preprocess(img_size=20, channels=["brightfield", "darkfield"], mean=[1500.0, 1500.0], std=[1000.0, 1000.0])
+    scaler = TargetScaler(names=["cd16"], log=[False], mean=[5.0], std=[2.0])
+    card = {
+        "id": "tiny-0001", "classes": list(classes), "architecture": {"name": "test_hybrid"},
+        "calibration": {"temperature": 1.5, "unidentified_threshold": 0.5},
+        "training": {"class_proportions": {c: 1 / len(classes) for c in classes}},
+        "validation": {"confusion": [[9, 1], [2, 8]]},
+        "qc": QCConfig().to_dict(),  # the label-free defaults suit these 20×20 synthetic crops
+    }
+    save_model_dir(out, model, card, preprocess=pre, targets=scaler)
+    return out
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     from PIL import Image
 

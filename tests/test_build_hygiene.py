@@ -18,6 +18,7 @@ from tests.conftest import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.txt"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.txt"
+RAY_LOCK = PROJECT_ROOT / "requirements-ray.txt"
 TEST_TOOLS = {"pytest", "pytest-timeout", "playwright"}
 COMPROMISED = {"litellm": {Version("1.82.7"), Version("1.82.8")}}
 
@@ -63,13 +64,24 @@ def test_both_locks_pin_every_package_to_one_version_with_hashes():
 def test_runtime_lock_has_no_test_tools_and_dev_lock_keeps_runtime_versions():
     runtime, dev = locked(RUNTIME_LOCK), locked(DEV_LOCK)
     assert not TEST_TOOLS & runtime.keys(), "test tools belong in requirements-dev.txt only"
-    assert TEST_TOOLS <= dev.keys()
+    assert "ray" not in runtime, "Ray is the optional extra of requirements-ray.txt"
+    assert TEST_TOOLS | {"ray"} <= dev.keys()
     for name, (version, _) in runtime.items():
         assert name in dev, f"{name} is in the runtime lock but not in the dev lock"
         assert dev[name][0] == version, f"{name}: runtime lock {version}, dev lock {dev[name][0]}"
 
 
-@pytest.mark.parametrize("source, lock", [("requirements.in", RUNTIME_LOCK), ("requirements-dev.in", DEV_LOCK)])
+def test_ray_lock_is_the_runtime_lock_plus_ray_at_the_dev_lock_versions():
+    runtime, ray, dev = locked(RUNTIME_LOCK), locked(RAY_LOCK), locked(DEV_LOCK)
+    assert "ray" in ray and not TEST_TOOLS & ray.keys()
+    for name, (version, _) in ray.items():
+        if name in runtime:
+            assert runtime[name][0] == version, f"{name}: runtime lock {runtime[name][0]}, Ray lock {version}"
+        assert dev.get(name, (None,))[0] == version, f"{name}: Ray lock {version}, dev lock {dev.get(name)}"
+
+
+@pytest.mark.parametrize("source, lock", [("requirements.in", RUNTIME_LOCK), ("requirements-dev.in", DEV_LOCK),
+                                          ("requirements-ray.in", RAY_LOCK)])
 def test_every_declared_range_is_satisfied_by_its_lock(source, lock):
     pins = locked(lock)
     for req in top_level(PROJECT_ROOT / source):

@@ -11,46 +11,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import cell_array, encode  # noqa: E402
+from conftest import cell_array, encode, save_tiny_model, synthetic_cell  # noqa: E402
 
 CLASSES = ["disc", "ring"]
 
 
-def _cell(kind: str, rng: np.random.Generator, size: int = 20) -> np.ndarray:
-    """2-channel uint16 cell: a bright textured disc or ring on a noisy background, or a blank frame."""
-    yy, xx = np.mgrid[:size, :size]
-    r = np.hypot(yy - (size - 1) / 2, xx - (size - 1) / 2)
-    img = rng.normal(1000, 20, size=(2, size, size))
-    if kind == "disc":
-        img[:, r < 6] += 3000 + rng.normal(0, 300, size=(2, int((r < 6).sum())))
-    elif kind == "ring":
-        m = (r > 4) & (r < 7)
-        img[:, m] += 3000 + rng.normal(0, 300, size=(2, int(m.sum())))
-    return np.clip(img, 0, 65535).astype(np.uint16)
+_cell = synthetic_cell
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """An untrained ``test_hybrid`` saved as a model folder with a calibrated-looking card (no training needed)."""
-    from phenotyping.models.checkpoint import save_model_dir
-    from phenotyping.models.preprocess import Preprocess, TargetScaler
-    from phenotyping.models import create_model
-    from phenotyping.analysis.qc import QCConfig
-
-    torch.manual_seed(0)
-    model = create_model("test_hybrid", in_chans=2, num_classes=2, num_targets=1, img_size=20).eval()
-    pre = Preprocess(img_size=20, channels=["brightfield", "darkfield"], mean=[1500.0, 1500.0], std=[1000.0, 1000.0])
-    scaler = TargetScaler(names=["cd16"], log=[False], mean=[5.0], std=[2.0])
-    card = {
-        "id": "tiny-0001", "classes": CLASSES, "architecture": {"name": "test_hybrid"},
-        "calibration": {"temperature": 1.5, "unidentified_threshold": 0.5},
-        "training": {"class_proportions": {"disc": 0.5, "ring": 0.5}},
-        "validation": {"confusion": [[9, 1], [2, 8]]},
-        "qc": QCConfig().to_dict(),  # the label-free defaults suit these 20×20 synthetic crops
-    }
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    save_model_dir(out, model, card, preprocess=pre, targets=scaler)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", CLASSES)
 
 
 def _fill(store, n: int = 10, blanks: int = 2, seed: int = 0) -> list[int]:

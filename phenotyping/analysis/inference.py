@@ -321,9 +321,7 @@ def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg
 def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, threshold: float
                ) -> tuple[list[tuple[int, Any, str | None]], list[Any], int]:
     """Forward one batch; return (QC rows for the store, predictions, number of unidentified cells)."""
-    import torch
-
-    from phenotyping.models.forward import softmax
+    from phenotyping.models.forward import forward_batch
     from phenotyping.schemas import Prediction, QCState
 
     qc_rows: list[tuple[int, Any, str | None]] = []
@@ -335,16 +333,7 @@ def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, thresho
     preds: list[Prediction] = []
     if batch.x is None:
         return qc_rows, preds, 0
-    with torch.inference_mode():
-        x = batch.x.to(dev, non_blocking=True)
-        if dev == "cuda":
-            with torch.autocast("cuda", dtype=autocast_dtype()):
-                out = net(x)
-        else:
-            out = net(x)
-        logits = out.logits.float().cpu().numpy()  # (B, K)
-        reg = out.regression.float().cpu().numpy()  # (B, M) standardised
-    probs = softmax(logits, lm.temperature)  # (B, K) calibrated
+    probs, reg = forward_batch(net, batch.x, device=dev, temperature=lm.temperature)  # calibrated; standardised
     targets = lm.targets.inverse(reg) if lm.targets is not None and reg.shape[1] else np.zeros((len(probs), 0))
     names = lm.targets.names if lm.targets is not None else []
     flags = unidentified_flags(probs, threshold=threshold)

@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per model measurement")
     p.add_argument("--no-standin", action="store_true", help="skip the published-model stand-in")
     p.add_argument("--model-only", action="store_true", help="skip the end-to-end run")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: instead of the model timings, run the local engine and `predict --engine ray` (plus "
+                        "`import-predictions`) on the same --cells files in one run, with their ratio and a "
+                        "per-worker estimate for 10^6 and 10^7 cells")
+    p.add_argument("--address", default=None, help="with --engine ray: the Ray cluster (default: a local instance)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
                                     f"{manifest!r} does not exist here; pass --from-files PATH")
         source = Path(manifest)
     print("benchmarking (this takes a minute)...", file=sys.stderr)
+    if args.engine == "ray":
+        from phenotyping.analysis.distributed import compare_engines
+
+        print_json(compare_engines(args.model, n_cells=args.cells, batch_size=args.batch_size, from_files=source,
+                                   address=args.address))
+        return 0
     print_json(run_bench(args.model, device=args.device, n_cells=args.cells, batch_size=args.batch_size,
                          from_files=source, min_seconds=args.seconds, standin=not args.no_standin,
                          end_to_end_run=not args.model_only))

@@ -1,4 +1,6 @@
-"""``python -m phenotyping predict --model DIR (--manifest M | --sample ID [--db PATH]) [--out CSV]``."""
+"""``python -m phenotyping predict --model DIR (--manifest M | --sample ID [--db PATH]) [--out CSV]``, and
+``predict --engine ray [--address ADDR] --manifest M --model DIR --out results.parquet`` (batch inference on Ray
+Data: :mod:`phenotyping.analysis.distributed`)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest.csv, image folder or .zip to predict without a database")
     src.add_argument("--sample", help="id of a sample already ingested into the database")
-    p.add_argument("--out", type=Path, default=None, help="CSV file: one row per cell")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV file: one row per cell (with --engine ray: the Parquet result file, required)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): this process, through a store; ray: Ray Data tasks decode and QC, an "
+                        "actor pool runs the model (one GPU per actor where the cluster has GPUs), one Parquet row "
+                        "per cell; load it into a sample with `import-predictions`")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: the cluster to join (e.g. ray://head:10001 or auto); default: a local "
+                        "Ray instance for this run")
+    p.add_argument("--actors", type=int, default=None,
+                   help="with --engine ray: model actors (default: one per GPU, else one)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="default: the LEUKO_DEVICE setting (auto: CUDA when available, else CPU)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -45,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.manifest is not None and args.db is not None:
         raise ValueError("--db goes with --sample; --manifest predicts in a temporary store")
+    if args.engine == "ray":
+        return _run_ray(args)
+    if args.address is not None or args.actors is not None:
+        raise ValueError("--address and --actors go with --engine ray")
     if args.sample is not None:
         with open_store(args.db) as store:
             actor = authenticated(store, args, "analyse").username
@@ -66,6 +82,26 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
                       f"{ing.rejected[0].reason}", file=sys.stderr)
             return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    from phenotyping.analysis.distributed import predict_with_ray
+
+    if args.manifest is None or args.out is None:
+        raise ValueError("--engine ray predicts a --manifest (or folder) into --out results.parquet; load the result "
+                         "into a sample with `python -m phenotyping import-predictions --sample ID results.parquet`")
+    if args.actors is not None and args.actors < 1:
+        raise ValueError(f"--actors {args.actors}: at least one model actor")
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} cells", end="", file=sys.stderr, flush=True)
+
+    summary = predict_with_ray(args.manifest, args.model, args.out, address=args.address,
+                               batch_size=args.batch_size, actors=args.actors, label_column=args.label_column,
+                               progress=progress)
+    print(file=sys.stderr)
+    print_json(summary)
+    return 0
 
 
 def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Namespace, *, actor: str) -> int:

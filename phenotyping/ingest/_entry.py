@@ -18,3 +18,4 @@ class Entry:
     targets: dict[str, float] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    path: str | None = None  # the file on disk, for readers in other processes (folder and manifest entries)

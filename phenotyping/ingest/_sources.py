@@ -279,7 +279,7 @@ def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int, siz
         with open(path, "rb") as fh:
             return fh.read(max_bytes + 1)
 
-    return Entry(name=name, read=read, size=size, cell_key=name, label=label)
+    return Entry(name=name, read=read, size=size, cell_key=name, label=label, path=str(path))
 
 
 def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int,

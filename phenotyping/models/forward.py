@@ -28,3 +28,24 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
+
+
+def forward_batch(net: Any, x: Any, *, device: str, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass of a prepared batch ``x`` (a CPU tensor, pinned on CUDA): temperature-scaled class
+    probabilities (B, K) and standardised regression outputs (B, M), as float64/float32 NumPy arrays.
+
+    On CUDA the copy is asynchronous and the pass runs under bf16 autocast (fp16 where bf16 is unsupported); the
+    local engine (:mod:`phenotyping.analysis.inference`) and the Ray actors share this one path."""
+    import torch
+
+    with torch.inference_mode():
+        xd = x.to(device, non_blocking=True)
+        if device == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                out = net(xd)
+        else:
+            out = net(xd)
+        logits = out.logits.float().cpu().numpy()
+        reg = out.regression.float().cpu().numpy()
+    return softmax(logits, temperature), reg
