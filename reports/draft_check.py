@@ -392,16 +392,37 @@ def claim_problems(text: str, facts: Facts) -> list[str]:
         if _NEGATION.search(work[a:start]):
             direction = _OPPOSITE[direction]
         if own is None:
-            sentence = _where(clauses, start)[0]
-            in_clause = [x for x in mentions if _where(clauses, x.start)[1] == a]
-            scope = in_clause or [x for x in mentions if _where(clauses, x.start)[0] == sentence]
-            own = tuple(dict.fromkeys(s for x in scope for s in x.slugs))
+            own = _claim_scope(clauses, mentions, start, [f[0] for f in found], text, facts)
         if not own:
             problems.append(f"interpretive claim {word!r} names no class of this differential; such a claim "
                             "needs the class it describes and that class's configured reference interval")
             continue
         problems += [p for s in own if (p := _claim_problem(word, direction, facts, s))]
     return problems
+
+
+def _claim_scope(clauses: list[tuple[int, int, int]], mentions: list[Mention], start: int, claims: list[int],
+                 text: str, facts: Facts) -> tuple[str, ...]:
+    """The classes a claim at ``start`` is about: those its clause names, with those of the clauses just before
+    that only name classes ("neutrophils, lymphocytes and monocytes were normal"); when its clause names none,
+    every class its sentence names."""
+    i = clauses.index(_where(clauses, start))
+    sentence = clauses[i][0]
+
+    def named(c: tuple[int, int, int]) -> list[Mention]:
+        return [x for x in mentions if c[1] <= x.start < c[2]]
+
+    scope = named(clauses[i])
+    if scope:
+        numbers = [n.start for n in number_spans(text, facts.names())]
+        j = i - 1
+        while j >= 0 and clauses[j][0] == sentence and named(clauses[j]) and not any(
+                clauses[j][1] <= at < clauses[j][2] for at in [*numbers, *claims]):
+            scope += named(clauses[j])
+            j -= 1
+    else:
+        scope = [x for x in mentions if _where(clauses, x.start)[0] == sentence]
+    return tuple(dict.fromkeys(s for x in scope for s in x.slugs))
 
 
 def _interval(facts: Facts, slug: str) -> tuple[float, float] | None:
