@@ -172,10 +172,13 @@ def numbers_in(text: str, *, names: list[str] | None = None) -> list[str]:
 
 
 def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> list[str]:
-    """Problems with one piece of draft text: unsupported numbers and forbidden wording. Empty list = acceptable.
+    """Problems with one piece of draft text (a sentence or a whole edited paragraph): unsupported numbers, numbers
+    written for a class whose facts do not hold them, interpretive words no configured reference interval supports,
+    and forbidden wording. Empty list = acceptable.
 
     ``cited`` (fact ids) restricts which facts may support the numbers; ``None`` allows every fact. Digits inside a
-    class label, marker name or QC reason are allowed only where that name is written.
+    class label, marker name or QC reason are allowed only where that name is written. Binding and claims:
+    :mod:`reports.draft_check`.
     """
     problems: list[str] = []
     pool = facts.values if cited is None else {k: facts.values[k] for k in cited if k in facts.values}

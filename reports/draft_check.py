@@ -248,13 +248,14 @@ def bound_class(clauses: list[tuple[int, int, int]], mentions: list[Mention], st
 
 
 def _hint(text: str, number: Number, mentions: list[Mention]) -> str | None:
-    """The quantity the words right after a number give it (None: not said); 'confidence' for a confidence level."""
+    """The quantity the words right after a number give it (None: not said); 'unbound' for a number that belongs to
+    no class (the confidence level of '95 % CI', the denominator of 'per 100 leukocytes')."""
     after = text[number.end:number.end + 40]
     before = text[max(0, number.start - 8):number.start]
     if re.match(r"\s*(?:%|percent\b|per ?cent\b)\s*(?:CI\b|C\.I\.|confidence|credible)", after, re.IGNORECASE):
-        return "confidence"
+        return "unbound"
     if re.search(r"\bper\s*$|/\s*$", before) and number.token == "100":
-        return "confidence"  # the denominator of 'per 100 leukocytes': not a value of the class
+        return "unbound"
     if re.match(r"\s*(?:%|percent\b|per ?cent\b)", after, re.IGNORECASE):
         return "percent"
     if re.match(r"\s*(?:percentage[- ]points?|pp|points?)\b", after, re.IGNORECASE):
@@ -286,7 +287,7 @@ def binding_problems(text: str, facts: Facts, pool: dict[str, float], *, cited: 
         hint = _hint(text, number, mentions)
         equal = [fid for fid, v in pool.items() if matches(number.token, v)]
         mention = bound_class(clauses, mentions, number.start, number.end)
-        if hint == "confidence" or not equal or mention is None:
+        if hint == "unbound" or not equal or mention is None:
             continue
         allowed = _KINDS_FOR_HINT[hint]
         ok = [fid for fid in equal if (kinds[fid][0] in mention.slugs and kinds[fid][1] in allowed)
@@ -392,7 +393,7 @@ def claim_problems(text: str, facts: Facts) -> list[str]:
         if _NEGATION.search(work[a:start]):
             direction = _OPPOSITE[direction]
         if own is None:
-            own = _claim_scope(clauses, mentions, start, [f[0] for f in found], text, facts)
+            own = _claim_scope(clauses, mentions, start, [f[0] for f in found])
         if not own:
             problems.append(f"interpretive claim {word!r} names no class of this differential; such a claim "
                             "needs the class it describes and that class's configured reference interval")
@@ -401,11 +402,12 @@ def claim_problems(text: str, facts: Facts) -> list[str]:
     return problems
 
 
-def _claim_scope(clauses: list[tuple[int, int, int]], mentions: list[Mention], start: int, claims: list[int],
-                 text: str, facts: Facts) -> tuple[str, ...]:
+def _claim_scope(clauses: list[tuple[int, int, int]], mentions: list[Mention], start: int,
+                 claims: list[int]) -> tuple[str, ...]:
     """The classes a claim at ``start`` is about: those its clause names, with those of the clauses just before
-    that only name classes ("neutrophils, lymphocytes and monocytes were normal"); when its clause names none,
-    every class its sentence names."""
+    it that name classes and make no claim of their own ("neutrophils (57.0 %), lymphocytes and monocytes were
+    normal": all three); when its clause names none, every class its sentence names. Erring wide: a claim is
+    checked against more classes rather than fewer."""
     i = clauses.index(_where(clauses, start))
     sentence = clauses[i][0]
 
@@ -414,10 +416,9 @@ def _claim_scope(clauses: list[tuple[int, int, int]], mentions: list[Mention], s
 
     scope = named(clauses[i])
     if scope:
-        numbers = [n.start for n in number_spans(text, facts.names())]
         j = i - 1
         while j >= 0 and clauses[j][0] == sentence and named(clauses[j]) and not any(
-                clauses[j][1] <= at < clauses[j][2] for at in [*numbers, *claims]):
+                clauses[j][1] <= at < clauses[j][2] for at in claims):
             scope += named(clauses[j])
             j -= 1
     else:

@@ -143,3 +143,11 @@ def test_facts_carry_the_intervals_of_apart_classes_and_their_source():
     assert check_text("Erythroblasts were within the reference interval.", facts) == []
     assert any("its value 0.5 is inside" in p for p in check_text("Erythroblasts were raised.", facts))
     assert check_text(f"Intervals from {ctx.reference_source}.", facts) == []
+
+
+def test_a_claim_covers_every_class_listed_before_it(facts):
+    problems = check_text("Neutrophils (60.0%), lymphocytes (9.0%) and monocytes (5.0%) were within normal limits.",
+                          facts)
+    assert any("about neutrophil is not supported" in p for p in problems), problems
+    assert any("no reference interval is configured for lymphocyte" in p for p in problems), problems
+    assert not any("about monocyte" in p for p in problems)
