@@ -184,7 +184,12 @@ def class_mentions(text: str, facts: Facts) -> list[Mention]:
     for slug, label in labels:
         words = re.split(r"[\s_-]+", label.strip())
         phrase = r"[\s_-]+".join(re.escape(w) for w in words if w)
-        for m in list(re.finditer(r"(?<!\w)" + phrase + r"(?:e?s)?(?!\w)", work, re.IGNORECASE)):
+        short = len(label.strip()) <= 3  # 'S', 'G1', 'ig': as written, or in capitals, never inside "model's"
+        pattern = r"(?<![\w'’])" + phrase + r"(?:e?s)?(?!\w)"
+        hits = [*re.finditer(pattern, work)] if short else [*re.finditer(pattern, work, re.IGNORECASE)]
+        if short and label.upper() != label:
+            hits += re.finditer(r"(?<![\w'’])" + re.escape(label.strip().upper()) + r"s?(?!\w)", work)
+        for m in sorted(hits, key=lambda h: h.start()):
             take((slug,), m.start(), m.end())
         if len(words) > 1:
             acronym = "".join(w[0] for w in words if w).upper()

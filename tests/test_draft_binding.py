@@ -151,3 +151,10 @@ def test_a_claim_covers_every_class_listed_before_it(facts):
     assert any("about neutrophil is not supported" in p for p in problems), problems
     assert any("no reference interval is configured for lymphocyte" in p for p in problems), problems
     assert not any("about monocyte" in p for p in problems)
+
+
+def test_short_labels_are_matched_as_written():
+    phases = Facts(specimen="blood", classes={"g1": "G1", "s": "S"},
+                   values={"diff.g1.pct": 40.0, "diff.s.pct": 12.0}, units={})
+    assert check_text("The model's G1 share was 40.0%, and S 12.0%.", phases) == []
+    assert any("for S," in p and "diff.g1.pct" in p for p in check_text("S 40.0%, G1 12.0%.", phases))
