@@ -145,24 +145,30 @@ def fact_kind(fact_id: str, slugs: set[str]) -> tuple[str | None, str]:
 # Class mentions
 
 
-def _root(word: str) -> str:
-    """The stem a class word and its forms share: neutrophil(s|ic|ia) → 'neutr', lymphocyte/lymphs → 'lymph'."""
+def _root(word: str) -> tuple[str, str | None]:
+    """The stem a class word and its forms share, and the family of its cell suffix ('cyt', 'phi', 'pha', 'bla';
+    None without one): neutrophil(s|ic|ia) → ('neutr', 'phi'), lymphocyte → ('lymph', 'cyt'), lymphs → ('lymph',
+    None). Erythrocytes and erythroblasts share a stem but not a family, so they stay apart."""
     w = word.casefold()
     w = re.sub(r"philias?$", "phil", w)
     w = re.sub(r"(?:penias?|(?<=cyt)os[ie]s)$", "", w)
-    w = _CELL_SUFFIX.sub("", w)
-    return w[:-1] if w.endswith("o") else w
+    m = _CELL_SUFFIX.search(w)
+    family = m.group(0)[:3] if m else None
+    w = w[:m.start()] if m else w
+    return (w[:-1] if w.endswith("o") else w), family
 
 
-def _word_matches(word: str, label_root: str) -> bool:
+def _same_class(a: tuple[str, str | None], b: tuple[str, str | None], *, abbreviated: bool) -> bool:
+    """Whether word root ``a`` names label root ``b`` (``abbreviated``: a may be a prefix of b, 'neut', 'eos')."""
+    if not a[0] or (a[1] and b[1] and a[1] != b[1]):
+        return False
+    return a[0] == b[0] or (abbreviated and len(a[0]) >= 3 and b[0].startswith(a[0]))
+
+
+def _word_matches(word: str, label_root: tuple[str, str | None]) -> bool:
     w = word.casefold()
-    candidates = {_root(w)}
-    if w.endswith("s"):
-        candidates.add(_root(w[:-1]))
-    for c in candidates:
-        if c and (c == label_root or (len(c) >= 3 and label_root.startswith(c))):
-            return True
-    return False
+    candidates = {_root(w), *([_root(w[:-1])] if w.endswith("s") else [])}
+    return any(_same_class(c, label_root, abbreviated=True) for c in candidates)
 
 
 def _labels(facts: Facts) -> dict[str, str]:
@@ -391,12 +397,14 @@ def claim_problems(text: str, facts: Facts) -> list[str]:
              for m in _CLAIM.finditer(work)]
     for m in _COMPOUND.finditer(work):
         direction = "below" if re.search(r"penias?$", m.group(0), re.IGNORECASE) else "above"
-        own = tuple(s for s, label in labels.items() if _root(label) == _root(m.group(0)))
+        own = tuple(s for s, label in labels.items() if _same_class(_root(m.group(0)), _root(label),
+                                                                   abbreviated=False))
         found.append((m.start(), m.end(), m.group(0), direction, own))
     for start, end, word, direction, own in sorted(found):
         _, a, _ = _where(clauses, start)
-        if _NEGATION.search(work[a:start]):
-            direction = _OPPOSITE[direction]
+        negation = _NEGATION.search(work[a:start])
+        if negation:
+            direction, word = _OPPOSITE[direction], f"{negation.group(0)} … {word}"
         if own is None:
             own = _claim_scope(clauses, mentions, start, [f[0] for f in found])
         if not own:

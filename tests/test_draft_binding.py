@@ -158,3 +158,11 @@ def test_short_labels_are_matched_as_written():
                    values={"diff.g1.pct": 40.0, "diff.s.pct": 12.0}, units={})
     assert check_text("The model's G1 share was 40.0%, and S 12.0%.", phases) == []
     assert any("for S," in p and "diff.g1.pct" in p for p in check_text("S 40.0%, G1 12.0%.", phases))
+
+
+def test_a_word_sharing_a_stem_but_not_the_cell_family_is_not_the_class():
+    ery = Facts(specimen="blood", classes={"neutrophil": "neutrophil"}, apart={"erythroblast": "erythroblast"},
+                values={"diff.neutrophil.pct": 100.0, "apart.erythroblast.per_100": 5.0, "ref.erythroblast.low": 0.0,
+                        "ref.erythroblast.high": 1.0}, units={})
+    assert check_text("Erythroblasts were elevated.", ery) == []
+    assert any("'erythrocytosis' names no class" in p for p in check_text("There was erythrocytosis.", ery))
