@@ -39,6 +39,8 @@ TEMPLATE_SOURCE = "template"
 #: a differential describes the counts: proportions and their intervals, position against the lab's reference
 #: interval, marker summaries, quality control and agreement with manual counts. It does not name or hint at a
 #: disease or cause, does not advise treatment, tests or follow-up, and does not talk about the patient.
+#: Words that place a class against its reference interval (normal, elevated, neutrophilia, lymphopenia, …) are not
+#: here: :func:`reports.draft_check.claim_problems` lets them through only where the configured interval supports them.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "diagnosis or cause": (
         r"\bdiagnos\w*", r"\bprognos\w*", r"\bconsistent with\b", r"\bcompatible with\b", r"\bin keeping with\b",
