@@ -18,8 +18,10 @@ class Facts(BaseModel):
     """Computed facts for interpretation drafting: no identifiers, no user-typed text.
 
     ``values`` maps a fact id (``diff.neutrophil.pct``) to a number; ``classes`` maps the slug used in fact ids to
-    the label of each class the differential counts, ``apart`` the same for the classes reported apart from it; ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says
-    what each kind of fact measures.
+    the label of each class the differential counts, ``apart`` the same for the classes reported apart from it;
+    ``targets`` maps a marker slug to the marker's name (from the model card); ``units`` says what each kind of fact
+    measures; ``reference_source`` is where the laboratory's reference intervals (``ref.<class>.low|high``) come
+    from (file name and the start of its sha256; None when none are configured).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -30,17 +32,20 @@ class Facts(BaseModel):
     targets: dict[str, str] = Field(default_factory=dict)
     values: dict[str, float]
     units: dict[str, str]
+    reference_source: str | None = None
 
     def prompt_json(self) -> dict[str, Any]:
         return {"specimen": self.specimen, "classes": self.classes, "reported_apart": self.apart,
-                "markers": self.targets, "facts": self.values, "units": self.units}
+                "markers": self.targets, "facts": self.values, "units": self.units,
+                "reference_intervals_source": self.reference_source}
 
     def names(self) -> list[str]:
         """Names whose digits are not numbers of the text: class labels, marker names, QC reasons (longest first)."""
         reasons = [k.removeprefix("qc.excluded.").replace("_", " ") for k in self.values
                    if k.startswith("qc.excluded.")]
-        return sorted({*self.classes.values(), *self.apart.values(), *self.targets.values(), *reasons}, key=len,
-                      reverse=True)
+        source = [self.reference_source] if self.reference_source else []
+        return sorted({*self.classes.values(), *self.apart.values(), *self.targets.values(), *reasons, *source},
+                      key=len, reverse=True)
 
 
 _UNITS = {
@@ -58,7 +63,9 @@ _UNITS = {
                                               "cells, with exact CI bounds",
     "specimen_declared": "1 when the model card declares this specimen, 0 when the model is not meant for it",
     "reference_configured": "1 when the laboratory configured reference intervals for this specimen, else 0",
-    "ref.<class>.low|high": "the laboratory's reference interval (%)",
+    "ref.<class>.low|high": "the laboratory's reference interval, in the unit of the class's value (% for a counted "
+                            "or noted class, cells per 100 counted cells for a class reported per 100 leukocytes); "
+                            "a class without these facts has no interval, and may not be called normal, high or low",
     "marker.<class>.<marker>.median|q1|q3|n": "regressed marker among the class's cells (marker's own units)",
     "manual.<class>.pct|diff": "this sample's manual count % and model minus manual (percentage points)",
     "agreement.n_samples": "samples in the latest saved method-comparison study that includes this sample",
@@ -128,6 +135,8 @@ def facts_from_context(ctx: ReportContext) -> Facts:
                 v[f"apart.{s}.ci_low"], v[f"apart.{s}.ci_high"] = a.ci_low, a.ci_high
         if a.corrected_value is not None:
             v[f"apart.{s}.corr_per_100"] = a.corrected_value
+        if a.reference_low is not None and a.reference_high is not None and a.value is not None:
+            v[f"ref.{s}.low"], v[f"ref.{s}.high"] = a.reference_low, a.reference_high
     for m in ctx.markers:
         if m.label not in by_label or m.n == 0 or m.median is None:
             continue
@@ -154,5 +163,5 @@ def facts_from_context(ctx: ReportContext) -> Facts:
                     v[f"{base}.{name}"] = value
     values = {k: float(x) for k, x in v.items() if math.isfinite(float(x))}
     return Facts(specimen=ctx.specimen, classes=classes, apart={by_label[a.label]: a.label for a in ctx.apart},
-                 targets=targets, values=values, units=dict(_UNITS))
+                 targets=targets, values=values, units=dict(_UNITS), reference_source=ctx.reference_source)
 

@@ -6,7 +6,11 @@ must answer with sentences that cite fact ids. Every draft is screened before it
 
 * every cited fact id exists and every sentence cites at least one;
 * every number written in the text (sign included, digits stuck to letters too, none in words) equals a cited fact
-  value at the precision written (``54.7`` matches 54.68, ``-57.0`` does not match 57.0);
+  value at the precision written (``54.7`` matches 54.68, ``-57.0`` does not match 57.0), and a number written
+  next to a class equals a fact of that class of a compatible quantity ("lymphocytes 60 %" when 60 % are the
+  neutrophils is rejected, :func:`reports.draft_check.binding_problems`);
+* an interpretive word (normal, elevated, low, neutrophilia, …) is supported by the configured reference interval of
+  the class it names (:func:`reports.draft_check.claim_problems`);
 * no diagnosis, cause, disease name, treatment, recommendation or follow-up and no talk of the patient (pattern
   screen, :data:`FORBIDDEN`).
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reports.context import Facts
+from reports.draft_check import binding_problems, claim_problems, matches, number_spans
 
 TEMPLATE_SOURCE = "template"
 
@@ -35,6 +39,8 @@ TEMPLATE_SOURCE = "template"
 #: a differential describes the counts: proportions and their intervals, position against the lab's reference
 #: interval, marker summaries, quality control and agreement with manual counts. It does not name or hint at a
 #: disease or cause, does not advise treatment, tests or follow-up, and does not talk about the patient.
+#: Words that place a class against its reference interval (normal, elevated, neutrophilia, lymphopenia, …) are not
+#: here: :func:`reports.draft_check.claim_problems` lets them through only where the configured interval supports them.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "diagnosis or cause": (
         r"\bdiagnos\w*", r"\bprognos\w*", r"\bconsistent with\b", r"\bcompatible with\b", r"\bin keeping with\b",
@@ -52,7 +58,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         r"\blymphoma\w*", r"\bleuk(a)?emi\w*", r"\bmyelo(ma|dysplas|prolif)\w*", r"\bclonal\b", r"\basthma\w*",
         r"\bsarcoid\w*", r"\bpneumon\w*", r"\btubercul\w*", r"\bcovid\w*", r"\b(hiv|copd|ards)\b",
         r"\btransplant\w*", r"\bsmok\w*",
-        r"\b\w+itis\b", r"\b\w+osis\b", r"\b\w+(philia|penia|cytosis|cytoses)\b", r"\b\w+a?emia\b",
+        r"\b\w+itis\b", r"\b\w+(?<!cyt)osis\b", r"\b\w+a?emia\b",
     ),
     "treatment": (
         r"\btreat\w*", r"\btherap\w*", r"\bprescri\w*", r"\bantibiotic\w*", r"\bantivir\w*", r"\bantifung\w*",
@@ -73,10 +79,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 #: Kept for callers of the first version: every forbidden pattern in one tuple.
 FORBIDDEN_PATTERNS: tuple[str, ...] = tuple(p for ps in FORBIDDEN.values() for p in ps)
 _FORBIDDEN = [(why, re.compile("|".join(ps), re.IGNORECASE)) for why, ps in FORBIDDEN.items()]
-#: A written number: optional sign (only where it cannot be a hyphen or a range dash: not after a letter, digit,
-#: '.', ')' or '%', and directly before the digits), digits, decimals, exponent. Digits stuck to letters count
-#: ("63.5pct", "CD16"); names that contain digits are masked first (:meth:`Facts.names`).
-_NUMBER = re.compile(r"(?:(?<![\w.)%\]])(?P<sign>[-−–+]))?(?P<num>\d+(?:\.\d+)?(?:[eE][-+−]?\d+)?)")
 _NO_REFERENCE = re.compile(r"\bno (laboratory )?reference intervals?\b", re.IGNORECASE)
 _VERSUS_REFERENCE = re.compile(r"\b(above|below|within|inside|outside|exceed\w*)\s+(of\s+)?(the|its|their)?\s*"
                                r"(laboratory\s+)?reference\s+intervals?\b", re.IGNORECASE)
@@ -89,11 +91,13 @@ _NUMBER_WORDS = re.compile(
 SYSTEM_PROMPT = """You draft the interpretation paragraph of a laboratory leukocyte differential report.
 You receive computed facts as JSON: fact ids mapped to numbers, with units. Rules:
 - Describe only what the facts say: proportions, their confidence intervals, corrected proportions, position \
-relative to the laboratory reference interval when one is given, marker summaries, quality control, agreement with \
+relative to the laboratory reference interval when one is given (ref.<class>.low|high), marker summaries, quality control, agreement with \
 manual counts.
 - Every number you write must be one of the fact values, in digits, rounded to at most the decimals shown (one \
 decimal for percentages). Write no other number, no number in words, no scientific notation. Write a negative value \
 with its minus sign; never restate it as a positive amount. Write ranges as "52.0–61.9" or "52.0 to 61.9".
+- Write each number next to the name of the class it belongs to ("neutrophils 57.0%"), never in a list apart from the class names.
+- Call a class normal, high, low, elevated, reduced or use words such as neutrophilia or lymphopenia only when its reference interval is given and its classify-and-count % lies inside, above or below it; otherwise do not use such words.
 - Every sentence cites the fact ids it uses.
 - Never name a disease or condition, never suggest a diagnosis, cause or process, never recommend treatment, tests, \
 repeat counts or any follow-up. Never mention the patient.
@@ -166,38 +170,27 @@ def numbers_in(text: str, *, names: list[str] | None = None) -> list[str]:
     Thousands separators are dropped; numbers inside ``names`` (class labels, marker names) are not numbers of the
     text. A '-' after a digit or letter is a hyphen or range dash, not a sign ('52.0-61.9' is two numbers).
     """
-    cleaned = _mask_names(text, names or [])
-    cleaned = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", cleaned)
-    return [("-" if m["sign"] in ("-", "−", "–") else m["sign"] or "") + m["num"]
-            for m in _NUMBER.finditer(cleaned)]
-
-
-def _tolerance(token: str) -> float:
-    """Half a unit of the last digit written: '54.7' → 0.05, '9.9e1' → 0.5."""
-    mantissa, _, exponent = token.lstrip("+-").lower().partition("e")
-    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
-
-
-def _matches(token: str, value: float) -> bool:
-    """Whether the written number equals ``value`` at the precision written, sign included."""
-    return math.isclose(float(token), value, rel_tol=0.0, abs_tol=_tolerance(token) + 1e-9)
+    return [n.token for n in number_spans(text, names or [])]
 
 
 def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> list[str]:
-    """Problems with one piece of draft text: unsupported numbers and forbidden wording. Empty list = acceptable.
+    """Problems with one piece of draft text (a sentence or a whole edited paragraph): unsupported numbers, numbers
+    written for a class whose facts do not hold them, interpretive words no configured reference interval supports,
+    and forbidden wording. Empty list = acceptable.
 
     ``cited`` (fact ids) restricts which facts may support the numbers; ``None`` allows every fact. Digits inside a
-    class label, marker name or QC reason are allowed only where that name is written.
+    class label, marker name or QC reason are allowed only where that name is written. Binding and claims:
+    :mod:`reports.draft_check`.
     """
     problems: list[str] = []
     pool = facts.values if cited is None else {k: facts.values[k] for k in cited if k in facts.values}
     names = facts.names()
     for token in numbers_in(text, names=names):
-        if not any(_matches(token, v) for v in pool.values()):
+        if not any(matches(token, v) for v in pool.values()):
             problems.append(f"number {token} matches no {'cited ' if cited is not None else ''}fact"
-                            + (" (its sign differs from the fact's)" if any(_matches(token, -v) for v in pool.values()
+                            + (" (its sign differs from the fact's)" if any(matches(token, -v) for v in pool.values()
                                                                           if v != 0) else ""))
+    problems += binding_problems(text, facts, pool, cited=cited is not None)
     masked = _mask_names(text, names)
     for m in _NUMBER_WORDS.finditer(masked):
         problems.append(f"number written as a word {m.group(0)!r} (write fact values in digits)")
@@ -210,6 +203,7 @@ def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> li
                         "for this specimen (redraft the interpretation)")
     elif configured == 0 and _VERSUS_REFERENCE.search(masked):
         problems.append("compares with a reference interval, but none is configured for this specimen")
+    problems += claim_problems(text, facts)
     return problems
 
 

@@ -204,7 +204,8 @@ def test_retry_tells_the_model_what_was_wrong(facts, monkeypatch):
 
 
 def test_system_prompt_states_the_rules():
-    for rule in ("minus sign", "in digits", "diagnosis", "follow-up"):
+    for rule in ("minus sign", "in digits", "diagnosis", "follow-up", "next to the name of the class",
+                 "only when its reference interval is given"):
         assert rule in SYSTEM_PROMPT
 
 
