@@ -97,3 +97,97 @@ def test_an_all_duplicates_upload_names_every_file_and_its_record_counts_them(la
     assert run["outcome"][0].startswith("failed") and ".upload-staging" not in run["outcome"][0]
     assert (run["duplicates"][0], run["files refused"][0]) == (5, 5)
     assert len(table(at, "file")) == 5
+
+
+# -- Review -----------------------------------------------------------------------------------------------------------
+def _map_with_click(monkeypatch, ids, point):
+    """The Review screen's embedding map (t-SNE patched out) after a click on ``point``, as the browser reports it."""
+    import numpy as np
+
+    import phenotyping.analysis.cellview as cellview
+
+    monkeypatch.setattr(cellview, "embedding_map",
+                        lambda store, cells, model_dir: ([c.id for c in cells], np.arange(2.0 * len(cells)).reshape(-1, 2)))
+    at = app("rev", "review")
+    next(b for b in at.button if b.label == "Compute the map").click().run()
+    assert not at.exception
+    from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
+
+    at.session_state["emb_chart"] = PlotlyState(selection=PlotlySelectionState(
+        points=[point], point_indices=[point.get("point_index", 0)], box=[], lasso=[]))
+    at.run()
+    return at
+
+
+def test_clicking_a_point_of_the_embedding_map_shows_its_cell(lab, monkeypatch):
+    store, ids = lab
+    # WebGL scatter points come back without customdata: the cell is found by trace and index.
+    at = _map_with_click(monkeypatch, ids, {"curve_number": 0, "point_number": 1, "point_index": 1, "x": 2.0, "y": 3.0})
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown if m.value.startswith("**Cell #")]
+    assert len(shown) == 1 and "Predicted" in shown[0]
+
+
+def _exclude_by_qc(store, cell_ids):
+    """Image QC excludes the cells: they lose the toy model's prediction, as a real QC run leaves them none."""
+    store.set_qc([(c, QCState.excluded, "out of focus: focus 0.10 < 0.30") for c in cell_ids], sample_id="S1",
+                 actor="qc")
+    store.delete_predictions("S1", "toy-1", actor="rev")
+    from tests.test_app import CLASSES
+    from phenotyping.schemas import Prediction
+
+    keep = [c.id for c in store.list_cells("S1") if c.id not in set(cell_ids)]
+    store.add_predictions([Prediction(cell_id=c, model_id="toy-1", model_version="1", predicted_class=CLASSES[k % 2],
+                                      confidence=0.9, probabilities={x: 0.9 if x == CLASSES[k % 2] else 0.1
+                                                                     for x in CLASSES})
+                           for k, c in enumerate(keep)], sample_id="S1", actor="rev")
+
+
+def test_a_cell_without_prediction_never_reads_predicted_none(lab):
+    store, ids = lab
+    _exclude_by_qc(store, ids[:1])
+    at = app("rev", "review")
+    at.radio(key="group_S1").set_value("Excluded").run()
+    (box,) = [c for c in at.checkbox if c.key == f"pick_{ids[0]}"]
+    assert "None" not in box.help and "not predicted" in box.help.replace("\\", "")
+
+
+def _counted(at):
+    diff = table(at, "raw %")
+    return dict(zip(diff["class"], diff["cells"]))
+
+
+def test_a_qc_excluded_cell_counts_once_a_reviewer_overrides_it_with_a_reason(lab):
+    store, ids = lab
+    _exclude_by_qc(store, ids[2:4])
+    at = app("rev", "review")
+    before = _counted(at)
+    at.radio(key="group_S1").set_value("Excluded").run()
+    for cid in ids[2:4]:
+        at.checkbox(key=f"pick_{cid}").check()
+    at.run()
+    at.button(key="to_lymphocyte").click().run()  # no reason: refused, nothing changes
+    assert not at.exception
+    (msg,) = plain(at)
+    assert "excluded by image QC" in msg and "give a reason" in msg
+    assert store.get_cell(ids[2]).reviewed_label is None
+    at.text_input(key="qc_override_reason").input("in focus on inspection")
+    at.button(key="to_lymphocyte").click().run()
+    assert not at.exception
+    assert _counted(at) == {**before, "lymphocyte": before["lymphocyte"] + 2}
+    assert {store.get_cell(c).qc_state for c in ids[2:4]} == {QCState.overridden}
+    events = store.list_audit(sample_id="S1", action="cell.qc_override")
+    assert len(events) == 2 and {e.after["reason"] for e in events} == {"in focus on inspection"}
+    assert events[0].before["qc_reason"].startswith("out of focus") and events[0].actor == "rev"
+
+
+def test_a_qc_override_survives_a_rerun_of_the_analysis(lab):
+    """Running the model again checks the images again; an overridden cell is left as the reviewer decided."""
+    from phenotyping.analysis.inference import _cells_to_predict
+    from phenotyping.analysis.review import reclassify_cells
+
+    store, ids = lab
+    _exclude_by_qc(store, ids[2:3])
+    reclassify_cells(store, "S1", ids[2:3], "neutrophil", actor="rev", note="clear nucleus")
+    _, todo = _cells_to_predict(store, "S1", "toy-1")
+    assert ids[2] not in {c.id for c in todo}

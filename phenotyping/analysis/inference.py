@@ -226,14 +226,14 @@ def _prediction_model(model: Any) -> Any:
 
 
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:
-    """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, and not excluded as
-    undecodable."""
+    """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, not excluded as
+    undecodable, and not counted by a reviewer over an image-QC exclusion (QC again would undo the override)."""
     from phenotyping.schemas import QCState
 
     store.get_sample(sample_id)
     cells = store.list_cells(sample_id)
     done_ids = store.predicted_cell_ids(sample_id, model_id)
-    todo = [c for c in cells if c.id not in done_ids
+    todo = [c for c in cells if c.id not in done_ids and c.qc_state != QCState.overridden
             and not (c.qc_state == QCState.excluded and (c.qc_reason or "").startswith(UNREADABLE))]
     return cells, todo
 
