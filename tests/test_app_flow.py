@@ -191,3 +191,41 @@ def test_a_qc_override_survives_a_rerun_of_the_analysis(lab):
     reclassify_cells(store, "S1", ids[2:3], "neutrophil", actor="rev", note="clear nucleus")
     _, todo = _cells_to_predict(store, "S1", "toy-1")
     assert ids[2] not in {c.id for c in todo}
+
+
+# -- Analyse ----------------------------------------------------------------------------------------------------------
+def _register(store, app_env, model_id: str, channels: list[str]):
+    import json
+
+    from tests.test_app import CARD
+
+    card = {**CARD, "id": model_id, "input": {"channels": channels, "img_size": 32}}
+    folder = app_env / model_id
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps(card))
+    store.register_model(model_id, path=str(folder), card=card, actor="admin", usable=True)
+
+
+def test_analyse_offers_only_models_that_can_read_the_sample(lab, app_env):
+    store, _ = lab
+    _register(store, app_env, "rgb-smear", ["red", "green", "blue"])
+    at = app("rev", "analyse")
+    assert not at.exception
+    assert at.selectbox(key="model_S1").options == ["toy-1"]
+    assert any("rgb-smear takes 3 channel(s) (red, green, blue)" in c.value.replace("\\", "") for c in at.caption)
+
+
+def test_analyse_shows_the_running_jobs_model_and_what_a_rerun_does(lab, app_env):
+    store, _ = lab
+    _register(store, app_env, "toy-2", ["grey"])
+    at = app("rev", "analyse")
+    note = [c.value for c in at.caption if "running it again" in c.value]
+    assert len(note) == 1 and "already predicted every cell" in note[0] and "predicts 0 cells" in note[0]
+    jid = store.create_job("predict", actor="rev", sample_id="S1", params={"model_id": "toy-2"}, total=12)
+    store.update_job(jid, status="running", message="predicting cells 1-12 of 12")
+    at.run()
+    assert not at.exception
+    shown = at.selectbox(key="model_running")
+    assert shown.value == "toy-2" and shown.disabled
+    assert any(f"Job {jid} is analysing the sample with toy-2" in c.value for c in at.caption)
+    store.update_job(jid, status="failed", message="stopped")
