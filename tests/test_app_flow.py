@@ -229,3 +229,26 @@ def test_analyse_shows_the_running_jobs_model_and_what_a_rerun_does(lab, app_env
     assert shown.value == "toy-2" and shown.disabled
     assert any(f"Job {jid} is analysing the sample with toy-2" in c.value for c in at.caption)
     store.update_job(jid, status="failed", message="stopped")
+
+
+# -- Users ------------------------------------------------------------------------------------------------------------
+def test_users_form_keeps_what_was_typed_and_says_what_a_username_may_be(lab):
+    from tests.test_app import PASSWORD
+
+    store, _ = lab
+    at = app("admin", "users")
+    form = {t.label: t for t in at.text_input}
+    form["Username"].input("New Rev")
+    form["Full name"].input("Dr New")
+    form["Initial password"].input(PASSWORD)
+    next(b for b in at.button if b.label == "Create account").click().run()
+    assert not at.exception
+    (msg,) = plain(at)
+    assert "'New Rev'" in msg and "lower-case letters" in msg and "^[" not in msg and "pattern" not in msg
+    form = {t.label: t for t in at.text_input}
+    assert (form["Username"].value, form["Full name"].value) == ("New Rev", "Dr New")
+    form["Username"].input("newrev")
+    next(b for b in at.button if b.label == "Create account").click().run()
+    assert not at.exception and store.get_user("newrev")[0].display_name == "Dr New"
+    form = {t.label: t for t in at.text_input}
+    assert (form["Username"].value, form["Full name"].value) == ("", "")
