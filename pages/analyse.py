@@ -7,7 +7,7 @@ import streamlit as st
 from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.analysis.specimens import ROLES, specimen_check
-from phenotyping.jobs import FINISHED, active_job, submit_prediction, usable_models
+from phenotyping.jobs import FINISHED, active_job, compatible_models, rerun_note, submit_prediction, usable_models
 
 store = get_store()
 runner = get_runner()
@@ -18,9 +18,18 @@ if sample_id is None:
     st.stop()
 sample_header(store, sample_id)
 
-models = usable_models(store)
-if not models:
+if not usable_models(store):
     st.warning("No usable model yet: an admin registers a model and marks it usable on the Models screen.")
+    st.stop()
+models, refused = compatible_models(store, sample_id)
+if refused:
+    with st.expander(f"{len(refused)} usable model(s) not offered: they cannot read this sample's images",
+                     icon=":material/block:", expanded=not models):
+        for mid, why in refused.items():
+            st.caption(md(why))
+if not models:
+    st.warning("No usable model takes this sample's kind of image (see above): an admin trains or registers one on "
+               "the Models screen.")
     st.stop()
 
 
@@ -60,15 +69,25 @@ def card_summary(card: dict) -> None:
 
 ids = [m["id"] for m in models]
 current = store.analysis_model(sample_id)
+job = active_job(store, kind="predict", sample_id=sample_id)
+running_model = job["params"].get("model_id") if job is not None else None
 left, right = st.columns([2, 3])
 with left:
     st.subheader("Model")
-    model_id = st.selectbox("Model", ids, index=ids.index(current) if current in ids else 0,
-                            label_visibility="collapsed")
-    job = active_job(store, kind="predict", sample_id=sample_id)
-    if current and current != model_id:
-        st.caption(f"The sample's differential currently uses {md(current)}; running {md(model_id)} makes it the "
-                   "analysis model.")
+    if running_model is not None:  # the picker shows what runs, not a choice that is not running
+        st.selectbox("Model", [running_model], disabled=True, label_visibility="collapsed", key="model_running")
+        st.caption(f"Job {job['id']} is analysing the sample with {md(running_model)}; another model can be run "
+                   "once it has finished.")
+        model_id = running_model
+    else:
+        model_id = st.selectbox("Model", ids, index=ids.index(current) if current in ids else 0,
+                                label_visibility="collapsed", key=f"model_{sample_id}")
+        if current and current != model_id:
+            st.caption(f"The sample's differential currently uses {md(current)}; running {md(model_id)} makes it "
+                       "the analysis model.")
+        note = rerun_note(store, sample_id, model_id)
+        if note:
+            st.caption(md(note[0].upper() + note[1:] + "."))
     locked = signed_version(store, sample_id)
     if locked is not None:
         lock_notice(locked, "its analysis")
@@ -79,11 +98,13 @@ with left:
         if ok:
             st.session_state[f"job_{sample_id}"] = jid
             st.rerun()
+cards = {m["id"]: m["card"] for m in usable_models(store)}
 with right:
-    with st.expander("Model card", expanded=False, icon=":material/info:"):
-        card_summary(next(m["card"] for m in models if m["id"] == model_id))
-ok, check = attempt(specimen_check, next(m["card"] for m in models if m["id"] == model_id),
-                    store.get_sample(sample_id).specimen.value)
+    if model_id in cards:
+        with st.expander("Model card", expanded=False, icon=":material/info:"):
+            card_summary(cards[model_id])
+ok, check = (attempt(specimen_check, cards[model_id], store.get_sample(sample_id).specimen.value)
+             if model_id in cards else (False, None))
 if ok:
     specimen_warning(check)
 
@@ -102,7 +123,8 @@ def job_panel() -> None:
     total = max(int(j["total"]), 1)
     if j["status"] in ("queued", "running"):
         rate = f" · {j['rate']:.0f} cells/s" if j["rate"] else ""
-        st.progress(min(j["done"] / total, 1.0), text=f"Job {j['id']} {j['status']}: {j['message']}{rate}")
+        st.progress(min(j["done"] / total, 1.0), text=f"Job {j['id']} ({md(j['params'].get('model_id'))}) "
+                                                           f"{j['status']}: {md(j['message'])}{rate}")
         st.caption("You can keep working on other screens; this panel follows the job.")
         return
     if running:  # it has just finished: refresh the whole screen so the differential appears

@@ -12,7 +12,7 @@ from phenotyping.analysis.markers import format_marker, target_units
 from phenotyping.analysis.review import EXTRA_LABELS, reclassify_cells
 from phenotyping.errors import PhenotypingError
 from phenotyping.analysis.results import model_dir_for
-from phenotyping.schemas import SampleStatus
+from phenotyping.schemas import QCState, SampleStatus
 
 PAGE_SIZE = 36
 COLUMNS = 6
@@ -36,6 +36,24 @@ res = sample_results_cached(store, sample_id, n_bootstrap=1000 if boot else 0)
 classes = list(res.card["classes"])
 by_id = {r.cell.id: r for r in res.cells}
 model_dir = model_dir_for(res.model_id, store=store)
+
+def picked_cell_id(point: dict, fig: object) -> int | None:
+    """The cell id of a clicked point of the embedding map: its ``customdata`` when the browser sent it, else looked
+    up by its trace and index in the figure (WebGL traces of large maps send no customdata); None if neither."""
+    data = point.get("customdata")
+    if data is None:
+        try:
+            trace = fig.data[int(point["curve_number"])]  # type: ignore[attr-defined]
+            idx = point.get("point_index", point.get("point_number"))
+            data = trace.customdata[int(idx)]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    value = data[0] if isinstance(data, (list, tuple)) or hasattr(data, "shape") else data
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
 
 # -- differential -----------------------------------------------------------------------------------------------------
 d = res.differential
@@ -98,6 +116,15 @@ with tab_gallery:
             n_sel = len(selected)
             st.markdown(f"**Reclassify the {n_sel} selected cell(s)** as:" if n_sel else
                         "Tick cells below, then click a class to reclassify them.")
+            excluded_sel = [c for c in selected if by_id[c].cell.qc_state == QCState.excluded]
+            reason = ""
+            if excluded_sel:
+                reason = st.text_input(
+                    f"Reason for counting the {len(excluded_sel)} QC-excluded cell(s) (required to give them a class)",
+                    key="qc_override_reason", placeholder="e.g. in focus on inspection",
+                    help="Image QC left these cells out of the count. Giving one a class overrides the exclusion: "
+                         "it is then counted under that class, and the override and this reason are audited. "
+                         "Debris or other keeps it excluded and needs no reason.")
             targets = [*classes, *EXTRA_LABELS]
             for row_start in range(0, len(targets), BUTTONS_PER_ROW):
                 bcols = st.columns(BUTTONS_PER_ROW)
@@ -105,11 +132,15 @@ with tab_gallery:
                     if col.button(md(label), key=f"to_{label}", disabled=not n_sel, width="stretch",
                                   type="primary" if label in classes else "secondary"):
                         ok, changed = attempt(reclassify_cells, store, sample_id, sorted(selected), label,
-                                              actor=user.username)
+                                              actor=user.username, note=reason.strip())
                         if ok:
-                            for k in [k for k in st.session_state if str(k).startswith("pick_")]:
+                            for k in [k for k in st.session_state if str(k).startswith("pick_")
+                                      or k == "qc_override_reason"]:
                                 del st.session_state[k]
-                            flash(f"{changed} cell(s) reclassified as {label}.")
+                            overridden = len(excluded_sel) if label in classes else 0
+                            flash(f"{changed} cell(s) reclassified as {label}"
+                                  + (f"; the image-QC exclusion of {overridden} cell(s) is overridden, so they "
+                                     "count" if overridden else "") + ".")
                             st.rerun()
             s1, s2, _ = st.columns([1, 1, 3])
             if s1.button("Select page", key="select_page", width="stretch", icon=":material/select_all:"):
@@ -136,8 +167,11 @@ with tab_gallery:
                 conf = "" if r.confidence is None else f" · {r.confidence:.2f}"
                 reviewed = " (reviewed)" if r.cell.reviewed_label else ""
                 st.checkbox(f"#{r.cell.id}", key=f"pick_{r.cell.id}",
-                            help=md(f"{r.cell.source_file}: predicted {r.predicted_class}"
-                                    + (f"; {r.exclusion}" if r.exclusion else "")))
+                            help=md(f"{r.cell.source_file}: "
+                                    + (f"predicted {r.predicted_class}" if r.predicted_class else "not predicted")
+                                    + (f"; {r.exclusion}" if r.exclusion else "")
+                                    + ("; QC exclusion overridden by a reviewer"
+                                       if r.cell.qc_state == QCState.overridden else "")))
                 st.caption(f"**{md(label)}**{conf}{reviewed}")
 
     if selected:
@@ -179,25 +213,35 @@ with tab_map:
             ok, out = attempt(embedding_map, store, analysed, model_dir)
         if ok:
             st.session_state[emb_key] = out
+    stale = emb_key in st.session_state and any(i not in by_id for i in st.session_state[emb_key][0])
+    if stale:  # cells were removed or replaced since the map was computed
+        del st.session_state[emb_key]
+        st.info("The sample's cells changed since the map was computed: compute it again.")
     if emb_key in st.session_state:
         import plotly.express as px
 
         cell_ids, xy = st.session_state[emb_key]
         labels = [by_id[i].final_label if by_id[i].counted else (by_id[i].exclusion or "excluded") for i in cell_ids]
-        fig = px.scatter(x=xy[:, 0], y=xy[:, 1], color=labels, custom_data=[cell_ids],
+        fig = px.scatter(x=xy[:, 0], y=xy[:, 1], color=labels, custom_data=[list(cell_ids)],
                          labels={"x": "t-SNE 1", "y": "t-SNE 2", "color": "label"}, template="plotly_white",
                          height=520)
         fig.update_traces(marker={"size": 6})
         event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="emb_chart")
-        points = (event.selection.points if event and event.selection else []) or []
-        if points:
-            cid = int(points[0]["customdata"][0])
+        points = list(((event or {}).get("selection") or {}).get("points") or [])  # the event is a dict too
+        cid = picked_cell_id(points[0], fig) if points else None
+        if points and (cid is None or cid not in by_id):
+            st.caption("That point is not a cell of this map; click a point of the scatter.")
+        elif cid is not None:
             r = by_id[cid]
             p1, p2 = st.columns([1, 3])
-            p1.image(cell_display(store, r.cell), width=160)
-            p2.markdown(f"**Cell #{cid}** · {md(r.cell.source_file)}  \nPredicted **{md(r.predicted_class)}** "
-                        f"({(r.confidence or 0):.2f}) · final label **{md(r.final_label)}**  \n"
-                        f"{md(r.exclusion or 'counted')}")
+            try:
+                p1.image(cell_display(store, r.cell), width=160)
+            except PhenotypingError as e:
+                p1.caption(f"image unreadable: {md(e)}")
+            predicted = (f"Predicted **{md(r.predicted_class)}** ({r.confidence:.2f})" if r.predicted_class
+                         else f"Not predicted by {md(res.model_id)}")
+            p2.markdown(f"**Cell #{cid}** · {md(r.cell.source_file)}  \n{predicted} · final label "
+                        f"**{md(r.final_label or 'none yet')}**  \n{md(r.exclusion or 'counted')}")
 
 # -- markers ----------------------------------------------------------------------------------------------------------
 with tab_markers:

@@ -10,10 +10,12 @@ import streamlit as st
 from pages._common import (allowed, attempt, clear_staged, flash, get_store, lock_notice, md, require_user,
                            sample_header, show_flash, signed_version, stage_uploads, staged_files, staging_dir)
 from phenotyping.jobs import ingest_and_record, ingest_runs
-from phenotyping.schemas import Sample, SampleStatus, Specimen
+from phenotyping.schemas import SAMPLE_ID_PATTERN, Sample, SampleStatus, Specimen
 from phenotyping.settings import get_settings
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "zip", "csv"]
+SAMPLE_ID_HELP = ("The lab's sample id: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                  "(e.g. BAL-2026-0042)")
 
 store = get_store()
 user = require_user()
@@ -36,15 +38,39 @@ def time_fields(what: str, key: str, current: datetime | None = None, *,
 
 
 def chosen_time(what: str, known: bool, day: date | None, hour: time) -> datetime | None:
-    """The time entered with :func:`time_fields` (UTC), None when not known; ValueError when the date is missing."""
+    """The time entered with :func:`time_fields` (UTC), None when not known.
+
+    Raises:
+        ValueError: the box is ticked but no date given, or a date is given without ticking the box (it would be
+            dropped without a word otherwise).
+    """
     if known and not day:
         raise ValueError(f"Give the {what.lower()} date, or untick '{what} time known'.")
+    if day and not known:
+        raise ValueError(f"A {what.lower()} date ({day:%Y-%m-%d}) is filled in but '{what} time known' is not "
+                         f"ticked, so it would not be recorded: tick '{what} time known' to record it, or clear "
+                         "the date.")
     return datetime.combine(day, hour, tzinfo=timezone.utc) if known and day else None
+
+
+def checked_sample_id(sample_id: str) -> str:
+    """The typed sample id, stripped; ValueError saying what to type (never the pattern itself)."""
+    import re
+
+    value = sample_id.strip()
+    if not value:
+        raise ValueError(f"Give the sample id. {SAMPLE_ID_HELP}.")
+    if not re.fullmatch(SAMPLE_ID_PATTERN, value):
+        bad = sorted({ch for ch in value if not (ch.isascii() and (ch.isalnum() or ch in "._-"))})
+        what = (f"contains {', '.join(repr(c) for c in bad)}" if bad else
+                "is longer than 64 characters" if len(value) > 64 else "does not start with a letter or digit")
+        raise ValueError(f"Sample id {value!r} {what}. {SAMPLE_ID_HELP}.")
+    return value
 
 
 def create_sample(sample_id: str, specimen: str, pseudonym: str, requester: str, notes: str,
                   collected: tuple[bool, date | None, time], received: tuple[bool, date | None, time]) -> Sample:
-    sample = Sample(id=sample_id.strip(), specimen=Specimen(specimen), patient_pseudonym=pseudonym,
+    sample = Sample(id=checked_sample_id(sample_id), specimen=Specimen(specimen), patient_pseudonym=pseudonym,
                     requester=requester, notes=notes, collected_at=chosen_time("Collection", *collected),
                     received_at=chosen_time("Receipt", *received))
     return store.create_sample(sample, actor=user.username)
@@ -102,21 +128,28 @@ def ingest_staged(sample_id: str, paths: list[Path]) -> object:
 can_write = allowed(user, "sample.write")
 if can_write:
     with st.expander("New sample", expanded=not store.list_samples(), icon=":material/add:"):
-        with st.form("new_sample", clear_on_submit=False):
+        # The form's widgets carry a generation in their keys: a new generation after each created sample gives the
+        # next sample an empty form (a pseudonym must never carry over to another patient's sample), while a refused
+        # form keeps what was typed.
+        gen = st.session_state.setdefault("_new_sample_generation", 0)
+        with st.form(f"new_sample_{gen}", clear_on_submit=False):
             c1, c2, c3 = st.columns(3)
-            sample_id = c1.text_input("Sample id", placeholder="e.g. BAL-2026-0042")
-            specimen = c2.selectbox("Specimen", [s.value for s in Specimen], format_func=lambda v: {
-                "blood": "Blood", "balf": "BAL fluid"}.get(v, v))
-            pseudonym = c3.text_input("Patient pseudonym", help="A pseudonym only, never a name")
+            sample_id = c1.text_input("Sample id", placeholder="e.g. BAL-2026-0042", key=f"new_id_{gen}",
+                                      help=SAMPLE_ID_HELP)
+            specimen = c2.selectbox("Specimen", [s.value for s in Specimen], key=f"new_specimen_{gen}",
+                                    format_func=lambda v: {"blood": "Blood", "balf": "BAL fluid"}.get(v, v))
+            pseudonym = c3.text_input("Patient pseudonym", help="A pseudonym only, never a name",
+                                      key=f"new_pseudonym_{gen}")
             requester = st.text_input("Requester", placeholder="e.g. Dr B. Requester, Ward 7",
-                                      help="Who ordered the test; printed on the report")
-            collected = time_fields("Collection", "new_collected")
-            received = time_fields("Receipt", "new_received")
-            notes = st.text_area("Notes", height=68)
+                                      help="Who ordered the test; printed on the report", key=f"new_requester_{gen}")
+            collected = time_fields("Collection", f"new_collected_{gen}" if gen else "new_collected")
+            received = time_fields("Receipt", f"new_received_{gen}" if gen else "new_received")
+            notes = st.text_area("Notes", height=68, key=f"new_notes_{gen}")
             if st.form_submit_button("Create sample", type="primary"):
                 ok, s = attempt(create_sample, sample_id, specimen, pseudonym, requester, notes, collected, received)
                 if ok:
                     st.session_state["sample_id"] = s.id
+                    st.session_state["_new_sample_generation"] = gen + 1
                     flash(f"Sample {s.id} created. Upload its images below.")
                     st.rerun()
 

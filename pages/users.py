@@ -10,6 +10,23 @@ from phenotyping.auth import (MIN_PASSWORD_LENGTH, create_user, locked_until, se
                               update_account)
 from phenotyping.schemas import Role
 
+USERNAME_RULE = ("2-32 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit "
+                 "(e.g. j.smith)")
+
+
+def checked_username(name: str) -> str:
+    """The typed username, stripped; ValueError saying what to type instead of the pattern the account model uses."""
+    import re
+
+    value = name.strip()
+    if not value:
+        raise ValueError(f"Give a username: {USERNAME_RULE}.")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,31}", value):
+        hint = f" (try {value.lower()!r})" if re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,31}", value.lower()) else ""
+        raise ValueError(f"Username {value!r} is not allowed{hint}: {USERNAME_RULE}.")
+    return value
+
+
 store = get_store()
 user = require_user()
 st.title("Users")
@@ -25,16 +42,21 @@ st.dataframe([{"username": u.username, "name": u.display_name, "role": u.role.va
 left, right = st.columns(2)
 with left:
     st.subheader("New account")
-    with st.form("new_user", clear_on_submit=True):
-        username = st.text_input("Username", help="lower-case letters, digits, '.', '_' or '-'")
-        display = st.text_input("Full name")
-        role = st.selectbox("Role", [r.value for r in Role])
-        pw = st.text_input("Initial password", type="password",
+    # A refused form keeps what was typed; a new generation of keys empties it once the account exists.
+    gen = st.session_state.setdefault("_new_user_generation", 0)
+    with st.form(f"new_user_{gen}", clear_on_submit=False):
+        username = st.text_input("Username", help="lower-case letters, digits, '.', '_' or '-'", key=f"nu_name_{gen}")
+        display = st.text_input("Full name", key=f"nu_display_{gen}")
+        role = st.selectbox("Role", [r.value for r in Role], key=f"nu_role_{gen}")
+        pw = st.text_input("Initial password", type="password", key=f"nu_pw_{gen}",
                            help=f"At least {MIN_PASSWORD_LENGTH} characters, not a common password, not built on the "
                                 "name")
         if st.form_submit_button("Create account", type="primary"):
-            ok, u = attempt(create_user, store, username, pw, role, actor=user.username, display_name=display)
+            ok, name = attempt(checked_username, username)
+            ok, u = attempt(create_user, store, name, pw, role, actor=user.username, display_name=display) if ok \
+                else (False, None)
             if ok:
+                st.session_state["_new_user_generation"] = gen + 1
                 flash(f"Account {u.username} ({u.role.value}) created.")
                 st.rerun()
 right.subheader("Change an account")

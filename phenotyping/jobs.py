@@ -29,19 +29,17 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from phenotyping.errors import NotFoundError, PhenotypingError
+from phenotyping.ingest._runs import (INGEST_EVENT, MAX_RECORDED_CHARS, MAX_RECORDED_REJECTIONS, IngestRun,
+                                      ingest_and_record, ingest_runs)  # noqa: F401 - re-exported for the app
 from phenotyping.models.checkpoint import load_model_cached
-
-if TYPE_CHECKING:
-    from phenotyping.schemas import IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -260,90 +258,70 @@ def usable_models(store: Any) -> list[dict[str, Any]]:
     return [m for m in store.list_models() if m["usable"] and Path(m["path"]).is_dir()]
 
 
-# -- ingest runs -----------------------------------------------------------------------------------------------------
-INGEST_EVENT = "ingest.run"
-#: An ``ingest.run`` event keeps the first refused files (strings cut to a readable length), then only counts; the
-#: ingest's own result (the CLI's JSON) still lists every file.
-MAX_RECORDED_REJECTIONS, MAX_RECORDED_CHARS = 200, 300
-
-
-@dataclass(frozen=True)
-class IngestRun:
-    """One recorded ingest of an image set into a sample (an ``ingest.run`` audit event)."""
-
-    at: datetime
-    actor: str
-    source: str
-    outcome: str  # "ok" or "failed"
-    ingested: int
-    duplicates: int
-    rejected: list[dict[str, str]]  # {"file", "reason"} per refused file, duplicates included (the first ones)
-    error: str = ""
-    rejected_total: int = 0  # refused files in all; more than len(rejected) when the record was cut
-
-
-def _cut(text: str, limit: int = MAX_RECORDED_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _recorded_rejections(rejected: list[Any]) -> dict[str, Any]:
-    """The first refused files, their total and, for a cut list, the count per reason (the 20 commonest)."""
-    kept = [{"file": _cut(r.file), "reason": _cut(r.reason)} for r in rejected[:MAX_RECORDED_REJECTIONS]]
-    out: dict[str, Any] = {"rejected": kept, "rejected_total": len(rejected)}
-    if len(rejected) > len(kept):
-        out["rejected_by_reason"] = dict(Counter(_cut(r.reason.split(" (")[0], 120) for r in rejected).most_common(20))
-    return out
-
-
-def ingest_and_record(store: Any, source: str | Path, sample_id: str, *, actor: str, source_name: str,
-                      **options: Any) -> IngestResult:
-    """:func:`phenotyping.ingest.ingest_set`, then an ``ingest.run`` audit event holding the run's summary: what was
-    ingested, the duplicates, the first refused files with their reasons and how many in all. A run that fails
-    (nothing usable, a locked sample, an unreadable archive, too many files, any error) is recorded too, with its
-    error, and the error is raised again.
-
-    Args:
-        source_name: what the user gave, as shown later (e.g. ``"set.zip"`` or ``"312 files"``); ``source`` itself
-            is usually a temporary folder.
-        options: passed on to ``ingest_set`` (``max_pixels``, ``max_bytes``, ``max_files``, ``progress``…).
-    """
-    from phenotyping.ingest import ingest_set
-
-    def record(after: dict[str, Any]) -> None:
-        store.record_event(actor=actor, action=INGEST_EVENT, entity="sample", entity_id=sample_id,
-                           sample_id=sample_id, after={"source": _cut(source_name), **after})
-
-    try:
-        result = ingest_set(store, source, sample_id, actor=actor, **options)
-    except Exception as e:
-        if isinstance(e, NotFoundError):  # no such sample: nothing to record it against
-            raise
-        try:
-            record({"outcome": "failed", "error": _cut(_one_line(e), 2000), "ingested": 0, "duplicates": 0,
-                    "rejected": [], "rejected_total": 0})
-        except Exception:  # noqa: BLE001 - the store itself failed: the original error is the one to raise
-            log.exception("could not record the failed ingest into %s", sample_id)
-        raise
-    record({"outcome": "ok", "ingested": result.ingested, "duplicates": result.duplicates,
-            **_recorded_rejections(result.rejected)})
-    return result
-
-
-def ingest_runs(store: Any, sample_id: str, *, limit: int = 10) -> list[IngestRun]:
-    """The sample's recorded ingest runs, newest first."""
-    out = []
-    for e in store.list_audit(sample_id=sample_id, action=INGEST_EVENT, limit=limit):
-        a = e.after if isinstance(e.after, dict) else {}
-        rejected = list(a.get("rejected") or [])
-        out.append(IngestRun(at=e.at, actor=e.actor, source=str(a.get("source", "")),
-                             outcome=str(a.get("outcome", "ok")), ingested=int(a.get("ingested", 0)),
-                             duplicates=int(a.get("duplicates", 0)), rejected=rejected,
-                             error=str(a.get("error", "")),
-                             rejected_total=int(a.get("rejected_total", len(rejected)))))
-    return out
-
-
 # -- prediction ------------------------------------------------------------------------------------------------------
+_KIND = {2: "2D images (C, H, W)", 3: "z-stacks (C, Z, H, W)"}
+
+
+def model_input(card: Mapping[str, Any]) -> tuple[int, int, list[str]]:
+    """``(channels, dims, channel names)`` a model takes, from its card (dims 2: images, 3: z-stacks)."""
+    names = list((card.get("input") or {}).get("channels") or [])
+    dims = (card.get("input") or {}).get("dims") or ((card.get("architecture") or {}).get("config") or {}).get("dims")
+    return len(names), int(dims or 2), names
+
+
+def input_problem(card: Mapping[str, Any], shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why a model cannot take cells of these stored shapes (``(C, H, W)`` or ``(C, Z, H, W)``), or None when it can.
+
+    Checked before a prediction job starts, so that a model never runs for minutes on a sample it cannot read. A
+    card that does not state its input (``input.channels``; cards written by ``train`` do) is not judged here: the
+    job then fails, naming the mismatch, on the first batch."""
+    n_chans, dims, names = model_input(card)
+    if not n_chans:
+        return None
+    kinds = sorted({(int(s[0]), len(s) - 1) for s in shapes if len(s) >= 3})
+    wrong = [(c, d) for c, d in kinds if c != n_chans or d != dims]
+    if not wrong:
+        return None
+    have = ", ".join(f"{c} channel(s), {_KIND.get(d, f'{d}D')}" for c, d in wrong)
+    return (f"model {card.get('id', '?')} takes {n_chans} channel(s) ({', '.join(names) or 'unnamed'}) as "
+            f"{_KIND.get(dims, f'{dims}D')}, but this sample's cells have {have}")
+
+
+def compatible_models(store: Any, sample_id: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The usable models that can take the sample's cells, and the others with the reason (:func:`input_problem`).
+    A sample without cells is compatible with every model (there is nothing to run yet)."""
+    shapes = {tuple(c.shape) for c in store.list_cells(sample_id)}
+    ok, refused = [], {}
+    for m in usable_models(store):
+        problem = input_problem(m["card"], sorted(shapes))
+        if problem is None:
+            ok.append(m)
+        else:
+            refused[m["id"]] = problem
+    return ok, refused
+
+
+def rerun_note(store: Any, sample_id: str, model_id: str) -> str | None:
+    """What running ``model_id`` again on the sample would do, when it has predicted cells of it already: the
+    predicted cells keep their predictions and only the others are analysed (image-QC exclusions checked again);
+    None for a first run."""
+    from phenotyping.schemas import QCState
+
+    done_ids = store.predicted_cell_ids(sample_id, model_id)
+    if not done_ids:
+        return None
+    rest = [c for c in store.list_cells(sample_id) if c.id not in done_ids and c.qc_state != QCState.overridden]
+    total = len(done_ids) + len(rest)
+    if not rest:
+        return (f"{model_id} has already predicted every cell of this sample ({len(done_ids):,}); running it again "
+                "keeps those predictions and predicts 0 cells, so the results do not change")
+    excluded = sum(1 for c in rest if c.qc_state == QCState.excluded)
+    parts = [f"{excluded:,} excluded by image QC, checked again" if excluded else "",
+             f"{len(rest) - excluded:,} not analysed yet" if len(rest) > excluded else ""]
+    return (f"{model_id} has already predicted {len(done_ids):,} of the {total:,} cells; running it again keeps "
+            f"those predictions and analyses only the other {len(rest):,} ({'; '.join(p for p in parts if p)})")
+
+
 def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor: str,
                       device: str | None = None) -> int:
     """Start QC + prediction of a sample's cells with a usable registered model; returns the job id.
@@ -365,26 +343,41 @@ def submit_prediction(runner: JobRunner, sample_id: str, model_id: str, *, actor
         raise JobError(f"job {running['id']} is already analysing sample {sample_id}; wait for it to finish")
     if store.count_cells(sample_id) == 0:
         raise ValueError(f"sample {sample_id} has no cells; upload its images first")
+    problem = input_problem(models[model_id]["card"], sorted({tuple(c.shape) for c in store.list_cells(sample_id)}))
+    if problem is not None:
+        fits = [m["id"] for m in compatible_models(store, sample_id)[0]]
+        raise ValueError(f"{problem}; choose a model for this kind of image"
+                         + (f" ({', '.join(fits)})" if fits else " (no usable model takes them: train one)"))
     model_dir = models[model_id]["path"]
 
     def work(progress: Progress) -> dict[str, Any]:
         from phenotyping.analysis.inference import cpu_threads, predict_sample
         from phenotyping.schemas import SampleStatus
 
-        progress(0, store.count_cells(sample_id), None, "loading the model", force=True)
+        progress(0, store.count_cells(sample_id), None, f"loading the model {model_id}", force=True)
         lm = load_model_cached(model_dir)
+        progress(0, store.count_cells(sample_id), None, f"model {model_id} loaded; reading the cells", force=True)
 
         def report(done: int, total: int, rate: float) -> None:
-            progress(done, total, rate, f"{done}/{total} cells")
+            progress(done, total, rate, f"{done}/{total} cells analysed")
+
+        def stage(what: str, done: int, total: int) -> None:  # a new stage is written at once, image counts at most
+            progress(done, total, None, what, force=not what.startswith("reading images"))  # every min_interval_s
 
         run = predict_sample(store, sample_id, lm, device=device, progress=report, actor=actor,
-                             threads=min(cpu_threads(), progress.cpu_share()))
+                             threads=min(cpu_threads(), progress.cpu_share()), stage=stage)
         store.set_analysis_model(sample_id, lm.id, actor=actor)
         if store.get_sample(sample_id).status == SampleStatus.new:
             store.set_sample_status(sample_id, SampleStatus.analysed, actor=actor)
         out = run.to_dict()
-        out["message"] = (f"{run.predicted} cells predicted, {run.excluded} excluded by image QC, "
-                          f"{run.unidentified} unidentified, {out['cells_per_second']} cells/s")
+        kept = getattr(run, "already_done", 0)
+        if kept and not (run.predicted or run.excluded):
+            out["message"] = (f"nothing new to analyse: all {kept:,} cells already had {lm.id}'s prediction or "
+                              "image-QC result, which are kept; 0 cells predicted")
+        else:
+            out["message"] = (f"{run.predicted} cells predicted, {run.excluded} excluded by image QC, "
+                              f"{run.unidentified} unidentified, {out['cells_per_second']} cells/s"
+                              + (f"; {kept:,} cells analysed by {lm.id} before were kept" if kept else ""))
         return out
 
     return runner.submit("predict", work, actor=actor, sample_id=sample_id,

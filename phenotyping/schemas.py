@@ -49,6 +49,7 @@ class QCState(str, Enum):
     passed = "passed"
     excluded = "excluded"  # image QC failed; reason kept
     unidentified = "unidentified"  # model unsure; waits for review
+    overridden = "overridden"  # image QC excluded it; a reviewer counted it anyway, with a reason (qc_reason kept)
 
 
 class Role(str, Enum):

@@ -538,7 +538,7 @@ def test_run_analysis_starts_a_job_and_shows_the_differential(lab, monkeypatch):
     class FakeModel:
         id = "toy-1"
 
-    def fake_predict(store_, sample_id, lm, *, device, progress, actor, threads):
+    def fake_predict(store_, sample_id, lm, *, device, progress, actor, threads, stage=None):
         preds = [Prediction(cell_id=cid, model_id="toy-1", model_version="1", predicted_class=CLASSES[k % 2],
                             confidence=0.9, probabilities={c: 0.9 if c == CLASSES[k % 2] else 0.1 for c in CLASSES})
                  for k, cid in enumerate(ids)]

@@ -306,8 +306,9 @@ def test_item12_zip_over_the_limit_is_counted_from_its_directory(tmp_path):
 
 def test_item12_the_audit_row_of_a_run_is_bounded(store, sample, tmp_path, monkeypatch):
     from phenotyping import jobs
+    from phenotyping.ingest import _runs
 
-    monkeypatch.setattr(jobs, "MAX_RECORDED_REJECTIONS", 5)
+    monkeypatch.setattr(_runs, "MAX_RECORDED_REJECTIONS", 5)  # the ingest record moved there from jobs
     d = tmp_path / "set"
     write(d / "ok.png", png_bytes(cell_array()))
     for i in range(12):

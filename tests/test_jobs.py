@@ -97,7 +97,7 @@ def test_prediction_job_sets_analysis_model_and_status(runner, store, tmp_path, 
     class FakeModel:
         id = "toy-1"
 
-    def fake_predict(store_, sample_id, lm, *, device, progress, actor, threads):
+    def fake_predict(store_, sample_id, lm, *, device, progress, actor, threads, stage=None):
         assert threads >= 1
         progress(3, 3, 99.0)
         return FakeRun()

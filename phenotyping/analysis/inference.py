@@ -30,6 +30,10 @@ from phenotyping.analysis.qc import UNIDENTIFIED, QCConfig, QCResult, check_imag
 
 #: ``progress(cells_done, cells_total, cells_per_second)``; called after every batch.
 ProgressFn = Callable[[int, int, float], None]
+#: ``stage(what, cells_done, cells_total)``: what the run is doing now, e.g. ``"reading images 40/351"``, ``"image QC
+#: of cells 1-256 of 351"``, ``"predicting cells 1-256 of 351"``, ``"saving cells 1-256 of 351"``. Called from the
+#: decoding threads too, often: a receiver that writes somewhere should throttle.
+StageFn = Callable[[str, int, int], None]
 
 DEFAULT_BATCH_SIZE = 256
 #: Reason prefix of a cell whose stored file could not be decoded (never re-checked).
@@ -146,6 +150,7 @@ def predict_sample(
     progress: ProgressFn | None = None,
     actor: str = "system",
     threads: int | None = None,
+    stage: StageFn | None = None,
 ) -> PredictionRun:
     """Run image QC and the model over every cell of ``sample_id`` that this model has not predicted yet.
 
@@ -160,14 +165,14 @@ def predict_sample(
             after that batch was committed.
         actor: recorded in the audit trail.
         threads: CPU intra-op threads for torch (default: :func:`cpu_threads`).
+        stage: told what the run is doing between the batches (:data:`StageFn`): reading images n/N, image QC,
+            predicting, saving.
 
     Image QC is part of a model's input (its thresholds come from the card), so every cell without a prediction from
     this model is checked again, including cells another model's QC excluded; only cells whose file could not be
     decoded are skipped (they stay excluded with the decoder's reason).
     """
     import torch
-
-    from phenotyping.schemas import QCState
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -187,17 +192,18 @@ def predict_sample(
     counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
     codes: list[str | None] = []
     unreadable = 0
+    tell = _StageTeller(stage, already, len(cells), len(todo))
     try:
-        for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda", workers=decode_workers(dev)):
+        for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda", workers=decode_workers(dev),
+                               tell=tell):
+            first = counts["predicted"] + counts["excluded"] + 1
+            span = f"cells {first}-{first + len(batch.cells) - 1} of {len(todo)}"
+            tell(f"predicting {span}", first - 1)
             qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold)
+            tell(f"saving {span}", first - 1)
             store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
             store.add_predictions(preds, sample_id=sample_id, actor=actor)
-            counts["predicted"] += len(preds)
-            counts["excluded"] += sum(1 for _, s, _ in qc_rows if s == QCState.excluded)
-            counts["unidentified"] += unsure
-            codes += [q.code for q in batch.qc if q is not None]
-            codes += [UNIDENTIFIED] * unsure
-            unreadable += sum(e is not None for e in batch.errors)
+            unreadable += _tally(counts, codes, batch, qc_rows, len(preds), unsure)
             if progress is not None:
                 n_done = already + counts["predicted"] + counts["excluded"]
                 rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - t0, 1e-9)
@@ -213,6 +219,44 @@ def predict_sample(
     )
 
 
+def _tally(counts: dict[str, int], codes: list[str | None], batch: _Batch, qc_rows: list[tuple[int, Any, str | None]],
+           n_predicted: int, unsure: int) -> int:
+    """Add one saved batch to the run's ``counts`` and QC ``codes``; returns its undecodable files."""
+    from phenotyping.schemas import QCState
+
+    counts["predicted"] += n_predicted
+    counts["excluded"] += sum(1 for _, s, _ in qc_rows if s == QCState.excluded)
+    counts["unidentified"] += unsure
+    codes += [q.code for q in batch.qc if q is not None]
+    codes += [UNIDENTIFIED] * unsure
+    return sum(e is not None for e in batch.errors)
+
+
+class _StageTeller:
+    """Passes a run's stages to a :data:`StageFn` (nothing without one), counting the images read across the
+    decoding threads. ``done`` values are cells of this run; the receiver gets them offset by the cells analysed
+    before, out of all the sample's cells."""
+
+    def __init__(self, stage: StageFn | None, already: int, total: int, todo: int):
+        import threading
+
+        self.stage, self.already, self.total, self.todo = stage, already, total, todo
+        self._read = 0
+        self._lock = threading.Lock()
+        self.read(0)
+
+    def __call__(self, what: str, done: int) -> None:
+        if self.stage is not None:
+            self.stage(what, self.already + done, self.total)
+
+    def read(self, n: int) -> None:
+        """``n`` more images read and decoded."""
+        with self._lock:
+            self._read += n
+            k = self._read
+        self(f"reading images {k}/{self.todo}", 0)
+
+
 def _prediction_model(model: Any) -> Any:
     """The :class:`~phenotyping.models.checkpoint.LoadedModel` to predict with (``model`` itself, or loaded from its
     folder); a classical baseline on pixels is refused."""
@@ -226,14 +270,14 @@ def _prediction_model(model: Any) -> Any:
 
 
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:
-    """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, and not excluded as
-    undecodable."""
+    """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, not excluded as
+    undecodable, and not counted by a reviewer over an image-QC exclusion (QC again would undo the override)."""
     from phenotyping.schemas import QCState
 
     store.get_sample(sample_id)
     cells = store.list_cells(sample_id)
     done_ids = store.predicted_cell_ids(sample_id, model_id)
-    todo = [c for c in cells if c.id not in done_ids
+    todo = [c for c in cells if c.id not in done_ids and c.qc_state != QCState.overridden
             and not (c.qc_state == QCState.excluded and (c.qc_reason or "").startswith(UNREADABLE))]
     return cells, todo
 
@@ -246,8 +290,10 @@ def _calibration(lm: Any) -> tuple[float, float]:
     return lm.temperature, float(cal["unidentified_threshold"])
 
 
-def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: bool) -> _Batch:
-    """Read, decode, QC, fit and normalise one batch (runs on the background thread)."""
+def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: bool,
+             tell: _StageTeller | None = None) -> _Batch:
+    """Read, decode, QC, fit and normalise one batch (runs on the background thread); ``tell`` hears each image
+    read and the start of the batch's QC."""
     import torch
 
     from phenotyping.models.preprocess import fit_to_size
@@ -262,6 +308,10 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
         except ImageError as e:
             arrays.append(None)
             errors.append(f"{UNREADABLE}: {e.reason}")
+        if tell is not None:
+            tell.read(1)
+    if tell is not None:
+        tell(f"image QC of {len(cells)} cells", 0)
     ok = [i for i, a in enumerate(arrays) if a is not None]
     qc: list[QCResult | None] = [None] * len(cells)
     for i, r in zip(ok, check_images([arrays[i] for i in ok], qc_cfg)):
@@ -286,7 +336,7 @@ def decode_workers(device: str) -> int:
 
 
 def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg: QCConfig, *, pin: bool,
-              workers: int = 1):
+              workers: int = 1, tell: _StageTeller | None = None):
     """Yield prepared batches in order while ``workers`` background threads prepare the next ones.
 
     At most ``workers + 1`` batches are prepared ahead of the consumer, so memory stays bounded; an exception raised
@@ -304,12 +354,12 @@ def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg
     try:
         nxt = 0
         while nxt < len(chunks) and len(pending) < ahead:
-            pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+            pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin, tell))
             nxt += 1
         while pending:
             batch = pending.pop(0).result()
             if nxt < len(chunks):
-                pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin))
+                pending.append(pool.submit(_prepare, store, chunks[nxt], lm, qc_cfg, pin, tell))
                 nxt += 1
             yield batch
     finally:

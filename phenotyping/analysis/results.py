@@ -3,7 +3,8 @@
 Used by the ``predict`` command, the review screens, agreement studies and reports, so that all of them show the same
 differential. The rules:
 
-- a cell excluded by image QC is not counted (its reason is kept);
+- a cell excluded by image QC is not counted (its reason is kept), unless a reviewer overrode the exclusion with a
+  reason (QC state ``overridden``): it is then counted under its reviewed label, with or without a prediction;
 - a cell without a prediction from the sample's analysis model is "not analysed" and not counted;
 - a reviewer's label overrides the prediction; a reviewed label that is not one of the model's classes (e.g.
   ``debris``, ``other``) excludes the cell with the reason "reviewed as <label>";
@@ -255,8 +256,10 @@ def _cell_result(c: Cell, p: Any, classes: Sequence[str], threshold: float) -> C
     unidentified: unreviewed and below ``threshold`` or queued), None when it is counted."""
     reason: str | None = None
     final = c.reviewed_label or (p.predicted_class if p else None)
-    if c.qc_state == QCState.excluded:
+    if c.qc_state == QCState.excluded or (c.qc_state == QCState.overridden and c.reviewed_label is None):
         reason = c.qc_reason or "excluded by image QC"
+    elif c.qc_state == QCState.overridden:  # a reviewer looked at the cell and counted it: no prediction needed
+        reason = None if c.reviewed_label in classes else f"reviewed as {c.reviewed_label}"
     elif p is None:
         reason = NOT_ANALYSED
     elif c.reviewed_label is not None and c.reviewed_label not in classes:

@@ -13,7 +13,9 @@ from typing import Any
 
 from phenotyping.analysis.results import SampleResults, load_card_for, sample_results
 from phenotyping.auth import require_actor
+from phenotyping.analysis.inference import UNREADABLE
 from phenotyping.errors import NotFoundError
+from phenotyping.schemas import QCState
 
 #: Reviewed labels outside the model's classes: the cell is then not counted ("reviewed as debris").
 EXTRA_LABELS = ("debris", "other")
@@ -44,13 +46,25 @@ def _check_cells(store: Any, sample_id: str, cell_ids: Sequence[int]) -> list[in
     return ids
 
 
+def qc_excluded(store: Any, sample_id: str, cell_ids: Sequence[int]) -> list[Any]:
+    """The cells among ``cell_ids`` that image QC excluded (and no reviewer has overridden)."""
+    wanted = {int(c) for c in cell_ids}
+    return [c for c in store.list_cells(sample_id) if c.id in wanted and c.qc_state == QCState.excluded]
+
+
 def reclassify_cells(store: Any, sample_id: str, cell_ids: Sequence[int], label: str, *, actor: str,
                      note: str = "") -> int:
     """Give ``cell_ids`` (cells of ``sample_id``) the reviewed ``label``; returns how many changed.
 
+    A cell that image QC excluded is counted under a class of the model only when the reviewer overrides the
+    exclusion: ``note`` is then the reason, recorded with the override (``cell.qc_override``). Labelling such a cell
+    :data:`EXTRA_LABELS` keeps it excluded and needs no reason. A cell whose file could not be decoded cannot be
+    counted.
+
     Raises:
         phenotyping.auth.PermissionDenied: ``actor`` may not review.
-        ValueError: ``label`` is not one of :func:`review_labels` (the message lists them).
+        ValueError: ``label`` is not one of :func:`review_labels` (the message lists them); a QC-excluded cell
+            given a class without a reason, or an undecodable one.
         NotFoundError: a cell id that is not the sample's.
         phenotyping.errors.SampleLocked: the sample's report is signed.
     """
@@ -61,7 +75,17 @@ def reclassify_cells(store: Any, sample_id: str, cell_ids: Sequence[int], label:
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ValueError(f"unknown label {label!r}{extra}; sample {sample_id!r} takes one of {allowed}")
     ids = _check_cells(store, sample_id, cell_ids)
-    return store.reclassify(ids, label, actor=user.username, note=note, model_id=store.analysis_model(sample_id))
+    excluded = qc_excluded(store, sample_id, ids) if label not in EXTRA_LABELS else []
+    unreadable = [c.id for c in excluded if (c.qc_reason or "").startswith(UNREADABLE)]
+    if unreadable:
+        raise ValueError(f"cell(s) {unreadable[:10]} cannot be counted: their image file could not be decoded, so "
+                         "nobody can check the class; untick them, or label them 'other'")
+    if excluded and not note.strip():
+        shown = ", ".join(f"#{c.id} ({c.qc_reason or 'excluded by image QC'})" for c in excluded[:5])
+        raise ValueError(f"{len(excluded)} selected cell(s) are excluded by image QC: {shown}. To count them as "
+                         f"{label}, give a reason for overriding the exclusion (e.g. 'in focus on inspection')")
+    return store.reclassify(ids, label, actor=user.username, note=note, model_id=store.analysis_model(sample_id),
+                            override_qc=bool(excluded))
 
 
 def unidentified_queue(results: SampleResults) -> list[dict[str, Any]]:

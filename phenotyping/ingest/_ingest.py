@@ -95,7 +95,8 @@ def ingest_set(
     if progress:
         progress(seen, seen)
     if not run.ids:
-        raise _nothing_ingested(source, sample_id, seen, run.rejected, created=create is not None)
+        raise _nothing_ingested(source, sample_id, seen, run.rejected, created=create is not None,
+                                duplicates=run.duplicates)
     summary = [f"{note}: {len(files)} file(s), e.g. {files[0]}" for note, files in run.noted.items()]
     return IngestResult(sample_id=sample_id, ingested=len(run.ids), duplicates=run.duplicates, rejected=run.rejected,
                         notes=summary, cell_ids=run.ids)
@@ -266,18 +267,46 @@ def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
     })
 
 
+DUPLICATE_ID = "cell id already in the sample"
+
+
+class NothingIngested(IngestError):
+    """Not one file of a set could be used; ``rejected`` and ``duplicates`` say what happened to each file, so that
+    the ingest record can count them."""
+
+    def __init__(self, message: str, *, rejected: list[RejectedFile], duplicates: int):
+        super().__init__(message)
+        self.rejected = list(rejected)
+        self.duplicates = duplicates
+
+
+def _reason_kind(reason: str) -> str:
+    """The kind of a refusal, without the file-specific part: ``"duplicate: same content as a.png"`` and
+    ``"duplicate: same content as b.png"`` are both ``"duplicate"``; ``"not an image (…)"`` is ``"not an image"``."""
+    if reason.startswith("cell id ") and " is already in sample " in reason:
+        return DUPLICATE_ID
+    return reason.split(" (")[0].split(":")[0].strip() or reason
+
+
 def _nothing_ingested(source: str | Path, sample_id: str, seen: int, rejected: list[RejectedFile], *,
-                      created: bool) -> IngestError:
-    """The error for a set of which no file could be used: no files at all, or the three commonest reasons."""
+                      created: bool, duplicates: int = 0) -> NothingIngested:
+    """The error for a set of which no file could be used: no files at all, or every kind of refusal with its count
+    and an example (the five commonest kinds, then how many other kinds)."""
     not_created = f"; sample {sample_id} was not created" if created else ""
     if seen == 0:
-        return IngestError(f"{source}: no files found{not_created}")
-    reasons: dict[str, int] = {}
+        return NothingIngested(f"{source}: no files found{not_created}", rejected=rejected, duplicates=duplicates)
+    kinds: dict[str, list[RejectedFile]] = {}
     for r in rejected:
-        reasons[r.reason.split(" (")[0]] = reasons.get(r.reason.split(" (")[0], 0) + 1
-    top = "; ".join(f"{n}× {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-    return IngestError(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} "
-                       f"({top}){not_created}")
+        kinds.setdefault(_reason_kind(r.reason), []).append(r)
+    ranked = sorted(kinds.items(), key=lambda kv: -len(kv[1]))
+    parts = [f"{len(rs)}× {kind if len(rs) > 1 else rs[0].reason}" + (f", e.g. {rs[0].file}: {rs[0].reason}"
+                                                                       if len(rs) > 1 else f" ({rs[0].file})")
+             for kind, rs in ranked[:5]]
+    if len(ranked) > 5:
+        parts.append(f"{len(ranked) - 5} other kind(s) of refusal in the ingest record")
+    hint = "; every file is already in the sample" if kinds and set(kinds) <= {"duplicate", DUPLICATE_ID} else ""
+    return NothingIngested(f"{source}: none of its {seen} file(s) could be ingested into sample {sample_id} "
+                           f"({'; '.join(parts)}){hint}{not_created}", rejected=rejected, duplicates=duplicates)
 
 
 def read_manifest(path: str | Path) -> list[dict]:
