@@ -243,7 +243,13 @@ def test_counts_import_and_show(lab, capsys):
     assert rc == 2 and "rows for sample(s) ['B', 'C'] besides --sample A" in err
     (tmp / "bad.csv").write_text("sample_id,cell_type,count\nA,neutrophil,12\nA,basophil,8\n")
     rc, _, err = run(capsys, pheno, ["counts", "import", str(tmp / "bad.csv"), *as_(lab, "rev")])
-    assert rc == 2 and "unknown cell type 'basophil'" in err and "['neutrophil', 'lymphocyte']" in err
+    assert rc == 2 and "unknown cell type 'basophil'" in err and "['neutrophil', 'lymphocyte']" in err  # not in BAL
+    assert "not in the model" in err and "macrophage" in err  # what a BAL count may hold besides the model's
+    (tmp / "bal.csv").write_text("sample_id,cell_type,count\nA,neutrophil,12\nA,lymphocyte,6\nA,macrophage,80\n")
+    rc, done, _ = run(capsys, pheno, ["counts", "import", str(tmp / "bal.csv"), *as_(lab, "rev")])
+    assert rc == 0 and done == {"A": 3}  # a BAL count may hold macrophages, which the model lacks
+    with open_lab(lab, read_only=True) as store:
+        assert {c.cell_type: c.count for c in store.get_manual_counts("A")}["macrophage"] == 80
     rc, done, _ = run(capsys, pheno, ["counts", "import", str(tmp / "counts.csv"), *as_(lab, "rev")])
     assert rc == 0 and done == {"A": 2, "B": 2, "C": 2}
     rc, shown, _ = run(capsys, pheno, ["counts", "show", "--sample", "B", "--db", str(db)])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -276,6 +277,9 @@ def _run_pipeline(ray: Any, pa: Any, pq: Any, items: list[dict[str, Any]], spec:
     """Build the Ray Data pipeline and stream its output, in order, into the Parquet file."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # progress goes through ``progress``; stderr stays readable
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     n_actors = actors or max(1, gpus)
     device = "cuda" if gpus else "cpu"

@@ -51,6 +51,19 @@ def _classes(store: Any, sample_ids: list[str]) -> list[str] | None:
     return list(next(iter(by_classes))) if by_classes else None
 
 
+def _manual_only(store: Any, sample_ids: list[str], classes: list[str] | None) -> list[str]:
+    """Cell types a manual count of these samples may hold besides the model's classes (e.g. basophils in blood):
+    those every listed sample's specimen allows (the Agreement screen offers the same)."""
+    from phenotyping.agreement.manual_counts import manual_classes
+
+    if classes is None:
+        return []
+    specimens = {store.get_sample(s).specimen.value for s in sample_ids if store.sample_exists(s)}
+    allowed = [set(manual_classes(classes, sp)[1]) for sp in specimens]
+    common = set.intersection(*allowed) if allowed else set()
+    return sorted(common)
+
+
 def _import(args: argparse.Namespace) -> int:
     from phenotyping.agreement.manual_counts import import_manual_counts, read_counts_csv
 
@@ -67,7 +80,8 @@ def _import(args: argparse.Namespace) -> int:
         for s in listed:
             if store.sample_exists(s):
                 store.ensure_unlocked(s, "importing its manual counts")
-        done = import_manual_counts(store, args.csv, actor=user.username, allowed_classes=classes)
+        done = import_manual_counts(store, args.csv, actor=user.username, allowed_classes=classes,
+                                    extra_classes=_manual_only(store, listed, classes))
     print_json(done)
     return 0
 
