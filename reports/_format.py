@@ -90,7 +90,7 @@ def modality(card: Any) -> str:
     channels = [str(c) for c in (card.get("input") or {}).get("channels") or []]
     if is_rgb(channels):
         return "colour brightfield imaging (stain not stated in the model card)"
-    return f"label-free imaging ({', '.join(channels)})" if channels else "label-free imaging"
+    return f"label-free imaging: {', '.join(channels)} channels" if channels else "label-free imaging"
 
 
 def method_info(model_id: str, model_version: str, card: Any, corrected: Any) -> MethodInfo:
@@ -100,7 +100,7 @@ def method_info(model_id: str, model_version: str, card: Any, corrected: Any) ->
     validation = {name: float(metrics_src[key]) for key, name in _METRICS
                   if isinstance(metrics_src.get(key), (int, float))}
     imaging = modality(card)
-    return MethodInfo(description=f"Single-cell imaging ({imaging}) with automated classification",
+    return MethodInfo(description=f"Automated classification of single-cell images; imaging: {imaging}",
                       modality=imaging, model_name=model_id, model_version=model_version, validation=validation,
                       validation_set="held-out test split" if card.get("test") else "validation split",
                       correction_method=None if corrected is None else corrected.method)

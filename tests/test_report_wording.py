@@ -221,7 +221,7 @@ def test_method_line_and_footer_take_the_imaging_from_the_model_card(store, tmp_
 
 @pytest.mark.parametrize("channels, expected", [
     (["red", "green", "blue"], "colour brightfield imaging (stain not stated in the model card)"),
-    (["brightfield", "darkfield"], "label-free imaging (brightfield, darkfield)"),
+    (["brightfield", "darkfield"], "label-free imaging: brightfield, darkfield channels"),
 ])
 def test_imaging_falls_back_to_the_channel_names(channels, expected):
     from reports._format import modality
