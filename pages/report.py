@@ -17,6 +17,7 @@ from pages._common import (allowed, attempt, flash, get_store, md, pick_sample, 
                            show_flash)
 from phenotyping.auth import signer_key_path
 from phenotyping.settings import get_settings
+from reports.context import draft_source_words
 from reports.workflow import (amend_report, draft_report, export_cells_csv, export_fhir, install_signer_key,
                               preview_pdf, report_token, save_edit, sign_report, signed_pdf, signing_problems)
 
@@ -33,6 +34,12 @@ show_flash()
 versions = store.list_report_versions(sample_id)
 latest = versions[-1] if versions else None
 token = report_token(store, sample_id, settings)
+
+
+def display_name(username: str | None) -> str:
+    """The account's display name of ``username`` (the name itself when the account has none or is gone)."""
+    found = store.get_user(username) if username else None
+    return (found[0].display_name or username) if found else (username or "")
 
 
 def once(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
@@ -70,11 +77,11 @@ if latest is None:
     st.caption("No report yet. The draft is written from the sample's computed results (numbers are checked "
                "against them); you edit it before signing.")
 else:
-    state = f"signed by {md(latest.signed_by)} at {latest.signed_at:%Y-%m-%d %H:%M} UTC" if latest.signed_at else \
-        "not signed"
+    state = (f"signed by {md(display_name(latest.signed_by))} at {latest.signed_at:%Y-%m-%d %H:%M} UTC"
+             if latest.signed_at else "not signed")
     amend = f" · amends v{latest.amends_version}: {md(latest.amendment_reason)}" if latest.amends_version else ""
-    st.caption(f"Version {latest.version} · {latest.status} · {state} · drafted by "
-               f"{md(latest.interpretation_source)}{amend}")
+    st.caption(f"Version {latest.version} · {latest.status} · {state} · saved by "
+               f"{md(display_name(latest.created_by))}, {md(draft_source_words(latest.interpretation_source))}{amend}")
 
 can_draft = allowed(user, "report.draft")
 editable = latest is not None and latest.signed_at is None
@@ -85,7 +92,7 @@ if can_draft and (latest is None or editable):
             ok, out = attempt(draft_report, store, sample_id, actor=user.username)
         if ok:
             rv, record = out
-            flash(f"Draft v{rv.version} written ({record.source}, {record.outcome}).")
+            flash(f"Draft v{rv.version} written: {draft_source_words(record.source, record.outcome)}.")
             st.rerun()
 if latest is not None:
     text = st.text_area("Interpretation", value=latest.interpretation, height=200, disabled=not editable or
@@ -98,9 +105,11 @@ if latest is not None:
             st.rerun()
     if len(versions) > 1:
         with st.expander(f"All versions ({len(versions)})", icon=":material/history:"):
-            st.dataframe([{"version": v.version, "status": v.status, "by": v.created_by,
-                           "at": v.created_at.strftime("%Y-%m-%d %H:%M"), "source": v.interpretation_source,
-                           "signed by": v.signed_by or "", "text": v.interpretation[:120]} for v in reversed(versions)],
+            st.dataframe([{"version": v.version, "status": v.status, "by": display_name(v.created_by),
+                           "at": v.created_at.strftime("%Y-%m-%d %H:%M"),
+                           "source": draft_source_words(v.interpretation_source),
+                           "signed by": display_name(v.signed_by), "text": v.interpretation[:120]}
+                          for v in reversed(versions)],
                          hide_index=True, width="stretch")
 
 # -- preview ----------------------------------------------------------------------------------------------------------
@@ -164,7 +173,8 @@ if signed:
     st.subheader("Signed report")
     last_signed = signed[-1]
     v = last_signed.version
-    st.caption(f"Version {v}, signed by {md(last_signed.signed_by)} at {last_signed.signed_at:%Y-%m-%d %H:%M} UTC; "
+    st.caption(f"Version {v}, signed by {md(display_name(last_signed.signed_by))} at "
+               f"{last_signed.signed_at:%Y-%m-%d %H:%M} UTC; "
                f"exports are read from the signed PDF (SHA-256 {last_signed.pdf_hash[:16]}…).")
     d1, d2, d3 = st.columns(3)
     ok, data = attempt(signed_pdf, store, sample_id, v)

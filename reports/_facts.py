@@ -50,7 +50,10 @@ class Facts(BaseModel):
 
 _UNITS = {
     "cells.*": "number of cells",
-    "qc.excluded.*": "cells excluded by image quality control, by reason",
+    "qc.excluded.*": "cells left out of the count (image quality control, not analysed, reviewed as another "
+                     "class), by reason",
+    "cells.unidentified": "cells below the model's confidence threshold, left for manual review (not counted; "
+                          "not an image-quality exclusion)",
     "confidence_pct": "confidence level of every interval, %",
     "diff.<class>.count": "cells counted in the class",
     "diff.<class>.pct|ci_low|ci_high": "classify-and-count %, with the exact CI bounds (%)",
@@ -106,6 +109,7 @@ def facts_from_context(ctx: ReportContext) -> Facts:
         "cells.total": ctx.qc.total_cells,
         "cells.counted": ctx.qc.counted_cells,
         "cells.excluded": ctx.qc.total_cells - ctx.qc.counted_cells,
+        "cells.unidentified": ctx.qc.unidentified,
         "confidence_pct": ctx.confidence_percent,
         "reference_min_cells": 200,
         "reference_configured": 1 if ctx.reference_source is not None else 0,

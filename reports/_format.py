@@ -78,12 +78,30 @@ def differential_wording(specimen: str, check: Any) -> tuple[str, str, str | Non
     return title, basis, None
 
 
+def modality(card: Any) -> str:
+    """How the model's cells were imaged: the card's ``modality`` (e.g. "label-free DPC", "May-Grünwald-Giemsa
+    stained smear"), else a description from its channel names (red, green, blue: a colour brightfield image, its
+    stain not stated; other names: label-free imaging of those channels)."""
+    from phenotyping.analysis.cellview import is_rgb
+
+    given = card.get("modality")
+    if isinstance(given, str) and given.strip():
+        return given.strip()
+    channels = [str(c) for c in (card.get("input") or {}).get("channels") or []]
+    if is_rgb(channels):
+        return "colour brightfield imaging (stain not stated in the model card)"
+    return f"label-free imaging: {', '.join(channels)} channels" if channels else "label-free imaging"
+
+
 def method_info(model_id: str, model_version: str, card: Any, corrected: Any) -> MethodInfo:
-    """The method section: the model, its test (else validation) metrics from the card, the correction used."""
+    """The method section: the imaging (:func:`modality`), the model, its test (else validation) metrics from the
+    card, the correction used."""
     metrics_src = card.get("test") or card.get("validation") or {}
     validation = {name: float(metrics_src[key]) for key, name in _METRICS
                   if isinstance(metrics_src.get(key), (int, float))}
-    return MethodInfo(model_name=model_id, model_version=model_version, validation=validation,
+    imaging = modality(card)
+    return MethodInfo(description=f"Automated classification of single-cell images; imaging: {imaging}",
+                      modality=imaging, model_name=model_id, model_version=model_version, validation=validation,
                       validation_set="held-out test split" if card.get("test") else "validation split",
                       correction_method=None if corrected is None else corrected.method)
 
@@ -100,8 +118,30 @@ def marker_rows(diff: Any, card: Any = None) -> list[MarkerRow]:
 
 
 def qc_summary(diff: Any) -> QCSummary:
-    return QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=dict(diff.qc_counts),
+    """Cells imaged, counted, left out by reason, and the unidentified queue (cells below the model's confidence
+    threshold, awaiting manual review) apart from the exclusions."""
+    from phenotyping.analysis.results import UNIDENTIFIED
+
+    excluded = {k: n for k, n in diff.qc_counts.items() if k != UNIDENTIFIED}
+    return QCSummary(total_cells=diff.n_cells, counted_cells=diff.raw.n_counted, excluded=excluded,
+                     unidentified=diff.qc_counts.get(UNIDENTIFIED, 0),
                      reported_apart={a.label: a.count for a in diff.apart})
+
+
+_DRAFT_OUTCOMES = {
+    "template_no_model": "no language model configured",
+    "template_after_rejection": "the language model's draft failed the checks",
+    "template_after_error": "the language model could not be reached",
+}
+
+
+def draft_source_words(source: str, outcome: str | None = None) -> str:
+    """What drafted a text, in words: ``source`` is ``"template"`` or the litellm route, ``outcome`` the
+    :class:`reports.draft.DraftRecord` outcome when known."""
+    if source == "template":
+        why = _DRAFT_OUTCOMES.get(outcome or "")
+        return "drafted from the computed facts" + (f" ({why})" if why else "")
+    return f"drafted by a language model ({source}) from the computed facts, checked against them"
 
 
 def _ci(value: Any) -> tuple[float | None, float | None]:
@@ -163,21 +203,20 @@ def same_value(a: float, b: Any) -> bool:
     return isinstance(b, (int, float)) and math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-9)
 
 
-def thumbnail_data_uri(data: bytes, name: str, size: int = 64) -> str:
-    """A cell image as a small 8-bit PNG data URI: first channel, middle z-plane, 1st–99th percentile stretch."""
+def thumbnail_data_uri(data: bytes, name: str, size: int = 64, *, rgb: bool = False) -> str:
+    """A cell image as a small 8-bit PNG data URI, middle z-plane, 1st–99th percentile stretch: in colour when
+    ``rgb`` (the model card names red, green, blue channels: a stained smear) and the image has three channels,
+    else its first channel in grey."""
     import base64
     import io
 
-    import numpy as np
     from PIL import Image
 
+    from phenotyping.analysis.cellview import to_display
     from phenotyping.ingest import read_image
 
     arr = read_image(data, name)
-    plane = arr[0] if arr.ndim == 3 else arr[0, arr.shape[1] // 2]  # (H, W)
-    plane = plane.astype(np.float64)
-    lo, hi = np.percentile(plane, [1, 99])
-    img = np.clip((plane - lo) / (hi - lo if hi > lo else 1.0) * 255, 0, 255).astype(np.uint8)
+    img = to_display(arr, rgb=rgb and arr.shape[0] == 3)  # (H, W) or (H, W, 3) uint8
     pil = Image.fromarray(img)
     pil.thumbnail((size, size))
     buf = io.BytesIO()

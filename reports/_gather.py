@@ -64,6 +64,13 @@ def person(store: Any, username: str | None) -> Person | None:
     return Person(name=user.display_name or user.username, role=user.role.value)
 
 
+def cell_reviewers(store: Any, sample_id: str) -> list[Person]:
+    """The people who reviewed cells of the sample (reclassified or confirmed them: the actors of its review
+    actions), in the order of their first review, with display names from their accounts."""
+    actors = dict.fromkeys(a.actor for a in store.list_review_actions(sample_id))
+    return [p for p in (person(store, a) for a in actors) if p is not None]
+
+
 def drafted_versions(store: Any, sample_id: str) -> set[int]:
     """Versions written by ``reports.workflow.draft_report`` (from its ``report.draft`` audit events)."""
     out = set()
@@ -102,12 +109,17 @@ def manual_comparison(store: Any, sample_id: str, diff: Any) -> tuple[list[Compa
             for c in diff.raw.classes if c.label in own_pct], bool(own_counts)
 
 
-def gallery(store: Any, cells: Any, per_class: int) -> dict[str, list[str]]:
-    """Up to ``per_class`` thumbnails (PNG data URIs) of counted cells per final label, in the cells' order."""
+def gallery(store: Any, cells: Any, per_class: int, *, card: Any = None) -> dict[str, list[str]]:
+    """Up to ``per_class`` thumbnails (PNG data URIs) of counted cells per final label, in the cells' order; in
+    colour when the model ``card`` names red, green, blue channels (a stained smear)."""
+    from phenotyping.analysis.cellview import is_rgb
+
+    rgb = is_rgb(((card or {}).get("input") or {}).get("channels"))
     out: dict[str, list[str]] = {}
     for r in cells:
         if r.counted and r.final_label and len(out.setdefault(r.final_label, [])) < per_class:
-            out[r.final_label].append(thumbnail_data_uri(store.read_cell_bytes(r.cell), r.cell.source_file))
+            out[r.final_label].append(thumbnail_data_uri(store.read_cell_bytes(r.cell), r.cell.source_file,
+                                                         rgb=rgb))
     return {k: v for k, v in out.items() if v}
 
 

@@ -107,7 +107,12 @@ class QCSummary(_Frozen):
 
     total_cells: int = Field(ge=0)
     counted_cells: int = Field(ge=0)
-    excluded: dict[str, int] = Field(default_factory=dict, description="machine-generated reason -> cells")
+    excluded: dict[str, int] = Field(default_factory=dict, description="machine-generated reason -> cells left out "
+                                                                     "(image QC, not analysed, reviewed as another "
+                                                                     "class); the unidentified queue is apart")
+    unidentified: int = Field(0, ge=0, description="cells the model was not sure about (calibrated confidence "
+                                                   "below the card's threshold), left for manual review; not an "
+                                                   "image-QC exclusion")
     reported_apart: dict[str, int] = Field(default_factory=dict, description="class reported apart from the "
                                                                            "differential -> cells")
 
@@ -191,6 +196,8 @@ class MethodInfo(_Frozen):
     """How the result was produced."""
 
     description: str = "Label-free single-cell imaging with automated classification"
+    modality: str = Field("label-free imaging", description="how the cells were imaged, from the model card's "
+                                                            "``modality`` (else its channel names)")
     model_name: str
     model_version: str
     validation: dict[str, float] = Field(default_factory=dict, description="metric name -> value, e.g. macro F1")
@@ -258,7 +265,9 @@ class ReportContext(_Frozen):
     interpretation: str = ""
     interpretation_source: str = Field("template", description="'template' or the litellm route that drafted it")
     interpretation_edited: bool = False
-    reviewer: Person | None = None
+    reviewers: list[Person] = Field(default_factory=list, description="who reviewed (reclassified or confirmed) "
+                                                                     "cells of the sample, in order of first review")
+    drafted_by: Person | None = Field(None, description="who saved this version of the report (drafted or edited)")
     signer: Person | None = None
     signer_certificate: str | None = Field(None, description="subject name of the signing certificate, when it "
                                                              "differs from the signer's display name")
@@ -330,6 +339,8 @@ class ReportContext(_Frozen):
                              "'leuko-report/1'")
         if schema == "leuko-report/1":
             d.pop("agreement", None)  # per-sample summary of the first schema; no longer reported
+        if "reviewer" in d:  # before reviewers and drafted_by: the person who saved the version
+            d.setdefault("drafted_by", d.pop("reviewer"))
         d["comparison"] = [{k: v for k, v in r.items() if k != "difference"} for r in d.get("comparison", [])]
         d["results"] = [{k: v for k, v in r.items() if k != "flag"} for r in d.get("results", [])]
         d["apart"] = [{k: v for k, v in r.items() if k != "flag"} for r in d.get("apart", [])]

@@ -12,21 +12,22 @@ from datetime import datetime
 from typing import Any
 
 from reports._facts import Facts, facts_from_context, slug
-from reports._format import (apart_rows, differential_wording, marker_rows, method_info, qc_summary, report_status,
-                             result_rows, text_svg)
+from reports._format import (apart_rows, differential_wording, draft_source_words, marker_rows, method_info,
+                             qc_summary, report_status, result_rows, text_svg)
 from reports._models import (
     RESULTS_SCHEMA, ApartRow, ClassAgreementRow, ComparisonRow, MarkerRow, MethodInfo, Person, QCSummary, ReportContext,
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
-    audit_head, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version,
-    person, reference_intervals_for, require_differential, study_agreement, unsigned_version,
+    audit_head, cell_reviewers, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison,
+    model_version, person, reference_intervals_for, require_differential, study_agreement, unsigned_version,
 )
 
 __all__ = [
     "ApartRow", "ClassAgreementRow", "ComparisonRow", "Facts", "MarkerRow", "MethodInfo", "Person", "QCSummary",
     "RESULTS_SCHEMA", "ReportContext", "ReportStatus", "ResultRow", "SignedVersionError", "StudyAgreement",
-    "build_context", "drafted_versions", "facts_from_context", "slug", "study_agreement", "text_svg",
+    "build_context", "draft_source_words", "drafted_versions", "facts_from_context", "slug", "study_agreement",
+    "text_svg",
 ]
 
 def build_context(
@@ -92,10 +93,11 @@ def build_context(
         counted_basis=basis, specimen_statement=statement, confidence=diff.raw.confidence, reference_source=ref_source,
         markers=marker_rows(diff, card), qc=qc_summary(diff),
         comparison=comparison, study=study, study_note=study_note, bland_altman_figures=figures,
-        gallery=gallery(store, res.cells, gallery_per_class),
+        gallery=gallery(store, res.cells, gallery_per_class, card=card),
         warnings=[*diff.raw.warnings, *getattr(diff, "notes", ()), *ref_warnings],
         interpretation=rv.interpretation, interpretation_source=rv.interpretation_source,
         interpretation_edited=interpretation_edited(store, rv),
-        reviewer=person(store, rv.created_by), signer=person(store, rv.signed_by) or signer,
+        reviewers=cell_reviewers(store, sample_id), drafted_by=person(store, rv.created_by),
+        signer=person(store, rv.signed_by) or signer,
         signer_certificate=signer_certificate, audit_head=audit_head(store),
     )

@@ -127,7 +127,8 @@ def demo_context(*, status: str = "final", gallery_per_class: int = 6) -> Report
                         "reference interval (2.0–8.0%); the other classes lie inside theirs."),
         interpretation_source="template",
         interpretation_edited=True,
-        reviewer=Person(name="Dr. Alexandra Konstantinopoulou-Whitfield", role="reviewer"),
+        reviewers=[Person(name="Dr. Alexandra Konstantinopoulou-Whitfield", role="reviewer")],
+        drafted_by=Person(name="Dr. Alexandra Konstantinopoulou-Whitfield", role="reviewer"),
         signer=Person(name="Dr. Jonas Weber", role="consultant haematologist") if status != "preliminary" else None,
     )
 

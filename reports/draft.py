@@ -76,6 +76,15 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
     "the patient": (r"\bpatient\w*",),
 }
+#: Disclaimers a text may carry although their words are on the list above ("clinical", "diagnostic"): they say
+#: what the result is not, they claim nothing. Matched as whole phrases only, and masked before the screen, so
+#: "clinically significant" or "not for clinical use; suggests infection" are still refused.
+DISCLAIMERS: tuple[str, ...] = (
+    r"\b(?:this (?:result|report) is )?not (?:intended |validated )?for (?:clinical|diagnostic) use\b",
+    r"\bnot for use in (?:clinical|diagnostic) (?:procedures|decisions|decision-making)\b",
+    r"\bnot clinically validated\b", r"\bfor research use only\b", r"\bresearch use only\b",
+)
+_DISCLAIMER = re.compile("|".join(DISCLAIMERS), re.IGNORECASE)
 #: Kept for callers of the first version: every forbidden pattern in one tuple.
 FORBIDDEN_PATTERNS: tuple[str, ...] = tuple(p for ps in FORBIDDEN.values() for p in ps)
 _FORBIDDEN = [(why, re.compile("|".join(ps), re.IGNORECASE)) for why, ps in FORBIDDEN.items()]
@@ -195,7 +204,7 @@ def check_text(text: str, facts: Facts, *, cited: list[str] | None = None) -> li
     for m in _NUMBER_WORDS.finditer(masked):
         problems.append(f"number written as a word {m.group(0)!r} (write fact values in digits)")
     for why, pattern in _FORBIDDEN:
-        for m in pattern.finditer(masked):
+        for m in pattern.finditer(_DISCLAIMER.sub(" disclaimer ", masked)):
             problems.append(f"forbidden wording {m.group(0)!r} ({why}: describe the counts only)")
     configured = facts.values.get("reference_configured")
     if configured == 1 and _NO_REFERENCE.search(masked):
@@ -271,9 +280,12 @@ def template_sentences(facts: Facts) -> list[DraftSentence]:
                 [k for s, _ in hits for k in (f"diff.{s}.pct", f"ref.{s}.low", f"ref.{s}.high")])
     excluded = {k: int(x) for k, x in v.items() if k.startswith("qc.excluded.") and x > 0}
     if excluded:
-        add(f"{int(v['cells.excluded'])} cells were excluded by image quality control ("
+        add("Cells not counted ("
             + ", ".join(f"{k.removeprefix('qc.excluded.').replace('_', ' ')}: {n}" for k, n in excluded.items())
-            + ").", ["cells.excluded", *excluded])
+            + ").", list(excluded))
+    if v.get("cells.unidentified", 0) > 0:
+        add(f"{int(v['cells.unidentified'])} cells are unidentified: below the model's confidence threshold, left "
+            "for manual review and not counted.", ["cells.unidentified"])
     if v.get("reference_configured") == 0:
         add("No laboratory reference interval is configured for this specimen, so no class is flagged high or low.",
             ["reference_configured"])

@@ -151,8 +151,9 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
     """Certify ``pdf_path`` with the PKCS#12 at ``key_path`` and write the signed copy to ``out_path``.
 
     The signature is a certification signature (DocMDP, no changes permitted), so any later revision makes every
-    validator report the document as modified. ``signer_name`` and ``role`` default to the certificate's common
-    name and title. With ``lab_ca`` the certificate must pass
+    validator report the document as modified. ``signer_name`` (the signer's display name, shown in the visible
+    stamp and as the signature's /Name; it must name the certificate's holder, :func:`same_person_name`) and
+    ``role`` default to the certificate's common name and title. With ``lab_ca`` the certificate must pass
     :func:`phenotyping.certificates.check_signer_certificate` (issued by that CA, valid now, digital-signature key
     usage, a common name). Returns what was signed: ``{"out", "signer", "role", "reason"}``.
 
@@ -179,6 +180,9 @@ def sign(pdf_path: Path, key_path: Path, out_path: Path, *, password: bytes, rea
               ["the certificate has no subject common name (CN), so it does not say who signs"])
     if failed:
         raise SigningError(f"the key {key_path} may not sign: " + "; ".join(failed))
+    if signer_name and cert_name and not same_person_name(signer_name, cert_name):
+        raise SigningError(f"the signer's name {signer_name!r} does not name the certificate's holder "
+                           f"{cert_name!r}; sign with a key issued to {signer_name!r}")
     name = signer_name or cert_name
     role = role or _subject_attr(signer.signing_cert, "title") or "signer"
     data = pdf_path.read_bytes()

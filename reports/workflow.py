@@ -179,7 +179,9 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     """Render the latest version as final (or amended), sign it with the signer's PKCS#12, and record it.
 
     The report time is the signing time; the PDF carries ``results.json`` and ``cells.csv`` (what was signed).
-    Returns ``{"version", "status", "pdf", "sha256", "signer", "certificate_name"}``.
+    Returns ``{"version", "status", "pdf", "sha256", "signer", "signer_name", "certificate_name"}``: ``signer``
+    the username, ``signer_name`` the display name the signature and its visible stamp carry (the certificate's
+    CN names the same person), ``certificate_name`` that CN.
 
     Raises:
         SigningBlocked: see :func:`signing_problems`, or the key's certificate fails a rule of
@@ -188,7 +190,7 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
         reports.signing.SigningError: wrong key password or unreadable key.
     """
     from phenotyping.analysis.results import sample_results
-    from phenotyping.certificates import check_signer_certificate
+    from phenotyping.certificates import check_signer_certificate, common_name
     from reports.pdf import render
     from reports.signing import sign, signing_certificate
 
@@ -208,7 +210,8 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     res = sample_results(store, sample_id)
     now = datetime.now(timezone.utc)
     ctx = build_context(store, sample_id, version=rv.version, status=status, settings=settings, results=res,
-                        signer=Person(name=display, role=user.role.value), reported_at=now)
+                        signer=Person(name=display, role=user.role.value), reported_at=now,
+                        signer_certificate=None if common_name(cert) == display else common_name(cert))
     problems = interpretation_problems(ctx)
     if problems:
         raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(problems))
@@ -219,7 +222,7 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     unsigned.unlink(missing_ok=True)  # a previous attempt that failed at signing
     unsigned.write_bytes(render(ctx, cells_csv=cells_csv_from_results(res)))
     try:
-        info = sign(unsigned, Path(key_path), signed, password=password, lab_ca=settings.lab_ca,
+        info = sign(unsigned, Path(key_path), signed, password=password, lab_ca=settings.lab_ca, signer_name=display,
                     reason=reason or (f"Amended report (replaces v{rv.amends_version}): {rv.amendment_reason}"
                                       if status == "amended" else "Final report"))
     finally:
@@ -230,7 +233,7 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     store.set_sample_status(sample_id, SampleStatus.signed if status == "final" else SampleStatus.amended,
                             actor=signer)
     return {"version": rv.version, "status": status, "pdf": str(signed), "sha256": digest, "signer": signer,
-            "certificate_name": info["signer"]}
+            "signer_name": info["signer"], "certificate_name": common_name(cert)}
 
 
 def install_signer_key(store: Any, settings: Any, username: str, data: bytes, password: bytes) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def _answer(*sentences: tuple[str, list[str]]) -> str:
 def test_facts_hold_no_identifiers_or_free_text(facts):
     ctx = demo_context()
     prompt = json.dumps(build_messages(facts))
-    for secret in (ctx.patient_pseudonym, ctx.sample_id, ctx.report_id, ctx.reviewer.name, ctx.signer.name,
+    for secret in (ctx.patient_pseudonym, ctx.sample_id, ctx.report_id, ctx.drafted_by.name, ctx.signer.name,
                    ctx.interpretation[:30], ctx.lab_name):
         assert secret not in prompt
     assert facts.values["diff.neutrophil.pct"] == 57.0

@@ -15,6 +15,14 @@ from typing import Any
 import numpy as np
 
 EXPLANATIONS = ("gradcam", "occlusion")
+_RGB_NAMES = (("red", "green", "blue"), ("r", "g", "b"))
+
+
+def is_rgb(channels: Sequence[str] | None) -> bool:
+    """Whether a model card's channel names (``input.channels``) are the red, green and blue of a colour camera
+    (a stained smear), in that order; other three-channel inputs (e.g. label-free DPC directions) are not colour."""
+    names = tuple(str(c).strip().casefold() for c in channels or ())
+    return names in _RGB_NAMES
 
 
 def _stretch(a: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -27,18 +35,26 @@ def _stretch(a: np.ndarray, low: float, high: float) -> np.ndarray:
     return out
 
 
-def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.0, rgb: bool | None = None) -> np.ndarray:
     """A channel-first cell ``(C, H, W)`` or z-stack ``(C, Z, H, W)`` as a uint8 display image.
 
-    Three channels are shown as RGB, any other count as the first channel in grey; a z-stack shows its middle plane.
-    Each channel is stretched between its ``low`` and ``high`` percentiles (a flat channel becomes mid-grey).
+    Three channels are shown as RGB, any other count as the first channel in grey; a z-stack shows its middle
+    plane. Each channel is stretched between its ``low`` and ``high`` percentiles (a flat channel becomes mid-grey).
+    ``rgb=True`` says the channels are a colour camera's red, green and blue (a stained smear, :func:`is_rgb` of
+    the card's channel names): one stretch over all three keeps the stain's hues; ``rgb=False`` shows grey.
     """
     a = np.asarray(image)
     if a.ndim == 4:
         a = a[:, a.shape[1] // 2]
     if a.ndim != 3:
         raise ValueError(f"expected (C, H, W) or (C, Z, H, W), got shape {a.shape}")
-    out = _stretch(a[:3] if a.shape[0] == 3 else a[:1], low, high)
+    colour = a.shape[0] == 3 if rgb is None else rgb
+    if colour and a.shape[0] != 3:
+        raise ValueError(f"a colour display needs 3 channels (red, green, blue), the image has {a.shape[0]}")
+    if rgb:
+        out = _stretch(a[None], low, high)[0]  # one stretch over (3, H, W)
+    else:
+        out = _stretch(a[:3] if colour else a[:1], low, high)
     return np.moveaxis(out, 0, -1) if out.shape[0] == 3 else out[0]
 
 
