@@ -75,7 +75,7 @@ BLOOD_LOINC = {
 NRBC_LOINC = ("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count")
 _NRBC_NAMES = {"erythroblast", "nrbc", "nucleated red cell", "nucleated red blood cell", "normoblast"}
 REPORT_CODE = {"coding": [{"system": "urn:leuko:report-type", "code": "leukocyte-differential"}],
-               "text": "Leukocyte differential by label-free imaging"}
+               "text": "Leukocyte differential by single-cell imaging"}
 SPECIMEN_SNOMED = {"blood": ("119297000", "Blood specimen"),
                    "balf": ("258607008", "Bronchoalveolar lavage fluid sample")}
 
@@ -268,8 +268,13 @@ def _service_request(ctx: ReportContext, subject: dict, specimen_ref: str) -> di
     """The order the report answers: who requested it (free text, as recorded on the sample)."""
     status = "active" if ctx.status == "preliminary" else "completed"  # a preliminary report leaves it open
     return {"resourceType": "ServiceRequest", "meta": _meta("ServiceRequest"), "status": status,
-            "intent": "order", "code": {**REPORT_CODE, "text": f"{ctx.differential_title} by label-free imaging"}, "subject": subject, "requester": {"display": ctx.requester},
+            "intent": "order", "code": {**REPORT_CODE, "text": _code_text(ctx)}, "subject": subject, "requester": {"display": ctx.requester},
             "specimen": [{"reference": specimen_ref}]}
+
+
+def _code_text(ctx: ReportContext) -> str:
+    """The report's name with how its cells were imaged, from the model card (a stained smear is not label-free)."""
+    return f"{ctx.differential_title} ({ctx.method.modality})"
 
 
 def _report(ctx: ReportContext, subject: dict, refs: dict[str, str | None], obs_urls: list[str]) -> dict[str, Any]:
@@ -280,7 +285,7 @@ def _report(ctx: ReportContext, subject: dict, refs: dict[str, str | None], obs_
         "status": ctx.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
                                   "display": "Hematology"}]}],
-        "code": {**REPORT_CODE, "text": f"{ctx.differential_title} by label-free imaging"},
+        "code": {**REPORT_CODE, "text": _code_text(ctx)},
         "subject": subject,
         "issued": ctx.reported_at.isoformat(),
         "performer": [{"reference": refs["organization"], "display": f"{ctx.lab_name} ({ctx.lab_id})"}],

@@ -101,3 +101,14 @@ def test_validation_refuses_models_of_another_version(monkeypatch):
     monkeypatch.setattr(fhir.resources.R4B, "__fhir_version__", "4.0.1")
     with pytest.raises(RuntimeError, match="4.0.1.*4.3.0"):
         fhir_bundle(demo_context())
+
+
+def test_report_code_names_how_the_cells_were_imaged_from_the_card():
+    """A stained smear is not "label-free": the DiagnosticReport and ServiceRequest say what the card says."""
+    ctx = demo_context()
+    smear = ctx.model_copy(update={"method": ctx.method.model_copy(
+        update={"modality": "stained peripheral blood smear, colour brightfield microscopy"})})
+    bundle = fhir_bundle(smear)
+    validate_bundle(bundle)
+    texts = [r["code"]["text"] for kind in ("DiagnosticReport", "ServiceRequest") for r in _resources(bundle, kind)]
+    assert texts and all("stained peripheral blood smear" in t and "label-free" not in t for t in texts)
