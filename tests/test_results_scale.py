@@ -181,3 +181,32 @@ def test_bad_gallery_arguments_say_what_is_allowed(store):
         gallery_page(store, "S1", show="class", card=c)
     with pytest.raises(ValueError, match="page=0"):
         gallery_page(store, "S1", page=0, card=c)
+
+
+def test_bench_results_command_runs_small(tmp_path, capsys):
+    """The bench's wiring on a few hundred cells (figures are the bench's business, not a test's)."""
+    import json
+
+    from phenotyping.__main__ import main
+
+    rc = main(["bench", "results", "--cells", "300", "--page-cells", "120", "--compare-cells", "60", "--bootstrap",
+               "5", "--workdir", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["cells"] == 300 and out["pages"]["PAGE"]["cells"] == 120
+    assert out["n_counted"] + sum(out["exclusions"].values()) == 300
+    assert out["em_shown"] == "em" and out["rss_peak_mib"] > 0
+    assert list(tmp_path.iterdir()) == []  # the temporary database is gone
+
+
+def test_synthesis_is_deterministic_and_counts_as_designed(store):
+    from phenotyping.analysis.results_bench import CLASSES, MODEL_ID, bench_card
+
+    for sid in ("X", "Y"):
+        store.create_sample(Sample(id=sid, specimen=Specimen.blood), actor="t")
+        store.predictions.synthesise(sid, MODEL_ID, 2000, CLASSES, actor="t", seed=1)
+        store.set_analysis_model(sid, MODEL_ID, actor="t")
+    x, y = (sample_summary(store, s, card=bench_card(0.5), n_bootstrap=0) for s in ("X", "Y"))
+    assert x.exclusions == y.exclusions and x.counts == y.counts
+    assert x.n_cells == 2000 and x.counts["neutrophil"] > x.counts["basophil"] > 0
+    with pytest.raises(ValueError, match="at least two"):
+        store.predictions.synthesise("X", MODEL_ID, 10, ["a"], actor="t")
