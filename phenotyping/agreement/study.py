@@ -227,12 +227,15 @@ def compute_study(
 
 def model_percentages(store: Any, sample_id: str, *, model_id: str, card: Mapping[str, Any],
                       n_bootstrap: int = 0) -> tuple[dict[str, float], dict[str, float] | None, str | None, int]:
-    """The model's raw and corrected percentages for one sample, the correction used, and the cells counted."""
-    res = sample_results(store, sample_id, model_id=model_id, card=card, n_bootstrap=n_bootstrap)
+    """The model's raw and corrected percentages for one sample, the correction used, and the cells counted
+    (from the store's aggregations, :func:`phenotyping.analysis.aggregates.sample_summary`)."""
+    from phenotyping.analysis.aggregates import sample_summary
+
+    res = sample_summary(store, sample_id, model_id=model_id, card=card, n_bootstrap=n_bootstrap)
     return _percentages(res, sample_id, model_id)
 
 
-def _percentages(res: SampleResults, sample_id: str, model_id: str
+def _percentages(res: Any, sample_id: str, model_id: str
                  ) -> tuple[dict[str, float], dict[str, float] | None, str | None, int]:
     d = res.differential
     if d is None or d.raw.n_counted == 0:

@@ -16,6 +16,11 @@ differential. The rules:
   model card (:mod:`phenotyping.analysis.specimens`): e.g. erythroblasts are reported per 100 leukocytes and
   platelets as a number, apart from the percentages; a specimen the card does not declare is stated in
   :attr:`SampleResults.specimen_check`, which every screen and report showing the results must show.
+
+:func:`sample_results` builds one object per cell; :func:`phenotyping.analysis.aggregates.sample_summary` computes
+the same differential, exclusions and marker statistics as SQL aggregations in the store (10^6 cells), and
+:func:`~phenotyping.analysis.aggregates.gallery_page` reads one page of cells. Both follow these rules (the store's
+SQL mirrors :func:`_cell_result`; change them together).
 """
 
 from __future__ import annotations
@@ -231,15 +236,7 @@ def sample_results(
     labels = [r.final_label for r in counted]
     reviewed = [r.cell.reviewed_label is not None for r in counted]
     probs = None
-    waiting = sum(1 for r in results if r.exclusion == UNIDENTIFIED)
-    if waiting and prior is not None:
-        # EM assumes the counted cells are an unselected sample of the specimen; leaving out the cells the model is
-        # unsure of selects on the image, so EM is biased until the queue is reviewed (composed studies in
-        # docs/BENCHMARKS.md). The adjusted count uses the confusion of confident validation cells: it fits this
-        # selection, and is the corrected % meanwhile.
-        notes.append(f"EM correction is computed once the {waiting} unidentified cell(s) are reviewed; until then "
-                     "the corrected % is the adjusted count")
-        prior = None
+    prior = _em_gate(sum(1 for r in results if r.exclusion == UNIDENTIFIED), prior, notes)
     if counted and prior is not None:
         probs = _probability_rows(counted, classes)
     target_names = sorted({k for r in counted for k in r.targets})
@@ -248,6 +245,21 @@ def sample_results(
                                targets=targets, qc_counts=exclusions, n_cells=len(cells),
                                n_bootstrap=n_bootstrap, seed=seed, reviewed=reviewed, notes=notes, spec=check.spec)
     return SampleResults(sample, model_id, card, tuple(results), diff, exclusions, check)
+
+
+def _em_gate(waiting: int, prior: np.ndarray | None, notes: list[str]) -> np.ndarray | None:
+    """The EM prior, or None (with a note in ``notes``) while ``waiting`` cells are in the unidentified queue.
+
+    EM assumes the counted cells are an unselected sample of the specimen; leaving out the cells the model is unsure
+    of selects on the image, so EM is biased until the queue is reviewed (composed studies in docs/BENCHMARKS.md).
+    The adjusted count uses the confusion of confident validation cells: it fits this selection, and is the
+    corrected % meanwhile.
+    """
+    if waiting and prior is not None:
+        notes.append(f"EM correction is computed once the {waiting} unidentified cell(s) are reviewed; until then "
+                     "the corrected % is the adjusted count")
+        return None
+    return prior
 
 
 def _cell_result(c: Cell, p: Any, classes: Sequence[str], threshold: float) -> CellResult:

@@ -1,5 +1,6 @@
 """``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``, or
-``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only)."""
+``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only), or
+``python -m phenotyping bench results [--cells N]`` (a sample's results at scale)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "per-worker estimate for 10^6 and 10^7 cells")
     p.add_argument("--address", default=None, help="with --engine ray: the Ray cluster (default: a local instance)")
     p.set_defaults(func=run)
+    _register_results(p)
+
+
+# -- bench results: a sample's results at scale (phenotyping.analysis.results_bench) ---------------------------------
+def _register_results(p: argparse.ArgumentParser) -> None:
+    suites = p.add_subparsers(dest="suite", title="other benchmarks", metavar="results")
+    r = suites.add_parser("results", help="a sample's differential, QC summary, markers and gallery pages at scale",
+                          description="Synthesise N cells with predictions in a temporary DuckDB file, then time the "
+                                      "store's aggregations (differential, exclusions, markers; EM's point "
+                                      "estimate), gallery pages at --page-cells and N, and peak memory; and the "
+                                      "per-cell path against the aggregations on --compare-cells cells, as a ratio.")
+    r.add_argument("--cells", type=int, default=1_000_000, help="cells of the large sample (default 10^6)")
+    r.add_argument("--page-cells", type=int, default=100_000, help="cells of the gallery sample (default 10^5)")
+    r.add_argument("--compare-cells", type=int, default=20_000, help="cells of the per-cell vs SQL comparison")
+    r.add_argument("--bootstrap", type=int, default=1000, help="adjusted-count resamples (default 1000)")
+    r.add_argument("--workdir", type=Path, default=None, help="where the temporary database goes (default: $TMPDIR)")
+    r.set_defaults(func=_run_results)
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    from phenotyping.analysis.results_bench import results_bench
+
+    print("synthesising and measuring (a few minutes at 10^6 cells)...", file=sys.stderr)
+    print_json(results_bench(args.cells, page_cells=args.page_cells, compare_cells=args.compare_cells,
+                             n_bootstrap=args.bootstrap, workdir=args.workdir))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,9 +46,9 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _left(store, sample_id: str) -> int:
-    from phenotyping.analysis.results import sample_results
+    from phenotyping.analysis.aggregates import sample_summary
 
-    return sample_results(store, sample_id, n_bootstrap=0).n_unidentified
+    return sample_summary(store, sample_id, n_bootstrap=0).n_unidentified
 
 
 def _queue(args: argparse.Namespace) -> int:

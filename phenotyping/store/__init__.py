@@ -149,6 +149,10 @@ class Store:
     predicted_cell_ids = _delegate("predictions", PredictionRepository.cell_ids)
     list_predictions = _delegate("predictions", PredictionRepository.list)
     delete_predictions = _delegate("predictions", PredictionRepository.delete)
+    result_counts = _delegate("predictions", PredictionRepository.result_counts)
+    result_markers = _delegate("predictions", PredictionRepository.result_markers)
+    counted_probabilities = _delegate("predictions", PredictionRepository.counted_probabilities)
+    result_page = _delegate("predictions", PredictionRepository.result_page)
 
     # -- manual counts
     set_manual_counts = _delegate("manual_counts", ManualCountRepository.set)
