@@ -1,5 +1,8 @@
 """``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``, or
-``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only)."""
+``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only),
+``python -m phenotyping bench ingest [--cells N]`` (ingest against a plain read+decode loop) or
+``python -m phenotyping bench startup [--model DIR] [--cells N]`` (start-up of every command, torch imported or not,
+``predict --manifest`` to its first batch)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model's stand-in at 4x28x28, and the end-to-end speed of ingest -> QC -> predict -> store "
                     "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
     )
+    p.add_argument("what", nargs="?", choices=["model", "ingest", "startup"], default="model",
+                   help="model (default): the model and end-to-end timings; ingest: `ingest` of --cells synthetic "
+                        "2x40x40 16-bit TIFFs against a loop that only reads and decodes them, in one run; startup: "
+                        "--help of every command and non-model commands at work (time, torch imported or not), "
+                        "and with --model `predict --manifest` on --cells files (time to the first batch, in all)")
     p.add_argument("--model", type=Path, default=None, help="model folder (checkpoint.pt + model_card.json)")
     p.add_argument("--arch", type=comma_list, default=None, metavar="A[,B...]",
                    help="instead of --model: time these registered architectures untrained (random weights) at "
@@ -31,7 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", type=_ints, default=None, metavar="C,[Z,]H,W",
                    help="with --arch: one cell's shape, e.g. 2,8,40,40 for a 2-channel stack of 8 planes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--cells", type=int, default=10_000, help="cells for the end-to-end run (default 10000)")
+    p.add_argument("--cells", type=int, default=None,
+                   help="cells for the end-to-end run (default 10000; bench ingest and startup: 4500)")
+    p.add_argument("--workers", type=int, default=None, help="bench ingest: decoding threads (default: 2 per core, "
+                                                             "at most 8; 1: none)")
+    p.add_argument("--expected-channels", action="store_true",
+                   help="bench ingest: give ingest the channel count (as predict --manifest does), so it makes no "
+                        "first pass")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--from-files", nargs="?", type=Path, const=Path("auto"), default=None, metavar="PATH",
                    help="end-to-end on real files: a manifest.csv or folder holding one (default: the model card's "
@@ -44,10 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`import-predictions`) on the same --cells files in one run, with their ratio and a "
                         "per-worker estimate for 10^6 and 10^7 cells")
     p.add_argument("--address", default=None, help="with --engine ray: the Ray cluster (default: a local instance)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, commands=sub.choices)  # filled with every command by the time it runs
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what != "model":
+        return _run_io(args)
+    args.cells = 10_000 if args.cells is None else args.cells
     from phenotyping.analysis.bench import run_bench
     from phenotyping.models.checkpoint import load_card
 
@@ -90,4 +107,23 @@ def _run_arch(args: argparse.Namespace) -> int:
     print("benchmarking (this takes a minute)...", file=sys.stderr)
     print_json(arch_bench(args.arch, args.input_shape, device=args.device, batch_size=args.batch_size,
                           min_seconds=args.seconds))
+    return 0
+
+
+def _run_io(args: argparse.Namespace) -> int:
+    """``bench ingest`` and ``bench startup``: no model is run in this process, so torch is not imported here."""
+    from phenotyping.analysis.bench import ingest_bench, startup_bench
+
+    cells = 4500 if args.cells is None else args.cells
+    if cells < 1:
+        raise ValueError(f"--cells {cells} must be >= 1")
+    if args.arch is not None or args.input_shape is not None:
+        raise ValueError(f"--arch/--input-shape time models; drop them for bench {args.what}")
+    print(f"benchmarking {args.what} (this takes a minute)...", file=sys.stderr)
+    if args.what == "ingest":
+        if args.model is not None:
+            raise ValueError("bench ingest runs no model; drop --model")
+        print_json(ingest_bench(n_cells=cells, workers=args.workers, expected_channels=args.expected_channels))
+    else:
+        print_json(startup_bench(list(args.commands), model_dir=args.model, n_cells=cells))
     return 0
