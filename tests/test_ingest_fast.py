@@ -14,6 +14,7 @@ import textwrap
 import time
 import zipfile
 
+import numpy as np
 import pytest
 
 from phenotyping.__main__ import COMMANDS
@@ -196,3 +197,23 @@ def test_commands_that_run_no_model_do_their_work_without_torch(tmp_path):
                  ["audit", "verify"], ["bench", "ingest", "--cells", "20"]):
         out = _run_main(argv, tmp_path)
         assert out["code"] == 0 and not out["torch"], (argv, out)
+
+
+def test_predict_manifest_takes_the_channels_from_the_card_and_checks_them_against_the_checkpoint(tmp_path, capsys):
+    """predict --manifest ingests while the model loads, with the card's channel count; a card that disagrees with
+    its checkpoint is named."""
+    from phenotyping.__main__ import main
+    from tests.conftest import encode, save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "model", ["a", "b"])
+    card_path = model_dir / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["input"] = {"channels": ["brightfield", "darkfield", "extra"]}
+    card_path.write_text(json.dumps(card))
+    src = tmp_path / "set"
+    src.mkdir()
+    for i in range(3):
+        (src / f"c{i}.tif").write_bytes(encode(cell_array(h=20, w=20, c=3, dtype=np.uint16, seed=i), "tiff"))
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(src), "--bootstrap", "0", "--device", "cpu"])
+    assert rc == 2
+    assert "model card lists 3 input channel(s) but its checkpoint 2" in capsys.readouterr().err
