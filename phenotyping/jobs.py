@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -459,7 +458,7 @@ def export_labelled_cells(store: Any, sample_ids: Sequence[str], out_dir: str | 
             continue
         ext = Path(c.blob_path).suffix or ".bin"
         name = f"cells/{c.id}{ext}"
-        shutil.copyfile(store.image_dir / c.blob_path, out / name)
+        (out / name).write_bytes(store.read_cell_bytes(c))  # a file of its own, or a slice of a pack
         rows.append({"cell_id": f"{sid}:{c.cell_key}", "path": name, "label": label, "group": sid,
                      **{k: v for k, v in c.targets.items()}})
     if not rows:

@@ -233,7 +233,10 @@ def test_bsccm_ingest_derives_phase_and_records_channel_names(store, tmp_path):
         assert np.array_equal(stored[:4], raw.astype(np.float32))                # raw kept as they were
         assert np.allclose(stored[4], qdpc.reconstruct(raw, SETUP).phase, atol=1e-6)
         assert _score(stored[4], phases[c.cell_key])[0] >= 0.95
-    blobs = [store.image_dir / c.blob_path for c in store.list_cells("B1")]
+    blobs = []
+    for c in store.list_cells("B1"):  # as a training export writes them (the store keeps them in packs)
+        blobs.append(tmp_path / f"cell{c.id}.tif")
+        blobs[-1].write_bytes(store.read_cell_bytes(c))
     assert channel_names_from_images(blobs) == DPC4 + ["qdpc_phase"]             # what training will read
 
 

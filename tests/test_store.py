@@ -150,16 +150,16 @@ def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
                              "--specimen", "blood", "--db", str(db)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     images = tmp_path / "lab-images"
-    # the first image of the second batch is written only after the first batch's commit returned
+    # a batch's images are one pack file; the second pack is written only after the first batch's commit returned
     deadline, written = time.time() + 120, 0
     while time.time() < deadline and proc.poll() is None:
-        written = sum(1 for _ in images.rglob("*.png")) if images.exists() else 0
-        if written > BATCH + 20:
+        written = sum(1 for _ in images.rglob("*.pack")) if images.exists() else 0
+        if written >= 2:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert written > BATCH + 20, f"only {written} image files were written before the kill; a batch is {BATCH}"
+    assert written >= 2, f"only {written} image packs were written before the kill; a batch is {BATCH} cells"
     s = Store(db)
     assert s.sample_exists("K"), "the first batch (which creates the sample) was not committed"
     committed = s.list_cells("K")

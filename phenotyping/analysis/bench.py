@@ -16,6 +16,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +47,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    import torch
-
+def machine(*, torch_info: bool = True) -> dict[str, Any]:
+    """What the figures were measured on (``torch_info=False``: without importing torch)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_cores_available": cores, "torch": torch.__version__,
-                            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+                            "cpu_cores_available": cores}
+    if torch_info:
+        import torch
+
+        info.update({"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                     "cuda": torch.cuda.is_available()})
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
     try:
         info["load_average_1min"] = os.getloadavg()[0]
     except OSError:
@@ -332,4 +335,139 @@ def arch_bench(archs: list[str], input_shape: tuple[int, ...], *, device: str = 
     first = out["models"][archs[0]]["cells_per_s"]
     out["relative_to_first"] = {a: round(m["cells_per_s"] / first, 3) for a, m in out["models"].items()}
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def _plain_read_decode(manifest: Path) -> float:
+    """Seconds to read and decode every file a manifest lists, one after the other: the floor ingest is held to."""
+    from phenotyping.ingest import read_image, read_manifest
+
+    t0 = time.perf_counter()
+    for r in read_manifest(manifest):
+        read_image(r["path"].read_bytes(), r["path"].name)
+    return time.perf_counter() - t0
+
+
+def ingest_bench(*, n_cells: int = 4500, channels: int = 2, size: int = 40, workers: int | None = None,
+                 expected_channels: bool = False) -> dict[str, Any]:
+    """Ingest ``n_cells`` synthetic 16-bit TIFFs (``channels`` × ``size`` × ``size``) into a fresh on-disk store,
+    and time a plain loop that only reads and decodes the same files, in one run.
+
+    The plain loop runs before and after the ingest (the files are in the page cache for all three); ``ratio`` is the
+    ingest's time over the faster loop. By default the ingest runs as ``python -m phenotyping ingest`` does, without
+    an expected channel count (a first pass decodes the set for its majority count; the second reuses it);
+    ``expected_channels`` gives it the count, as ``predict --manifest`` does. Returns a JSON-ready dict.
+    """
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    if n_cells < 1:
+        raise ValueError(f"--cells {n_cells} must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="phenotyping-bench-ingest-") as tmp:
+        tmpd = Path(tmp)
+        manifest = write_synthetic_set(tmpd / "set", n_cells, channels, size)
+        plain_before = _plain_read_decode(manifest)
+        with Store(tmpd / "bench.duckdb", image_dir=tmpd / "images") as store:
+            store.create_sample(Sample(id="BENCH", specimen=Specimen.blood), actor="bench")
+            t0 = time.perf_counter()
+            result = ingest_set(store, manifest, "BENCH", actor="bench", workers=workers,
+                                expected_channels=channels if expected_channels else None)
+            ingest_s = time.perf_counter() - t0
+            files = sum(1 for p in (tmpd / "images").rglob("*") if p.is_file())
+        plain_after = _plain_read_decode(manifest)
+    plain = min(plain_before, plain_after)
+    return {"machine": machine(torch_info=False), "cells": n_cells, "image": f"{channels}x{size}x{size} uint16 TIFF",
+            "ingested": result.ingested, "rejected": len(result.rejected), "image_store_files": files,
+            "expected_channels_given": expected_channels,
+            "plain_read_decode_s": [round(plain_before, 3), round(plain_after, 3)], "ingest_s": round(ingest_s, 3),
+            "ingest_cells_per_s": round(n_cells / ingest_s, 1), "plain_cells_per_s": round(n_cells / plain, 1),
+            "ratio_ingest_to_plain": round(ingest_s / plain, 2)}
+
+
+_HELP_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+from phenotyping.__main__ import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({"s": time.perf_counter() - t0, "torch": "torch" in sys.modules}), file=sys.stderr)
+"""
+
+
+def _probe(argv: list[str], *, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``main(argv)`` in a fresh interpreter: wall seconds of the whole process, seconds inside Python from the
+    import of the CLI, and whether torch got imported."""
+    import json
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+    wall = time.perf_counter() - t0
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "{}"
+    try:
+        probe = json.loads(last)
+    except ValueError:
+        probe = {}
+    return {"wall_s": round(wall, 3), "in_python_s": round(probe.get("s", float("nan")), 3),
+            "torch_imported": probe.get("torch"), "exit_ok": done.returncode == 0 and bool(probe)}
+
+
+def _first_batch(model_dir: Path, manifest: Path, *, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """``predict --manifest`` as a user runs it: seconds from launch to the first batch's progress line, and to
+    the end."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "phenotyping", "predict", "--model", str(model_dir), "--manifest",
+                             str(manifest), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, cwd=cwd)
+    assert proc.stderr is not None
+    first, tail = None, b""
+    while True:
+        chunk = proc.stderr.read1(4096)
+        if not chunk:
+            break
+        tail = (tail + chunk)[-4096:]
+        if first is None and b" cells/s" in chunk:
+            first = time.perf_counter() - t0
+    proc.wait()
+    return {"first_batch_s": None if first is None else round(first, 3),
+            "end_to_end_s": round(time.perf_counter() - t0, 3), "exit_ok": proc.returncode == 0,
+            "stderr_tail": "" if proc.returncode == 0 else tail.decode(errors="replace")[-500:]}
+
+
+def startup_bench(commands: Sequence[str], *, model_dir: Path | None = None, n_cells: int = 4500) -> dict[str, Any]:
+    """Start-up of the command line, each probe in a fresh interpreter: ``--help`` of every command, a few commands
+    that run no model (``ingest``, ``samples``, ``audit verify``) doing their work, and whether each imported
+    torch; with ``model_dir``, ``predict --manifest`` on ``n_cells`` synthetic TIFFs of the model's input shape:
+    seconds to its first batch and end to end. ``commands``: the command line's commands. Returns a JSON-ready
+    dict."""
+    import json
+    import os
+
+    root = Path(__file__).resolve().parents[2]
+    out: dict[str, Any] = {"machine": machine(torch_info=False), "help": {}, "work": {}}
+    with tempfile.TemporaryDirectory(prefix="phenotyping-bench-startup-") as tmp:
+        tmpd = Path(tmp)
+        env = {**os.environ, "LEUKO_DB_PATH": str(tmpd / "leuko.duckdb")}
+        for name in commands:
+            out["help"][name] = _probe([name, "--help"], env=env, cwd=root)
+        small = write_synthetic_set(tmpd / "small", 64, 2, 40)
+        for argv in (["ingest", str(small), "--sample", "S1", "--specimen", "blood"], ["samples"],
+                     ["audit", "verify"]):
+            out["work"][" ".join(argv[:2] if argv[0] != "ingest" else argv[:1])] = _probe(argv, env=env, cwd=root)
+        if model_dir is not None:
+            card = json.loads((Path(model_dir) / "model_card.json").read_text(encoding="utf-8"))
+            channels, size = len(card["input"]["channels"]), int(card["input"]["img_size"])
+            manifest = write_synthetic_set(tmpd / "set", n_cells, channels, size)
+            out["predict_manifest"] = {"cells": n_cells, "model": str(model_dir),
+                                       **_first_batch(Path(model_dir).resolve(), manifest, env=env, cwd=root)}
+    out["non_model_commands_without_torch"] = all(
+        p["torch_imported"] is False for p in [*out["help"].values(), *out["work"].values()])
     return out

@@ -1,6 +1,9 @@
 """``python -m phenotyping bench --model DIR [--device cpu|cuda] [--cells N] [--from-files [PATH]]``, or
-``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only), or
-``python -m phenotyping bench results [--cells N]`` (a sample's results at scale)."""
+``python -m phenotyping bench --arch A[,B…] --input-shape C,[Z,]H,W`` (untrained architectures, forward pass only),
+``python -m phenotyping bench ingest [--cells N]`` (ingest against a plain read+decode loop) or
+``python -m phenotyping bench startup [--model DIR] [--cells N]`` (start-up of every command, torch imported or not,
+``predict --manifest`` to its first batch) or ``python -m phenotyping bench results [--cells N]`` (a sample's results
+at scale)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model's stand-in at 4x28x28, and the end-to-end speed of ingest -> QC -> predict -> store "
                     "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
     )
+    p.add_argument("what", nargs="?", choices=["model", "ingest", "startup", "results"], default="model",
+                   help="model (default): the model and end-to-end timings; ingest: `ingest` of --cells synthetic "
+                        "2x40x40 16-bit TIFFs against a loop that only reads and decodes them, in one run; startup: "
+                        "--help of every command and non-model commands at work (time, torch imported or not), "
+                        "and with --model `predict --manifest` on --cells files (time to the first batch, in all); "
+                        "results: synthesise --cells cells (default 10^6) with predictions in a temporary DuckDB "
+                        "file, then time the store's aggregations (differential, exclusions, markers; EM's point "
+                        "estimate), gallery pages at --page-cells and --cells, peak memory, and the per-cell path "
+                        "against the aggregations on --compare-cells cells, as a ratio")
     p.add_argument("--model", type=Path, default=None, help="model folder (checkpoint.pt + model_card.json)")
     p.add_argument("--arch", type=comma_list, default=None, metavar="A[,B...]",
                    help="instead of --model: time these registered architectures untrained (random weights) at "
@@ -32,7 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", type=_ints, default=None, metavar="C,[Z,]H,W",
                    help="with --arch: one cell's shape, e.g. 2,8,40,40 for a 2-channel stack of 8 planes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--cells", type=int, default=10_000, help="cells for the end-to-end run (default 10000)")
+    p.add_argument("--cells", type=int, default=None,
+                   help="cells for the end-to-end run (default 10000; bench ingest and startup: 4500)")
+    p.add_argument("--workers", type=int, default=None, help="bench ingest: decoding threads (default: 2 per core, "
+                                                             "at most 8; 1: none)")
+    p.add_argument("--expected-channels", action="store_true",
+                   help="bench ingest: give ingest the channel count (as predict --manifest does), so it makes no "
+                        "first pass")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--from-files", nargs="?", type=Path, const=Path("auto"), default=None, metavar="PATH",
                    help="end-to-end on real files: a manifest.csv or folder holding one (default: the model card's "
@@ -45,36 +63,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`import-predictions`) on the same --cells files in one run, with their ratio and a "
                         "per-worker estimate for 10^6 and 10^7 cells")
     p.add_argument("--address", default=None, help="with --engine ray: the Ray cluster (default: a local instance)")
-    p.set_defaults(func=run)
-    _register_results(p)
-
-
-# -- bench results: a sample's results at scale (phenotyping.analysis.results_bench) ---------------------------------
-def _register_results(p: argparse.ArgumentParser) -> None:
-    suites = p.add_subparsers(dest="suite", title="other benchmarks", metavar="results")
-    r = suites.add_parser("results", help="a sample's differential, QC summary, markers and gallery pages at scale",
-                          description="Synthesise N cells with predictions in a temporary DuckDB file, then time the "
-                                      "store's aggregations (differential, exclusions, markers; EM's point "
-                                      "estimate), gallery pages at --page-cells and N, and peak memory; and the "
-                                      "per-cell path against the aggregations on --compare-cells cells, as a ratio.")
-    r.add_argument("--cells", type=int, default=1_000_000, help="cells of the large sample (default 10^6)")
-    r.add_argument("--page-cells", type=int, default=100_000, help="cells of the gallery sample (default 10^5)")
-    r.add_argument("--compare-cells", type=int, default=20_000, help="cells of the per-cell vs SQL comparison")
-    r.add_argument("--bootstrap", type=int, default=1000, help="adjusted-count resamples (default 1000)")
-    r.add_argument("--workdir", type=Path, default=None, help="where the temporary database goes (default: $TMPDIR)")
-    r.set_defaults(func=_run_results)
-
-
-def _run_results(args: argparse.Namespace) -> int:
-    from phenotyping.analysis.results_bench import results_bench
-
-    print("synthesising and measuring (a few minutes at 10^6 cells)...", file=sys.stderr)
-    print_json(results_bench(args.cells, page_cells=args.page_cells, compare_cells=args.compare_cells,
-                             n_bootstrap=args.bootstrap, workdir=args.workdir))
-    return 0
+    p.add_argument("--page-cells", type=int, default=100_000, help="bench results: cells of the gallery sample")
+    p.add_argument("--compare-cells", type=int, default=20_000,
+                   help="bench results: cells of the per-cell vs SQL comparison")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bench results: adjusted-count resamples")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="bench results: where the temporary database goes (default: $TMPDIR)")
+    p.set_defaults(func=run, commands=sub.choices)  # filled with every command by the time it runs
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "results":
+        return _run_results(args)
+    if args.what != "model":
+        return _run_io(args)
+    args.cells = 10_000 if args.cells is None else args.cells
     from phenotyping.analysis.bench import run_bench
     from phenotyping.models.checkpoint import load_card
 
@@ -117,4 +120,36 @@ def _run_arch(args: argparse.Namespace) -> int:
     print("benchmarking (this takes a minute)...", file=sys.stderr)
     print_json(arch_bench(args.arch, args.input_shape, device=args.device, batch_size=args.batch_size,
                           min_seconds=args.seconds))
+    return 0
+
+
+def _run_io(args: argparse.Namespace) -> int:
+    """``bench ingest`` and ``bench startup``: no model is run in this process, so torch is not imported here."""
+    from phenotyping.analysis.bench import ingest_bench, startup_bench
+
+    cells = 4500 if args.cells is None else args.cells
+    if cells < 1:
+        raise ValueError(f"--cells {cells} must be >= 1")
+    if args.arch is not None or args.input_shape is not None:
+        raise ValueError(f"--arch/--input-shape time models; drop them for bench {args.what}")
+    print(f"benchmarking {args.what} (this takes a minute)...", file=sys.stderr)
+    if args.what == "ingest":
+        if args.model is not None:
+            raise ValueError("bench ingest runs no model; drop --model")
+        print_json(ingest_bench(n_cells=cells, workers=args.workers, expected_channels=args.expected_channels))
+    else:
+        print_json(startup_bench(list(args.commands), model_dir=args.model, n_cells=cells))
+    return 0
+
+
+# -- bench results: a sample's results at scale (phenotyping.analysis.results_bench) ---------------------------------
+def _run_results(args: argparse.Namespace) -> int:
+    from phenotyping.analysis.results_bench import results_bench
+
+    cells = 1_000_000 if args.cells is None else args.cells
+    if cells < 1:
+        raise ValueError(f"--cells {cells} must be >= 1")
+    print("synthesising and measuring (a few minutes at 10^6 cells)...", file=sys.stderr)
+    print_json(results_bench(cells, page_cells=args.page_cells, compare_cells=args.compare_cells,
+                             n_bootstrap=args.bootstrap, workdir=args.workdir))
     return 0

@@ -66,22 +66,35 @@ def run(args: argparse.Namespace) -> int:
             actor = authenticated(store, args, "analyse").username
             store.get_sample(args.sample)  # an unknown sample fails before the model loads
             return _predict_and_report(store, args.sample, load_model_dir(args.model), args, actor=actor)
-    lm = load_model_dir(args.model)
+    from concurrent.futures import ThreadPoolExecutor
+
     from phenotyping.ingest import ingest_set
+    from phenotyping.models.checkpoint import load_card
     from phenotyping.schemas import Sample, Specimen
     from phenotyping.store import Store
 
-    with tempfile.TemporaryDirectory(prefix="phenotyping-predict-") as tmp:
-        with Store(Path(tmp) / "predict.duckdb", image_dir=Path(tmp) / "images") as store:
-            store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
-                                       notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
-            ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
-                             label_column=args.label_column,
-                             expected_channels=len(lm.preprocess.channels))
-            if ing.rejected:
-                print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
-                      f"{ing.rejected[0].reason}", file=sys.stderr)
-            return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
+    # The model (importing torch and timm takes seconds) loads in a thread while the files are ingested; the card,
+    # plain JSON, gives the channel count ingest needs.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as loader:
+        loading = loader.submit(load_model_dir, args.model)
+        channels = len((load_card(args.model).get("input") or {}).get("channels") or []) or None
+        if channels is None:  # an older card without its input section: the checkpoint says
+            channels = len(loading.result().preprocess.channels)
+        with tempfile.TemporaryDirectory(prefix="phenotyping-predict-") as tmp:
+            with Store(Path(tmp) / "predict.duckdb", image_dir=Path(tmp) / "images") as store:
+                store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
+                                           notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
+                ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
+                                 label_column=args.label_column, expected_channels=channels)
+                if ing.rejected:
+                    print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
+                          f"{ing.rejected[0].reason}", file=sys.stderr)
+                lm = loading.result()
+                if len(lm.preprocess.channels) != channels:
+                    raise ValueError(f"{args.model}: its model card lists {channels} input channel(s) but its "
+                                     f"checkpoint {len(lm.preprocess.channels)}; the folder is inconsistent, "
+                                     "write it again with train or calibrate")
+                return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
 
 
 def _run_ray(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import Counter
@@ -10,19 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from phenotyping.errors import ImageError, IngestError
 from phenotyping.ingest._channels import tiff_bytes
+from phenotyping.ingest._decode import decode_stream
 from phenotyping.ingest._derive import QdpcDerivation, cell_channel_names
-from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
 from phenotyping.ingest._entry import Entry
+from phenotyping.ingest._image import MAX_PLANE_PIXELS, read_image, sniff_format
 from phenotyping.ingest._sources import MAX_FILES_PER_SET, _parse_manifest, _safe_member_path, iter_source
 from phenotyping.ingest.bsccm import DPC_CHANNELS, is_bsccm_root
 from phenotyping.schemas import IngestResult, RejectedFile, Sample
 
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
 BATCH = 256
+SURVEY_KEEP_BYTES = 256 * 1024 * 1024  # file bytes the first pass keeps for the second (the rest is read again)
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -42,11 +43,14 @@ def ingest_set(
     bsccm_options: dict | None = None,
     create: Sample | None = None,
     derive: QdpcDerivation | None = None,
+    workers: int | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
-    Cells are committed in batches of 256, each after its image files are durably written, so an interrupted
-    ingest keeps every committed cell, and running it again skips what is already there (reported as duplicates).
+    Cells are committed in batches of 256, each after its images are durably written (one pack file per batch,
+    :meth:`phenotyping.store.cells.CellRepository.put_pack`), so an interrupted ingest keeps every committed cell,
+    and running it again skips what is already there (reported as duplicates). Files are read and decoded by a pool
+    of threads (:mod:`._decode`); cells keep the set's order.
 
     Args:
         create: a sample that does not exist yet (id ``sample_id``): it is created in the same transaction as the
@@ -62,6 +66,7 @@ def ingest_set(
             the channels it needs is rejected, naming what is missing. The stored cell is then a float32 TIFF that
             names its channels (also in ``extra["channel_names"]``), ``extra["derived"]`` says how it was made, and
             ``content_hash`` stays the hash of the file as given, so the same raw cell is still a duplicate.
+        workers: decoding threads (default :func:`phenotyping.ingest._decode.decode_workers`; 1: none).
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -75,20 +80,16 @@ def ingest_set(
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
                            bsccm_options=bsccm_options, max_files=max_files)
 
-    if run.channels is None and derive is None:
-        run.channels = _known_channels(Path(source), bsccm_options)
-        run.channel_basis = f"this set's images have {run.channels}"
-    if run.channels is None and derive is None:  # derived channels: the first derived cell decides
-        run.channels, run.channel_basis = _majority_channels(entries(), source, max_bytes=max_bytes,
-                                                             max_pixels=max_pixels, progress=progress)
+    decoded = _decoded(run, entries, source, bsccm_options, max_bytes=max_bytes, max_pixels=max_pixels,
+                       progress=progress, workers=workers)
     seen = 0
     last_report = time.monotonic()
-    for entry in entries():
+    for entry, result in decoded:
         seen += 1
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)
             last_report = time.monotonic()
-        _add_entry(run, entry, max_bytes=max_bytes, max_pixels=max_pixels)
+        _add_entry(run, entry, result)
         if len(run.pending) >= BATCH:
             run.flush()
     run.flush()
@@ -102,6 +103,66 @@ def ingest_set(
                         notes=summary, cell_ids=run.ids)
 
 
+@dataclass
+class Decoded:
+    """One decoded file: the bytes as given and as stored (the same object unless channels were derived), what the
+    stored image is, and the SHA-256 of the bytes as given (the duplicate key)."""
+
+    data: bytes
+    stored: bytes
+    shape: tuple[int, ...]
+    dtype: str
+    digest: str
+    suffix: str
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def decode_entry(entry: Entry, *, max_bytes: int, max_pixels: int,
+                 derive: QdpcDerivation | None = None) -> Decoded | str:
+    """Read, hash, decode (and derive) one entry; the reason it is unusable as a string instead."""
+    if entry.error:
+        return entry.error
+    assert entry.read is not None
+    try:
+        if entry.size > max_bytes:
+            raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
+                                         f"{max_bytes / 1e6:.0f} MB")
+        data = entry.read()
+        if len(data) > max_bytes:
+            raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
+        notes: list[str] = []
+        arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
+        stored, extra = data, entry.extra
+        if derive is not None:
+            names = cell_channel_names(entry.extra, data, int(arr.shape[0]), file=entry.name)
+            arr, names = derive.apply(arr, names, file=entry.name)
+            stored = tiff_bytes(arr, names)
+            extra = {**extra, "channel_names": ",".join(names), "derived": derive.describe()}
+    except ImageError as e:
+        return e.reason
+    return Decoded(data=data, stored=stored, shape=tuple(int(x) for x in arr.shape), dtype=str(arr.dtype),
+                   digest=hashlib.sha256(data).hexdigest(), suffix=_SUFFIX[sniff_format(stored)], notes=notes,
+                   extra=extra)
+
+
+def _decoded(run: _Run, entries: Callable[[], Iterator[Entry]], source: str | Path, bsccm_options: dict | None, *,
+             max_bytes: int, max_pixels: int, progress: ProgressFn | None,
+             workers: int | None) -> Iterator[tuple[Entry, Decoded | str]]:
+    """The set's entries with their decoded images, in order; sets ``run.channels`` first where the set decides it
+    (a BSCCM reader's fixed count, else the majority of a first pass that decodes everything)."""
+    derive = run.derive
+    if run.channels is None and derive is None:
+        run.channels = _known_channels(Path(source), bsccm_options)
+        run.channel_basis = f"this set's images have {run.channels}"
+    if run.channels is None and derive is None:  # derived channels: the first derived cell decides
+        survey, run.channels, run.channel_basis = _majority_channels(
+            entries(), source, max_bytes=max_bytes, max_pixels=max_pixels, progress=progress, workers=workers)
+        return _after_survey(survey, entries, max_bytes=max_bytes, max_pixels=max_pixels)
+    decode = functools.partial(decode_entry, max_bytes=max_bytes, max_pixels=max_pixels, derive=derive)
+    return decode_stream(entries(), decode, max_bytes=max_bytes, workers=workers)
+
+
 def _known_channels(source: Path, bsccm_options: dict | None) -> int | None:
     """The channel count a reader fixes for every cell (a BSCCM folder: the chosen LED channels, or the one DPC
     image), so its images need no first pass; None for every other source."""
@@ -112,31 +173,37 @@ def _known_channels(source: Path, bsccm_options: dict | None) -> int | None:
 
 
 def _majority_channels(entries: Iterable[Entry], source: str | Path, *, max_bytes: int, max_pixels: int,
-                       progress: ProgressFn | None) -> tuple[int | None, str]:
-    """The channel count more than half of the set's decodable images have, and the sentence that says so.
+                       progress: ProgressFn | None, workers: int | None = None,
+                       ) -> tuple[list[tuple[Entry, Decoded | str]], int | None, str]:
+    """A first pass that decodes the whole set, the channel count more than half of its decodable images have, and
+    the sentence that says so.
 
-    A first pass over the set that only decodes, so that no file's place in the order (an RGB ``_overview.png``
-    sorting first) decides the count for the rest. None when no file decodes (each is then refused for its own
-    reason).
+    So that no file's place in the order (an RGB ``_overview.png`` sorting first) decides the count for the rest.
+    The pass's results are returned for the second pass to reuse (the bytes of at most :data:`SURVEY_KEEP_BYTES`
+    in all; files beyond are read and decoded again). The count is None when no file decodes (each is then
+    refused for its own reason).
 
     Raises:
         IngestError: no channel count is shared by more than half of the decodable images.
     """
     counts: Counter[int] = Counter()
+    survey: list[tuple[Entry, Decoded | str]] = []
+    kept = 0
     last_report = time.monotonic()
-    for seen, entry in enumerate(entries, start=1):
+    decode = functools.partial(decode_entry, max_bytes=max_bytes, max_pixels=max_pixels)
+    for seen, (entry, result) in enumerate(decode_stream(entries, decode, max_bytes=max_bytes, workers=workers),
+                                           start=1):
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)
             last_report = time.monotonic()
-        if entry.error:
-            continue
-        try:
-            _, arr, _ = _decode(entry, max_bytes=max_bytes, max_pixels=max_pixels)
-        except ImageError:
-            continue
-        counts[int(arr.shape[0])] += 1
+        if isinstance(result, Decoded):
+            counts[result.shape[0]] += 1
+            kept += len(result.data)
+            if kept > SURVEY_KEEP_BYTES:
+                result = None  # decoded again in the second pass
+        survey.append((entry, result))
     if not counts:
-        return None, ""
+        return survey, None, ""
     total = sum(counts.values())
     top, n = counts.most_common(1)[0]
     if 2 * n <= total:
@@ -144,7 +211,20 @@ def _majority_channels(entries: Iterable[Entry], source: str | Path, *, max_byte
         raise IngestError(f"{source}: its images have different channel counts and no count is shared by most of "
                           f"them ({groups}); a sample's images must all have the same channels: remove the odd "
                           "files (an overview image, a mask) or ingest each group into its own sample")
-    return top, f"most of this set's images ({n:,} of {total:,}) have {top}"
+    return survey, top, f"most of this set's images ({n:,} of {total:,}) have {top}"
+
+
+def _after_survey(survey: list[tuple[Entry, Decoded | str | None]], entries: Callable[[], Iterator[Entry]], *,
+                  max_bytes: int, max_pixels: int) -> Iterator[tuple[Entry, Decoded | str]]:
+    """The first pass's results in order; when it let some files' bytes go, the set is read again (same order) and
+    those files are decoded anew."""
+    fresh = entries() if any(r is None for _, r in survey) else None
+    for i in range(len(survey)):
+        entry, result = survey[i]
+        survey[i] = (entry, "")  # the bytes are let go as the second pass moves on
+        if fresh is not None:
+            entry = next(fresh)
+        yield entry, (decode_entry(entry, max_bytes=max_bytes, max_pixels=max_pixels) if result is None else result)
 
 
 @dataclass
@@ -169,6 +249,9 @@ class _Run:
     def flush(self) -> None:
         """Commit the pending cells (creating the sample with the first batch when ``create`` is set)."""
         if self.pending:
+            rels = self.store.put_pack([(c.pop("_bytes"), c.pop("_suffix")) for c in self.pending])
+            for c, rel in zip(self.pending, rels):
+                c["blob_path"] = rel
             self.ids.extend(self.store.add_cells(self.sample_id, self.pending, actor=self.actor,
                                                  create=None if self.ids else self.create))
             self.pending.clear()
@@ -196,54 +279,22 @@ def _basis(expected_channels: int | None, channels: int | None) -> str:
     return f"this sample's cells have {channels}" if channels else ""
 
 
-def _decode(entry, *, max_bytes: int, max_pixels: int) -> tuple[bytes, np.ndarray, list[str]]:
-    """The entry's bytes, its decoded image and the decoding notes; ImageError when it is too large or unreadable."""
-    if entry.size > max_bytes:
-        raise ImageError(entry.name, f"{entry.size / 1e6:.1f} MB, above the per-file limit of "
-                                     f"{max_bytes / 1e6:.0f} MB")
-    data = entry.read()
-    if len(data) > max_bytes:
-        raise ImageError(entry.name, f"larger than the per-file limit of {max_bytes / 1e6:.0f} MB")
-    notes: list[str] = []
-    arr = read_image(data, entry.name, max_pixels=max_pixels, notes=notes)
-    return data, arr, notes
-
-
-def _prepare(run: _Run, entry, *, max_bytes: int,
-             max_pixels: int) -> tuple[bytes, bytes, np.ndarray, list[str], dict[str, str]]:
-    """Decode (and derive): the bytes as given, the bytes to store, the stored image, decoding notes and extra.
-
-    Raises ImageError when the file is unusable or its (derived) channels differ from the sample's."""
-    data, arr, notes = _decode(entry, max_bytes=max_bytes, max_pixels=max_pixels)
-    stored, extra = data, entry.extra
-    if run.derive is not None:
-        names = cell_channel_names(entry.extra, data, int(arr.shape[0]), file=entry.name)
-        arr, names = run.derive.apply(arr, names, file=entry.name)
-        stored = tiff_bytes(arr, names)
-        extra = {**extra, "channel_names": ",".join(names), "derived": run.derive.describe()}
-    if run.channels is not None and arr.shape[0] != run.channels:
-        derived = " after derivation" if run.derive is not None else ""
-        raise ImageError(entry.name, f"{arr.shape[0]} channel(s){derived}, but "
-                                     f"{run.channel_basis or f'the sample has {run.channels}'}; "
-                                     "a sample's images must all have the same channels")
-    return data, stored, arr, notes, extra
-
-
-def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
-    """Reject the entry (with its reason) or write its image and queue its cell for the next commit."""
-    if entry.error:
-        run.rejected.append(RejectedFile(file=entry.name, reason=entry.error))
+def _add_entry(run: _Run, entry: Entry, result: Decoded | str) -> None:
+    """Reject the entry (with its reason) or queue its cell, with its image bytes, for the next commit."""
+    if isinstance(result, str):
+        run.rejected.append(RejectedFile(file=entry.name, reason=result))
         return
-    assert entry.read is not None
-    try:
-        data, stored, arr, notes, extra = _prepare(run, entry, max_bytes=max_bytes, max_pixels=max_pixels)
-    except ImageError as e:
-        run.rejected.append(RejectedFile(file=entry.name, reason=e.reason))
+    channels = result.shape[0]
+    if run.channels is not None and channels != run.channels:
+        derived = " after derivation" if run.derive is not None else ""
+        run.rejected.append(RejectedFile(file=entry.name, reason=(
+            f"{channels} channel(s){derived}, but {run.channel_basis or f'the sample has {run.channels}'}; "
+            "a sample's images must all have the same channels")))
         return
     if run.channels is None:  # only when the first pass decoded nothing that this pass could
-        run.channels = int(arr.shape[0])
+        run.channels = channels
     key = entry.cell_key or entry.name
-    digest = hashlib.sha256(data).hexdigest()
+    digest = result.digest
     if digest in run.hashes:
         run.duplicates += 1
         run.rejected.append(RejectedFile(file=entry.name, reason=f"duplicate: same content as {run.hashes[digest]}"))
@@ -253,16 +304,16 @@ def _add_entry(run: _Run, entry, *, max_bytes: int, max_pixels: int) -> None:
         run.rejected.append(RejectedFile(file=entry.name,
                                          reason=f"cell id {key!r} is already in sample {run.sample_id}"))
         return
-    _, rel = run.store.put_blob(stored, suffix=_SUFFIX[sniff_format(stored)])
     run.hashes[digest] = entry.name
     run.keys.add(key)
-    if notes:
-        extra = {**extra, "image_note": "; ".join(notes)}
-        for n in notes:
+    extra = result.extra
+    if result.notes:
+        extra = {**extra, "image_note": "; ".join(result.notes)}
+        for n in result.notes:
             run.noted.setdefault(n, []).append(entry.name)
     run.pending.append({
-        "cell_key": key, "content_hash": digest, "source_file": entry.name, "blob_path": rel,
-        "shape": tuple(arr.shape), "dtype": str(arr.dtype), "reference_label": entry.label,
+        "cell_key": key, "content_hash": digest, "source_file": entry.name, "_bytes": result.stored,
+        "_suffix": result.suffix, "shape": result.shape, "dtype": result.dtype, "reference_label": entry.label,
         "targets": entry.targets, "extra": extra,
     })
 

@@ -128,6 +128,7 @@ class Store:
 
     # -- images and cells
     put_blob = _delegate("cells", CellRepository.put_blob)
+    put_pack = _delegate("cells", CellRepository.put_pack)
     sync_blobs = _delegate("cells", CellRepository.sync_blobs)
     read_blob = _delegate("cells", CellRepository.read_blob)
     read_cell_bytes = _delegate("cells", CellRepository.read_bytes)
