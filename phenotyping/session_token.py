@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phenotyping.errors import PhenotypingError
-
 VERSION = "v1"
 MIN_SECRET_CHARS = 32
 _PROCESS_SECRET = secrets.token_bytes(32)
 
 
-class SessionTokenError(PhenotypingError):
+class SessionTokenError(ValueError):
     """A token that cannot be used; ``reason`` is one of ``malformed``, ``bad signature``, ``expired``."""
 
     def __init__(self, reason: str):
