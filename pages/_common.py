@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from pages import _session
 from phenotyping.auth import can, record_logout
 from phenotyping.errors import PhenotypingError
 from phenotyping.jobs import JobRunner
@@ -68,24 +69,31 @@ SESSION_EPOCH, LAST_ACTIVE = "_session_epoch", "_last_active"
 _ENDED = "_session_ended"
 
 
-def start_session(user: User) -> None:
-    """Log ``user`` in for this browser session: remember the account's session epoch and the time."""
+def start_session(user: User, *, sid: str | None = None) -> None:
+    """Log ``user`` in for this browser session: remember the account's session epoch and the time, and start the
+    session cookie that keeps the login across reloads (``sid``: the id of a session restored from its cookie)."""
     st.session_state["username"] = user.username
     st.session_state[SESSION_EPOCH] = get_store().users.session_epoch(user.username)
     st.session_state[LAST_ACTIVE] = time.time()
+    _session.begin(sid)
 
 
 def current_user() -> User | None:
     """The logged-in user, re-read from the store on every rerun.
 
-    The session ends (audited as ``logout``, with a message on the login screen) when the account is gone or
+    A browser session without a login is logged in from a valid session cookie (:func:`pages._session.restore`:
+    the same checks as below, and audited), through :func:`start_session`. The session ends (audited as ``logout``, with a message on the login screen) when the account is gone or
     deactivated, when its session epoch is not the one recorded at login (a password change or reset, a role change
     or a deactivation since), or when the last interaction is longer ago than ``Settings.idle_timeout_min``.
     """
     name = st.session_state.get("username")
-    if not name:
-        return None
     store = get_store()
+    if not name:
+        restored = _session.restore(store)
+        if restored is None:
+            return None
+        start_session(restored[0], sid=restored[1])
+        return restored[0]
     found = store.get_user(name)
     idle_min = get_settings().idle_timeout_min
     last = st.session_state.get(LAST_ACTIVE)
@@ -135,42 +143,64 @@ def _roles(permission: str) -> Iterable[Role]:
 
 
 def logout(*, reason: str = "logged out") -> None:
-    """End the local session (audited as ``logout`` with ``reason``), and the identity provider's one where the user
+    """End the local session (audited as ``logout`` with ``reason``) and its session cookie (ended for good in this
+    server process; the login screen clears it in the browser), and the identity provider's session where the user
     came in through it (else the login screen would sign them straight back in)."""
     name = st.session_state.get("username")
     if name:
         record_logout(get_store(), name, reason=reason)
+    ended = _session.end()
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    _session.after_end(ended)
     if getattr(st.user, "is_logged_in", False):
         st.logout()
 
 
+#: Every screen after login: (script, title, icon, section, permission needed to see it or None).
+PAGES: list[tuple[str, str, str, str, str | None]] = [
+    ("pages/samples.py", "Samples", ":material/science:", "Sample", None),
+    ("pages/analyse.py", "Analyse", ":material/memory:", "Sample", None),
+    ("pages/review.py", "Review", ":material/grid_view:", "Sample", None),
+    ("pages/agreement.py", "Agreement", ":material/compare_arrows:", "Sample", None),
+    ("pages/report.py", "Report", ":material/description:", "Sample", None),
+    ("pages/models.py", "Models", ":material/model_training:", "Laboratory", None),
+    ("pages/audit.py", "Audit", ":material/history:", "Laboratory", "audit.read"),
+    ("pages/users.py", "Users", ":material/group:", "Laboratory", "users.manage"),
+    ("pages/account.py", "My account", ":material/person:", "Laboratory", None),
+]
+
+
+def _url_path(script: str) -> str:
+    return PurePosixPath(script).stem
+
+
 def nav_pages() -> list[Any] | dict[str, list[Any]]:
-    """The pages this session may see: only Login when logged out; the review steps, then the lab pages by role."""
+    """The pages this session may see: the review steps, then the lab pages by role (Samples first).
+
+    Logged out, Login is the default page and every other page's URL (``/review?sample=S1``) is registered too, as
+    a hidden page that shows the login: the URL stays, so after the login the rerun opens the page it names (with
+    its query parameters) instead of "Page not found". The session cookie is written or cleared here, every run.
+    """
     user = current_user()
     if user is None:
-        return [st.Page("pages/login.py", title="Log in", icon=":material/login:", default=True)]
+        _session.sync_cookie(None, None)
+        login = [st.Page("pages/login.py", title="Log in", icon=":material/login:", default=True)]
+        return login + [st.Page("pages/login.py", title="Log in", url_path=_url_path(script), visibility="hidden")
+                        for script, *_ in PAGES]
+    _session.sync_cookie(user.username, st.session_state.get(SESSION_EPOCH))
     get_runner()  # started with the first logged-in page: fails orphaned jobs, loads the usable models
-    review = [
-        st.Page("pages/samples.py", title="Samples", icon=":material/science:", default=True),
-        st.Page("pages/analyse.py", title="Analyse", icon=":material/memory:"),
-        st.Page("pages/review.py", title="Review", icon=":material/grid_view:"),
-        st.Page("pages/agreement.py", title="Agreement", icon=":material/compare_arrows:"),
-        st.Page("pages/report.py", title="Report", icon=":material/description:"),
-    ]
-    lab = [st.Page("pages/models.py", title="Models", icon=":material/model_training:")]
-    if can(user.role, "audit.read"):
-        lab.append(st.Page("pages/audit.py", title="Audit", icon=":material/history:"))
-    if can(user.role, "users.manage"):
-        lab.append(st.Page("pages/users.py", title="Users", icon=":material/group:"))
-    lab.append(st.Page("pages/account.py", title="My account", icon=":material/person:"))
+    sections: dict[str, list[Any]] = {}
+    for script, title, icon, section, permission in PAGES:
+        if permission is None or can(user.role, permission):
+            sections.setdefault(section, []).append(st.Page(script, title=title, icon=icon,
+                                                            default=not sections))
     with st.sidebar:
         st.caption(f"Logged in as **{md(user.display_name or user.username)}** · {user.role.value}")
         if st.button("Log out", key="logout", icon=":material/logout:"):
             logout()
             st.rerun()
-    return {"Sample": review, "Laboratory": lab}
+    return sections
 
 
 # -- messages --------------------------------------------------------------------------------------------------------
@@ -206,16 +236,26 @@ def show_flash() -> None:
 
 # -- samples ---------------------------------------------------------------------------------------------------------
 def pick_sample(store: Store) -> str | None:
-    """The sample the sample pages work on, chosen in the sidebar (kept across pages)."""
+    """The sample the sample pages work on, chosen in the sidebar (kept across pages) and kept in the URL
+    (``?sample=ID``), so a link or a reload opens it; a link naming a sample that does not exist says so."""
     samples = store.list_samples()
+    ids = [s["id"] for s in samples]
+    linked = st.query_params.get("sample")
+    if linked and linked not in ids:
+        st.warning(f"The link names sample {md(linked)}, which does not exist (or was deleted); pick one from the "
+                   "list." if ids else f"The link names sample {md(linked)}, which does not exist.",
+                   icon=":material/link_off:")
+    elif linked:
+        st.session_state["sample_id"] = linked
     if not samples:
         st.info("No samples yet: create one on the Samples screen.")
         return None
-    ids = [s["id"] for s in samples]
     current = st.session_state.get("sample_id")
     with st.sidebar:
         sel = st.selectbox("Sample", ids, index=ids.index(current) if current in ids else 0)
     st.session_state["sample_id"] = sel
+    if st.query_params.get("sample") != sel:
+        st.query_params["sample"] = sel
     return sel
 
 

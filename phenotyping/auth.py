@@ -13,7 +13,8 @@ verified that equals the linked address exactly. A username or the part of an ad
 
 Logins (:func:`authenticate`, the app's and the command line's) are throttled and locked per attempted name, known
 or not (:class:`LoginPolicy`), and every login, failed login, lock, unlock and logout is an audit event (``login``,
-``login_failed`` with its reason, ``account_locked``, ``account_unlocked``, ``logout``). An unknown name runs the same
+``login_failed`` with its reason, ``account_locked``, ``account_unlocked``, ``logout``; the app's session cookie
+adds ``login`` with method ``session cookie`` and ``session_restore_failed``). An unknown name runs the same
 argon2 verification (against a dummy hash) as a known one and gets the same messages, so neither timing nor wording
 tells which usernames exist. Passwords follow :func:`check_password_strength` (:mod:`phenotyping.password_policy`).
 
@@ -272,6 +273,13 @@ def record_login(store: Any, user: User, *, method: str) -> None:
 def record_logout(store: Any, username: str, *, reason: str) -> None:
     """Audit the end of a session: ``logged out``, ``idle timeout``, ``account changed``."""
     _audit_login(store, "logout", username, known=True, reason=reason)
+
+
+def record_session_restore_failed(store: Any, *, reason: str) -> None:
+    """Audit a session cookie the app refused (``malformed``, ``bad signature``, ``expired``, ``logged out``,
+    ``account inactive``, ``account changed``); no account is named, since a refused cookie's name proves nothing."""
+    store.record_event(actor="anonymous", action="session_restore_failed", entity="user",
+                       entity_id="(session cookie)", after={"reason": reason})
 
 
 def locked_until(store: Any, username: str, *, now: datetime | None = None) -> datetime | None:

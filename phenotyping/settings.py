@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,13 @@ class Settings(BaseSettings):
                                                         "second failed login in a row, doubling with each further "
                                                         "one; 0 = no delay")
     idle_timeout_min: float = Field(30.0, gt=0, description="minutes without interaction after which the app logs "
-                                                            "a session out (LEUKO_IDLE_TIMEOUT_MIN)")
+                                                            "a session out (LEUKO_IDLE_TIMEOUT_MIN); also the "
+                                                            "lifetime of the session cookie that keeps a login "
+                                                            "across reloads")
+    session_secret: SecretStr | None = Field(
+        None, description="HMAC key (at least 32 characters) signing the app's session cookies "
+                          "(LEUKO_SESSION_SECRET); None = a random key in the file <db>.session-key beside the "
+                          "database, created 0600 on first use. Changing it logs every browser out")
 
     def model_search_path(self) -> list[Path]:
         """Folders holding model folders: the installation's model_dir, then the models shipped with the code."""
