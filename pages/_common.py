@@ -38,7 +38,8 @@ def get_runner() -> JobRunner:
     a training job never holds up an analysis. Marks jobs of a previous server process failed and starts loading the
     usable models in the background, so the first analysis does not wait for torch and the weights."""
     runner = JobRunner(get_store(), workers=1)
-    runner.warm_up()
+    if get_settings().warm_up_models:
+        runner.warm_up()
     return runner
 
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     login_delay_s: float = Field(1.0, ge=0, description="seconds a username (and an app session) must wait after its "
                                                         "second failed login in a row, doubling with each further "
                                                         "one; 0 = no delay")
+    warm_up_models: bool = Field(True, description="load the registered models in a background thread when the app "
+                                                  "starts, so the first analysis does not wait for torch "
+                                                  "(LEUKO_WARM_UP_MODELS; the tests turn it off: CPython 3.11's "
+                                                  "AST constructor is not thread-safe, gh-106905, and the warm-up's "
+                                                  "imports race AppTest's page parsing)")
     idle_timeout_min: float = Field(30.0, gt=0, description="minutes without interaction after which the app logs "
                                                             "a session out (LEUKO_IDLE_TIMEOUT_MIN); also the "
                                                             "lifetime of the session cookie that keeps a login "

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# The app's background model warm-up imports torch while AppTest parses pages; CPython 3.11's AST constructor is not
+# thread-safe (gh-106905), so that race can fail a page with "AST constructor recursion depth mismatch".
+os.environ.setdefault("LEUKO_WARM_UP_MODELS", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
