@@ -149,6 +149,8 @@ class Store:
     predicted_cell_ids = _delegate("predictions", PredictionRepository.cell_ids)
     list_predictions = _delegate("predictions", PredictionRepository.list)
     delete_predictions = _delegate("predictions", PredictionRepository.delete)
+    save_domain_check = _delegate("predictions", PredictionRepository.save_domain_check)
+    domain_check = _delegate("predictions", PredictionRepository.domain_check)
 
     # -- manual counts
     set_manual_counts = _delegate("manual_counts", ManualCountRepository.set)
