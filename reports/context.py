@@ -19,7 +19,7 @@ from reports._models import (
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
-    audit_head, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version,
+    audit_head, domain_statement, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison, model_version,
     person, reference_intervals_for, require_differential, study_agreement, unsigned_version,
 )
 
@@ -98,4 +98,5 @@ def build_context(
         interpretation_edited=interpretation_edited(store, rv),
         reviewer=person(store, rv.created_by), signer=person(store, rv.signed_by) or signer,
         signer_certificate=signer_certificate, audit_head=audit_head(store),
+        domain_check=domain_statement(store, sample_id, res.model_id),
     )

@@ -189,3 +189,141 @@ def test_the_verdict_is_stored_with_the_run_and_audited(calibrated, store, sampl
     assert saved is not None and saved.to_dict() == again.domain_check
     events = store.list_audit(sample_id="S1", action="domain_check.save", limit=10)
     assert len(events) == 2 and events[0].after["n_cells"] == 8
+
+
+# ------------------------------------------------------------------------------------------ report and signing
+from tests.test_reports_workflow import lab  # noqa: E402,F401  (the fixture: a sample with a toy model, a signer)
+
+OUT = {"in_distribution": False, "score": 9.5, "threshold": 3.1, "n_cells": 10,
+       "reason": "features far from the training cells: median distance 9.5 vs threshold 3.1"}
+
+
+def test_the_stored_verdict_reaches_the_report(lab):
+    from reports.context import build_context
+    from reports.pdf import render_html
+
+    store, settings, _, _ = lab
+    assert build_context(store, "S1", settings=settings).domain_check is None  # no check stored: no statement
+    store.save_domain_check("S1", "toy-1", "2025.1", OUT, {}, actor="rev")
+    ctx = build_context(store, "S1", settings=settings, gallery_per_class=0, study_figures=False)
+    assert ctx.out_of_distribution and ctx.domain_check.reason == OUT["reason"] and ctx.domain_check.score == 9.5
+    assert ctx.results_json()["domain_check"]["in_distribution"] is False
+    html = render_html(ctx)
+    assert "Out of distribution:" in html and "median distance 9.5 vs threshold 3.1" in html
+    store.save_domain_check("S1", "toy-1", "2025.1", {**OUT, "in_distribution": True, "reason": "fine"}, {},
+                            actor="rev")
+    assert "Out of distribution:" not in render_html(build_context(store, "S1", settings=settings,
+                                                                   gallery_per_class=0, study_figures=False))
+
+
+def test_signing_an_out_of_distribution_analysis_needs_an_acknowledgement(lab):
+    from reports.pdf import RESULTS_ATTACHMENT, attachment
+    from reports.workflow import SigningBlocked, domain_acknowledgement_needed, draft_report, sign_report
+
+    store, settings, key, _ = lab
+    draft_report(store, "S1", actor="rev", settings=settings)
+    store.save_domain_check("S1", "toy-1", "2025.1", OUT, {}, actor="rev")
+    assert domain_acknowledgement_needed(store, "S1").reason == OUT["reason"]
+    for blank in (None, "  "):
+        with pytest.raises(SigningBlocked, match="out of distribution .*features far.*acknowledge it with a reason"):
+            sign_report(store, "S1", signer="sig", key_path=key, password=b"sig-secret-1", settings=settings,
+                        domain_acknowledgement=blank)
+    assert store.get_report_version("S1").signed_at is None
+    why = "Smear re-examined by microscopy; differential confirmed manually."
+    out = sign_report(store, "S1", signer="sig", key_path=key, password=b"sig-secret-1", settings=settings,
+                      domain_acknowledgement=why)
+    ev = store.list_audit(sample_id="S1", action="report.domain_acknowledged")
+    assert len(ev) == 1 and ev[0].actor == "sig" and ev[0].after["reason"] == why
+    assert ev[0].entity_id == f"S1/v{out['version']}" and ev[0].after["domain_check"]["score"] == 9.5
+    signed = json.loads(attachment(Path(out["pdf"]).read_bytes(), RESULTS_ATTACHMENT))
+    assert signed["domain_check"]["acknowledgement"] == why
+
+
+# ------------------------------------------------------------------------------------------------------ screens
+from tests.test_app import app_env  # noqa: E402,F401  (the fixture: a fresh app database)
+
+
+@pytest.fixture
+def screens(app_env):  # noqa: F811
+    """An app database with a reviewer, sample S1 analysed by a toy model and an out-of-distribution check."""
+    from phenotyping.auth import create_first_admin, create_user
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Prediction, Sample, Specimen
+    from tests.test_app import CARD, CLASSES, PASSWORD, get_store_obj
+    from conftest import cell_array, png_bytes
+
+    store = get_store_obj()
+    create_first_admin(store, "admin", PASSWORD)
+    create_user(store, "rev", PASSWORD, "reviewer", actor="admin")
+    (app_env / "toy-model").mkdir()
+    (app_env / "toy-model" / "model_card.json").write_text(json.dumps(CARD))
+    store.register_model("toy-1", path=str(app_env / "toy-model"), card=CARD, actor="admin", usable=True)
+    store.create_sample(Sample(id="S1", specimen=Specimen.blood, patient_pseudonym="P-001"), actor="rev")
+    (app_env / "set").mkdir()
+    for i in range(4):
+        (app_env / "set" / f"c{i}.png").write_bytes(png_bytes(cell_array(seed=i)))
+    ids = ingest_set(store, app_env / "set", "S1", actor="rev").cell_ids
+    store.add_predictions([Prediction(cell_id=c, model_id="toy-1", model_version="1", predicted_class=CLASSES[0],
+                                      confidence=0.9, probabilities={CLASSES[0]: 0.9, CLASSES[1]: 0.1})
+                           for c in ids], sample_id="S1", actor="rev")
+    store.set_analysis_model("S1", "toy-1", actor="rev")
+    store.save_domain_check("S1", "toy-1", "1", OUT, {}, actor="rev")
+    return store
+
+
+@pytest.mark.parametrize("page", ["analyse", "review"])
+def test_analyse_and_review_show_the_out_of_distribution_banner(screens, page):
+    from tests.test_app import app
+
+    at = app("rev", page)
+    assert not at.exception
+    shown = [e.value.replace("\\", "") for e in at.error]  # md() escapes Markdown punctuation
+    assert any(s.startswith("Out of distribution:") and "median distance 9.5 vs threshold 3.1" in s
+               for s in shown), shown
+
+
+# -------------------------------------------------------------------------------------------------- real data
+def _subset(tmp: Path, name: str, paths: list[Path]) -> Path:
+    """A manifest of copies of ``paths`` in ``tmp/name`` (a manifest's files must lie in its folder)."""
+    import shutil
+
+    folder = tmp / name
+    folder.mkdir(parents=True)
+    with (folder / "manifest.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "path"])
+        for i, p in enumerate(paths):
+            dest = f"{i:04d}{Path(p).suffix}"
+            shutil.copyfile(p, folder / dest)
+            w.writerow([f"{name}-{i:04d}", dest])
+    return folder / "manifest.csv"
+
+
+def _split_paths(model: Path, manifest: Path, split: str, n: int) -> list[Path]:
+    from phenotyping.training.data import load_rows
+
+    with (model / "split.csv").open(newline="") as fh:
+        ids = {r["cell_id"] for r in csv.DictReader(fh) if r["split"] == split}
+    return [r["path"] for r in load_rows(manifest) if r["cell_id"] in ids][:n]
+
+
+@pytest.mark.slow
+def test_shipped_models_say_in_for_their_own_held_out_cells_and_out_for_other_sites(tmp_path, capsys):
+    from conftest import PROJECT_ROOT
+    from phenotyping.training.data import load_rows
+
+    jurkat = shared_data("ifc-jurkat-labelfree", "manifest.csv")
+    segwbc = shared_data("wbc-smear", "segwbc-d1", "manifest.csv")
+    bccd = shared_data("wbc-smear", "bccd")
+    jm, wm = PROJECT_ROOT / "models" / "jurkat-hybrid", PROJECT_ROOT / "models" / "wbc-hybrid"
+    cases = [
+        (jm, _subset(tmp_path, "jurkat-test", _split_paths(jm, jurkat, "test", 200)), True, "features like"),
+        (jm, _subset(tmp_path, "bccd", [r["path"] for r in load_rows(bccd)][:20]), False,
+         "channels differ: model takes 2, sample has 3"),
+        (wm, _subset(tmp_path, "segwbc-val", _split_paths(wm, segwbc, "val", 200)), True, "features like"),
+        (wm, _subset(tmp_path, "jurkat", [r["path"] for r in load_rows(jurkat)][:20]), False,
+         "channels differ: model takes 3, sample has 2"),
+    ]
+    for model, manifest, expected, reason in cases:
+        check = _predict(model, manifest, capsys)["domain_check"]
+        assert check["in_distribution"] is expected and check["reason"].startswith(reason), (model.name, check)

@@ -319,8 +319,8 @@ class RunScores:
     """Per-cell distances and image statistics collected batch by batch during a prediction run, merged at the end
     with those stored by earlier runs of the same model version (a resumed run judges all the sample's cells)."""
 
-    def __init__(self, card: Mapping[str, Any]):
-        self.card = card
+    def __init__(self, card: Mapping[str, Any], sample_id: str, model_version: str):
+        self.card, self.sample_id, self.model_version = card, sample_id, model_version
         self.ref = DomainReference.from_card(card)
         self.rows: dict[str, list[float]] = {}
 
@@ -343,3 +343,15 @@ class RunScores:
         table = np.array(list(rows.values()), np.float64)
         stats = table[:, 1:] if table.shape[1] > 1 else None
         return self.ref.verdict(table[:, 0], stats), rows
+
+    def finish(self, store: Any, actor: str) -> dict[str, Any]:
+        """The verdict over this run's cells and those an earlier run of the same model version scored, as a dict;
+        stored (``store.save_domain_check``) when this run scored any cell or nothing is stored yet."""
+        model_id = str(self.card["id"])
+        before = store.domain_check(self.sample_id, model_id)
+        same = before is not None and before["model_version"] == self.model_version
+        if same and not self.rows:
+            return before["result"]
+        check, rows = self.verdict(before["cell_scores"] if same else None)
+        store.save_domain_check(self.sample_id, model_id, self.model_version, check.to_dict(), rows, actor=actor)
+        return check.to_dict()

@@ -190,15 +190,13 @@ def predict_sample(
 
     cells, todo = _cells_to_predict(store, sample_id, lm.id)
     already = len(cells) - len(todo)
-    refused = _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)
-    if refused is not None:
+    if (refused := _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)):
         return refused
-    domain = RunScores(lm.card)
     net = lm.model.to(dev).eval()
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
-    counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
+    counts, domain = {"predicted": 0, "excluded": 0, "unidentified": 0}, RunScores(lm.card, sample_id, version)
     codes: list[str | None] = []
     unreadable = 0
     tell = _StageTeller(stage, already, len(cells), len(todo))
@@ -224,8 +222,7 @@ def predict_sample(
         sample_id=sample_id, model_id=lm.id, model_version=version, device=dev, batch_size=batch_size,
         total_cells=len(cells), already_done=already, predicted=counts["predicted"], excluded=counts["excluded"],
         unidentified=counts["unidentified"], qc_counts={**count_reasons(codes), "unreadable": unreadable},
-        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(),
-        domain_check=_save_domain_check(store, sample_id, lm, version, domain, actor),
+        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(), domain_check=domain.finish(store, actor),
     )
 
 
@@ -241,19 +238,6 @@ def _input_refused(store: Any, sample_id: str, lm: Any, todo: Sequence[Any], ver
                          batch_size=batch_size, total_cells=total, already_done=total - len(todo), predicted=0,
                          excluded=0, unidentified=0, qc_counts={}, seconds=time.perf_counter() - t0,
                          domain_check=check.to_dict())
-
-
-def _save_domain_check(store: Any, sample_id: str, lm: Any, version: str, domain: RunScores,
-                       actor: str) -> dict[str, Any]:
-    """The verdict over this run's cells and those an earlier run of the same version scored; stored when this run
-    scored any cell (or nothing is stored yet)."""
-    before = store.domain_check(sample_id, lm.id)
-    if before is not None and before["model_version"] == version and not domain.rows:
-        return before["result"]
-    previous = before["cell_scores"] if before is not None and before["model_version"] == version else None
-    check, rows = domain.verdict(previous)
-    store.save_domain_check(sample_id, lm.id, version, check.to_dict(), rows, actor=actor)
-    return check.to_dict()
 
 
 def _tally(counts: dict[str, int], codes: list[str | None], batch: _Batch, qc_rows: list[tuple[int, Any, str | None]],
