@@ -327,3 +327,16 @@ def test_shipped_models_say_in_for_their_own_held_out_cells_and_out_for_other_si
     for model, manifest, expected, reason in cases:
         check = _predict(model, manifest, capsys)["domain_check"]
         assert check["in_distribution"] is expected and check["reason"].startswith(reason), (model.name, check)
+
+
+def test_train_writes_the_domain_section_for_a_new_model(tmp_path):
+    from phenotyping.analysis.domain import DomainReference
+    from phenotyping.training.train import TrainConfig, train
+    from tests.test_train import _write_set
+
+    root = _write_set(tmp_path / "cells", n_per_class=16)
+    card = train(root, "cell_type", tmp_path / "m", config=TrainConfig(arch="test_hybrid", epochs=1, seed=0,
+                                                                       batch_size=16), log=lambda m: None)
+    saved = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert saved["domain"] == card["domain"] and saved["domain"]["calibration"]["heldout_cells"] > 0
+    assert DomainReference.from_card(saved).channels == 2
