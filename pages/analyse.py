@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.analysis.specimens import ROLES, specimen_check
@@ -17,6 +18,10 @@ sample_id = pick_sample(store)
 if sample_id is None:
     st.stop()
 sample_header(store, sample_id)
+# the domain check of the analysis run (phenotyping.analysis.domain): out of distribution is shown first, in red
+_domain = domain_banner(stored_check(store, sample_id))
+if _domain:
+    st.error(md(_domain), icon=":material/report:")
 
 if not usable_models(store):
     st.warning("No usable model yet: an admin registers a model and marks it usable on the Models screen.")

@@ -18,8 +18,9 @@ from pages._common import (allowed, attempt, flash, get_store, md, pick_sample, 
 from phenotyping.auth import signer_key_path
 from phenotyping.settings import get_settings
 from reports.context import draft_source_words
-from reports.workflow import (amend_report, draft_report, export_cells_csv, export_fhir, install_signer_key,
-                              preview_pdf, report_token, save_edit, sign_report, signed_pdf, signing_problems)
+from reports.workflow import (amend_report, domain_acknowledgement_needed, draft_report, export_cells_csv,
+                              export_fhir, install_signer_key, preview_pdf, report_token, save_edit, sign_report,
+                              signed_pdf, signing_problems)
 
 store = get_store()
 user = require_user()
@@ -159,10 +160,15 @@ if latest is not None and editable:
                 st.write(f"Sign version {latest.version} as **{md(user.display_name or user.username)}** "
                          f"({user.role.value}). The signed PDF is final; changes then need an amendment.")
                 pw = st.text_input("Key password", type="password")
+                ood, ack = domain_acknowledgement_needed(store, sample_id), None
+                if ood is not None:  # the analysis was out of distribution: the signer acknowledges it (audited)
+                    st.error(f"**Out of distribution.** {md(ood.reason)}.", icon=":material/report:")
+                    ack = st.text_area("Why sign despite the out-of-distribution analysis? (audited, printed on "
+                                       "the report)", key="domain_ack")
                 if st.form_submit_button("Sign the report", type="primary", icon=":material/verified:"):
                     with st.spinner("Rendering and signing…"):
                         ok, out = attempt(sign_report, store, sample_id, signer=user.username, key_path=key_path,
-                                          password=pw.encode(), settings=settings)
+                                          password=pw.encode(), settings=settings, domain_acknowledgement=ack)
                     if ok:
                         flash(f"Version {out['version']} signed ({out['status']}); SHA-256 {out['sha256'][:16]}…")
                         st.rerun()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, pick_sample, require_user,
                            sample_header, sample_results_cached, show_differential, show_flash, signed_version)
 from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
@@ -25,6 +26,10 @@ sample_id = pick_sample(store)
 if sample_id is None:
     st.stop()
 sample_header(store, sample_id)
+# the domain check of the analysis run (phenotyping.analysis.domain): out of distribution is shown first, in red
+_domain = domain_banner(stored_check(store, sample_id))
+if _domain:
+    st.error(md(_domain), icon=":material/report:")
 show_flash()
 if store.analysis_model(sample_id) is None:
     st.info("This sample has not been analysed yet: run a model on the Analyse screen first.")

@@ -80,7 +80,7 @@ def sign_sample(args: argparse.Namespace) -> int:
                                     "Report screen)")
         password = read_password(args.password_file, "LEUKO_SIGNER_PASSWORD", prompt="Signing key password: ")
         out = sign_report(store, args.sample, signer=user.username, key_path=Path(key), password=password.encode(),
-                          settings=settings, reason=args.reason)
+                          settings=settings, reason=args.reason, domain_acknowledgement=args.acknowledge_domain)
     if args.out is not None:
         shutil.copyfile(out["pdf"], args.out)
         out["copy"] = str(args.out)
@@ -90,6 +90,9 @@ def sign_sample(args: argparse.Namespace) -> int:
 
 def add_sample_signing(p: argparse.ArgumentParser) -> None:
     """The ``--sample`` form's arguments of ``sign`` (the PDF-file form keeps its own)."""
+    p.add_argument("--acknowledge-domain", default=None, metavar="REASON",
+                   help="with --sample: why you sign although the analysis was out of distribution (required then; "
+                        "audited and printed in the report)")
     p.add_argument("--sample", default=None,
                    help="sign this sample's latest report version and record it in the store, as the app does "
                         "(instead of a PDF file; --key defaults to your installed key, --out is then a copy)")

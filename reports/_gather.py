@@ -12,7 +12,8 @@ from typing import Any
 
 from phenotyping.errors import PhenotypingError
 from reports._format import kappa_summary, same_value, study_rows, text_svg, thumbnail_data_uri
-from reports._models import AuditChainHead, ComparisonRow, Person, SignedVersionError, StudyAgreement
+from reports._models import (AuditChainHead, ComparisonRow, DomainStatement, Person, SignedVersionError,
+                             StudyAgreement)
 
 
 def unsigned_version(store: Any, sample_id: str, version: int | None, given: Any = None) -> Any:
@@ -51,6 +52,17 @@ def audit_head(store: Any) -> AuditChainHead | None:
     """The store's audit chain head (seq, event id, SHA-256), printed in the report; None while the trail is empty."""
     head = store.audit_head()
     return None if head is None else AuditChainHead(seq=head.seq, event_id=head.id, sha256=head.hash)
+
+
+def domain_statement(store: Any, sample_id: str, model_id: str) -> DomainStatement | None:
+    """The stored domain check of the sample's run of ``model_id`` (None when none was stored)."""
+    found = store.domain_check(sample_id, model_id)
+    if found is None:
+        return None
+    r = found["result"]
+    return DomainStatement(in_distribution=r.get("in_distribution"), score=r.get("score"),
+                           threshold=r.get("threshold"), reason=str(r.get("reason", "")),
+                           n_cells=int(r.get("n_cells", 0)))
 
 
 def person(store: Any, username: str | None) -> Person | None:

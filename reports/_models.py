@@ -205,6 +205,19 @@ class MethodInfo(_Frozen):
     correction_method: str | None = Field(None, description="prior-shift correction used for corrected %")
 
 
+class DomainStatement(_Frozen):
+    """The domain check of the analysis run (:mod:`phenotyping.analysis.domain`): whether the sample's cells look
+    like the model's training cells. The report states it in a box when they do not."""
+
+    in_distribution: bool | None = Field(description="None: not judged (e.g. a card without a domain reference)")
+    score: float | None = Field(None, description="median over the cells of the smallest Mahalanobis distance")
+    threshold: float | None = None
+    reason: str = Field(description="what is off, or why it is in (machine-generated)")
+    n_cells: int = Field(0, ge=0)
+    acknowledgement: str | None = Field(None, description="the signer's reason for signing despite an "
+                                                          "out-of-distribution verdict")
+
+
 class Person(_Frozen):
     name: str
     role: str
@@ -273,6 +286,8 @@ class ReportContext(_Frozen):
                                                              "differs from the signer's display name")
     audit_head: AuditChainHead | None = Field(None, description="the audit chain head when rendered; None: the "
                                                                 "trail was empty (or a report from before heads)")
+    domain_check: DomainStatement | None = Field(None, description="the analysis run's domain check; None: none "
+                                                                   "was stored (runs from before the check)")
 
     @field_validator("collected_at", "received_at", "reported_at", "replaces_signed_at")
     @classmethod
@@ -300,6 +315,10 @@ class ReportContext(_Frozen):
             if "<svg" not in svg[:4000]:
                 raise ValueError(f"Bland-Altman figure of {label!r} must be an SVG document (no '<svg' element)")
         return self
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return self.domain_check is not None and self.domain_check.in_distribution is False
 
     @property
     def specimen_label(self) -> str:

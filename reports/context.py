@@ -19,8 +19,9 @@ from reports._models import (
     ReportStatus, ResultRow, SignedVersionError, StudyAgreement,
 )
 from reports._gather import (
-    audit_head, cell_reviewers, drafted_versions, gallery, header_fields, interpretation_edited, manual_comparison,
-    model_version, person, reference_intervals_for, require_differential, study_agreement, unsigned_version,
+    audit_head, cell_reviewers, domain_statement, drafted_versions, gallery, header_fields, interpretation_edited,
+    manual_comparison, model_version, person, reference_intervals_for, require_differential, study_agreement,
+    unsigned_version,
 )
 
 __all__ = [
@@ -100,4 +101,5 @@ def build_context(
         reviewers=cell_reviewers(store, sample_id), drafted_by=person(store, rv.created_by),
         signer=person(store, rv.signed_by) or signer,
         signer_certificate=signer_certificate, audit_head=audit_head(store),
+        domain_check=domain_statement(store, sample_id, res.model_id),
     )

@@ -174,8 +174,19 @@ def signing_problems(store: Any, sample_id: str, *, signer: str, settings: Any =
     return problems + text
 
 
+def domain_acknowledgement_needed(store: Any, sample_id: str) -> Any:
+    """The analysis run's domain check (a ``DomainStatement``) when it found the cells out of distribution, which a
+    signer must acknowledge with a reason (:func:`sign_report`); None when in distribution or never checked."""
+    from reports._gather import domain_statement
+
+    model_id = store.analysis_model(sample_id)
+    found = None if model_id is None else domain_statement(store, sample_id, model_id)
+    return found if found is not None and found.in_distribution is False else None
+
+
 def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, password: bytes,
-                settings: Any = None, reason: str | None = None) -> dict[str, Any]:
+                settings: Any = None, reason: str | None = None,
+                domain_acknowledgement: str | None = None) -> dict[str, Any]:
     """Render the latest version as final (or amended), sign it with the signer's PKCS#12, and record it.
 
     The report time is the signing time; the PDF carries ``results.json`` and ``cells.csv`` (what was signed).
@@ -183,8 +194,13 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     the username, ``signer_name`` the display name the signature and its visible stamp carry (the certificate's
     CN names the same person), ``certificate_name`` that CN.
 
+    When the analysis was out of distribution (:func:`domain_acknowledgement_needed`), ``domain_acknowledgement``
+    (the signer's reason to sign anyway) is required: the report prints it in its out-of-distribution box and it is
+    audited as ``report.domain_acknowledged``.
+
     Raises:
-        SigningBlocked: see :func:`signing_problems`, or the key's certificate fails a rule of
+        SigningBlocked: see :func:`signing_problems`; an out-of-distribution analysis without
+            ``domain_acknowledgement``; or the key's certificate fails a rule of
             :func:`phenotyping.certificates.check_signer_certificate` (issued by ``settings.lab_ca``, valid now,
             digital-signature key usage, a common name that names the signer); nothing changes in the store then.
         reports.signing.SigningError: wrong key password or unreadable key.
@@ -199,6 +215,10 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     pre, _ = _gate_problems(store, sample_id, signer)
     if pre:
         raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(pre))
+    ood, ack = domain_acknowledgement_needed(store, sample_id), (domain_acknowledgement or "").strip()
+    if ood is not None and not ack:
+        raise SigningBlocked(f"cannot sign sample {sample_id}: its analysis is out of distribution ({ood.reason}); "
+                             "acknowledge it with a reason to sign")
     user = found[0]
     display = user.display_name or user.username
     cert = signing_certificate(Path(key_path), password)  # a wrong password fails here, before any work
@@ -215,6 +235,8 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     problems = interpretation_problems(ctx)
     if problems:
         raise SigningBlocked(f"cannot sign sample {sample_id}: " + "; ".join(problems))
+    if ood is not None and ctx.domain_check is not None:
+        ctx = ctx.model_copy(update={"domain_check": ctx.domain_check.model_copy(update={"acknowledgement": ack})})
     out_dir = Path(settings.reports_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     unsigned = out_dir / f"{sample_id}-v{rv.version}-unsigned.pdf"
@@ -228,6 +250,10 @@ def sign_report(store: Any, sample_id: str, *, signer: str, key_path: Path, pass
     finally:
         unsigned.unlink(missing_ok=True)
     digest = hashlib.sha256(signed.read_bytes()).hexdigest()
+    if ood is not None:
+        store.record_event(actor=signer, action="report.domain_acknowledged", entity="report",
+                           entity_id=f"{sample_id}/v{rv.version}", sample_id=sample_id,
+                           after={"reason": ack, "domain_check": ood.model_dump(mode="json")})
     store.mark_report_signed(sample_id, rv.version, signer=signer, status=status, pdf_path=str(signed),
                              pdf_hash=digest)
     store.set_sample_status(sample_id, SampleStatus.signed if status == "final" else SampleStatus.amended,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from phenotyping.errors import ImageError
+from phenotyping.analysis.domain import RunScores, image_stats, input_check
 from phenotyping.analysis.qc import UNIDENTIFIED, QCConfig, QCResult, check_images, count_reasons, unidentified_flags
 
 #: ``progress(cells_done, cells_total, cells_per_second)``; called after every batch.
@@ -114,6 +115,8 @@ class PredictionRun:
     qc_counts: dict[str, int]
     seconds: float
     qc_config: dict[str, Any] = field(default_factory=dict)
+    #: the verdict of :mod:`phenotyping.analysis.domain` over all the sample's checked cells (``DomainCheck.to_dict``)
+    domain_check: dict[str, Any] | None = None
 
     @property
     def cells_per_second(self) -> float:
@@ -127,6 +130,7 @@ class PredictionRun:
             "already_done": self.already_done, "predicted": self.predicted, "excluded": self.excluded,
             "unidentified": self.unidentified, "qc_counts": self.qc_counts, "seconds": round(self.seconds, 3),
             "cells_per_second": round(self.cells_per_second, 1), "qc_config": self.qc_config,
+            "domain_check": self.domain_check,
         }
 
 
@@ -137,6 +141,7 @@ class _Batch:
     errors: list[str | None]
     x: Any  # torch.Tensor (B_passed, C, …) normalised, pinned on CUDA; None when no cell passed
     passed: list[int]  # indices into cells of the rows of x
+    stats: Any = None  # image statistics (B_passed, S) of the passed cells, for the domain check
 
 
 def predict_sample(
@@ -185,11 +190,13 @@ def predict_sample(
 
     cells, todo = _cells_to_predict(store, sample_id, lm.id)
     already = len(cells) - len(todo)
+    if (refused := _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)):
+        return refused
     net = lm.model.to(dev).eval()
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
-    counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
+    counts, domain = {"predicted": 0, "excluded": 0, "unidentified": 0}, RunScores(lm.card, sample_id, version)
     codes: list[str | None] = []
     unreadable = 0
     tell = _StageTeller(stage, already, len(cells), len(todo))
@@ -199,7 +206,7 @@ def predict_sample(
             first = counts["predicted"] + counts["excluded"] + 1
             span = f"cells {first}-{first + len(batch.cells) - 1} of {len(todo)}"
             tell(f"predicting {span}", first - 1)
-            qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold)
+            qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold, domain)
             tell(f"saving {span}", first - 1)
             store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
             store.add_predictions(preds, sample_id=sample_id, actor=actor)
@@ -215,8 +222,22 @@ def predict_sample(
         sample_id=sample_id, model_id=lm.id, model_version=version, device=dev, batch_size=batch_size,
         total_cells=len(cells), already_done=already, predicted=counts["predicted"], excluded=counts["excluded"],
         unidentified=counts["unidentified"], qc_counts={**count_reasons(codes), "unreadable": unreadable},
-        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(),
+        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(), domain_check=domain.finish(store, actor),
     )
+
+
+def _input_refused(store: Any, sample_id: str, lm: Any, todo: Sequence[Any], version: str, actor: str, t0: float,
+                   total: int, batch_size: int, dev: str) -> PredictionRun | None:
+    """A run that stops before the model, out of distribution, when the cells to predict have another channel
+    count or image kind than the model takes (stored as the sample's domain check); None when they fit."""
+    check = input_check(lm.card, sorted({tuple(c.shape) for c in todo}))
+    if check is None:
+        return None
+    store.save_domain_check(sample_id, lm.id, version, check.to_dict(), {}, actor=actor)
+    return PredictionRun(sample_id=sample_id, model_id=lm.id, model_version=version, device=dev,
+                         batch_size=batch_size, total_cells=total, already_done=total - len(todo), predicted=0,
+                         excluded=0, unidentified=0, qc_counts={}, seconds=time.perf_counter() - t0,
+                         domain_check=check.to_dict())
 
 
 def _tally(counts: dict[str, int], codes: list[str | None], batch: _Batch, qc_rows: list[tuple[int, Any, str | None]],
@@ -318,13 +339,14 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
         qc[i] = r
     passed = [i for i in ok if qc[i].passed]  # type: ignore[union-attr]
     x = None
+    stats = image_stats([arrays[i] for i in passed]) if passed else None  # for the domain check
     if passed:
         size = lm.preprocess.img_size
         batch = np.stack([fit_to_size(arrays[i], size) for i in passed])  # (B, C, size, size) or (B, C, Z, …)
         x = torch.from_numpy(lm.preprocess.normalise(batch, batched=True))
         if pin:
             x = x.pin_memory()
-    return _Batch(list(cells), qc, errors, x, passed)
+    return _Batch(list(cells), qc, errors, x, passed, stats)
 
 
 def decode_workers(device: str) -> int:
@@ -368,10 +390,11 @@ def _prefetch(store: Any, cells: Sequence[Any], batch_size: int, lm: Any, qc_cfg
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, threshold: float
-               ) -> tuple[list[tuple[int, Any, str | None]], list[Any], int]:
-    """Forward one batch; return (QC rows for the store, predictions, number of unidentified cells)."""
-    from phenotyping.models.forward import forward_batch
+def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, threshold: float,
+               domain: RunScores | None = None) -> tuple[list[tuple[int, Any, str | None]], list[Any], int]:
+    """Forward one batch; return (QC rows for the store, predictions, number of unidentified cells). ``domain``
+    receives the passed cells' features and image statistics."""
+    from phenotyping.models.forward import forward_outputs
     from phenotyping.schemas import Prediction, QCState
 
     qc_rows: list[tuple[int, Any, str | None]] = []
@@ -383,7 +406,9 @@ def _run_batch(batch: _Batch, net: Any, lm: Any, dev: str, version: str, thresho
     preds: list[Prediction] = []
     if batch.x is None:
         return qc_rows, preds, 0
-    probs, reg = forward_batch(net, batch.x, device=dev, temperature=lm.temperature)  # calibrated; standardised
+    probs, reg, feats = forward_outputs(net, batch.x, device=dev, temperature=lm.temperature)
+    if domain is not None:
+        domain.add([batch.cells[i].id for i in batch.passed], feats, batch.stats)
     targets = lm.targets.inverse(reg) if lm.targets is not None and reg.shape[1] else np.zeros((len(probs), 0))
     names = lm.targets.names if lm.targets is not None else []
     flags = unidentified_flags(probs, threshold=threshold)

@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--specimens-only", action="store_true",
                    help="only write the card's specimens section (from --specimen / --specimen-classes, else the "
                         "defaults from the class names); needs neither the training data nor the weights")
+    p.add_argument("--domain-reference", action="store_true",
+                   help="only write the card's domain section (reference of the training distribution and the "
+                        "threshold of the per-sample domain check) from the training and held-out split")
+    p.add_argument("--other-site", action="append", default=[], type=Path, metavar="MANIFEST",
+                   help="with --domain-reference: cells of another site (manifest or image folder) to calibrate the "
+                        "threshold against; repeatable")
+    p.add_argument("--domain-cells", type=int, default=2000,
+                   help="with --domain-reference: cells used per set (training, held-out, each other site)")
     p.set_defaults(func=run)
 
 
@@ -32,6 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from phenotyping.training.postfit import calibrate_model_dir, set_specimens
 
     names = tuple(args.specimen_names or ())
+    if args.other_site and not args.domain_reference:
+        raise ValueError("--other-site goes with --domain-reference")
+    if args.domain_reference:
+        from phenotyping.training.postfit import calibrate_domain_dir
+
+        section = calibrate_domain_dir(args.model, args.manifest, other_sites=args.other_site,
+                                       max_cells=args.domain_cells)
+        print_json({"model_dir": str(args.model), "domain": {k: v for k, v in section.items() if k != "features"}})
+        return 0
     if args.specimens_only:
         card = set_specimens(args.model, specimens=args.specimens, specimen_names=names)
         print_json({"model_id": card["id"], "specimens": card["specimens"]})

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run image QC and a model over every cell of a stored sample (--sample) or of a manifest/image "
                     "folder (--manifest; held in a temporary store that is deleted afterwards). Predictions are "
                     "committed per batch, so an interrupted run keeps its work and a rerun resumes. Prints JSON "
-                    '{"run", "qc_counts", "differential"} (raw and prior-shift-corrected composition with CIs, '
+                    '{"run", "qc_counts", "differential", "domain_check"} (raw and prior-shift-corrected composition with CIs, '
                     "exclusions per reason, marker expression); --out writes one CSV row per cell.",
     )
     p.add_argument("--model", required=True, type=Path, help="model folder (checkpoint.pt + model_card.json)")
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from phenotyping.schemas import Sample, Specimen
     from phenotyping.store import Store
 
-    # The model (importing torch and timm takes seconds) loads in a thread while the files are ingested; the card,
-    # plain JSON, gives the channel count ingest needs.
+    # The model (importing torch and timm takes seconds) loads in a thread while the files are ingested. No
+    # expected_channels: cells the model cannot take are ingested and judged by the domain check ("channels differ").
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as loader:
         loading = loader.submit(load_model_dir, args.model)
         channels = len((load_card(args.model).get("input") or {}).get("channels") or []) or None
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
                                            notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
                 ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
-                                 label_column=args.label_column, expected_channels=channels)
+                                 label_column=args.label_column)
                 if ing.rejected:
                     print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
                           f"{ing.rejected[0].reason}", file=sys.stderr)
@@ -140,8 +140,12 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
     check = res.specimen_check
     if check is not None and not check.declared:
         print(f"warning: {check.message}", file=sys.stderr)
+    domain = run_info.domain_check
+    if domain is not None and domain.get("in_distribution") is False:
+        print(f"warning: out of distribution: {domain['reason']}", file=sys.stderr)
     print_json({"sample_id": sample_id, "model_id": lm.id, "run": run_info.to_dict(), "qc_counts": counts,
-                "differential": diff, "specimen_check": None if check is None else check.to_dict()})
+                "differential": diff, "specimen_check": None if check is None else check.to_dict(),
+                "domain_check": domain})
     return 0
 
 

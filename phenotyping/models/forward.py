@@ -36,6 +36,14 @@ def forward_batch(net: Any, x: Any, *, device: str, temperature: float) -> tuple
 
     On CUDA the copy is asynchronous and the pass runs under bf16 autocast (fp16 where bf16 is unsupported); the
     local engine (:mod:`phenotyping.analysis.inference`) and the Ray actors share this one path."""
+    probs, reg, _ = forward_outputs(net, x, device=device, temperature=temperature)
+    return probs, reg
+
+
+def forward_outputs(net: Any, x: Any, *, device: str, temperature: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`forward_batch` plus the penultimate features (B, D) float32 of the same pass (None for a model
+    without them), for the domain check (:mod:`phenotyping.analysis.domain`)."""
     import torch
 
     with torch.inference_mode():
@@ -48,4 +56,6 @@ def forward_batch(net: Any, x: Any, *, device: str, temperature: float) -> tuple
             out = net(xd)
         logits = out.logits.float().cpu().numpy()
         reg = out.regression.float().cpu().numpy()
-    return softmax(logits, temperature), reg
+        feats = getattr(out, "features", None)
+        feats = None if feats is None else feats.float().cpu().numpy()
+    return softmax(logits, temperature), reg, feats

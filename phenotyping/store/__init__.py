@@ -154,6 +154,8 @@ class Store:
     result_markers = _delegate("predictions", PredictionRepository.result_markers)
     counted_probabilities = _delegate("predictions", PredictionRepository.counted_probabilities)
     result_page = _delegate("predictions", PredictionRepository.result_page)
+    save_domain_check = _delegate("predictions", PredictionRepository.save_domain_check)
+    domain_check = _delegate("predictions", PredictionRepository.domain_check)
 
     # -- manual counts
     set_manual_counts = _delegate("manual_counts", ManualCountRepository.set)

@@ -171,6 +171,21 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: the domain check of a sample's latest prediction run per model (phenotyping.analysis.domain): the verdict
+    # as JSON and the per-cell scores it was computed from (so a resumed run judges all cells)
+    """
+    CREATE TABLE domain_checks (
+        sample_id VARCHAR NOT NULL,
+        model_id VARCHAR NOT NULL,
+        model_version VARCHAR NOT NULL,
+        in_distribution BOOLEAN,
+        result VARCHAR NOT NULL,
+        cell_scores VARCHAR NOT NULL DEFAULT '{}',
+        checked_by VARCHAR NOT NULL,
+        checked_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (sample_id, model_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -247,6 +247,43 @@ class PredictionRepository:
 # -- a sample's results as SQL aggregations (phenotyping.analysis.aggregates) ------------------------------------------
 #: Why a cell is not counted, in SQL: the same rules, in the same order, as ``phenotyping.analysis.results``'s
 #: ``_cell_result`` (parameters: the model's classes twice, then the unidentified threshold). NULL: counted.
+
+    def save_domain_check(self, sample_id: str, model_id: str, model_version: str, result: dict,
+                          cell_scores: dict, *, actor: str) -> None:
+        """Store (or replace) the domain check of the sample's run of ``model_id``
+        (:class:`phenotyping.analysis.domain.DomainCheck` as a dict) with the per-cell scores behind it; audited as
+        ``domain_check.save`` with the verdict.
+
+        Raises:
+            SampleLocked: the sample's latest report version is signed.
+        """
+        from datetime import datetime, timezone
+
+        verdict = result.get("in_distribution")
+        with self._db.tx() as cur:
+            self._db.refuse_if_signed(cur, sample_id, f"saving the domain check of model {model_id}")
+            cur.execute("DELETE FROM domain_checks WHERE sample_id = ? AND model_id = ?", [sample_id, model_id])
+            cur.execute("INSERT INTO domain_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [sample_id, model_id, model_version, verdict, _json(result), _json(cell_scores), actor,
+                         datetime.now(timezone.utc)])
+            self._db.audit(cur, actor=actor, action="domain_check.save", entity="sample", entity_id=sample_id,
+                           sample_id=sample_id,
+                           after={"model_id": model_id, "model_version": model_version,
+                                  **{k: result.get(k) for k in ("in_distribution", "score", "threshold", "reason",
+                                                                "n_cells")}})
+
+    def domain_check(self, sample_id: str, model_id: str) -> dict | None:
+        """``{"model_version", "result", "cell_scores", "checked_by", "checked_at"}`` of the stored domain check of
+        the sample's run of ``model_id``, or None."""
+        rows = self._db.rows("SELECT * FROM domain_checks WHERE sample_id = ? AND model_id = ?", [sample_id, model_id])
+        if not rows:
+            return None
+        r = rows[0]
+        return {"model_version": r["model_version"], "result": json.loads(r["result"]),
+                "cell_scores": json.loads(r["cell_scores"]), "checked_by": r["checked_by"],
+                "checked_at": _utc(r["checked_at"])}
+
+
 _EXCLUSION_SQL = """CASE
     WHEN c.qc_state = 'excluded' OR (c.qc_state = 'overridden' AND c.reviewed_label IS NULL)
         THEN coalesce(nullif(c.qc_reason, ''), 'excluded by image QC')

@@ -17,6 +17,8 @@ Why each exists:
 - **image QC.** The focus, size and emptiness checks depend on the imaging set-up (pixel size, stain, crop size), so
   their thresholds are set from the model's own training images, which were curated as usable single cells: each
   check is set to pass all but about ``quantile`` of them (see :func:`calibrate_qc`).
+- **domain.** A compact reference of the training distribution (penultimate features and image statistics) and the
+  threshold of the per-sample domain check (:mod:`phenotyping.analysis.domain`); :func:`calibrate_domain_dir`.
 - **specimens.** Which classes each specimen's differential counts and which are reported apart
   (:mod:`phenotyping.analysis.specimens`); :func:`set_specimens` adds it to an older card without the training data.
 """
@@ -225,3 +227,99 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
                        "val_cells": len(keep), "qc_cells": len(images)}
     (model_dir / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return card
+
+
+def _cells_for_domain(lm: Any, rows: Sequence[Mapping[str, Any]], max_cells: int, seed: int
+                      ) -> tuple[list[int], np.ndarray | None, np.ndarray]:
+    """Up to ``max_cells`` rows (a seeded subset, in order) with the model's input channels: their indices, the
+    model's penultimate features (N, D) and :func:`phenotyping.analysis.domain.image_stats` of the raw images."""
+    from phenotyping.analysis.domain import image_stats
+    from phenotyping.models.forward import predict_arrays
+    from phenotyping.models.preprocess import fit_to_size
+    from phenotyping.training.data import read_cell
+
+    pick = sorted(np.random.default_rng(seed).permutation(len(rows))[:max_cells].tolist())
+    n_chans = len(lm.preprocess.channels)
+    kept, raw = [], []
+    for i in pick:
+        a = read_cell(rows[i]["path"])
+        if a.shape[0] == n_chans:
+            kept.append(i)
+            raw.append(a)
+    if not raw:
+        return [], None, np.zeros((0, 2 * n_chans + 2))
+    x = np.stack([fit_to_size(a, lm.preprocess.img_size) for a in raw])
+    feats = predict_arrays(lm.model, lm.preprocess.normalise(x, batched=True))["features"]
+    return kept, feats, image_stats(raw)
+
+
+def calibrate_domain_dir(model_dir: str | Path, manifest: str | Path | None = None, *,
+                         other_sites: Sequence[str | Path] = (), max_cells: int = 2000, seed: int = 0,
+                         write: bool = True) -> dict[str, Any]:
+    """Compute the card's ``domain`` section (:func:`phenotyping.analysis.domain.build_section`) for a model folder:
+    the reference from up to ``max_cells`` training-split cells, the threshold from its validation split (the test
+    split when it has no validation cells) and, when given, cells of ``other_sites`` (manifests or image folders;
+    those whose channel count differs from the model's are recorded as such, not scored).
+
+    Returns the section; with ``write`` it is also written into ``model_dir/model_card.json`` (nothing else changes).
+
+    Raises:
+        FileNotFoundError: the training manifest is not found (pass ``manifest``).
+        ValueError: too few cells, or no training cell with the model's channel count.
+    """
+    import json
+
+    from phenotyping.analysis.domain import SECTION, build_section
+    from phenotyping.models.checkpoint import CARD, load_model_dir
+    from phenotyping.training.data import column, load_rows
+    from phenotyping.training.evaluate import _select_split, match_labels
+
+    model_dir = Path(model_dir)
+    lm = load_model_dir(model_dir)
+    card = json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+    training = card.get("training") or {}
+    manifest = Path(manifest or training.get("manifest") or "")
+    if not manifest.exists():
+        raise FileNotFoundError(f"training manifest {str(manifest)!r} of {model_dir} not found; pass --manifest")
+    label_column = training["label_column"]
+    rows = load_rows(manifest, label_column=label_column)
+    train_rows = _select_split(rows, model_dir, "train")
+    kept, feats, stats = _cells_for_domain(lm, train_rows, max_cells, seed)
+    if feats is None:
+        raise ValueError(f"no training cell of {manifest} has the {len(lm.preprocess.channels)} channel(s) the model "
+                         "takes")
+    _, y = match_labels(column([train_rows[i] for i in kept], label_column), lm.classes, drop_unknown=False,
+                        log=lambda m: None)
+    split_rows = {s: _rows_or_empty(rows, model_dir, s) for s in ("val", "test")}
+    held_rows = split_rows["val"] or split_rows["test"]
+    _, held, _ = _cells_for_domain(lm, held_rows, max_cells, seed)
+    if held is None:
+        raise ValueError(f"{model_dir} has no held-out (val or test) cells to calibrate the domain threshold on")
+    others: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for site in other_sites:
+        _, f, s = _cells_for_domain(lm, load_rows(site), max_cells, seed)
+        if f is not None:
+            others[str(site)] = (f, s)
+    section = build_section(train_features=feats, train_y=np.asarray(y), classes=lm.classes, heldout_features=held,
+                            train_image_stats=stats, channels=len(lm.preprocess.channels),
+                            dims=int((card.get("input") or {}).get("dims", 2)), other_sites=others,
+                            source=f"{len(kept)} training and {len(held)} held-out cells of {manifest}")
+    skipped = [str(s) for s in other_sites if str(s) not in others]
+    if skipped:
+        section["calibration"]["other_sites_not_scored"] = {s: "channels differ from the model's" for s in skipped}
+    if write:
+        card[SECTION] = section
+        (model_dir / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return section
+
+
+def _rows_or_empty(rows: list[dict[str, Any]], model_dir: Path, split: str) -> list[dict[str, Any]]:
+    from phenotyping.errors import PhenotypingError
+    from phenotyping.training.evaluate import _select_split
+
+    try:
+        return _select_split(rows, model_dir, split)
+    except PhenotypingError as e:
+        if "is empty" in str(e):
+            return []
+        raise

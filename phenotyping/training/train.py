@@ -276,6 +276,10 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     card.update(card_extra or {})
     save_model_dir(out, model, card, preprocess=data.pre, targets=data.scaler)
     _write_split(out / "split.csv", cells.ids, split)
+    if getattr(model, "is_neural", True):  # the domain reference needs the model's penultimate features
+        from phenotyping.training.postfit import calibrate_domain_dir
+
+        card["domain"] = calibrate_domain_dir(out, manifest, seed=config.seed)
     log(f"wrote {out} in {wall:.1f}s: val accuracy {ev.validation['accuracy']:.3f}, "
         f"macro-F1 {ev.validation['macro_f1']:.3f}, T = {ev.temperature:.2f}, review threshold {ev.threshold:.2f}")
     return card
