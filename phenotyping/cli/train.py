@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input side length (default: image size, ≤ 64)")
     p.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training split to use")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where a neural model trains (default: LEUKO_DEVICE, auto); CUDA adds mixed precision")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=6, help="epochs without validation improvement before stopping")
     p.add_argument("--loss", choices=["uncertainty", "fixed"], default="uncertainty",
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                                                    target_columns=args.target_columns,
                                                    group_column=args.group_column, config=cfg)
     card = train(args.manifest, args.label_column, args.out, target_columns=args.target_columns,
-                 group_column=args.group_column, config=cfg, card_extra=extra)
+                 group_column=args.group_column, config=cfg, card_extra=extra, device=args.device)
     print_json({"model": str(args.out), "id": card["id"], "architecture": card["architecture"]["name"],
                 "classes": card["classes"], "specimens": card["specimens"], "split": card["split"]["n"],
                 "validation": {k: card["validation"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},

@@ -7,18 +7,18 @@ from typing import Any
 import numpy as np
 
 
-def predict_arrays(model: Any, x: np.ndarray, *, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Run ``model`` over normalised inputs ``x`` (N, C, …) in batches: logits (N, K), standardised regression
-    (N, M) and features (N, D)."""
+def predict_arrays(model: Any, x: np.ndarray, *, batch_size: int = 512, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Run ``model`` (already on ``device``) over normalised inputs ``x`` (N, C, …) in batches: logits (N, K),
+    standardised regression (N, M) and features (N, D), full precision, as NumPy arrays."""
     import torch
 
     outs: dict[str, list[np.ndarray]] = {"logits": [], "regression": [], "features": []}
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            o = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
-            outs["logits"].append(o.logits.float().numpy())
-            outs["regression"].append(o.regression.float().numpy())
-            outs["features"].append(o.features.float().numpy())
+            o = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device))
+            outs["logits"].append(o.logits.float().cpu().numpy())
+            outs["regression"].append(o.regression.float().cpu().numpy())
+            outs["features"].append(o.features.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 

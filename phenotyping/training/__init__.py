@@ -3,6 +3,8 @@
 Modules:
 
 - :mod:`~phenotyping.training.train`: ``train(manifest, label_column, out, …)`` and ``TrainConfig``, the loop.
+- :mod:`~phenotyping.training.device`: where the loop runs (``--device`` / ``LEUKO_DEVICE``): CUDA with autocast,
+  pinned memory and, for fp16, gradient scaling; the CPU in full precision. One epoch's pass (``train_epoch``).
 - :mod:`~phenotyping.training.data`: manifest rows, image loading, channel-aware augmentation, grouped splits,
   ``CellDataset``.
 - :mod:`~phenotyping.training.evaluate`: ``evaluate_model_dir`` and the classification/regression metrics.

@@ -229,8 +229,12 @@ class _Evaluation:
 
 def train(manifest: str | Path, label_column: str, out: str | Path, *, target_columns: Sequence[str] = (),
           group_column: str | None = None, config: TrainConfig = TrainConfig(),
-          log: Callable[[str], None] = _stderr, card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = _stderr, card_extra: dict[str, Any] | None = None,
+          device: str | None = None) -> dict[str, Any]:
     """Train ``config.arch`` on the cells of ``manifest`` and write ``out`` (checkpoint + model_card.json + split.csv).
+
+    ``device``: where a neural model trains (``auto``, ``cpu``, ``cuda``; None reads ``LEUKO_DEVICE``), with mixed
+    precision and pinned memory on CUDA only (:mod:`phenotyping.training.device`); the card records it.
 
     Returns the model card; ``card_extra`` sections (e.g. ``cross_validation``) are added to it before it is written. Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns,
     confounded groups, too few cells).
@@ -240,8 +244,10 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     from phenotyping.analysis.specimens import build_section
     from phenotyping.models._registry import model_family
     from phenotyping.models.checkpoint import save_model_dir
+    from phenotyping.training.device import device_plan
     from phenotyping.training.licence import data_licence
 
+    plan = device_plan(device)
     t_start = time.perf_counter()
     manifest, out = Path(manifest), Path(out)
     torch.manual_seed(config.seed)
@@ -261,7 +267,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     model, cfg = _build_model(config, data, len(cells.classes), len(target_columns), emb, out)
 
     if getattr(model, "is_neural", True):
-        fit = _fit_neural(model, data, cells.classes, target_columns, config, log)
+        fit = _fit_neural(model, data, cells.classes, target_columns, config, log, plan)
     else:
         fit = _fit_classical(model, data, config, log)
     model.eval()
@@ -271,6 +277,7 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     card = _card(manifest=manifest, out=out, label_column=label_column, target_columns=target_columns,
                  group_column=group_column, config=config, cells=cells, split=split, data=data, model=model, cfg=cfg,
                  emb=emb, fit=fit, ev=ev, licence_text=licence_text, licence=licence, wall=wall)
+    card["training"]["device"] = plan.describe() if getattr(model, "is_neural", True) else "cpu"
     _add_post_fit_sections(card, cells, split, ev, config.seed, log)
     card["specimens"] = specimens
     card.update(card_extra or {})
@@ -411,14 +418,14 @@ def _build_model(config: TrainConfig, data: _Inputs, n_classes: int, n_targets: 
     return model, cfg
 
 
-def _metrics(model: Any, data: _Inputs, split: str, classes: Sequence[str],
-             target_columns: Sequence[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _metrics(model: Any, data: _Inputs, split: str, classes: Sequence[str], target_columns: Sequence[str], *,
+             device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Classification metrics of ``model`` on one split (per-target regression metrics in manifest units under
     ``"targets"``), and its outputs (``logits`` (n, K), ``regression`` (n, T))."""
     from phenotyping.models.forward import predict_arrays
     from phenotyping.training.evaluate import classification_metrics, regression_metrics
 
-    o = predict_arrays(model, data.xn[split])
+    o = predict_arrays(model, data.xn[split], device=device)
     met = classification_metrics(data.y[split], o["logits"].argmax(1), classes)
     met["targets"] = regression_metrics(data.truth[split], data.scaler.inverse(o["regression"]),
                                         target_columns) if data.scaler else {}
@@ -426,17 +433,21 @@ def _metrics(model: Any, data: _Inputs, split: str, classes: Sequence[str],
 
 
 def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_columns: Sequence[str],
-                config: TrainConfig, log: Callable[[str], None]) -> _Fit:
+                config: TrainConfig, log: Callable[[str], None], plan: Any) -> _Fit:
     """AdamW on the multi-task loss (balanced class weights), one epoch of linear warm-up then a cosine learning
-    rate; early stopping on :func:`_score` of the validation split. Leaves ``model`` with its best epoch's weights."""
+    rate; early stopping on :func:`_score` of the validation split. Trains on ``plan.device``
+    (:class:`~phenotyping.training.device.DevicePlan`); leaves ``model`` on the CPU with its best epoch's weights."""
     import torch
 
     from phenotyping.training.data import CellDataset, class_weights
+    from phenotyping.training.device import train_epoch
     from phenotyping.training.losses import make_loss
 
     n_params = sum(p.numel() for p in model.parameters())
     weights = torch.from_numpy(class_weights(data.y["train"], len(classes)))
-    loss_fn = make_loss(config.loss, len(target_columns), weights)
+    loss_fn = make_loss(config.loss, len(target_columns), weights).to(plan.device)
+    model.to(plan.device)
+    log(f"training on {plan.describe()}")
     params = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
               {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
               {"params": list(loss_fn.parameters()), "weight_decay": 0.0}]
@@ -445,7 +456,8 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
                      augment_seed=config.seed if config.augment else None)
     gen = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=gen,
-                                         drop_last=len(ds) > config.batch_size)
+                                         drop_last=len(ds) > config.batch_size, pin_memory=plan.pin_memory)
+    scaler = plan.scaler()
     steps = max(1, config.epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, len(loader))) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -455,9 +467,9 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
     for epoch in range(1, config.epochs + 1):
         t_ep = time.perf_counter()
         ds.set_epoch(epoch)
-        train_loss = _train_epoch(model, loader, loss_fn, opt, sched)
+        train_loss = train_epoch(model, loader, loss_fn, opt, sched, plan, scaler)
         model.eval()
-        met, _ = _metrics(model, data, "val", classes, target_columns)
+        met, _ = _metrics(model, data, "val", classes, target_columns, device=plan.device)
         score = _score(met)
         rs = {k: v["pearson"] for k, v in met["targets"].items()}
         history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": met["accuracy"],
@@ -477,25 +489,8 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
             break
     assert best_state is not None
     model.load_state_dict(best_state)
+    model.to("cpu")
     return _Fit(n_params=n_params, loss_weights=loss_weights, history=history, best_epoch=best_epoch)
-
-
-def _train_epoch(model: Any, loader: Any, loss_fn: Any, opt: Any, sched: Any) -> float:
-    """One pass over ``loader`` (gradients clipped to norm 5, the learning rate stepped per batch); the mean loss."""
-    import torch
-
-    model.train()
-    tot, nb = 0.0, 0
-    for xb, yb, zb in loader:
-        o = model(xb)                                      # logits (B, K), regression (B, T)
-        loss, _ = loss_fn(o.logits, o.regression, yb, zb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        tot, nb = tot + float(loss.detach()), nb + 1
-    return tot / max(nb, 1)
 
 
 def _fit_classical(model: Any, data: _Inputs, config: TrainConfig, log: Callable[[str], None]) -> _Fit:
