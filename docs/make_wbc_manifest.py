@@ -8,6 +8,7 @@ into the project). Columns: ``cell_id`` (``<site>-…``, unique), ``path``,
 out (leave-one-site-out runs); ``--only SITE`` keeps one (to evaluate on it).
 
     python docs/make_wbc_manifest.py --out /tmp/wbc3/manifest.csv
+    python -m phenotyping train --manifest /tmp/wbc3/manifest.csv ... --data-licence "$(python docs/make_wbc_manifest.py --attribution)"
     python docs/make_wbc_manifest.py --out /tmp/wbc3/no-bccd.csv --without bccd
     python docs/make_wbc_manifest.py --out /tmp/wbc3/bccd.csv --only bccd
 """
@@ -25,6 +26,13 @@ SITES = {
     "bccd": "wbc-smear/bccd",
     "pbc": "wbc-pbc/manifest.csv",
 }
+#: The data licences and attribution a model trained on the manifest must carry (``train --data-licence``).
+ATTRIBUTION = (
+    "GPL-3.0 (segwbc-d1: zxaoyou/segmentation_WBC, images from Jiangxi Tecom Science Corporation; Zheng et al. 2018, "
+    "Micron 107:55); MIT (bccd: apple2373/BCCD, derived from the BCCD data set); CC-BY-4.0 (PBC: Acevedo A, Merino A, "
+    "Alférez S, Molina Á, Boldú L, Rodellar J. A dataset of microscopic peripheral blood cell images for development "
+    "of automatic recognition systems. Data in Brief 30 (2020) 105474, Mendeley Data; CellaVision DM96, Hospital "
+    "Clinic of Barcelona; used under CC BY 4.0, attribution required)")
 #: Class names used by the model: PBC's, lower case. BCCD's ImageFolder names map onto them.
 NAMES = {"neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte", "ig", "erythroblast", "platelet"}
 
@@ -57,13 +65,19 @@ def site_rows(site: str, data: Path) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, type=Path, help="manifest.csv to write (outside the repository)")
+    p.add_argument("--attribution", action="store_true", help="print the licence/attribution text and exit")
+    p.add_argument("--out", type=Path, help="manifest.csv to write (outside the repository)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
     p.add_argument("--without", action="append", default=[], choices=sorted(SITES), help="leave this site out")
     p.add_argument("--only", action="append", default=[], choices=sorted(SITES), help="keep only this site")
     p.add_argument("--min-class-cells", type=int, default=5,
                    help="drop classes with fewer cells than this over the chosen sites (BCCD's 3 basophils alone)")
     args = p.parse_args(argv)
+    if args.attribution:
+        print(ATTRIBUTION)
+        return 0
+    if args.out is None:
+        p.error("--out is required")
     sites = [s for s in (args.only or SITES) if s not in args.without]
     rows = [r for s in sites for r in site_rows(s, args.data.resolve())]
     counts: dict[str, int] = {}
