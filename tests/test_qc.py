@@ -164,3 +164,74 @@ def test_stored_reasons_map_back_to_codes():
     assert reason_code(two.reason) == two.code
     assert reason_code(unidentified_flags(np.array([[0.5, 0.5]]), threshold=0.9)[0].reason) == UNIDENTIFIED
     assert reason_code("unreadable image: truncated") is None and reason_code(None) is None
+
+
+# ------------------------------------------------------------------------------------------ tight smear crops
+def _smear_crop(seed=0, size=64, blur=0.0, nucleus=True):
+    """A tight crop out of a stained smear (RGB uint8, slightly JPEG-smooth): pale plasma, red cells of varied
+    density that the frame edge cuts through on every side, and a dark purple leukocyte nucleus in the middle (``nucleus`` False: none)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    plasma = np.array([225.0, 215.0, 215.0])
+    red = np.array([200.0, 140.0, 150.0])
+    img = np.broadcast_to(plasma[:, None, None], (3, size, size)).copy()
+    for k in range(10):  # red cells centred on the frame edge, so that half the border is red-cell
+        t = 2 * np.pi * (k + rng.uniform(0, 0.3)) / 10
+        cy, cx = size / 2 + 0.55 * size * np.sin(t), size / 2 + 0.55 * size * np.cos(t)
+        img[:, np.hypot(yy - cy, xx - cx) < 0.16 * size] = (red * rng.uniform(0.75, 1.1))[:, None]
+    if nucleus:
+        cell = np.hypot(yy - size / 2, xx - size / 2) < 0.25 * size
+        lobes = np.sin(yy / 2.0) * np.cos(xx / 2.3) > -0.2
+        img[:, cell] = np.array([190.0, 170.0, 200.0])[:, None]
+        img[:, cell & lobes] = np.array([110.0, 60.0, 140.0])[:, None]
+    img = ndimage.gaussian_filter(img, (0, 0.7 + blur, 0.7 + blur)) + rng.normal(0, 0.8, img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def test_tight_smear_crop_is_empty_by_the_border_noise_but_passes_by_the_residual():
+    """Why BCCD crops read "empty" and focus 0: their border is red cells and plasma, not background, so its spread
+    is stain contrast rather than noise. The residual estimate measures the noise itself."""
+    crop = _smear_crop()
+    border = check_image(crop, QCConfig(min_focus=None))
+    assert border.code == EMPTY, border.to_dict()
+    cfg = QCConfig(noise="residual", min_focus=None, max_cells=None)
+    r = check_image(crop, cfg)
+    assert r.passed, r.to_dict()
+    assert r.measures.focus is not None and r.measures.focus > 0
+
+
+def test_residual_noise_keeps_blank_blur_and_invariance():
+    cfg = QCConfig(noise="residual", max_cells=None, min_focus=None)
+    assert check_image(_scene([]), cfg).code == EMPTY
+    assert check_image(np.full((1, 32, 32), 17, np.uint8), cfg).code == EMPTY
+    sharp = _smear_crop(seed=2)
+    scores = [check_image(_smear_crop(seed=2, blur=b), cfg).measures.focus for b in (0.0, 0.8, 1.6, 2.4)]
+    assert scores == sorted(scores, reverse=True) and scores[-1] < 0.5 * scores[0]
+    x = sharp.astype(np.float64)
+    a, b = check_image(x, cfg).measures.focus, check_image(2.5 * x + 40.0, cfg).measures.focus
+    assert b == pytest.approx(a, rel=1e-6)
+    assert QCConfig.from_dict(QCConfig(noise="residual").to_dict()).noise == "residual"
+    assert QCConfig.from_dict({}).noise == "border"  # cards written before the option keep their behaviour
+    with pytest.raises(ValueError, match="noise='mad'.*border, residual"):
+        QCConfig(noise="mad")
+
+
+def test_calibration_on_smear_crops_keeps_the_checks_and_passes_each_site():
+    """Two sites, one small and blurrier: thresholds from the pooled quantiles would exclude the small site's valid
+    cells far more often; the per-site minimum passes about 99 % of each, and blank frames stay empty."""
+    from phenotyping.training.postfit import calibrate_qc
+
+    big = [_smear_crop(seed=s) for s in range(100)]
+    small = [_smear_crop(seed=1000 + s, size=48, blur=1.6) for s in range(20)]
+    groups = ["big"] * len(big) + ["small"] * len(small)
+    cfg, info = calibrate_qc(big + small, groups=groups)
+    assert cfg.noise == "residual" and "noise_choice" in info
+    assert cfg.min_focus is not None and cfg.min_signal_fraction is not None
+    assert min(info["training_pass_rate_by_group"].values()) >= 0.96
+    pooled, _ = calibrate_qc(big + small, base=QCConfig(noise="residual"))
+    small_excluded = sum(not r.passed for r in check_images(small, pooled))
+    assert small_excluded > sum(not r.passed for r in check_images(small, cfg))
+    blank = _smear_crop(seed=7, nucleus=False)[:, 20:44, 20:44]  # plasma only: nothing but noise
+    assert check_image(np.full_like(blank, 220) + blank % 2, cfg).code == EMPTY
+    with pytest.raises(ValueError, match="one group per image"):
+        calibrate_qc(big, groups=["a"])

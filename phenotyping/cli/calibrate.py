@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, default=None,
                    help="the manifest the model was trained on (default: the card's training.manifest)")
     p.add_argument("--qc-cells", type=int, default=2000, help="training images used for the QC thresholds")
+    p.add_argument("--qc-group-column", default=None,
+                   help="manifest column naming each cell's site: QC thresholds then pass ~99%% of every site's "
+                        "training cells per check, not only of the largest site's")
     add_specimen_options(p)
     p.add_argument("--specimens-only", action="store_true",
                    help="only write the card's specimens section (from --specimen / --specimen-classes, else the "
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print_json({"model_id": card["id"], "specimens": card["specimens"]})
         return 0
     card = calibrate_model_dir(args.model, args.manifest, max_qc_cells=args.qc_cells, specimens=args.specimens,
-                               specimen_names=names)
+                               specimen_names=names, qc_group_column=args.qc_group_column)
     print_json({"model_id": card["id"], "posterior_prior": card["training"]["posterior_prior"],
                 "confusion_confident": card["validation"]["confusion_confident"], "qc": card["qc"],
                 "qc_calibration": card["qc_calibration"], "specimens": card["specimens"], "postfit": card["postfit"]})

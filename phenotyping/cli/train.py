@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalisation", choices=["dataset", "per-image"], default="dataset",
                    help="per-channel statistics of the training set, or each cell standardised by its own (more "
                         "robust across sites)")
+    p.add_argument("--augment-appearance", action="store_true",
+                   help="also augment scale, stain colour, blur and background (stained brightfield cells from "
+                        "several sites; 2D only)")
     p.add_argument("--data-licence", default=None, help="licence of the training data (default: LICENSE beside it)")
     p.add_argument("--embed-model", type=Path, default=None, metavar="DIR",
                    help="with --arch knn/svm: fit on the penultimate features of this trained neural model (its "
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                       log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
+                      augment_appearance=args.augment_appearance,
                       model_overrides=dict(args.model_config),
                       embed_model=str(args.embed_model) if args.embed_model else None,
                       specimens=args.specimens, specimen_names=tuple(args.specimen_names or ()))

@@ -110,6 +110,42 @@ def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generato
     return np.ascontiguousarray(out)
 
 
+def augment_appearance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Site-to-site variation of a stained brightfield cell ``(C, H, W)``: scale, stain, blur and background.
+
+    Drawn once per call, in this order: a zoom by a factor in [0.75, 1.3] about the centre (the frame refilled with
+    each channel's border median, the background); a gamma in [0.7, 1.4] on the intensities scaled to the image's
+    own range, then a random mixing of the channels (identity + N(0, 0.06²) per entry: a shift of stain hue) and a
+    gain in [0.8, 1.2] per channel; with probability 0.4 a Gaussian blur of σ in [0.3, 1.2] px; and a linear
+    illumination ramp of up to ±8 % across the frame. Returns a new float32 array of the same shape. Per-image
+    normalisation afterwards removes any remaining overall gain and offset.
+    """
+    from scipy import ndimage
+
+    if x.ndim != 3:
+        raise ValueError(f"appearance augmentation expects a 2D cell (C, H, W), got shape {x.shape}")
+    a = x.astype(np.float32)
+    c, h, w = a.shape
+    border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1)  # (C, 2H + 2W)
+    bg = np.median(border, axis=1)
+    zoom = float(np.exp(rng.uniform(np.log(0.75), np.log(1.3))))
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    a = ndimage.affine_transform(a - bg[:, None, None], np.array([1.0, 1 / zoom, 1 / zoom]),
+                                 offset=np.r_[0.0, centre - centre / zoom], order=1, mode="constant", cval=0.0)
+    a += bg[:, None, None]
+    lo, hi = float(a.min()), float(a.max())
+    span = max(hi - lo, 1e-6)
+    a = lo + span * ((a - lo) / span) ** rng.uniform(0.7, 1.4)
+    mix = np.eye(c) + rng.normal(0.0, 0.06, size=(c, c))
+    a = np.einsum("ij,jhw->ihw", mix, a) * rng.uniform(0.8, 1.2, size=(c, 1, 1))
+    if rng.random() < 0.4:
+        a = ndimage.gaussian_filter(a, sigma=(0, *(2 * [rng.uniform(0.3, 1.2)])), mode="nearest")
+    yy, xx = np.mgrid[:h, :w]
+    gy, gx = rng.uniform(-0.08, 0.08, size=2)
+    a = a * (1.0 + gy * (yy / max(h - 1, 1) - 0.5) + gx * (xx / max(w - 1, 1) - 0.5))
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -279,15 +315,17 @@ class CellDataset:
     """Indexable (image, class, targets) triples for a ``torch.utils.data.DataLoader``.
 
     ``images`` are fitted to size but not normalised; augmentation (if ``rng_seed`` is given) happens before
-    normalisation so sign flips of DPC channels act on the physical values. ``set_epoch`` reseeds augmentation so
+    normalisation so sign flips of DPC channels act on the physical values; ``appearance`` adds
+    :func:`augment_appearance` (stained brightfield cells from several sites). ``set_epoch`` reseeds augmentation so
     runs are reproducible.
     """
 
     def __init__(self, images: np.ndarray, y: np.ndarray, targets: np.ndarray, pre: Preprocess, *,
-                 augment_seed: int | None = None):
+                 augment_seed: int | None = None, appearance: bool = False):
         self.images, self.y, self.targets, self.pre = images, y, targets, pre
         self.specs = pre.specs()
         self.augment_seed = augment_seed
+        self.appearance = appearance
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -301,6 +339,8 @@ class CellDataset:
         if self.augment_seed is not None:
             rng = np.random.default_rng((self.augment_seed, self.epoch, i))
             x = augment(x, self.specs, rng)
+            if self.appearance:
+                x = augment_appearance(x, rng)
         return self.pre.normalise(x), int(self.y[i]), self.targets[i]
 
 

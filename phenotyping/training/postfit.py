@@ -52,7 +52,7 @@ def confident_confusion(probabilities: np.ndarray, y: np.ndarray, threshold: flo
 
 
 def calibrate_qc(images: Sequence[np.ndarray], *, quantile: float = 0.01, base: QCConfig | None = None,
-                 focus_margin: float = 0.75) -> tuple[QCConfig, dict[str, Any]]:
+                 focus_margin: float = 0.75, groups: Sequence[str] | None = None) -> tuple[QCConfig, dict[str, Any]]:
     """Image-QC thresholds from a model's training images (curated single cells).
 
     Each threshold is the ``base`` default or a value derived from the training distribution, whichever passes
@@ -66,8 +66,18 @@ def calibrate_qc(images: Sequence[np.ndarray], *, quantile: float = 0.01, base: 
       0.75 × 0.40 = 0.30, between sharp cells (1st percentile 0.40) and cells blurred by σ = 1.5 px (95th
       percentile 0.26).
 
+    With ``groups`` (one site or imaging set-up per image) each quantile is taken within every group and the
+    smallest is kept, so that no site's valid cells are excluded at more than about ``quantile`` per check because
+    another site dominates the training set.
+
     A derived threshold of 0 disables its check (with the reason in ``info``): it means at least ``quantile`` of
     the training cells measured 0, so the check cannot tell good from bad in this set-up.
+
+    Without ``base``, both noise estimates (:attr:`QCConfig.noise`) are tried and the one that leaves more checks
+    enabled is kept, ``"residual"`` on a tie unless it passes more than one point fewer of the training cells: it does
+    not depend on the border being background, so it carries to a new site's crops. Tight smear crops whose border
+    crosses red cells read empty and focus 0 under the border estimate (BCCD under thresholds from segwbc-d1:
+    45 % of valid leukocytes excluded).
 
     Returns:
         ``(config, info)``; ``info`` records the quantiles measured, the rule and which checks were disabled.
@@ -76,15 +86,39 @@ def calibrate_qc(images: Sequence[np.ndarray], *, quantile: float = 0.01, base: 
         raise ValueError("no training images to calibrate image QC on")
     if not 0.0 < quantile < 0.5:
         raise ValueError(f"quantile={quantile} must lie in (0, 0.5); 0.01 passes 99 % of training cells per check")
-    base = base or QCConfig()
-    probe = QCConfig(border_px=base.border_px, smooth_sigma=base.smooth_sigma, noise_sigmas=base.noise_sigmas,
-                     min_signal_fraction=None, min_cell_area_fraction=None, max_cells=None, min_focus=None,
-                     channels=base.channels)
-    results = check_images(list(images), probe)
+    if groups is not None and len(groups) != len(images):
+        raise ValueError(f"{len(groups)} groups for {len(images)} training images; give one group per image")
+    images = list(images)
+    if base is not None:
+        return _calibrate_qc_with(images, base, quantile, focus_margin, groups)
+    border = _calibrate_qc_with(images, QCConfig(), quantile, focus_margin, groups)
+    residual = _calibrate_qc_with(images, QCConfig(noise="residual"), quantile, focus_margin, groups)
+    (_, b), (_, r) = border, residual
+    if len(r["disabled"]) <= len(b["disabled"]) and r["training_pass_rate"] >= b["training_pass_rate"] - 0.01:
+        r["noise_choice"] = (f"residual noise estimate (independent of what the border holds); the border estimate "
+                             f"would disable {sorted(b['disabled'])} and pass {b['training_pass_rate']:.1%} of "
+                             "training cells")
+        return residual
+    return border
+
+
+def _calibrate_qc_with(images: list[np.ndarray], base: QCConfig, quantile: float, focus_margin: float,
+                       groups: Sequence[str] | None) -> tuple[QCConfig, dict[str, Any]]:
+    """:func:`calibrate_qc` for one ``base`` (its border, smoothing, noise settings and default thresholds)."""
+    from dataclasses import replace
+
+    probe = replace(base, min_signal_fraction=None, min_cell_area_fraction=None, max_cells=None, min_focus=None)
+    results = check_images(images, probe)
     signal = np.array([r.measures.signal_fraction for r in results])
     largest = np.array([r.measures.object_areas[0] if r.measures.object_areas else 0.0 for r in results])
     focus = np.array([r.measures.focus or 0.0 for r in results])
-    q_signal, q_largest, q_focus = (float(np.quantile(v, quantile)) for v in (signal, largest, focus))
+    g = np.asarray(groups if groups is not None else [""] * len(images), dtype=object)
+    names = sorted(set(g.tolist()))
+
+    def q(v: np.ndarray) -> float:  # the smallest per-group quantile
+        return min(float(np.quantile(v[g == n], quantile)) for n in names)
+
+    q_signal, q_largest, q_focus = q(signal), q(largest), q(focus)
     disabled: dict[str, str] = {}
 
     def derived(name: str, default: float | None, value: float) -> float | None:
@@ -102,33 +136,38 @@ def calibrate_qc(images: Sequence[np.ndarray], *, quantile: float = 0.01, base: 
         disabled.setdefault("max_cells", "needs a cell-size threshold")
     else:
         n_cellsized = np.array([sum(a >= min_area for a in r.measures.object_areas) for r in results])
-        frac_multi = float(np.mean(n_cellsized > max_cells))
+        frac_multi = max(float(np.mean(n_cellsized[g == n] > max_cells)) for n in names)
         if frac_multi > quantile:
             disabled["max_cells"] = (f"{frac_multi:.1%} of training frames hold more than {max_cells} cell-sized "
                                      "objects (e.g. red cells around the leukocyte)")
             max_cells = None
     min_focus = derived("min_focus", base.min_focus, focus_margin * q_focus)
-    cfg = QCConfig(border_px=base.border_px, smooth_sigma=base.smooth_sigma, noise_sigmas=base.noise_sigmas,
-                   min_signal_fraction=min_signal, min_cell_area_fraction=min_area, max_cells=max_cells,
-                   min_focus=min_focus, channels=base.channels)
-    passed = sum(r.passed for r in check_images(list(images), cfg))
+    cfg = replace(base, min_signal_fraction=min_signal, min_cell_area_fraction=min_area, max_cells=max_cells,
+                  min_focus=min_focus)
+    passed = np.array([r.passed for r in check_images(images, cfg)])
     info = {
         "method": (f"thresholds from the model's {len(images)} training images: each check passes all but about "
-                   f"{quantile:.0%} of them (or the default, if that passes more)"),
+                   f"{quantile:.0%} of them (or the default, if that passes more)"
+                   + (f", the smallest quantile of the {len(names)} groups (sites) kept" if groups is not None else "")),
         "quantile": quantile,
+        "noise": cfg.noise,
         "measured": {"signal_fraction": q_signal, "largest_object_fraction": q_largest, "focus": q_focus,
                      "frames_with_several_cells": frac_multi},
         "disabled": disabled,
-        "training_pass_rate": passed / len(images),
+        "training_pass_rate": float(passed.mean()),
     }
+    if groups is not None:
+        info["training_pass_rate_by_group"] = {n: float(passed[g == n].mean()) for n in names}
     return cfg, info
 
 
 def card_sections(*, classes: Sequence[str], train_counts: Sequence[int], class_weighting: str,
                   val_probabilities: np.ndarray, val_y: np.ndarray, threshold: float,
-                  train_images: Sequence[np.ndarray], qc_quantile: float = 0.01) -> dict[str, Any]:
-    """The post-fit card entries :func:`apply_sections` writes: posterior prior, confident confusion, image QC."""
-    qc_cfg, qc_info = calibrate_qc(train_images, quantile=qc_quantile)
+                  train_images: Sequence[np.ndarray], qc_quantile: float = 0.01,
+                  train_groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """The post-fit card entries :func:`apply_sections` writes: posterior prior, confident confusion, image QC
+    (``train_groups``: the site of each training image, see :func:`calibrate_qc`)."""
+    qc_cfg, qc_info = calibrate_qc(train_images, quantile=qc_quantile, groups=train_groups)
     return {
         "posterior_prior": posterior_prior(classes, train_counts, class_weighting),
         "confusion_confident": confident_confusion(val_probabilities, val_y, threshold, len(classes)),
@@ -169,7 +208,7 @@ def set_specimens(model_dir: str | Path, *, specimens: Mapping[str, Any] | None 
 
 def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = None, *, max_qc_cells: int = 2000,
                         seed: int = 0, specimens: Mapping[str, Any] | None = None,
-                        specimen_names: Sequence[str] = ()) -> dict[str, Any]:
+                        specimen_names: Sequence[str] = (), qc_group_column: str | None = None) -> dict[str, Any]:
     """Recompute the post-fit sections of an existing model folder from its ``split.csv`` and rewrite its card.
 
     The weights, classes, temperature and unidentified threshold are not changed (nor the card's id). The validation
@@ -180,6 +219,8 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
         manifest: the manifest the model was trained on (default: the card's ``training.manifest``).
         specimens, specimen_names: the ``specimens`` section to write (see :func:`set_specimens`); when neither is
             given, a card that has the section keeps it and one without gets the defaults from its class names.
+        qc_group_column: a manifest column naming each cell's site; the QC thresholds then pass about 99 % of
+            every site's training cells per check (see :func:`calibrate_qc`).
 
     Returns:
         The updated card (also written to ``model_dir/model_card.json``); ``card["postfit"]`` says when and how.
@@ -214,17 +255,20 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(train_rows), size=min(max_qc_cells, len(train_rows)), replace=False)
     images = [read_cell(train_rows[int(i)]["path"]) for i in sorted(pick)]
+    qc_groups = None
+    if qc_group_column:
+        qc_groups = column([train_rows[int(i)] for i in sorted(pick)], qc_group_column)
     props = training.get("class_proportions") or {}
     n_train = (card.get("split") or {}).get("n", {}).get("train") or len(train_rows)
     counts = [round(float(props.get(c, 0.0)) * n_train) for c in lm.classes]
     sections = card_sections(
         classes=lm.classes, train_counts=counts, class_weighting=str(training.get("class_weighting", "")),
         val_probabilities=probs, val_y=np.asarray(y_val),
-        threshold=float(card["calibration"]["unidentified_threshold"]), train_images=images)
+        threshold=float(card["calibration"]["unidentified_threshold"]), train_images=images, train_groups=qc_groups)
     apply_sections(card, sections)
     card["postfit"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "by": "python -m phenotyping calibrate", "manifest": str(manifest),
-                       "val_cells": len(keep), "qc_cells": len(images)}
+                       "val_cells": len(keep), "qc_cells": len(images), "qc_group_column": qc_group_column}
     (model_dir / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return card
 

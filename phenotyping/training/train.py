@@ -38,7 +38,8 @@ class TrainConfig:
     counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``);
     None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
     ``model_overrides``: extra ``create_model`` keywords.
-    ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``).
+    ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``). ``augment_appearance``: also
+    scale, stain, blur and background augmentation (``data.augment_appearance``; stained brightfield, 2D).
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
@@ -62,6 +63,7 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None
     channels: tuple[str, ...] | None = None
     augment: bool = True
+    augment_appearance: bool = False
     normalisation: str = "dataset"
     data_licence: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -453,7 +455,8 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
               {"params": list(loss_fn.parameters()), "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=config.lr)
     ds = CellDataset(data.x["train"], data.y["train"], data.z["train"], data.pre,
-                     augment_seed=config.seed if config.augment else None)
+                     augment_seed=config.seed if config.augment else None,
+                     appearance=config.augment and config.augment_appearance)
     gen = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=gen,
                                          drop_last=len(ds) > config.batch_size, pin_memory=plan.pin_memory)
