@@ -42,6 +42,8 @@ def test_review_markers_are_labelled_predicted_with_the_card_unit_and_three_figu
                                       targets={"cd16": 296961.8047}) for k, cid in enumerate(ids)],
                           sample_id="S1", actor="rev")
     at = app("rev", "review")
+    at.session_state["review_tab"] = "Marker expression"  # only the open tab runs
+    at.run()
     assert not at.exception, at.exception
     markers = table(at, "predicted median (MFI)")
     assert set(markers["predicted median (MFI)"]) == {"297,000"}

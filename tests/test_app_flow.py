@@ -109,6 +109,8 @@ def _map_with_click(monkeypatch, ids, point):
     monkeypatch.setattr(cellview, "embedding_map",
                         lambda store, cells, model_dir: ([c.id for c in cells], np.arange(2.0 * len(cells)).reshape(-1, 2)))
     at = app("rev", "review")
+    at.session_state["review_tab"] = "Embedding map"  # only the open tab runs
+    at.run()
     next(b for b in at.button if b.label == "Compute the map").click().run()
     assert not at.exception
     from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState

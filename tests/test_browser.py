@@ -68,8 +68,9 @@ def _jurkat_zip(out: Path, n: int) -> tuple[Path, dict[str, int]]:
     return out, counts
 
 
-@pytest.fixture
-def server(tmp_path):
+def _serve(tmp_path: Path, prepare: Any = None):
+    """Start ``streamlit run app.py`` on a fresh database with the admin account (``prepare(env)`` runs before the
+    server opens the database); yields the URL and the folder."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
@@ -78,6 +79,8 @@ def server(tmp_path):
     env.pop("LEUKO_LLM_MODEL", None)
     subprocess.run([sys.executable, "-m", "phenotyping", "users", "create-admin", "--username", "admin",
                     "--display-name", "Dr Admin"], env=env, check=True, cwd=PROJECT_ROOT, capture_output=True)
+    if prepare is not None:
+        prepare(env)
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
@@ -101,6 +104,11 @@ def server(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    yield from _serve(tmp_path)
 
 
 def test_review_workflow_in_chromium(server, tmp_path):
@@ -354,3 +362,187 @@ def test_review_workflow_in_chromium(server, tmp_path):
 
     result = verify(pdf, trust=tmp_path / "ca" / "ca.pem")
     assert result["intact"]
+
+
+# -- the review gallery at 512 queued cells (issue 20: items 1, 3, 7 and 11) ------------------------------------------
+N_QUEUE = 512
+N_QC_EXCLUDED = 4
+QUEUE_SAMPLE = "Q-512"
+
+
+def _queue_sample(env: dict[str, str]) -> None:
+    """Sample Q-512: 512 synthetic two-channel cells predicted by the shipped Jurkat model below its unidentified
+    threshold (so all wait in the queue; predictions written directly), and 4 more that image QC excluded."""
+    import numpy as np
+    import tifffile
+
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Prediction, QCState, Sample, SampleStatus, Specimen
+    from phenotyping.settings import Settings
+    from phenotyping.store import Store
+
+    card = json.loads((PROJECT_ROOT / "models" / "jurkat-hybrid" / "model_card.json").read_text())
+    classes, threshold = card["classes"], card["calibration"]["unidentified_threshold"]
+    folder = Path(env["LEUKO_DB_PATH"]).parent / "queue-cells"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_QUEUE + N_QC_EXCLUDED):
+        img = rng.normal([[[675.0]], [[26.0]]], [[[60.0]], [[20.0]]], size=(2, 40, 40)).clip(0, 65535)
+        tifffile.imwrite(folder / f"c{i:04d}.tif", img.astype(np.uint16), photometric="minisblack",
+                         metadata={"axes": "CYX"})
+    store = Store.from_settings(Settings(db_path=Path(env["LEUKO_DB_PATH"]), model_dir=Path(env["LEUKO_MODEL_DIR"])))
+    try:
+        store.register_model(MODEL_ID, path=str(PROJECT_ROOT / "models" / "jurkat-hybrid"), card=card,
+                             actor="admin", usable=True)
+        store.create_sample(Sample(id=QUEUE_SAMPLE, specimen=Specimen.blood, patient_pseudonym="P-512"),
+                            actor="admin")
+        ids = ingest_set(store, folder, QUEUE_SAMPLE, actor="admin").cell_ids
+        preds = []
+        for k, cid in enumerate(ids[:N_QUEUE]):
+            top = classes[k % len(classes)]
+            conf = threshold * (0.5 + 0.45 * rng.random())   # below the threshold: unidentified
+            probs = {c: conf if c == top else (1 - conf) / (len(classes) - 1) for c in classes}
+            preds.append(Prediction(cell_id=cid, model_id=MODEL_ID, model_version="1", predicted_class=top,
+                                    confidence=conf, probabilities=probs))
+        store.add_predictions(preds, sample_id=QUEUE_SAMPLE, actor="admin")
+        store.set_qc([(c, QCState.excluded, "out of focus: focus 0.10 < 0.30") for c in ids[N_QUEUE:]],
+                     sample_id=QUEUE_SAMPLE, actor="qc")
+        store.set_analysis_model(QUEUE_SAMPLE, MODEL_ID, actor="admin")
+        store.set_sample_status(QUEUE_SAMPLE, SampleStatus.analysed, actor="admin")
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def queue_server(tmp_path):
+    yield from _serve(tmp_path, _queue_sample)
+
+
+class _Browser:
+    """A logged-in chromium page with the waits the Streamlit screens need."""
+
+    def __init__(self, pw: Any, url: str):
+        self.browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        self.page = self.browser.new_page(viewport={"width": 1400, "height": 2400})
+        self.page.set_default_timeout(UI_MS)
+        self.page.goto(url)
+        self.page.get_by_label("Username", exact=True).fill("admin")
+        self.page.get_by_label("Password", exact=True).fill(ADMIN_PW)
+        self.page.get_by_role("button", name="Log in").click()
+        self.page.get_by_role("heading", name="Samples", exact=True).first.wait_for(timeout=UI_MS)
+
+    def idle(self) -> None:
+        """Wait until no script run is going on and no element is left over from the previous run."""
+        self.page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=SERVER_MS)
+        self.page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0",
+                                    timeout=SERVER_MS)
+
+    def nav(self, title: str) -> None:
+        self.page.get_by_role("link", name=title, exact=True).click()
+        self.page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=UI_MS)
+        self.page.wait_for_timeout(300)
+        self.idle()
+
+    def settled(self, text: str) -> float:
+        """Wait for ``text`` on the screen and the run to end; returns the seconds since the call began."""
+        t0 = time.perf_counter()
+        self.page.get_by_text(text).first.wait_for(timeout=SERVER_MS)
+        self.idle()
+        return time.perf_counter() - t0
+
+    def no_exception(self) -> None:
+        assert self.page.locator('[data-testid="stException"]').count() == 0
+
+
+def _first_box(page: Any) -> Any:
+    return page.locator('[data-testid="stCheckbox"]').filter(has_text="#").first
+
+
+def test_gallery_tick_and_reclassify_latency_at_512_queued_cells(queue_server):
+    """Item 11: the time from a click to the settled screen, for a tick and a reclassification, with 512 cells in
+    the unidentified queue. Written to ``LEUKO_TIMINGS_OUT`` (JSON) when set; nothing is asserted about speed."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = queue_server
+    ticks, reclassify = [], []
+    with sync_playwright() as pw:
+        b = _Browser(pw, url)
+        b.nav("Review")
+        b.settled(f"Signing is blocked: {N_QUEUE} unidentified")
+        for i in range(6):
+            t0 = time.perf_counter()
+            _first_box(b.page).click()
+            b.settled("Reclassify the 1 selected cell(s)")
+            ticks.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            b.page.locator(".st-key-to_G1 button:enabled").click()   # by its key: the name shows its shortcut
+            b.settled(f"Signing is blocked: {N_QUEUE - i - 1} unidentified")
+            reclassify.append(time.perf_counter() - t0)
+        b.no_exception()
+        b.browser.close()
+    ticks, reclassify = ticks[1:], reclassify[1:]  # the first of each warms the caches
+    timings = {"queued_cells": N_QUEUE, "tick_s": [round(t, 3) for t in ticks],
+               "reclassify_s": [round(t, 3) for t in reclassify],
+               "tick_median_s": round(sorted(ticks)[len(ticks) // 2], 3),
+               "reclassify_median_s": round(sorted(reclassify)[len(reclassify) // 2], 3)}
+    print(f"\ngallery timings: {timings}")
+    if os.environ.get("LEUKO_TIMINGS_OUT"):
+        Path(os.environ["LEUKO_TIMINGS_OUT"]).write_text(json.dumps(timings, indent=2))
+    assert len(ticks) == len(reclassify) == 5
+
+
+def test_form_qc_override_and_review_keys(queue_server):
+    """Item 1: the new-sample form is empty after creating a sample. Item 3: a QC-excluded cell given a class with a
+    reason counts. Item 11: keys 1 (first
+    class), Enter (confirm as predicted) and J (next page) act without a click."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = queue_server
+    with sync_playwright() as pw:
+        b = _Browser(pw, url)
+        page = b.page
+        b.nav("Review")
+        b.settled(f"Signing is blocked: {N_QUEUE} unidentified")
+        page.get_by_text(re.compile(r"^Excluded \(")).first.click()
+        b.settled("Tick cells below")
+        _first_box(page).click()
+        b.settled("Reason for counting the 1 QC-excluded cell(s)")
+        page.get_by_role("textbox", name=re.compile("Reason for counting")).fill("in focus on inspection")
+        page.get_by_role("textbox", name=re.compile("Reason for counting")).press("Enter")
+        b.idle()
+        page.locator(".st-key-to_G1 button:enabled").click()
+        b.settled("so they count")
+        b.no_exception()
+
+        page.get_by_text(re.compile(r"^Unidentified queue \(")).first.click()
+        b.settled("Tick cells below")
+        _first_box(page).click()
+        b.settled("Reclassify the 1 selected cell(s)")
+        page.evaluate("document.activeElement && document.activeElement.blur()")  # keys do nothing in a field
+        page.keyboard.press("1")   # the first class
+        b.settled("1 cell(s) reclassified as Anaphase")
+        _first_box(page).click()
+        b.settled("Reclassify the 1 selected cell(s)")
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.keyboard.press("Enter")
+        b.settled("1 cell(s) confirmed as predicted")
+        b.settled(f"Signing is blocked: {N_QUEUE - 2} unidentified")
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.keyboard.press("j")
+        expect(page.get_by_label(re.compile(r"^Page \(of"))).to_have_value("2", timeout=UI_MS)
+        b.no_exception()
+
+        # last, as the new sample becomes the one the screens work on
+        b.nav("Samples")
+        page.get_by_text("New sample", exact=True).first.click()   # folded while samples exist
+        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Create sample"))
+        form.get_by_label("Sample id", exact=True).fill("NEW-0001")
+        form.get_by_label("Patient pseudonym", exact=True).fill("PSEUDO-99")
+        form.get_by_role("button", name="Create sample").click()
+        b.settled("Sample NEW-0001 created")
+        if not form.get_by_label("Sample id", exact=True).is_visible():
+            page.get_by_text("New sample", exact=True).first.click()   # open it again for the next sample
+        expect(form.get_by_label("Sample id", exact=True)).to_have_value("")
+        expect(form.get_by_label("Patient pseudonym", exact=True)).to_have_value("")
+        b.no_exception()
+        b.browser.close()

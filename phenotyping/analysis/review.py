@@ -1,4 +1,5 @@
-"""A reviewer's decisions on a sample's cells: reclassify, confirm the model's class, list the unidentified queue.
+"""A reviewer's decisions on a sample's cells: reclassify, confirm the model's class, list the unidentified queue
+in the order a reviewer chooses (least confident first, or most informative first: :func:`uncertainty`).
 
 The Review screen and ``python -m phenotyping review`` call these; each checks that the acting account may review
 (:func:`phenotyping.auth.require_actor`, permission ``review``), that the label is one the sample's analysis model
@@ -8,10 +9,11 @@ The store then refuses the change while the sample's latest report version is si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from phenotyping.analysis.results import SampleResults, load_card_for, sample_results
+from phenotyping.analysis.results import CellResult, SampleResults, load_card_for, sample_results
 from phenotyping.auth import require_actor
 from phenotyping.analysis.inference import UNREADABLE
 from phenotyping.errors import NotFoundError
@@ -19,6 +21,52 @@ from phenotyping.schemas import QCState
 
 #: Reviewed labels outside the model's classes: the cell is then not counted ("reviewed as debris").
 EXTRA_LABELS = ("debris", "other")
+
+#: The orders a review queue can be shown in (:func:`order_cells`), with the words the screens use.
+REVIEW_ORDERS = {
+    "confidence": "least confident first",
+    "margin": "most informative first (margin)",
+    "entropy": "most informative first (entropy)",
+    "confidence_desc": "most confident first",
+    "cell_id": "cell id",
+}
+
+
+def uncertainty(probabilities: Mapping[str, float] | None, method: str = "margin") -> float | None:
+    """How much a reviewer's label would teach the model about a cell, from its calibrated class probabilities:
+    higher is more informative, in [0, 1]. None for a cell without probabilities.
+
+    ``margin``: 1 − (p₁ − p₂), the gap between the two most probable classes (margin sampling, Scheffer et al.
+    2001). ``entropy``: the Shannon entropy of the probabilities divided by log K, K the number of classes.
+    """
+    if method not in ("margin", "entropy"):
+        raise ValueError(f"unknown uncertainty method {method!r}; use 'margin' or 'entropy'")
+    if not probabilities:
+        return None
+    p = sorted((max(float(v), 0.0) for v in probabilities.values()), reverse=True)
+    total = sum(p)
+    if total <= 0:
+        return None
+    p = [v / total for v in p]
+    if method == "margin":
+        return 1.0 - (p[0] - (p[1] if len(p) > 1 else 0.0))
+    if len(p) < 2:
+        return 0.0
+    return -sum(v * math.log(v) for v in p if v > 0) / math.log(len(p))
+
+
+def order_cells(cells: Sequence[CellResult], order: str) -> list[CellResult]:
+    """``cells`` in one of the :data:`REVIEW_ORDERS`; ties (and cells without a prediction, always last) by cell id.
+    """
+    if order not in REVIEW_ORDERS:
+        raise ValueError(f"unknown review order {order!r}; use one of {list(REVIEW_ORDERS)}")
+    if order == "cell_id":
+        return sorted(cells, key=lambda r: r.cell.id)
+    if order in ("margin", "entropy"):
+        scores = {r.cell.id: uncertainty(r.probabilities, order) for r in cells}
+        return sorted(cells, key=lambda r: (scores[r.cell.id] is None, -(scores[r.cell.id] or 0.0), r.cell.id))
+    sign = -1.0 if order == "confidence_desc" else 1.0
+    return sorted(cells, key=lambda r: (r.confidence is None, sign * (r.confidence or 0.0), r.cell.id))
 
 
 def review_labels(store: Any, sample_id: str) -> list[str]:
@@ -88,13 +136,19 @@ def reclassify_cells(store: Any, sample_id: str, cell_ids: Sequence[int], label:
                             override_qc=bool(excluded))
 
 
-def unidentified_queue(results: SampleResults) -> list[dict[str, Any]]:
-    """The cells awaiting review (the unidentified queue), least confident first: id, file, the model's class and
-    calibrated confidence (None for a cell the image QC flagged before any prediction)."""
+def unidentified_queue(results: SampleResults, *, order: str | None = None) -> list[dict[str, Any]]:
+    """The cells awaiting review (the unidentified queue): id, file, the model's class and calibrated confidence
+    (None for a cell the image QC flagged before any prediction). Default order: those without a confidence, then
+    least confident first; ``order`` (one of :data:`REVIEW_ORDERS`) chooses another, e.g. ``"margin"``."""
+    cells = [r for r in results.cells if r.unidentified]
+    if order is not None:
+        cells = order_cells(cells, order)
     rows = [{"cell_id": r.cell.id, "cell_key": r.cell.cell_key, "source_file": r.cell.source_file,
              "predicted_class": r.predicted_class,
              "confidence": None if r.confidence is None else round(float(r.confidence), 4)}
-            for r in results.cells if r.unidentified]
+            for r in cells]
+    if order is not None:
+        return rows
     return sorted(rows, key=lambda r: (r["confidence"] is not None, r["confidence"] or 0.0, r["cell_id"]))
 
 
