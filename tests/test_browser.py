@@ -221,10 +221,11 @@ def test_review_workflow_in_chromium(server, tmp_path):
         shot("03-review")
         page.locator('[data-testid="stCheckbox"]').filter(has_text="#").first.click()
         idle()
-        page.get_by_role("button", name="G1", exact=True, disabled=False).click()
+        # a reclassify button's accessible name carries its key (1-9), so it is found by its widget key
+        page.locator(".st-key-to_G1 button:not([disabled])").click()
         expect(page.get_by_text("1 cell(s) reclassified as G1")).to_be_visible(timeout=UI_MS)
         blocked = page.get_by_text("Signing is blocked")
-        other = page.get_by_role("button", name="other", exact=True, disabled=False)
+        other = page.locator(".st-key-to_other button:not([disabled])")
 
         def other_or_done(seconds: float) -> bool:
             """Wait until "other" can be clicked (True) or the queue is empty (False). A click that empties the
