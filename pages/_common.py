@@ -7,7 +7,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -222,6 +222,21 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, An
     except USER_ERRORS as e:
         st.error(md(one_line(e)), icon=":material/error:")
         return False, None
+
+
+def hiding_paths(fn: Callable[..., Any], words: Mapping[str, str]) -> Callable[..., Any]:
+    """``fn``, whose user errors name none of the server paths in ``words`` (each replaced by its words, e.g. the
+    installed key file by "your installed signing key"): a screen never shows where the server keeps files."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            text = one_line(e)
+            for path, said in words.items():
+                text = text.replace(path, said)
+            raise ValueError(text) from e
+
+    return call
 
 
 def flash(message: str, kind: str = "success") -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import streamlit as st
 
-from pages._common import (allowed, attempt, flash, get_store, md, pick_sample, require_user, sample_header,
-                           show_flash)
+from pages._common import (allowed, attempt, flash, get_store, hiding_paths, md, pick_sample, require_user,
+                           sample_header, show_flash)
 from phenotyping.auth import signer_key_path
 from phenotyping.settings import get_settings
 from reports.context import draft_source_words
@@ -167,7 +167,8 @@ if latest is not None and editable:
                                        "the report)", key="domain_ack")
                 if st.form_submit_button("Sign the report", type="primary", icon=":material/verified:"):
                     with st.spinner("Rendering and signing…"):
-                        ok, out = attempt(sign_report, store, sample_id, signer=user.username, key_path=key_path,
+                        ok, out = attempt(hiding_paths(sign_report, {str(key_path): "your installed signing key"}),
+                                          store, sample_id, signer=user.username, key_path=key_path,
                                           password=pw.encode(), settings=settings, domain_acknowledgement=ack)
                     if ok:
                         flash(f"Version {out['version']} signed ({out['status']}); SHA-256 {out['sha256'][:16]}…")

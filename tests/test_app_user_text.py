@@ -69,3 +69,20 @@ def test_item14_markdown_in_a_pseudonym_or_display_name_is_rendered_as_text(host
         assert "evil.example/u.png" in shown
     if page in ("samples", "report", "analyse"):  # the sample header shows the pseudonym
         assert "evil.example/p.png" in shown
+
+
+def test_signing_errors_on_a_screen_never_name_the_server_key_file(tmp_path):
+    """Issue 20 item 9: "cannot open /srv/.../keys/asigner.p12: wrong password" became "cannot open your installed
+    signing key: wrong password" on the Report screen."""
+    from pages._common import hiding_paths
+    from reports.signing import SigningError
+
+    key = tmp_path / "keys" / "asigner.p12"
+
+    def sign(**_):
+        raise SigningError(f"cannot open {key}: wrong password, or not a PKCS#12 (.p12/.pfx) file")
+
+    with pytest.raises(ValueError) as caught:
+        hiding_paths(sign, {str(key): "your installed signing key"})(key_path=key)
+    assert str(key) not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    assert "cannot open your installed signing key: wrong password" in str(caught.value)
