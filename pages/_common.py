@@ -350,6 +350,15 @@ def differential_rows(res: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def result_metrics(res: Any) -> None:
+    """The four counts above a differential: cells, counted, unidentified (awaiting review), excluded."""
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Cells", f"{len(res.cells):,}")
+    m2.metric("Counted", f"{res.differential.raw.n_counted:,}")
+    m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
+    m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
+
+
 def show_differential(res: Any, *, key: str) -> None:
     """The differential table (:func:`differential_rows`), percentages with one decimal throughout."""
     rows = differential_rows(res)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, md, pick_sample, require_user,
-                           sample_header, sample_results_cached, show_differential, signed_version)
+                           result_metrics, sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.analysis.specimens import ROLES, specimen_check
 from phenotyping.jobs import FINISHED, active_job, compatible_models, rerun_note, submit_prediction, usable_models
 
@@ -149,11 +149,7 @@ if store.analysis_model(sample_id) and not running:
         st.subheader("Differential")
         if res.model_id != model_id:  # the warning above is about the model picked, not this one
             specimen_warning(res.specimen_check)
-        m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Cells", f"{len(res.cells):,}")
-        m2.metric("Counted", f"{res.differential.raw.n_counted:,}")
-        m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
-        m4.metric("Excluded", f"{sum(v for k, v in res.exclusions.items()) - res.n_unidentified:,}")
+        result_metrics(res)
         show_differential(res, key="differential")
         if res.differential.apart:
             st.markdown("**Reported apart from the differential** (not in the percentages above)")

@@ -17,7 +17,8 @@ from streamlit.errors import StreamlitAPIException
 
 from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, pick_sample, require_user,
-                           sample_header, sample_results_cached, show_differential, show_flash, signed_version)
+                           result_metrics, sample_header, sample_results_cached, show_differential, show_flash,
+                           signed_version)
 from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
 from phenotyping.analysis.markers import format_marker, target_units
 from phenotyping.analysis.review import EXTRA_LABELS, REVIEW_ORDERS, confirm_cells, order_cells, reclassify_cells
@@ -101,11 +102,7 @@ def turn_page(key: str, step: int, n_pages: int) -> None:
 def summary(res: object) -> None:
     """Counts, the differential, its notes and whether signing is blocked."""
     d = res.differential
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Cells", f"{len(res.cells):,}")
-    m2.metric("Counted", f"{d.raw.n_counted:,}")
-    m3.metric("Unidentified (await review)", f"{res.n_unidentified:,}")
-    m4.metric("Excluded", f"{sum(res.exclusions.values()) - res.n_unidentified:,}")
+    result_metrics(res)
     show_differential(res, key="review_differential")
     shown = d.shown  # the one rule (phenotyping.analysis.correction_rule): the same correction the report signs
     if shown.note:

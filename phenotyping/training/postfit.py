@@ -230,7 +230,7 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
 
     from phenotyping.models.forward import softmax
     from phenotyping.models.checkpoint import CARD, load_model_dir
-    from phenotyping.training.data import column, load_images, load_rows, read_cell
+    from phenotyping.training.data import column, load_images, read_cell
     from phenotyping.training.evaluate import _select_split, match_labels
     from phenotyping.models.forward import predict_arrays
 
@@ -240,12 +240,7 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     if specimens is not None or specimen_names or SPECIMENS_SECTION not in card:  # checked before the slow part
         card[SPECIMENS_SECTION] = build_section(card["classes"], specimens=specimen_names,
                                                 given=None if specimens is None else dict(specimens))
-    training = card.get("training") or {}
-    manifest = Path(manifest or training.get("manifest") or "")
-    if not manifest.exists():
-        raise FileNotFoundError(f"training manifest {str(manifest)!r} of {model_dir} not found; pass --manifest")
-    label_column = training["label_column"]
-    rows = load_rows(manifest, label_column=label_column)
+    manifest, label_column, rows = _training_rows(card, model_dir, manifest)
     val = _select_split(rows, model_dir, "val")
     keep, y_val = match_labels(column(val, label_column), lm.classes, drop_unknown=False, log=lambda m: None)
     x_val = lm.preprocess.normalise(load_images([val[i]["path"] for i in keep], lm.preprocess.img_size),
@@ -258,6 +253,7 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     qc_groups = None
     if qc_group_column:
         qc_groups = column([train_rows[int(i)] for i in sorted(pick)], qc_group_column)
+    training = card.get("training") or {}
     props = training.get("class_proportions") or {}
     n_train = (card.get("split") or {}).get("n", {}).get("train") or len(train_rows)
     counts = [round(float(props.get(c, 0.0)) * n_train) for c in lm.classes]
@@ -321,12 +317,7 @@ def calibrate_domain_dir(model_dir: str | Path, manifest: str | Path | None = No
     model_dir = Path(model_dir)
     lm = load_model_dir(model_dir)
     card = json.loads((model_dir / CARD).read_text(encoding="utf-8"))
-    training = card.get("training") or {}
-    manifest = Path(manifest or training.get("manifest") or "")
-    if not manifest.exists():
-        raise FileNotFoundError(f"training manifest {str(manifest)!r} of {model_dir} not found; pass --manifest")
-    label_column = training["label_column"]
-    rows = load_rows(manifest, label_column=label_column)
+    manifest, label_column, rows = _training_rows(card, model_dir, manifest)
     train_rows = _select_split(rows, model_dir, "train")
     kept, feats, stats = _cells_for_domain(lm, train_rows, max_cells, seed)
     if feats is None:
@@ -367,3 +358,16 @@ def _rows_or_empty(rows: list[dict[str, Any]], model_dir: Path, split: str) -> l
         if "is empty" in str(e):
             return []
         raise
+
+
+def _training_rows(card: dict[str, Any], model_dir: Path, manifest: str | Path | None
+                   ) -> tuple[Path, str, list[dict[str, Any]]]:
+    """The model's training manifest (``manifest``, else the card's), its label column and its rows."""
+    from phenotyping.training.data import load_rows
+
+    training = card.get("training") or {}
+    path = Path(manifest or training.get("manifest") or "")
+    if not path.exists():
+        raise FileNotFoundError(f"training manifest {str(path)!r} of {model_dir} not found; pass --manifest")
+    label_column = training["label_column"]
+    return path, label_column, load_rows(path, label_column=label_column)
