@@ -112,7 +112,7 @@ def demo_context(*, status: str = "final", gallery_per_class: int = 6) -> Report
                            corrected_ci_low=max(c - 2.5, 0), corrected_ci_high=min(c + 2.5, 100),
                            reference_low=ref[0], reference_high=ref[1])
                  for lab, k, p, lo, hi, c, ref in _BLOOD],
-        markers=[MarkerRow(label=lab, target="CD16 (a.u.)", n=k, median=m, q1=m * 0.8, q3=m * 1.2)
+        markers=[MarkerRow(label=lab, target="CD16", n=k, median=m, q1=m * 0.8, q3=m * 1.2)
                  for (lab, k, *_), m in zip(_BLOOD, (812.0, 95.0, 210.0, 330.0, 150.0))],
         qc=QCSummary(total_cells=431, counted_cells=400,
                      excluded={"out of focus": 17, "debris or platelet clump": 9, "cell cut by image border": 5}),
@@ -177,7 +177,7 @@ def _add_demo_sample(store: Any, sample_id: str, n_cells: int, rng: np.random.Ge
         probs = {c: (top if j == pred else rest) for j, c in enumerate(DEMO_CLASSES)}
         preds.append(Prediction(cell_id=cid, model_id=DEMO_MODEL, model_version="2025.03.1",
                                 predicted_class=DEMO_CLASSES[pred], confidence=top, probabilities=probs,
-                                targets={"CD16 (a.u.)": float(rng.normal(800 if pred == 0 else 150, 60))}))
+                                targets={"CD16": float(rng.normal(800 if pred == 0 else 150, 60))}))
     store.add_predictions(preds, sample_id=sample_id, actor="demo")
     n_bad = max(1, n_cells // 30)
     store.set_qc([(cid, QCState.passed, None) for cid in ids[n_bad:]]
