@@ -127,6 +127,9 @@ def cross_validate(manifest: str | Path, label_column: str, *, k: int, target_co
     check_folds(k, cells.labels, cells.groups, group_column)
     classical = model_family(config.arch) == "classical"
     emb = tr._embedding_model(config, classical, log) if config.embed_model else None
+    from phenotyping.training.device import device_plan
+
+    plan = device_plan(None)  # LEUKO_DEVICE (auto: CUDA when there is one), as train does
     folds = []
     for f, test in enumerate(fold_indices(k, cells.labels, cells.groups, seed=config.seed)):
         flog = (lambda m, f=f: log(f"[fold {f + 1}/{k}] {m}"))
@@ -136,7 +139,7 @@ def cross_validate(manifest: str | Path, label_column: str, *, k: int, target_co
         data = tr._prepare_inputs(cells, split, target_columns, config, classical=classical, emb=emb, log=flog)
         model, _ = tr._build_model(config, data, len(cells.classes), len(target_columns), emb, manifest.parent)
         if getattr(model, "is_neural", True):
-            tr._fit_neural(model, data, cells.classes, target_columns, config, flog)
+            tr._fit_neural(model, data, cells.classes, target_columns, config, flog, plan)
         else:
             tr._fit_classical(model, data, config, flog)
         model.eval()
