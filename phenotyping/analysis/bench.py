@@ -111,7 +111,7 @@ def measured_peak_flops(device: str = "cpu", *, min_seconds: float = 1.0) -> dic
     """
     import torch
 
-    from phenotyping.analysis.inference import autocast_dtype
+    from phenotyping.models.forward import autocast_dtype
 
     cuda = device == "cuda"
     n = 4096 if cuda else 1024
@@ -139,7 +139,7 @@ def model_speed(model: Any, input_shape: tuple[int, ...], *, device: str = "cpu"
     """
     import torch
 
-    from phenotyping.analysis.inference import autocast_dtype
+    from phenotyping.models.forward import autocast_dtype
 
     model = model.to(device).eval()
     x = torch.randn((batch_size, *input_shape), device=device)

@@ -72,13 +72,6 @@ def cpu_threads(background_decoding: bool = True) -> int:
     return max(1, cores - (1 if background_decoding else 0))
 
 
-def autocast_dtype() -> Any:
-    """bf16 where the GPU supports it (Ampere and later), else fp16."""
-    import torch
-
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def model_version(card: dict[str, Any]) -> str:
     """The version stored with each prediction: the card's ``version`` if it has one, else its id."""
     return str(card.get("version") or card["id"])

@@ -40,6 +40,13 @@ def forward_batch(net: Any, x: Any, *, device: str, temperature: float) -> tuple
     return probs, reg
 
 
+def autocast_dtype() -> Any:
+    """bf16 where the GPU supports it (Ampere and later), else fp16: the CUDA autocast type of every forward pass."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def forward_outputs(net: Any, x: Any, *, device: str, temperature: float
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`forward_batch` plus the penultimate features (B, D) float32 of the same pass (None for a model
@@ -49,8 +56,7 @@ def forward_outputs(net: Any, x: Any, *, device: str, temperature: float
     with torch.inference_mode():
         xd = x.to(device, non_blocking=True)
         if device == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
+            with torch.autocast("cuda", dtype=autocast_dtype()):
                 out = net(xd)
         else:
             out = net(xd)
