@@ -19,7 +19,7 @@ from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, flash, get_store, lock_notice, md, pick_sample, require_user,
                            result_metrics, sample_header, sample_results_cached, show_differential, show_flash,
                            signed_version)
-from phenotyping.analysis.cellview import cell_display, embedding_map, explain_cell
+from phenotyping.analysis.cellview import cell_display, embedding_figure, embedding_map, explain_cell
 from phenotyping.analysis.markers import format_marker, target_units
 from phenotyping.analysis.review import EXTRA_LABELS, REVIEW_ORDERS, confirm_cells, order_cells, reclassify_cells
 from phenotyping.errors import PhenotypingError
@@ -287,21 +287,32 @@ def explanation(first: object) -> None:
 
 
 def picked_cell_id(point: dict, fig: object) -> int | None:
-    """The cell id of a clicked point of the embedding map: its ``customdata`` when the browser sent it, else looked
-    up by its trace and index in the figure (WebGL traces of large maps send no customdata); None if neither."""
-    data = point.get("customdata")
-    if data is None:
+    """The cell id of a clicked point of the embedding map, or None if the point names no cell of the figure.
+
+    From the point's ``customdata`` when the browser sent a usable one: a list, or an object keyed "0", "1"… (a
+    typed array as the browser's JSON writes it); else looked up by the point's trace and index in the figure
+    (WebGL traces send no customdata)."""
+    value = _first_of(point.get("customdata"))
+    if value is None:
         try:
             trace = fig.data[int(point["curve_number"])]  # type: ignore[attr-defined]
             idx = point.get("point_index", point.get("point_number"))
-            data = trace.customdata[int(idx)]
+            value = _first_of(trace.customdata[int(idx)])
         except (KeyError, IndexError, TypeError, ValueError):
             return None
-    value = data[0] if isinstance(data, (list, tuple)) or hasattr(data, "shape") else data
     try:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _first_of(data: object) -> object:
+    """The first element of a point's customdata (list, array, or a typed array sent as {"0": …}), or a scalar."""
+    if isinstance(data, dict):
+        return data.get("0", data.get(0))
+    if isinstance(data, (list, tuple)) or hasattr(data, "shape"):
+        return data[0] if len(data) else None  # type: ignore[index,arg-type]
+    return data
 
 
 # -- embedding map ----------------------------------------------------------------------------------------------------
@@ -321,14 +332,9 @@ def embedding_tab() -> None:
         del st.session_state[emb_key]
         st.info("The sample's cells changed since the map was computed: compute it again.")
     if emb_key in st.session_state:
-        import plotly.express as px
-
         cell_ids, xy = st.session_state[emb_key]
         labels = [by_id[i].final_label if by_id[i].counted else (by_id[i].exclusion or "excluded") for i in cell_ids]
-        fig = px.scatter(x=xy[:, 0], y=xy[:, 1], color=labels, custom_data=[list(cell_ids)],
-                         labels={"x": "t-SNE 1", "y": "t-SNE 2", "color": "label"}, template="plotly_white",
-                         height=520)
-        fig.update_traces(marker={"size": 6})
+        fig = embedding_figure(cell_ids, xy, labels)
         event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="emb_chart")
         points = list(((event or {}).get("selection") or {}).get("points") or [])  # the event is a dict too
         cid = picked_cell_id(points[0], fig) if points else None

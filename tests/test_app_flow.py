@@ -130,6 +130,17 @@ def test_clicking_a_point_of_the_embedding_map_shows_its_cell(lab, monkeypatch):
     assert len(shown) == 1 and "Predicted" in shown[0]
 
 
+def test_a_clicked_svg_point_sends_its_customdata_as_an_object_and_its_cell_is_shown(lab, monkeypatch):
+    """Chromium sends an SVG point's customdata row (a typed array) as {"0": id}: that id is the cell shown."""
+    store, ids = lab
+    at = _map_with_click(monkeypatch, ids, {"curve_number": 0, "point_number": 0, "point_index": 0, "x": 0.0,
+                                            "y": 1.0, "customdata": {"0": ids[2]}})
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown if m.value.startswith("**Cell #")]
+    assert len(shown) == 1 and shown[0].startswith(f"**Cell #{ids[2]}**")
+    assert not any("not a cell of this map" in c.value for c in at.caption)
+
+
 def _exclude_by_qc(store, cell_ids):
     """Image QC excludes the cells: they lose the toy model's prediction, as a real QC run leaves them none."""
     store.set_qc([(c, QCState.excluded, "out of focus: focus 0.10 < 0.30") for c in cell_ids], sample_id="S1",

@@ -189,3 +189,21 @@ def test_embedding_map_offers_tsne_and_refuses_umap(embedder, store, sample):
             embedding_map(store, cells, emb_dir / "missing", method=method)  # refused before the model loads
         with pytest.raises(ValueError, match="tsne"):
             embed_2d(np.zeros((5, 2)), method=method)
+
+
+def test_the_review_map_is_svg_with_each_points_cell_id_at_any_size():
+    """Issue 20 item 7: above 1,000 points plotly would draw WebGL, whose point clicks send no customdata (and were
+    lost in headless Chromium); the map stays SVG up to embedding_map's 2,000 cells, each point carrying its id."""
+    import numpy as np
+
+    from phenotyping.analysis.cellview import embedding_figure
+
+    n = 2000
+    ids = list(range(100, 100 + n))
+    labels = ["neutrophil" if i % 3 else "lymphocyte" for i in range(n)]
+    fig = embedding_figure(ids, np.random.default_rng(0).normal(size=(n, 2)), labels)
+    assert {t.type for t in fig.data} == {"scatter"}
+    got = {int(cd[0]) for t in fig.data for cd in t.customdata}
+    assert got == set(ids)
+    for t in fig.data:   # each trace's points are the cells of its label
+        assert {labels[int(cd[0]) - 100] for cd in t.customdata} == {t.name}

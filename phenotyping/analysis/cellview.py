@@ -205,3 +205,19 @@ def embedding_map(store: Any, cells: Sequence[Any], model_dir: str | Path, *, me
         chosen = [chosen[int(i * step)] for i in range(max_cells)]
     feats = cell_features(store, chosen, model_dir)
     return [c.id for c in chosen], embed_2d(feats, method=method, seed=seed)
+
+
+def embedding_figure(cell_ids: Sequence[int], xy: np.ndarray, labels: Sequence[str]) -> Any:
+    """The Review screen's embedding map: one point per cell (its id as ``customdata``), coloured by its label.
+
+    Drawn as SVG, not WebGL, at any size (the map holds at most ``embedding_map``'s 2,000 cells): a click on an SVG
+    point is reported with its customdata in every browser, while WebGL traces (plotly's choice above 1,000 points)
+    send none and lost point clicks in headless Chromium.
+    """
+    import plotly.express as px
+
+    fig = px.scatter(x=xy[:, 0], y=xy[:, 1], color=list(labels), custom_data=[list(cell_ids)],
+                     labels={"x": "t-SNE 1", "y": "t-SNE 2", "color": "label"}, template="plotly_white",
+                     height=520, render_mode="svg")
+    fig.update_traces(marker={"size": 6})
+    return fig
