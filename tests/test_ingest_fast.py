@@ -30,11 +30,15 @@ def write_set(root, n, *, seed=0, size=16):
     return root
 
 
-def test_a_batch_is_one_pack_file_and_every_cell_reads_back(store, sample, tmp_path):
-    from phenotyping.ingest import ingest_set
-    from phenotyping.ingest._ingest import BATCH
+SMALL_BATCH = 64  # cells per batch in these tests (the default is far larger)
 
-    src = write_set(tmp_path / "set", BATCH + 10)
+
+def test_a_batch_is_one_pack_file_and_every_cell_reads_back(store, sample, tmp_path, monkeypatch):
+    import phenotyping.ingest._ingest as ing
+    from phenotyping.ingest import ingest_set
+
+    monkeypatch.setattr(ing, "BATCH", SMALL_BATCH)
+    src = write_set(tmp_path / "set", SMALL_BATCH + 10)
     res = ingest_set(store, src, sample.id, actor="tester", workers=4)
     files = [p for p in store.image_dir.rglob("*") if p.is_file()]
     assert len(files) == 2 and all(p.suffix == ".pack" for p in files), files   # two batches, two packs
@@ -112,8 +116,10 @@ def test_the_second_pass_reads_again_what_the_first_let_go(store, sample, tmp_pa
         assert store.read_cell_bytes(c) == (src / c.source_file).read_bytes()
 
 
-_SLOW_THIRD_COMMIT = textwrap.dedent("""
+_SLOW_THIRD_COMMIT = textwrap.dedent(f"""
     import sys, time
+    import phenotyping.ingest._ingest as ing
+    ing.BATCH = {SMALL_BATCH}
     from phenotyping.store import Store
     add, calls = Store.add_cells, []
     def slow_add(self, *args, **kwargs):
@@ -130,8 +136,8 @@ _SLOW_THIRD_COMMIT = textwrap.dedent("""
 
 def test_kill_9_during_a_parallel_ingest_keeps_complete_committed_cells_and_a_rerun_resumes(tmp_path):
     from phenotyping.ingest import read_image
-    from phenotyping.ingest._ingest import BATCH
 
+    BATCH = SMALL_BATCH
     n = 3 * BATCH + 40
     src = write_set(tmp_path / "set", n)
     db, marker = tmp_path / "lab.duckdb", tmp_path / "third-batch"
