@@ -161,9 +161,20 @@ def decode_entry(entry: Entry, *, max_bytes: int, max_pixels: int,
             extra = {**extra, "channel_names": ",".join(names), "derived": derive.describe()}
     except ImageError as e:
         return e.reason
-    return Decoded(data=data, stored=stored, shape=tuple(int(x) for x in arr.shape), dtype=str(arr.dtype),
+    return Decoded(data=data, stored=stored, shape=tuple(map(int, arr.shape)), dtype=_dtype_name(arr.dtype),
                    digest=hashlib.sha256(data).hexdigest(), suffix=_SUFFIX[sniff_format(stored)], notes=notes,
                    extra=extra)
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``str(dtype)``, remembered (numpy builds the name anew on every call)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
 
 
 def _decoded(run: _Run, entries: Callable[..., Iterator[Entry]], source: str | Path, bsccm_options: dict | None, *,
