@@ -351,3 +351,16 @@ def test_a_file_that_grew_after_listing_is_read_to_the_limit(tmp_path):
     assert read_bounded(f, max_bytes=1000, size_hint=5000) == b"x" * 1001
     f.write_bytes(b"")
     assert read_bounded(f, max_bytes=1000, size_hint=0) == b""
+
+
+def test_the_store_json_is_what_json_dumps_wrote():
+    """Digests recorded by earlier versions are recomputed with ``_json``: its text must not change."""
+    from datetime import datetime, timezone
+
+    from phenotyping.store._db import _json
+
+    for v in ([1, "a", None, 2.5, {"b": 1, "a": [1, 2]}], {"z": "é", "at": datetime(2020, 1, 1, tzinfo=timezone.utc)},
+              [2, 40, 40], {}, {"cell_id": "c1", "x": 1e-320}, ["☃", True]):
+        assert _json(v) == json.dumps(v, sort_keys=True, default=str, allow_nan=False)
+    with pytest.raises(ValueError):
+        _json(float("nan"))
