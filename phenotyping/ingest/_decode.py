@@ -4,7 +4,7 @@ Reading a file, hashing it (``hashlib`` releases the GIL for buffers above 2 KiB
 decoding it (numpy, PIL, tifffile) run partly outside the GIL, so threads can overlap large files' I/O and decoding.
 For single-cell images they do not: parsing a small TIFF's tags or a small PNG's chunks is Python (or holds the GIL),
 and every read or hash that lets the GIL go then waits to get it back from another decoding thread. Measured on the
-2-core development machine (docs/BENCHMARKS.md, "Ingest"), ingest of 4,500 two-channel 40×40 TIFFs took 0.95–1.04 s
+2-core development machine (docs/BENCHMARKS.md, "Ingest"), ingest of 4,500 two-channel 40×40 TIFFs took 0.95–1.21 s
 decoding in the calling thread against 1.37–1.48 s with two threads and 1.47 s with four (3,000 RGB 64×64 PNGs:
 1.12–1.25 s against 1.47–1.55 s with four), so the default is the calling thread; ``workers=N`` remains for large
 images. Results come back in the order of the entries whatever the order the threads finish in, so cell ids follow

@@ -52,8 +52,9 @@ def ingest_set(
     Cells are committed in batches of :data:`BATCH` (fewer once their bytes reach :data:`BATCH_BYTES`), each after
     its images are durably written (one pack file per batch,
     :meth:`phenotyping.store.cells.CellRepository.put_pack`), so an interrupted ingest keeps every committed cell,
-    and running it again skips what is already there (reported as duplicates). Files are read and decoded by a pool
-    of threads (:mod:`._decode`); cells keep the set's order.
+    and running it again skips what is already there (reported as duplicates). Files are read and decoded in this
+    thread (or ``workers`` threads, :mod:`._decode`) while a writer thread commits the batch before; cells keep the
+    set's order.
 
     Args:
         create: a sample that does not exist yet (id ``sample_id``): it is created in the same transaction as the

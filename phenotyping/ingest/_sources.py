@@ -301,7 +301,7 @@ def read_bounded(path: str | Path, *, max_bytes: int, size_hint: int = 0) -> byt
 
     The first read asks for ``size_hint + 1`` bytes (the size the file was listed with), so a small file costs one
     small read rather than a buffer of the limit's size; a file that grew since it was listed is read on, up to the
-    limit. Plain ``os`` calls, which release the GIL, so decoding threads read in parallel.
+    limit. Plain ``os`` calls (which release the GIL).
     """
     fd = os.open(path, os.O_RDONLY)
     try:
