@@ -30,11 +30,15 @@ def write_set(root, n, *, seed=0, size=16):
     return root
 
 
-def test_a_batch_is_one_pack_file_and_every_cell_reads_back(store, sample, tmp_path):
-    from phenotyping.ingest import ingest_set
-    from phenotyping.ingest._ingest import BATCH
+SMALL_BATCH = 64  # cells per batch in these tests (the default is far larger)
 
-    src = write_set(tmp_path / "set", BATCH + 10)
+
+def test_a_batch_is_one_pack_file_and_every_cell_reads_back(store, sample, tmp_path, monkeypatch):
+    import phenotyping.ingest._ingest as ing
+    from phenotyping.ingest import ingest_set
+
+    monkeypatch.setattr(ing, "BATCH", SMALL_BATCH)
+    src = write_set(tmp_path / "set", SMALL_BATCH + 10)
     res = ingest_set(store, src, sample.id, actor="tester", workers=4)
     files = [p for p in store.image_dir.rglob("*") if p.is_file()]
     assert len(files) == 2 and all(p.suffix == ".pack" for p in files), files   # two batches, two packs
@@ -112,8 +116,10 @@ def test_the_second_pass_reads_again_what_the_first_let_go(store, sample, tmp_pa
         assert store.read_cell_bytes(c) == (src / c.source_file).read_bytes()
 
 
-_SLOW_THIRD_COMMIT = textwrap.dedent("""
+_SLOW_THIRD_COMMIT = textwrap.dedent(f"""
     import sys, time
+    import phenotyping.ingest._ingest as ing
+    ing.BATCH = {SMALL_BATCH}
     from phenotyping.store import Store
     add, calls = Store.add_cells, []
     def slow_add(self, *args, **kwargs):
@@ -130,8 +136,8 @@ _SLOW_THIRD_COMMIT = textwrap.dedent("""
 
 def test_kill_9_during_a_parallel_ingest_keeps_complete_committed_cells_and_a_rerun_resumes(tmp_path):
     from phenotyping.ingest import read_image
-    from phenotyping.ingest._ingest import BATCH
 
+    BATCH = SMALL_BATCH
     n = 3 * BATCH + 40
     src = write_set(tmp_path / "set", n)
     db, marker = tmp_path / "lab.duckdb", tmp_path / "third-batch"
@@ -173,7 +179,8 @@ _NO_TORCH = textwrap.dedent("""
         code = main(json.loads(sys.argv[1]))
     except SystemExit as e:
         code = e.code
-    print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" in sys.modules}))
+    print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" in sys.modules,
+                      "pandas": "pandas" in sys.modules}))
 """)
 
 
@@ -197,6 +204,8 @@ def test_commands_that_run_no_model_do_their_work_without_torch(tmp_path):
                  ["audit", "verify"], ["bench", "ingest", "--cells", "20"]):
         out = _run_main(argv, tmp_path)
         assert out["code"] == 0 and not out["torch"], (argv, out)
+        if argv[0] in ("ingest", "bench"):   # the batch insert scans NumPy columns: importing pandas took 0.7 s
+            assert not out["pandas"], (argv, out)
 
 
 def test_predict_manifest_takes_the_channels_from_the_card_and_checks_them_against_the_checkpoint(tmp_path, capsys):
@@ -217,3 +226,141 @@ def test_predict_manifest_takes_the_channels_from_the_card_and_checks_them_again
     rc = main(["predict", "--model", str(model_dir), "--manifest", str(src), "--bootstrap", "0", "--device", "cpu"])
     assert rc == 2
     assert "model card lists 3 input channel(s) but its checkpoint 2" in capsys.readouterr().err
+
+
+def _entries_and_count(source):
+    from phenotyping.ingest._sources import iter_source
+
+    counts = []
+    entries = list(iter_source(source, max_bytes=1 << 20, on_count=counts.append))
+    return len(entries), counts
+
+
+@pytest.mark.parametrize("kind", ["folder", "folder+manifest", "manifest", "zip", "zip+manifest"])
+def test_each_source_counts_the_entries_it_yields(tmp_path, kind):
+    """The first pass settles the majority from this count, so it must never be below what the source yields."""
+    src = _bad_set(tmp_path / "set")
+    if "manifest" in kind:
+        names = sorted(p.name for p in src.iterdir())
+        (src / "manifest.csv").write_text("path\n" + "".join(f"{n}\n" for n in names[:-3]) + "missing.png\n")
+    if kind.startswith("zip"):
+        with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+            for p in sorted(src.iterdir()):
+                zf.write(p, f"top/{p.name}")
+            zf.writestr("../escapes.png", b"x")
+        src = tmp_path / "set.zip"
+    elif kind == "manifest":
+        src = src / "manifest.csv"
+    n, counts = _entries_and_count(src)
+    assert counts == [n]
+
+
+def _decodes_before_first_commit(monkeypatch, store, sample, src):
+    import phenotyping.ingest._ingest as ing
+
+    decoded, at_first_commit = [], []
+    decode, add = ing.decode_entry, type(store).add_cells
+
+    def counting_decode(*args, **kwargs):
+        decoded.append(1)
+        return decode(*args, **kwargs)
+
+    def noting_add(self, *args, **kwargs):
+        at_first_commit.append(len(decoded))
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(ing, "decode_entry", counting_decode)
+    monkeypatch.setattr(ing, "BATCH", 16)
+    monkeypatch.setattr(type(store), "add_cells", noting_add)
+    result = ing.ingest_set(store, src, sample.id, actor="tester", workers=1)
+    return result, at_first_commit[0]
+
+
+def test_the_majority_is_settled_early_and_worded_as_after_the_whole_set(store, sample, tmp_path, monkeypatch):
+    """Once more than half of the set's files have one count, cells are committed while the rest is decoded; the
+    odd file's refusal still gives the counts of the whole set."""
+    src = tmp_path / "set"
+    src.mkdir()
+    for i in range(100):
+        (src / f"c{i:03d}.png").write_bytes(png_bytes(cell_array(h=12, w=12, seed=i)))
+    (src / "z_rgb.png").write_bytes(png_bytes(cell_array(h=12, w=12, c=3, seed=999)))   # last in the order
+    result, decoded = _decodes_before_first_commit(monkeypatch, store, sample, src)
+    assert decoded < 101   # without the early settling, all 101 files are decoded before the first commit
+    assert result.ingested == 100 and [r.file for r in result.rejected] == ["z_rgb.png"]
+    assert result.rejected[0].reason == ("3 channel(s), but most of this set's images (100 of 101) have 1; a "
+                                         "sample's images must all have the same channels")
+
+
+def test_a_set_without_an_early_majority_is_decoded_whole_first(store, sample, tmp_path, monkeypatch):
+    src = tmp_path / "set"
+    src.mkdir()
+    for i in range(60):
+        c = 1 if i % 2 else 3   # 30 and 30: only the last file settles it, for the grey ones
+        (src / f"c{i:03d}.png").write_bytes(png_bytes(cell_array(h=12, w=12, c=c, seed=i)))
+    (src / "d.png").write_bytes(png_bytes(cell_array(h=12, w=12, seed=500)))
+    result, decoded = _decodes_before_first_commit(monkeypatch, store, sample, src)
+    assert decoded == 61 and result.ingested == 31
+    assert {r.reason for r in result.rejected} == {"3 channel(s), but most of this set's images (31 of 61) have 1; "
+                                                   "a sample's images must all have the same channels"}
+
+
+def test_a_failed_commit_stops_the_ingest_and_later_batches_are_not_committed(store, sample, tmp_path, monkeypatch):
+    import phenotyping.ingest._ingest as ing
+    from phenotyping.errors import StoreError
+
+    add, calls = type(store).add_cells, []
+
+    def failing_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("disk full (test)")
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(ing, "BATCH", 16)
+    monkeypatch.setattr(type(store), "add_cells", failing_second)
+    with pytest.raises(StoreError, match="disk full"):
+        ing.ingest_set(store, write_set(tmp_path / "set", 80), sample.id, actor="tester", workers=2)
+    assert len(calls) == 2 and store.count_cells(sample.id) == 16
+    assert store.verify_audit().bottom_line == "intact"
+
+
+def test_folders_are_fsynced_until_each_is_durable_in_its_parent(tmp_path, monkeypatch):
+    import phenotyping.store.cells as cells
+
+    synced = []
+    monkeypatch.setattr(cells, "_fsync", synced.append)
+    s = Store(tmp_path / "a.duckdb")
+    images = s.image_dir
+    first = s.put_pack([(b"one", ".png")])[0]
+    s.sync_blobs([first])
+    pack = images / first.split("@")[0]
+    assert synced == [pack, pack.parent, pack.parent.parent, images, images.parent]
+    synced.clear()
+    s.sync_blobs([first])   # the same folders: only the file and the folder that names it
+    assert synced == [pack, pack.parent]
+    s.close()
+
+
+def test_a_file_that_grew_after_listing_is_read_to_the_limit(tmp_path):
+    from phenotyping.ingest._sources import read_bounded
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 5000)
+    assert read_bounded(f, max_bytes=100_000, size_hint=10) == b"x" * 5000
+    assert read_bounded(f, max_bytes=1000, size_hint=10) == b"x" * 1001   # one over: the caller refuses it
+    assert read_bounded(f, max_bytes=1000, size_hint=5000) == b"x" * 1001
+    f.write_bytes(b"")
+    assert read_bounded(f, max_bytes=1000, size_hint=0) == b""
+
+
+def test_the_store_json_is_what_json_dumps_wrote():
+    """Digests recorded by earlier versions are recomputed with ``_json``: its text must not change."""
+    from datetime import datetime, timezone
+
+    from phenotyping.store._db import _json
+
+    for v in ([1, "a", None, 2.5, {"b": 1, "a": [1, 2]}], {"z": "é", "at": datetime(2020, 1, 1, tzinfo=timezone.utc)},
+              [2, 40, 40], {}, {"cell_id": "c1", "x": 1e-320}, ["☃", True]):
+        assert _json(v) == json.dumps(v, sort_keys=True, default=str, allow_nan=False)
+    with pytest.raises(ValueError):
+        _json(float("nan"))

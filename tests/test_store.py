@@ -138,15 +138,17 @@ def test_second_process_gets_database_in_use(tmp_path):
 def test_kill_mid_ingest_loses_no_committed_cell(tmp_path):
     """SIGKILL an ingest after its first batch: every committed cell has its image, and a rerun completes the set."""
     from phenotyping.ingest import read_image
-    from phenotyping.ingest._ingest import BATCH
 
+    BATCH = 256  # the ingest below runs with batches this small (the default is larger than the set)
     src = tmp_path / "set"
     src.mkdir()
     n = 1500
     for i in range(n):
         (src / f"{i:05d}.png").write_bytes(png_bytes(cell_array(h=16, w=16, seed=i)))
     db = tmp_path / "lab.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "phenotyping", "ingest", str(src), "--sample", "K",
+    small_batches = ("import sys, phenotyping.ingest._ingest as ing; ing.BATCH = int(sys.argv[1]); "
+                     "from phenotyping.__main__ import main; sys.exit(main(sys.argv[2:]))")
+    proc = subprocess.Popen([sys.executable, "-c", small_batches, str(BATCH), "ingest", str(src), "--sample", "K",
                              "--specimen", "blood", "--db", str(db)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     images = tmp_path / "lab-images"

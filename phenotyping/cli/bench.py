@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--cells", type=int, default=None,
                    help="cells for the end-to-end run (default 10000; bench ingest and startup: 4500)")
-    p.add_argument("--workers", type=int, default=None, help="bench ingest: decoding threads (default: 2 per core, "
-                                                             "at most 8; 1: none)")
+    p.add_argument("--workers", type=int, default=None, help="bench ingest: decoding threads (default 1: decode in "
+                                                             "the calling thread)")
     p.add_argument("--expected-channels", action="store_true",
                    help="bench ingest: give ingest the channel count (as predict --manifest does), so it makes no "
                         "first pass")

@@ -1,14 +1,18 @@
-"""Decoding a set's files in parallel threads, in the set's order.
+"""Decoding a set's files, in the set's order, in the calling thread or a pool of threads.
 
 Reading a file, hashing it (``hashlib`` releases the GIL for buffers above 2 KiB), inflating it (zlib) and
-decoding it (numpy, PIL, tifffile) run partly outside the GIL, so a small thread pool overlaps the files' I/O and
-decoding with one another and with the caller's writes. Results come back in the order of the entries whatever the
-order the threads finish in, so cell ids follow the set's order.
+decoding it (numpy, PIL, tifffile) run partly outside the GIL, so threads can overlap large files' I/O and decoding.
+For single-cell images they do not: parsing a small TIFF's tags or a small PNG's chunks is Python (or holds the GIL),
+and every read or hash that lets the GIL go then waits to get it back from another decoding thread. Measured on the
+2-core development machine (docs/BENCHMARKS.md, "Ingest"), ingest of 4,500 two-channel 40×40 TIFFs took 0.95–1.21 s
+decoding in the calling thread against 1.37–1.48 s with two threads and 1.47 s with four (3,000 RGB 64×64 PNGs:
+1.12–1.25 s against 1.47–1.55 s with four), so the default is the calling thread; ``workers=N`` remains for large
+images. Results come back in the order of the entries whatever the order the threads finish in, so cell ids follow
+the set's order. Ingest's commits run in a thread of their own either way (``_ingest._commit_all``).
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,12 +27,9 @@ T = TypeVar("T")
 
 
 def decode_workers() -> int:
-    """Threads for decoding: two per core this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, 2 * cores))
+    """Threads for decoding by default: none (1, the calling thread), which is fastest for single-cell images (see
+    the module docstring)."""
+    return 1
 
 
 def decode_stream(entries: Iterable[Entry], decode: Callable[[Entry], T], *, max_bytes: int,

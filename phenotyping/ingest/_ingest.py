@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +23,8 @@ from phenotyping.ingest.bsccm import DPC_CHANNELS, is_bsccm_root
 from phenotyping.schemas import IngestResult, RejectedFile, Sample
 
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
-BATCH = 256
+BATCH = 2048  # cells per committed batch (one pack file, one transaction, one cells.ingest audit event)
+BATCH_BYTES = 64 * 1024 * 1024  # or fewer cells, once their image bytes reach this
 SURVEY_KEEP_BYTES = 256 * 1024 * 1024  # file bytes the first pass keeps for the second (the rest is read again)
 
 ProgressFn = Callable[[int, int | None], None]
@@ -47,10 +49,12 @@ def ingest_set(
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
-    Cells are committed in batches of 256, each after its images are durably written (one pack file per batch,
+    Cells are committed in batches of :data:`BATCH` (fewer once their bytes reach :data:`BATCH_BYTES`), each after
+    its images are durably written (one pack file per batch,
     :meth:`phenotyping.store.cells.CellRepository.put_pack`), so an interrupted ingest keeps every committed cell,
-    and running it again skips what is already there (reported as duplicates). Files are read and decoded by a pool
-    of threads (:mod:`._decode`); cells keep the set's order.
+    and running it again skips what is already there (reported as duplicates). Files are read and decoded in this
+    thread (or ``workers`` threads, :mod:`._decode`) while a writer thread commits the batch before; cells keep the
+    set's order.
 
     Args:
         create: a sample that does not exist yet (id ``sample_id``): it is created in the same transaction as the
@@ -76,31 +80,48 @@ def ingest_set(
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
     run.derive = derive
 
-    def entries() -> Iterator[Entry]:
+    def entries(on_count: Callable[[int], None] | None = None) -> Iterator[Entry]:
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
-                           bsccm_options=bsccm_options, max_files=max_files)
+                           bsccm_options=bsccm_options, max_files=max_files, on_count=on_count)
 
     decoded = _decoded(run, entries, source, bsccm_options, max_bytes=max_bytes, max_pixels=max_pixels,
                        progress=progress, workers=workers)
-    seen = 0
-    last_report = time.monotonic()
-    for entry, result in decoded:
-        seen += 1
-        if progress and time.monotonic() - last_report > 0.2:
-            progress(seen, None)
-            last_report = time.monotonic()
-        _add_entry(run, entry, result)
-        if len(run.pending) >= BATCH:
-            run.flush()
-    run.flush()
-    if progress:
-        progress(seen, seen)
+    seen = _commit_all(run, decoded, progress)
     if not run.ids:
         raise _nothing_ingested(source, sample_id, seen, run.rejected, created=create is not None,
                                 duplicates=run.duplicates)
     summary = [f"{note}: {len(files)} file(s), e.g. {files[0]}" for note, files in run.noted.items()]
     return IngestResult(sample_id=sample_id, ingested=len(run.ids), duplicates=run.duplicates, rejected=run.rejected,
                         notes=summary, cell_ids=run.ids)
+
+
+def _commit_all(run: _Run, decoded: Iterable[tuple[Entry, Decoded | str]], progress: ProgressFn | None) -> int:
+    """Queue or reject every decoded entry, committing full batches as they fill; the number of entries seen.
+
+    A batch is committed by one writer thread while this one goes on with the next batch (at most one batch in
+    flight, committed in order), so a batch's writes and fsyncs overlap the decoding of the next. Every batch is
+    committed (or its error raised here) before this returns."""
+    seen = 0
+    last_report = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit") as writer:
+        run.writer = writer
+        try:
+            for entry, result in decoded:
+                seen += 1
+                if progress and time.monotonic() - last_report > 0.2:
+                    progress(seen, None)
+                    last_report = time.monotonic()
+                _add_entry(run, entry, result)
+                if len(run.pending) >= BATCH or run.pending_bytes >= BATCH_BYTES:
+                    run.flush()
+            run.flush()
+        finally:
+            _settle_majority(run)
+            run.wait()  # the batch in flight is committed, or its error raised (before the loop's own)
+            run.writer = None
+    if progress:
+        progress(seen, seen)
+    return seen
 
 
 @dataclass
@@ -141,24 +162,36 @@ def decode_entry(entry: Entry, *, max_bytes: int, max_pixels: int,
             extra = {**extra, "channel_names": ",".join(names), "derived": derive.describe()}
     except ImageError as e:
         return e.reason
-    return Decoded(data=data, stored=stored, shape=tuple(int(x) for x in arr.shape), dtype=str(arr.dtype),
+    return Decoded(data=data, stored=stored, shape=tuple(map(int, arr.shape)), dtype=_dtype_name(arr.dtype),
                    digest=hashlib.sha256(data).hexdigest(), suffix=_SUFFIX[sniff_format(stored)], notes=notes,
                    extra=extra)
 
 
-def _decoded(run: _Run, entries: Callable[[], Iterator[Entry]], source: str | Path, bsccm_options: dict | None, *,
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``str(dtype)``, remembered (numpy builds the name anew on every call)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+def _decoded(run: _Run, entries: Callable[..., Iterator[Entry]], source: str | Path, bsccm_options: dict | None, *,
              max_bytes: int, max_pixels: int, progress: ProgressFn | None,
              workers: int | None) -> Iterator[tuple[Entry, Decoded | str]]:
     """The set's entries with their decoded images, in order; sets ``run.channels`` first where the set decides it
-    (a BSCCM reader's fixed count, else the majority of a first pass that decodes everything)."""
+    (a BSCCM reader's fixed count, else the majority of a first pass that decodes until it is settled)."""
     derive = run.derive
     if run.channels is None and derive is None:
         run.channels = _known_channels(Path(source), bsccm_options)
         run.channel_basis = f"this set's images have {run.channels}"
     if run.channels is None and derive is None:  # derived channels: the first derived cell decides
-        survey, run.channels, run.channel_basis = _majority_channels(
-            entries(), source, max_bytes=max_bytes, max_pixels=max_pixels, progress=progress, workers=workers)
-        return _after_survey(survey, entries, max_bytes=max_bytes, max_pixels=max_pixels)
+        run.by_majority = True
+        survey, rest, run.channels = _majority_channels(
+            entries, source, max_bytes=max_bytes, max_pixels=max_pixels, progress=progress, workers=workers)
+        return _after_survey(survey, rest, entries, max_bytes=max_bytes, max_pixels=max_pixels)
     decode = functools.partial(decode_entry, max_bytes=max_bytes, max_pixels=max_pixels, derive=derive)
     return decode_stream(entries(), decode, max_bytes=max_bytes, workers=workers)
 
@@ -172,52 +205,61 @@ def _known_channels(source: Path, bsccm_options: dict | None) -> int | None:
     return 1 if options.get("contrast") == "dpc" else len(options.get("channels") or DPC_CHANNELS)
 
 
-def _majority_channels(entries: Iterable[Entry], source: str | Path, *, max_bytes: int, max_pixels: int,
-                       progress: ProgressFn | None, workers: int | None = None,
-                       ) -> tuple[list[tuple[Entry, Decoded | str]], int | None, str]:
-    """A first pass that decodes the whole set, the channel count more than half of its decodable images have, and
-    the sentence that says so.
+def _majority_channels(entries: Callable[..., Iterator[Entry]], source: str | Path, *, max_bytes: int,
+                       max_pixels: int, progress: ProgressFn | None, workers: int | None = None,
+                       ) -> tuple[list[tuple[Entry, Decoded | str | None]], Iterator[tuple[Entry, Decoded | str]],
+                                  int | None]:
+    """A first pass that decodes the set until the channel count more than half of its decodable images have is
+    settled: ``(its results, the rest of the decoded stream, the count)``.
 
     So that no file's place in the order (an RGB ``_overview.png`` sorting first) decides the count for the rest.
-    The pass's results are returned for the second pass to reuse (the bytes of at most :data:`SURVEY_KEEP_BYTES`
-    in all; files beyond are read and decoded again). The count is None when no file decodes (each is then
-    refused for its own reason).
+    The count is settled as soon as more images have it than half the entries the source holds in all (the
+    source's count, :func:`iter_source`'s ``on_count``): no later file can change it, so the rest of the set is
+    decoded as it is committed. Otherwise the pass decodes the whole set. Its results are returned for the second
+    pass to reuse (the bytes of at most :data:`SURVEY_KEEP_BYTES` in all; files beyond are None: read and decoded
+    again). The count is None when no file decodes (each is then refused for its own reason).
 
     Raises:
         IngestError: no channel count is shared by more than half of the decodable images.
     """
     counts: Counter[int] = Counter()
-    survey: list[tuple[Entry, Decoded | str]] = []
+    survey: list[tuple[Entry, Decoded | str | None]] = []
     kept = 0
     last_report = time.monotonic()
+    total: list[int] = []
     decode = functools.partial(decode_entry, max_bytes=max_bytes, max_pixels=max_pixels)
-    for seen, (entry, result) in enumerate(decode_stream(entries, decode, max_bytes=max_bytes, workers=workers),
-                                           start=1):
+    stream = decode_stream(entries(on_count=total.append), decode, max_bytes=max_bytes, workers=workers)
+    for seen, (entry, result) in enumerate(stream, start=1):
         if progress and time.monotonic() - last_report > 0.2:
             progress(seen, None)
             last_report = time.monotonic()
+        channels = None
         if isinstance(result, Decoded):
-            counts[result.shape[0]] += 1
+            channels = result.shape[0]
+            counts[channels] += 1
             kept += len(result.data)
             if kept > SURVEY_KEEP_BYTES:
                 result = None  # decoded again in the second pass
         survey.append((entry, result))
+        if channels is not None and total and 2 * counts[channels] > total[0]:
+            return survey, stream, channels
     if not counts:
-        return survey, None, ""
-    total = sum(counts.values())
+        return survey, iter(()), None
+    n_decoded = sum(counts.values())
     top, n = counts.most_common(1)[0]
-    if 2 * n <= total:
+    if 2 * n <= n_decoded:
         groups = ", ".join(f"{k:,} with {c} channel(s)" for c, k in sorted(counts.items()))
         raise IngestError(f"{source}: its images have different channel counts and no count is shared by most of "
                           f"them ({groups}); a sample's images must all have the same channels: remove the odd "
                           "files (an overview image, a mask) or ingest each group into its own sample")
-    return survey, top, f"most of this set's images ({n:,} of {total:,}) have {top}"
+    return survey, iter(()), top
 
 
-def _after_survey(survey: list[tuple[Entry, Decoded | str | None]], entries: Callable[[], Iterator[Entry]], *,
-                  max_bytes: int, max_pixels: int) -> Iterator[tuple[Entry, Decoded | str]]:
-    """The first pass's results in order; when it let some files' bytes go, the set is read again (same order) and
-    those files are decoded anew."""
+def _after_survey(survey: list[tuple[Entry, Decoded | str | None]], rest: Iterator[tuple[Entry, Decoded | str]],
+                  entries: Callable[..., Iterator[Entry]], *, max_bytes: int,
+                  max_pixels: int) -> Iterator[tuple[Entry, Decoded | str]]:
+    """The first pass's results in order, then the rest of its stream; when it let some files' bytes go, the set is
+    read again (same order) and those files are decoded anew."""
     fresh = entries() if any(r is None for _, r in survey) else None
     for i in range(len(survey)):
         entry, result = survey[i]
@@ -225,6 +267,7 @@ def _after_survey(survey: list[tuple[Entry, Decoded | str | None]], entries: Cal
         if fresh is not None:
             entry = next(fresh)
         yield entry, (decode_entry(entry, max_bytes=max_bytes, max_pixels=max_pixels) if result is None else result)
+    yield from rest
 
 
 @dataclass
@@ -239,22 +282,47 @@ class _Run:
     hashes: dict[str, str]                 # content hash -> name of the first file with it
     keys: set[str]
     channel_basis: str = ""                # why ``channels`` is the count: "this sample's cells have 1", …
+    by_majority: bool = False              # the count is the set's majority: the basis is known at the end
+    decoded: Counter = field(default_factory=Counter)  # channel count -> decodable images seen
+    off_count: list[int] = field(default_factory=list)  # places in ``rejected`` that await the majority's basis
     rejected: list[RejectedFile] = field(default_factory=list)
     noted: dict[str, list[str]] = field(default_factory=dict)  # decoding note -> files
     duplicates: int = 0
     pending: list[dict] = field(default_factory=list)
+    pending_bytes: int = 0
     ids: list[int] = field(default_factory=list)
     derive: QdpcDerivation | None = None
 
+    writer: ThreadPoolExecutor | None = None  # commits batches in order, one at a time (see _commit_all)
+    in_flight: Future | None = None
+    batches: int = 0
+
     def flush(self) -> None:
-        """Commit the pending cells (creating the sample with the first batch when ``create`` is set)."""
-        if self.pending:
-            rels = self.store.put_pack([(c.pop("_bytes"), c.pop("_suffix")) for c in self.pending])
-            for c, rel in zip(self.pending, rels):
-                c["blob_path"] = rel
-            self.ids.extend(self.store.add_cells(self.sample_id, self.pending, actor=self.actor,
-                                                 create=None if self.ids else self.create))
-            self.pending.clear()
+        """Hand the pending cells to the writer (creating the sample with the first batch when ``create`` is set),
+        after the batch before them is committed; without a writer, commit them here."""
+        if not self.pending:
+            return
+        batch, create = self.pending, None if self.batches else self.create
+        self.pending, self.pending_bytes = [], 0
+        self.batches += 1
+        self.wait()
+        if self.writer is None:
+            self.ids.extend(self._commit(batch, create))
+        else:
+            self.in_flight = self.writer.submit(self._commit, batch, create)
+
+    def wait(self) -> None:
+        """Wait for the batch in flight; its cell ids join ``ids`` (its error is raised here)."""
+        if self.in_flight is not None:
+            done, self.in_flight = self.in_flight, None
+            self.ids.extend(done.result())
+
+    def _commit(self, batch: list[dict], create: Sample | None) -> list[int]:
+        """Write the batch's pack, then its rows (which makes the pack durable before it commits)."""
+        rels = self.store.put_pack([(c.pop("_bytes"), c.pop("_suffix")) for c in batch])
+        for c, rel in zip(batch, rels):
+            c["blob_path"] = rel
+        return self.store.add_cells(self.sample_id, batch, actor=self.actor, create=create)
 
 
 def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected_channels: int | None) -> _Run:
@@ -273,6 +341,19 @@ def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected
                 keys=store.known_cell_keys(sample_id), channel_basis=_basis(expected_channels, channels))
 
 
+def _settle_majority(run: _Run) -> None:
+    """Word the refusals of images without the majority's channel count, now that the whole set was seen."""
+    if not run.off_count:
+        return
+    basis = (f"most of this set's images ({run.decoded[run.channels]:,} of {sum(run.decoded.values()):,}) have "
+             f"{run.channels}")
+    for i in run.off_count:
+        r = run.rejected[i]
+        run.rejected[i] = RejectedFile(file=r.file, reason=f"{r.reason} channel(s), but {basis}; a sample's images "
+                                                           "must all have the same channels")
+    run.off_count.clear()
+
+
 def _basis(expected_channels: int | None, channels: int | None) -> str:
     if expected_channels:
         return f"{expected_channels} are expected"
@@ -285,6 +366,11 @@ def _add_entry(run: _Run, entry: Entry, result: Decoded | str) -> None:
         run.rejected.append(RejectedFile(file=entry.name, reason=result))
         return
     channels = result.shape[0]
+    run.decoded[channels] += 1
+    if run.channels is not None and channels != run.channels and run.by_majority:
+        run.off_count.append(len(run.rejected))
+        run.rejected.append(RejectedFile(file=entry.name, reason=str(channels)))  # worded by _settle_majority
+        return
     if run.channels is not None and channels != run.channels:
         derived = " after derivation" if run.derive is not None else ""
         run.rejected.append(RejectedFile(file=entry.name, reason=(
@@ -292,7 +378,7 @@ def _add_entry(run: _Run, entry: Entry, result: Decoded | str) -> None:
             "a sample's images must all have the same channels")))
         return
     if run.channels is None:  # only when the first pass decoded nothing that this pass could
-        run.channels = channels
+        run.channels, run.by_majority = channels, False
     key = entry.cell_key or entry.name
     digest = result.digest
     if digest in run.hashes:
@@ -311,6 +397,7 @@ def _add_entry(run: _Run, entry: Entry, result: Decoded | str) -> None:
         extra = {**extra, "image_note": "; ".join(result.notes)}
         for n in result.notes:
             run.noted.setdefault(n, []).append(entry.name)
+    run.pending_bytes += len(result.stored)
     run.pending.append({
         "cell_key": key, "content_hash": digest, "source_file": entry.name, "_bytes": result.stored,
         "_suffix": result.suffix, "shape": result.shape, "dtype": result.dtype, "reference_label": entry.label,

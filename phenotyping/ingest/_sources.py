@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import re
 import stat
 import zipfile
 from collections.abc import Callable, Iterator
@@ -51,6 +53,20 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in p.parts:
         return None
     return p
+
+
+# A relative path with nothing to normalise: no backslash, no empty, "." or ".." part, no drive letter (a part
+# starting with "." is sent the slow way, which is also correct)
+_PLAIN_RELATIVE = re.compile(r"[^/\\:.][^/\\:]*(?:/[^/\\.][^/\\]*)*")
+
+
+def _safe_member_text(name: str) -> str | None:
+    """:func:`_safe_member_path` as a posix string (``str`` of the path), without building the path object for a
+    name that needs no normalising."""
+    if _PLAIN_RELATIVE.fullmatch(name):
+        return name
+    p = _safe_member_path(name)
+    return None if p is None else str(p)
 
 
 def _strip_common_root(paths: list[PurePosixPath]) -> int:
@@ -177,6 +193,7 @@ def _bad_number(v: str) -> bool:
 
 
 NOT_LISTED = f"not listed in {MANIFEST_NAME}"
+CountFn = Callable[[int], None]
 
 
 def _referenced_paths(rows: list[ManifestRow]) -> set[PurePosixPath]:
@@ -192,7 +209,9 @@ def _referenced_paths(rows: list[ManifestRow]) -> set[PurePosixPath]:
 
 
 def _manifest_entries(rows: list[ManifestRow], cols: list[str], manifest_name: str,
-                      resolve: Callable[[PurePosixPath], Entry | str], label_column: str | None) -> Iterator[Entry]:
+                      resolve: Callable[[str], Entry | str], label_column: str | None) -> Iterator[Entry]:
+    """Entries of a manifest's rows; ``resolve`` takes a row's path (posix, normalised, inside the set) and gives its
+    entry, or why it has none."""
     id_col, label_col, numeric = _manifest_meta(rows, cols, label_column, manifest_name)
     seen_ids: set[str] = set()
     for line, row, error in rows:
@@ -204,7 +223,7 @@ def _manifest_entries(rows: list[ManifestRow], cols: list[str], manifest_name: s
         if not raw:
             yield Entry(name=where, error="empty 'path'")
             continue
-        rel = _safe_member_path(raw)
+        rel = _safe_member_text(raw)
         if rel is None:
             yield Entry(name=raw, error=f"path escapes the set's folder ({where})")
             continue
@@ -250,18 +269,23 @@ def _list_files(root: Path, max_files: int) -> list[Path]:
 
 
 def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int,
-                max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+                max_files: int = MAX_FILES_PER_SET, on_count: CountFn | None = None) -> Iterator[Entry]:
     files = _list_files(root, max_files)
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
         referenced: set[PurePosixPath] = set()
         yield from iter_manifest(manifest, label_column=label_column, max_bytes=max_bytes, referenced=referenced,
-                                 max_files=max_files)
+                                 max_files=max_files,
+                                 on_count=None if on_count is None else lambda rows: on_count(rows + sum(
+                                     1 for p in files if p.suffix.lower() in IMAGE_SUFFIXES and PurePosixPath(
+                                         p.relative_to(root).as_posix()) not in referenced)))
         for p in files:
             rel = PurePosixPath(p.relative_to(root).as_posix())
             if p.suffix.lower() in IMAGE_SUFFIXES and rel not in referenced:
                 yield Entry(name=rel.as_posix(), error=NOT_LISTED)
         return
+    if on_count is not None:
+        on_count(len(files))
     rels = [PurePosixPath(p.relative_to(root).as_posix()) for p in files]
     strip = _strip_common_root(rels)
     for p, rel in zip(files, rels):
@@ -272,18 +296,42 @@ def iter_folder(root: Path, *, label_column: str | None = None, max_bytes: int,
         yield _file_entry(p, rel.as_posix(), label=_label_from_layout(inner), max_bytes=max_bytes)
 
 
-def _file_entry(path: Path, name: str, *, label: str | None, max_bytes: int, size: int | None = None) -> Entry:
-    size = path.stat().st_size if size is None else size
+def read_bounded(path: str | Path, *, max_bytes: int, size_hint: int = 0) -> bytes:
+    """A file's bytes, at most ``max_bytes + 1`` of them (so a caller can tell a file above the limit).
+
+    The first read asks for ``size_hint + 1`` bytes (the size the file was listed with), so a small file costs one
+    small read rather than a buffer of the limit's size; a file that grew since it was listed is read on, up to the
+    limit. Plain ``os`` calls (which release the GIL).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        limit, got, chunks = max_bytes + 1, 0, []
+        want = min(limit, max(size_hint, 0) + 1)
+        while got < limit:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+            want = min(limit - got, 1 << 16)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_entry(path: Path | str, name: str, *, label: str | None, max_bytes: int, size: int | None = None) -> Entry:
+    size = os.stat(path).st_size if size is None else size
+    path = str(path)
 
     def read() -> bytes:
-        with open(path, "rb") as fh:
-            return fh.read(max_bytes + 1)
+        return read_bounded(path, max_bytes=max_bytes, size_hint=size)
 
-    return Entry(name=name, read=read, size=size, cell_key=name, label=label, path=str(path))
+    return Entry(name=name, read=read, size=size, cell_key=name, label=label, path=path)
 
 
 def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes: int,
-                  referenced: set[PurePosixPath] | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+                  referenced: set[PurePosixPath] | None = None, max_files: int = MAX_FILES_PER_SET,
+                  on_count: CountFn | None = None) -> Iterator[Entry]:
     """Entries of a manifest's rows; ``referenced`` (when given) receives every relative path the manifest names."""
     if manifest.stat().st_size > max_bytes:
         raise IngestError(f"{manifest}: {manifest.stat().st_size / 1e6:.1f} MB, above the limit of "
@@ -295,29 +343,36 @@ def iter_manifest(manifest: Path, *, label_column: str | None = None, max_bytes:
     rows, cols = _parse_manifest(text, str(manifest), max_rows=max_files)
     if referenced is not None:
         referenced |= _referenced_paths(rows)
+    if on_count is not None:
+        on_count(len(rows))
     base = manifest.parent.resolve()
-    folders: dict[PurePosixPath, Path] = {}  # a listed file's folder, resolved once (most sets share a few folders)
+    # a listed file's folder, resolved once (most sets share a few folders), and whether it is inside ``base``
+    folders: dict[str, tuple[str, bool]] = {}
 
-    def resolve(rel: PurePosixPath) -> Entry | str:
-        folder = folders.get(rel.parent)
-        if folder is None:
-            folder = folders[rel.parent] = (base / rel.parent).resolve()
-        p = folder / rel.name
+    def resolve(text: str) -> Entry | str:
+        head, _, name = text.rpartition("/")
+        found = folders.get(head)
+        if found is None:
+            folder = (base / head).resolve()
+            found = folders[head] = (str(folder).rstrip("/"), folder.is_relative_to(base))
+        folder, inside = found
+        p = f"{folder}/{name}" if name else folder
         try:
-            st = p.lstat()
+            st = os.lstat(p)
         except OSError:
             return "listed in the manifest but not found"
         if stat.S_ISLNK(st.st_mode):  # follow it, then apply the same checks to where it leads
-            p = p.resolve()
+            target = Path(p).resolve()
             try:
-                st = p.stat()
+                st = target.stat()
             except OSError:
                 return "listed in the manifest but not found"
-        if not p.is_relative_to(base):
+            p, inside = str(target), target.is_relative_to(base)
+        if not inside:  # the folder resolved outside the manifest's (a link among the folders) or the link did
             return "path escapes the manifest's folder"
         if not stat.S_ISREG(st.st_mode):
             return "listed in the manifest but not found"
-        return _file_entry(p, rel.as_posix(), label=None, max_bytes=max_bytes, size=st.st_size)
+        return _file_entry(p, text, label=None, max_bytes=max_bytes, size=st.st_size)
 
     yield from _manifest_entries(rows, cols, manifest.name, resolve, label_column)
 
@@ -364,7 +419,8 @@ def _read_zip_manifest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, display: str,
 
 
 def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None, max_bytes: int,
-             display: str | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+             display: str | None = None, max_files: int = MAX_FILES_PER_SET,
+             on_count: CountFn | None = None) -> Iterator[Entry]:
     """Entries of a zip archive. Its size is checked before anything is read: more than ``max_files`` entries in
     the central directory refuse the set. Members that share a path (after '\\' becomes '/') are all refused, with
     one entry naming them."""
@@ -381,11 +437,13 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
         raise IngestError(f"{display}: not a readable zip archive ({e})") from e
     with zf:
         groups: dict[PurePosixPath, list[tuple[int, zipfile.ZipInfo]]] = {}
+        escaping = 0
         for pos, info in enumerate(zf.infolist(), start=1):
             if info.is_dir():
                 continue
             rel = _safe_member_path(info.filename)
             if rel is None:
+                escaping += 1
                 yield Entry(name=info.filename, error="path escapes the archive (absolute or '..'); refused")
                 continue
             if _is_junk(rel.parts):
@@ -405,8 +463,13 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
         if manifest_info is not None:
             text = _read_zip_manifest(zf, manifest_info, display, max_bytes)
             rows, cols = _parse_manifest(text, f"{display}:{MANIFEST_NAME}", max_rows=max_files)
+            referenced = _referenced_paths(rows)
+            if on_count is not None:
+                on_count(escaping + len(rows) + sum(r not in referenced for r in clashes) + sum(
+                    r.suffix.lower() in IMAGE_SUFFIXES and r not in referenced for r in inner))
 
-            def resolve(rel: PurePosixPath) -> Entry | str:
+            def resolve(text: str) -> Entry | str:
+                rel = PurePosixPath(text)
                 if rel in clashes:
                     return _clash_reason(clashes[rel])
                 info = inner.get(rel)
@@ -416,7 +479,6 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
                 return e.error if e.error else e
 
             yield from _manifest_entries(rows, cols, MANIFEST_NAME, resolve, label_column)
-            referenced = _referenced_paths(rows)
             for rel_inner, found in sorted(clashes.items()):
                 if rel_inner not in referenced:
                     yield Entry(name=found[0][1].filename, error=_clash_reason(found))
@@ -424,6 +486,8 @@ def iter_zip(path: Path | io.BufferedIOBase, *, label_column: str | None = None,
                 if rel_inner.suffix.lower() in IMAGE_SUFFIXES and rel_inner not in referenced:
                     yield Entry(name=info.filename, error=NOT_LISTED)
             return
+        if on_count is not None:
+            on_count(escaping + len(inner) + len(clashes))
         for rel_inner in sorted({*inner, *clashes}):
             if rel_inner in clashes:
                 yield Entry(name=clashes[rel_inner][0][1].filename, error=_clash_reason(clashes[rel_inner]))
@@ -440,9 +504,14 @@ def _count_rows(csv_path: Path, max_rows: int) -> None:
 
 
 def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int,
-                bsccm_options: dict | None = None, max_files: int = MAX_FILES_PER_SET) -> Iterator[Entry]:
+                bsccm_options: dict | None = None, max_files: int = MAX_FILES_PER_SET,
+                on_count: CountFn | None = None) -> Iterator[Entry]:
     """Entries of any supported source; raises IngestError when the source itself cannot be read, or holds more
     than ``max_files`` files (entries of a zip, rows of a manifest or BSCCM index), before any file is read.
+
+    ``on_count`` (when given) is called once, as soon as the reader knows it (before the first entry but for a
+    zip's members whose paths escape it), with the number of entries the source yields in all; not for a BSCCM
+    folder. Ingest's first pass uses it to settle the majority channel count early.
 
     ``bsccm_options`` are passed to :func:`phenotyping.ingest.bsccm.iter_bsccm` when the folder is a BSCCM root.
     """
@@ -454,12 +523,17 @@ def iter_source(source: Path, *, label_column: str | None = None, max_bytes: int
             _count_rows(source / BSCCM_INDEX, max_files)
             yield from iter_bsccm(source, **(bsccm_options or {}))
             return
-        yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
+        yield from iter_folder(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files,
+                               on_count=on_count)
     elif source.name.lower() == MANIFEST_NAME or source.suffix.lower() == ".csv":
-        yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
+        yield from iter_manifest(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files,
+                                 on_count=on_count)
     elif source.suffix.lower() == ".zip" or zipfile.is_zipfile(source):
-        yield from iter_zip(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files)
+        yield from iter_zip(source, label_column=label_column, max_bytes=max_bytes, max_files=max_files,
+                            on_count=on_count)
     elif source.suffix.lower() in IMAGE_SUFFIXES:
+        if on_count is not None:
+            on_count(1)
         yield _file_entry(source, source.name, label=None, max_bytes=max_bytes)
     else:
         raise IngestError(f"{source}: not a folder, .zip, manifest .csv or image file")

@@ -45,8 +45,12 @@ ANCHOR_SUFFIX = ".audit-anchor"
 _log = logging.getLogger(__name__)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str, allow_nan=False)  # what json.dumps builds on every call
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str, allow_nan=False)
+    """Canonical JSON, as ``json.dumps(value, sort_keys=True, default=str, allow_nan=False)`` writes it."""
+    return _ENCODER.encode(value)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -10,12 +10,16 @@ and the bytes a lab received are kept verbatim. Two layouts share the folder:
   extension of the original file (so ``Path(blob_path).suffix`` still names the format).
 
 Creating a file costs about 1 ms on ext4 here, against 0.1 ms to read one, so a file per cell bounds ingest near
-1,000 cells/s; a pack per batch of 256 costs one create and one fsync. :meth:`CellRepository.read_blob` reads either
-layout. Files are written to a temporary name and renamed; :meth:`CellRepository.add` fsyncs every file its rows point
-to (a pack once), and their folders, *before* it commits the rows, so a process killed mid-ingest (or a power cut)
-leaves at worst an unreferenced file, never a row without its image. A batch's fsyncs run in parallel threads, where
-they share the file system's journal commits. One system-wide ``sync()`` per batch is cheaper still but waits for
-every other process's writes, and outside Linux need not wait for the disk at all.
+1,000 cells/s; a pack per batch (ingest's are up to 2,048 cells) costs one create and one fsync.
+:meth:`CellRepository.read_blob` reads either layout. Files are written to a temporary name and renamed;
+:meth:`CellRepository.add` fsyncs every file its rows point to (a pack once), and their folders, *before* it commits
+the rows, so a process killed mid-ingest (or a power cut) leaves at worst an unreferenced file, never a row without its
+image. A file's folder is fsynced each time; the folders above it only until each is durable in its parent
+(:meth:`CellRepository.sync_blobs`). One system-wide ``sync()`` per batch would wait for every other process's writes,
+and outside Linux need not wait for the disk at all.
+
+A batch's rows are inserted from NumPy columns (a DuckDB scan of a dict of arrays), not row by row and without
+pandas, whose import alone took 0.7 s of an ingest here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from phenotyping.errors import NotFoundError, StoreError
 from phenotyping.schemas import Cell, QCState, Sample, utcnow
@@ -52,10 +58,50 @@ def _split_packed(rel: str) -> tuple[str, tuple[int, int] | None]:
     return m["file"], (int(m["offset"]), int(m["length"]))
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_CELL_COLUMNS = ("cell_key", "content_hash", "source_file", "blob_path", "shape", "dtype", "reference_label",
+                 "targets", "extra")
+
+
+def _cell_columns(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cells' insert values as NumPy columns (text as object arrays; ``channels`` from each shape). The JSON
+    columns are written by ``_json`` as everywhere in the store; a shape seen before reuses its text."""
+    values: dict[str, list[Any]] = {c: [] for c in _CELL_COLUMNS}
+    channels: list[int] = []
+    shapes: dict[tuple[int, ...], str] = {}
+    for c in cells:
+        shape = tuple(int(x) for x in c["shape"])
+        text = shapes.get(shape)
+        if text is None:
+            text = shapes[shape] = _json(list(shape))
+        channels.append(shape[0])
+        values["shape"].append(text)
+        for k in ("cell_key", "content_hash", "source_file", "blob_path", "dtype"):
+            values[k].append(c[k])
+        values["reference_label"].append(c.get("reference_label"))
+        targets, extra = c.get("targets"), c.get("extra")
+        values["targets"].append(_json(targets) if targets else "{}")
+        values["extra"].append(_json(extra) if extra else "{}")
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        out[k] = np.empty(len(v), dtype=object)
+        out[k][:] = v
+    out["channels"] = np.asarray(channels, dtype=np.int32)
+    return out
+
+
 class CellRepository:
     def __init__(self, db: Database):
         self._db = db
         self._samples = SampleRepository(db)
+        self._durable_folders: set[Path] = set()  # folders whose own entry in their parent has been fsynced
 
     # -- image files ---------------------------------------------------------------------------------------------
     def put_blob(self, data: bytes, *, suffix: str, folder: str = "") -> tuple[str, str]:
@@ -98,32 +144,33 @@ class CellRepository:
         return out
 
     def sync_blobs(self, rels: Iterable[str]) -> None:
-        """fsync image files (a pack once, however many cells point into it) and the folders that hold them (in
-        threads), so rows may point to them.
+        """fsync image files (a pack once, however many cells point into it) and the folders that hold them, so rows
+        may point to them.
+
+        Each file's folder is fsynced every time (the file's name in it is new); a folder above is fsynced until
+        it has been once after the folder below it existed, which this repository remembers (a folder made since,
+        ``packs/cd/`` under ``packs/``, makes its parent be fsynced again).
 
         Raises:
             StoreError: a file is missing or the file system refused the fsync.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         image_dir = self._db.image_dir
-        files = {image_dir / _split_packed(r)[0] for r in rels}
+        files = sorted({image_dir / _split_packed(r)[0] for r in rels})
         if not files:
             return
-        folders = {f.parent for f in files} | {f.parent.parent for f in files} | {image_dir, image_dir.parent}
-
-        def fsync(path: Path) -> None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
+        top = image_dir.parent
         try:
-            with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-                list(pool.map(fsync, files))
-                if os.name != "nt":  # folders cannot be opened for fsync on Windows
-                    list(pool.map(fsync, folders))
+            for f in files:
+                _fsync(f)
+            if os.name == "nt":  # folders cannot be opened for fsync on Windows
+                return
+            for folder in sorted({f.parent for f in files}):
+                _fsync(folder)
+                child = folder
+                while child != top and child not in self._durable_folders:
+                    _fsync(child.parent)  # now ``child``'s own name in its parent is durable
+                    self._durable_folders.add(child)
+                    child = child.parent
         except OSError as e:
             raise StoreError(f"cannot make image files durable in {image_dir}: {e}; check the disk") from e
 
@@ -186,34 +233,25 @@ class CellRepository:
                 raise ValueError(f"add_cells: create= is sample {create.id!r}, cells are for {sample_id!r}")
         else:
             self._samples.get(sample_id)
-        now = utcnow()
-        rows = []
-        for c in cells:
-            shape = [int(x) for x in c["shape"]]
-            rows.append((c["cell_key"], c["content_hash"], c["source_file"], c["blob_path"], shape[0], _json(shape),
-                         c["dtype"], c.get("reference_label"), _json(c.get("targets") or {}),
-                         _json(c.get("extra") or {})))
+        batch = _cell_columns(cells)
+        n = len(cells)
         if self._db.db_path != ":memory:":  # an in-memory database does not survive a crash either
-            self.sync_blobs(c["blob_path"] for c in cells)
+            self.sync_blobs(batch["blob_path"])
         with self._db.tx() as cur:
             if create is not None:
                 self._samples.insert(cur, create, actor)
-            self._db.refuse_if_signed(cur, sample_id, f"adding {len(rows)} cell(s)")
+            self._db.refuse_if_signed(cur, sample_id, f"adding {n} cell(s)")
             ids = [int(r[0]) for r in cur.execute(
-                "SELECT nextval('cell_id_seq') FROM range(?)", [len(rows)]).fetchall()]
-            import pandas as pd  # a DataFrame scan inserts a batch far faster than row-wise parameters
-
-            batch = pd.DataFrame(rows, columns=["cell_key", "content_hash", "source_file", "blob_path", "channels",
-                                                "shape", "dtype", "reference_label", "targets", "extra"])
-            batch.insert(0, "id", ids)
-            cur.register("_cells_batch", batch)
+                "SELECT nextval('cell_id_seq') FROM range(?)", [n]).fetchall()]
+            batch["id"] = np.asarray(ids, dtype=np.int64)
+            cur.register("_cells_batch", batch)  # a scan of NumPy columns: no row-by-row parameters
             try:
                 cur.execute(
                     "INSERT INTO cells (id, sample_id, cell_key, content_hash, source_file, blob_path, channels, "
                     "shape, dtype, qc_state, qc_reason, reference_label, targets, extra, reviewed_label, created_at) "
                     "SELECT id, ?, cell_key, content_hash, source_file, blob_path, channels, shape, dtype, ?, NULL, "
                     "reference_label, targets, extra, NULL, ? FROM _cells_batch",
-                    [sample_id, QCState.pending.value, now])
+                    [sample_id, QCState.pending.value, utcnow()])
             finally:
                 cur.unregister("_cells_batch")
             digest = rows_digest(cur.execute(  # the rows as stored; audit verify recomputes it from the table
