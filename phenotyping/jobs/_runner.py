@@ -30,6 +30,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -116,6 +117,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: The newest runner of each store (by id; weak: a runner that is gone is forgotten), for :func:`warm_up_models`.
+_RUNNERS: weakref.WeakValueDictionary[int, JobRunner] = weakref.WeakValueDictionary()
+
+
 class JobRunner:
     """Runs job functions in lanes of worker threads and records their progress in ``store``'s jobs table.
 
@@ -146,6 +151,7 @@ class JobRunner:
         self.lanes = dict(LANES if lanes is None else lanes)
         self.min_interval_s = min_interval_s
         self.orphans_failed = store.fail_orphaned_jobs()
+        _RUNNERS[id(store)] = self
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._futures: dict[int, Future] = {}
         self._running: set[int] = set()
@@ -273,7 +279,14 @@ def active_job(store: Any, *, kind: str, sample_id: str | None = None) -> dict[s
 def warm_up_models(store: Any) -> threading.Thread:
     """Load every usable registered model on a background daemon thread (imports torch once, reads the weights),
     so that the first prediction of a server process does not pay for it. Failures are logged, not raised: the
-    prediction job reports them when it loads the model itself."""
+    prediction job reports them when it loads the model itself.
+
+    Where a runner with ``job_worker="process"`` serves this store (the app's), the models are loaded where its
+    prediction jobs run, in its analysis worker process (:meth:`JobRunner.warm_up`), not here."""
+    runner = _RUNNERS.get(id(store))
+    if runner is not None and runner.store is store and runner.job_worker == "process":
+        return runner.warm_up()
+
     def load_all() -> None:
         for m in usable_models(store):
             try:

@@ -10,7 +10,7 @@ It reads one JSON request per line on stdin and answers each with JSON lines on 
   files, decode them, run image QC and the model (:mod:`phenotyping.analysis.inference`, the same functions as a
   run in the app's process) and write each batch's outcome to ``out_dir/chunk-NNNNN.npz``, announced by a ``chunk``
   line once the file is complete. Events: ``loaded`` (the model's id, version, classes, targets, the device, the
-  seconds loading took), ``stage`` (what it is doing), ``chunk``;
+  seconds loading the model took), ``stage`` (what it is doing), ``chunk``;
 - ``{"op": "quit"}``.
 
 The worker never opens the database (the app holds it read-write): the app's job thread imports the chunks. Errors
@@ -88,6 +88,7 @@ def _load(models: list[str], emit: Emit) -> None:
     import timm  # noqa: F401 - paid here, at warm-up, rather than by the first job
     import torch  # noqa: F401
 
+    from phenotyping.analysis.inference import resolve_device
     from phenotyping.models.checkpoint import load_model_cached
 
     for path in models:
@@ -95,6 +96,10 @@ def _load(models: list[str], emit: Emit) -> None:
             load_model_cached(path)
         except Exception:  # noqa: BLE001 - the job that needs the model reports it
             log.exception("analysis worker: could not load the model in %s", path)
+    try:
+        resolve_device(None)  # torch's first look for CUDA takes most of a second; not in the first job
+    except ValueError:
+        log.exception("analysis worker: the device setting")
     emit({"event": "loaded", "models": len(models)})
 
 
@@ -120,13 +125,14 @@ def _predict(req: dict[str, Any], emit: Emit) -> None:
 
     t0 = time.perf_counter()
     lm = inf._prediction_model(load_model_cached(req["model_dir"]))
+    load_s = time.perf_counter() - t0  # ~0 when the model was loaded before (warm-up, an earlier job)
     dev = inf.resolve_device(req.get("device"))
     qc_cfg = inf.qc_config_from_card(lm.card)
     _, threshold = inf._calibration(lm)
     version = inf.model_version(lm.card)
     names = lm.targets.names if lm.targets is not None else []
     emit({"event": "loaded", "model_id": lm.id, "model_version": version, "classes": list(lm.classes),
-          "targets": list(names), "device": dev, "seconds": round(time.perf_counter() - t0, 4)})
+          "targets": list(names), "device": dev, "load_s": round(load_s, 4)})
     cells = [SimpleNamespace(id=int(i), blob_path=b, source_file=f)
              for i, b, f in json.loads(Path(req["cells"]).read_text(encoding="utf-8"))]
     net = lm.model.to(dev).eval()

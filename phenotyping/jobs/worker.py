@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: The hidden command that serves requests (``phenotyping/cli/job_worker.py``).
 COMMAND = "job-worker"
-_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s\\/:'\"]+[\\/])+([^\s\\/:'\"]*)")
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/](?:[^\s\\/:'\"]+[\\/])+([^\s\\/:'\"]*)")  # absolute
 
 
 class WorkerError(PhenotypingError):
@@ -71,6 +71,7 @@ class ProcessWorker:
         self._stderr: Any = None
         self._lock = threading.Lock()
         self.starts = 0  # processes started (a restarted worker counts again)
+        self.start_s = 0.0  # seconds the last request spent starting the process (0 when it was running)
 
     @property
     def pid(self) -> int | None:
@@ -137,7 +138,9 @@ class ProcessWorker:
                 re-raised.
         """
         with self._lock:
+            t0 = time.perf_counter()
             proc = self._ensure()
+            self.start_s = time.perf_counter() - t0
             try:
                 proc.stdin.write(json.dumps(req) + "\n")
                 proc.stdin.flush()
@@ -149,7 +152,7 @@ class ProcessWorker:
                 if kind == "end":
                     return
                 if kind == "error":
-                    raise WorkerError(str(event.get("message") or "the analysis worker failed"))
+                    raise WorkerError(_short(str(event.get("message") or "the analysis worker failed")))
                 if on_event is not None:
                     try:
                         on_event(event)
@@ -203,7 +206,8 @@ class ProcessWorker:
             shell = _CardOnly(card)
             return inf._input_refused(store, sample_id, shell, todo, version, actor, t0, len(cells), batch_size,
                                       inf.resolve_device(device))
-        run = _Import(store, sample_id, card, version, actor, len(cells), len(cells) - len(todo), progress, stage, t0)
+        run = _Import(store, sample_id, card, version, actor, len(cells), len(cells) - len(todo), progress, stage, t0,
+                      self)
         with tempfile.TemporaryDirectory(prefix="leuko-job-") as tmp:
             listing = Path(tmp) / "cells.json"
             listing.write_text(json.dumps([[c.id, c.blob_path, c.source_file] for c in todo]), encoding="utf-8")
@@ -224,18 +228,17 @@ class _Import:
     """The job thread's side of one prediction request: each ``chunk`` event's file into the store."""
 
     def __init__(self, store: Any, sample_id: str, card: dict[str, Any], version: str, actor: str, total: int,
-                 already: int, progress: Any, stage: Any, t0: float):
+                 already: int, progress: Any, stage: Any, t0: float, worker: ProcessWorker):
         from phenotyping.analysis.domain import RunScores
 
         self.store, self.sample_id, self.card, self.version, self.actor = store, sample_id, card, version, actor
         self.total, self.already, self.progress, self.stage, self.t0 = total, already, progress, stage, t0
+        self.worker = worker
         self.domain = RunScores(card, sample_id, version)
         self.counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
         self.codes: list[str | None] = []
         self.unreadable = 0
-        self.meta: dict[str, Any] = {"device": "cpu"}
-        self._listing_s = time.perf_counter() - t0  # listing the cells; then from the model loaded to the end
-        self._loaded_at: float | None = None
+        self.meta: dict[str, Any] = {"device": "cpu", "load_s": 0.0}
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -243,7 +246,7 @@ class _Import:
             if event["model_id"] != self.card["id"]:
                 raise WorkerError(f"the model folder now holds {event['model_id']}, not {self.card['id']}; register "
                                   "it again on the Models screen")
-            self.meta, self._loaded_at = event, time.perf_counter()
+            self.meta = event
         elif kind == "stage" and self.stage is not None:
             self.stage(str(event["what"]), self.already + int(event["done"]), self.total)
         elif kind == "chunk":
@@ -281,9 +284,10 @@ class _Import:
             self.progress(self.already + processed, self.total, processed / max(self._seconds(), 1e-9))
 
     def _seconds(self) -> float:
-        """The run's time without starting the worker and loading the model (as a run given a loaded model)."""
-        start = self._loaded_at if self._loaded_at is not None else time.perf_counter()
-        return max(self._listing_s + time.perf_counter() - start, 1e-9)
+        """The run's time so far without starting the worker process and loading the model (which a run given a
+        loaded model does not time either)."""
+        spent = time.perf_counter() - self.t0 - self.worker.start_s - float(self.meta.get("load_s") or 0.0)
+        return max(spent, 1e-9)
 
     def finish(self, batch_size: int) -> Any:
         from phenotyping.analysis.inference import PredictionRun, qc_config_from_card
