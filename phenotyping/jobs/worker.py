@@ -69,7 +69,7 @@ class ProcessWorker:
         self.command = list(command or [sys.executable, "-m", "phenotyping", COMMAND])
         self._proc: subprocess.Popen | None = None
         self._stderr: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.starts = 0  # processes started (a restarted worker counts again)
         self.start_s = 0.0  # seconds the last request spent starting the process (0 when it was running)
 
@@ -199,22 +199,23 @@ class ProcessWorker:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         card = load_card(model_dir)
         inf.qc_config_from_card(card)  # a card without QC thresholds fails here, before the worker is asked
-        t0 = time.perf_counter()
-        cells, todo = inf._cells_to_predict(store, sample_id, str(card["id"]))  # the same rule as in-process
-        version = inf.model_version(card)
-        if input_check(card, sorted({tuple(c.shape) for c in todo})) is not None:
-            shell = _CardOnly(card)
-            return inf._input_refused(store, sample_id, shell, todo, version, actor, t0, len(cells), batch_size,
-                                      inf.resolve_device(device))
-        run = _Import(store, sample_id, card, version, actor, len(cells), len(cells) - len(todo), progress, stage, t0,
-                      self)
-        with tempfile.TemporaryDirectory(prefix="leuko-job-") as tmp:
-            listing = Path(tmp) / "cells.json"
-            listing.write_text(json.dumps([[c.id, c.blob_path, c.source_file] for c in todo]), encoding="utf-8")
-            self.request({"op": "predict", "model_dir": str(Path(model_dir).resolve()), "device": device,
-                          "batch_size": batch_size, "threads": threads, "cells": str(listing), "out_dir": tmp,
-                          "image_dir": str(Path(store.image_dir).resolve())}, run.on_event)
-        return run.finish(batch_size)
+        with self._lock:  # after a warm-up or another job still using the worker, which this run does not time
+            self._ensure()
+            t0 = time.perf_counter()
+            cells, todo = inf._cells_to_predict(store, sample_id, str(card["id"]))  # the same rule as in-process
+            version = inf.model_version(card)
+            if input_check(card, sorted({tuple(c.shape) for c in todo})) is not None:
+                return inf._input_refused(store, sample_id, _CardOnly(card), todo, version, actor, t0, len(cells),
+                                          batch_size, inf.resolve_device(device))
+            run = _Import(store, sample_id, card, version, actor, len(cells), len(cells) - len(todo), progress,
+                          stage, t0, self)
+            with tempfile.TemporaryDirectory(prefix="leuko-job-") as tmp:
+                listing = Path(tmp) / "cells.json"
+                listing.write_text(json.dumps([[c.id, c.blob_path, c.source_file] for c in todo]), encoding="utf-8")
+                self.request({"op": "predict", "model_dir": str(Path(model_dir).resolve()), "device": device,
+                              "batch_size": batch_size, "threads": threads, "cells": str(listing), "out_dir": tmp,
+                              "image_dir": str(Path(store.image_dir).resolve())}, run.on_event)
+            return run.finish(batch_size)
 
 
 class _CardOnly:
