@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import encode, save_tiny_model, synthetic_cell  # noqa: E402
+from tests.test_app import app_env  # noqa: E402,F401 - a fresh app database (fixture)
 
 CLASSES = ["disc", "ring"]
 
@@ -199,3 +200,40 @@ def test_the_worker_command_is_hidden_and_the_setting_is_checked():
     assert Settings(job_worker="thread").job_worker == "thread"
     with pytest.raises(ValueError, match="not one of process, thread"):
         JobRunner(object(), job_worker="fork")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_the_analyse_screen_runs_its_job_in_the_worker_process(app_env, model_dir, monkeypatch):
+    """End to end in the app: Run analysis on the Analyse screen, the job in the worker process (the app's default),
+    the differential shown; the cells' outcomes equal those of the in-process run on a copy of the sample."""
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.auth import create_first_admin, create_user
+    from phenotyping.settings import get_settings
+    from tests.test_app import PASSWORD, app, get_store_obj
+
+    monkeypatch.setenv("LEUKO_JOB_WORKER", "process")
+    get_settings.cache_clear()
+    store = get_store_obj()
+    create_first_admin(store, "admin", PASSWORD)
+    create_user(store, "rev", PASSWORD, "reviewer", actor="admin")
+    card = json.loads((model_dir / "model_card.json").read_text())
+    card["input"] = {"channels": ["brightfield", "darkfield"], "img_size": 20, "dims": 2}  # as train writes it
+    store.register_model(card["id"], path=str(model_dir), card=card, actor="admin", usable=True)
+    for sid in ("S1", "T"):
+        _sample(store, sid, 10, blanks=2, packs=app_env)
+    at = app("rev", "analyse")
+    next(b for b in at.button if b.label == "Run analysis").click().run()
+    assert not at.exception, at.exception
+    from pages._common import get_runner
+
+    runner = get_runner()
+    assert runner.job_worker == "process"
+    job = runner.wait(at.session_state["job_S1"], timeout=120)
+    assert job["status"] == "done", job["message"]
+    assert runner.process_worker().pid is not None  # the job ran there
+    at.run()
+    assert not at.exception
+    assert "Differential" in [s.value for s in at.subheader]
+    assert any("14 cells predicted, 3 excluded by image QC" in s.value for s in at.success)
+    predict_sample(store, "T", model_dir, device="cpu", actor="rev")
+    _same(_outcome(store, "T", card["id"]), _outcome(store, "S1", card["id"]))
