@@ -237,3 +237,17 @@ def test_the_analyse_screen_runs_its_job_in_the_worker_process(app_env, model_di
     assert any("14 cells predicted, 3 excluded by image QC" in s.value for s in at.success)
     predict_sample(store, "T", model_dir, device="cpu", actor="rev")
     _same(_outcome(store, "T", card["id"]), _outcome(store, "S1", card["id"]))
+
+
+@pytest.mark.slow
+def test_bench_app_job_times_every_way_on_the_same_cells(model_dir, tmp_path):
+    from phenotyping.jobs.bench import GilHammer, app_job_bench
+
+    out = app_job_bench(model_dir, n_cells=8, repeats=1, batch_size=4, workdir=tmp_path)
+    ways = ["cli", "thread", "process", "thread_watched", "process_watched", "thread_watched_busy",
+            "process_watched_busy"]
+    assert sorted(out["cells_per_s"]) == sorted(ways) and all(len(out["runs"][w]) == 1 for w in ways)
+    assert all(v > 0 for v in out["cells_per_s"].values()) and out["ratio_to_cli"]["cli"] == 1.0
+    assert out["n_cells"] == 8 and out["worker_start_s"] > 0 and out["machine"]["cpu_cores_available"] >= 1
+    with pytest.raises(ValueError, match="duty"):
+        GilHammer(None, "S1", duty=0)
