@@ -68,7 +68,8 @@ class ProcessWorker:
     def __init__(self, command: list[str] | None = None):
         self.command = list(command or [sys.executable, "-m", "phenotyping", COMMAND])
         self._proc: subprocess.Popen | None = None
-        self._stderr: Any = None
+        self._stderr: Any = None  # the worker's stderr: a temporary file, read back into the log on failures
+        self._stderr_pos = 0
         self._lock = threading.RLock()
         self.starts = 0  # processes started (a restarted worker counts again)
         self.start_s = 0.0  # seconds the last request spent starting the process (0 when it was running)
@@ -88,9 +89,16 @@ class ProcessWorker:
 
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        self._stderr = tempfile.TemporaryFile(prefix="leuko-worker-", suffix=".log")
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, env=env, text=True, encoding="utf-8", bufsize=1)
+        fd, name = tempfile.mkstemp(prefix="leuko-worker-", suffix=".log")
+        os.close(fd)
+        with open(name, "ab") as child_err:  # the child appends; this process reads with its own file offset
+            self._stderr = open(name, "rb")  # noqa: SIM115 - kept open while the worker lives
+            self._stderr_pos = 0
+            try:
+                self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              stderr=child_err, env=env, text=True, encoding="utf-8", bufsize=1)
+            finally:
+                os.unlink(name)  # gone from the folder once both ends are open (POSIX)
         self.starts += 1
         first = self._next_event(self._proc)
         if first.get("event") != "ready":
@@ -110,14 +118,22 @@ class ProcessWorker:
             proc.kill()
             rc = proc.wait()
         how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
-        tail = ""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            lines = [ln for ln in self._stderr.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-            tail = _short(lines[-1]) if lines else ""
+        lines = self._new_stderr()
+        tail = _short(lines[-1]) if lines else ""
+        log.error("the analysis worker process (pid %s) stopped (%s)%s", proc.pid, how,
+                  "; its stderr ends:\n" + "\n".join(lines[-40:]) if lines else "")
         self._discard()
         return WorkerError(f"the analysis worker process stopped ({how}{': ' + tail if tail else ''}); the cells "
                            "saved before are kept, run the analysis again to finish")
+
+    def _new_stderr(self) -> list[str]:
+        """The non-empty lines the worker wrote to stderr since the last call (the server's log gets them)."""
+        if self._stderr is None:
+            return []
+        self._stderr.seek(self._stderr_pos)
+        text = self._stderr.read().decode("utf-8", "replace")
+        self._stderr_pos = self._stderr.tell()
+        return [ln for ln in text.splitlines() if ln.strip()]
 
     def _next_event(self, proc: subprocess.Popen) -> dict[str, Any]:
         line = proc.stdout.readline() if proc.stdout is not None else ""
@@ -152,6 +168,7 @@ class ProcessWorker:
                 if kind == "end":
                     return
                 if kind == "error":
+                    log.error("the analysis worker failed a request; its stderr:\n%s", "\n".join(self._new_stderr()))
                     raise WorkerError(_short(str(event.get("message") or "the analysis worker failed")))
                 if on_event is not None:
                     try:
