@@ -106,6 +106,13 @@ class ProcessWorker:
         return self._proc
 
     def _discard(self) -> None:
+        """Forget a stopped worker, closing its pipes and its stderr file."""
+        for f in ((self._proc.stdin, self._proc.stdout) if self._proc is not None else ()):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
         if self._stderr is not None:
             self._stderr.close()
         self._proc, self._stderr = None, None
