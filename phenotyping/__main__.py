@@ -15,7 +15,7 @@ import sys
 from phenotyping.errors import PhenotypingError
 
 COMMANDS = ("ingest", "samples", "agreement", "train", "evaluate", "calibrate", "composed-study", "predict", "bench",
-            "users", "counts", "review", "study", "audit", "import-predictions")
+            "users", "counts", "review", "study", "audit", "import-predictions", "job-worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

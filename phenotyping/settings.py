@@ -71,6 +71,11 @@ class Settings(BaseSettings):
                                                   "(LEUKO_WARM_UP_MODELS; the tests turn it off: CPython 3.11's "
                                                   "AST constructor is not thread-safe, gh-106905, and the warm-up's "
                                                   "imports race AppTest's page parsing)")
+    job_worker: Literal["process", "thread"] = Field(
+        "process", description="where the app's prediction jobs decode, check and predict cells "
+                               "(LEUKO_JOB_WORKER): process = one analysis worker process per server, which the "
+                               "screens' reruns cannot slow down (phenotyping.jobs.worker); thread = a thread of "
+                               "the server process")
     idle_timeout_min: float = Field(30.0, gt=0, description="minutes without interaction after which the app logs "
                                                             "a session out (LEUKO_IDLE_TIMEOUT_MIN); also the "
                                                             "lifetime of the session cookie that keeps a login "

@@ -15,6 +15,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # The app's background model warm-up imports torch while AppTest parses pages; CPython 3.11's AST constructor is not
 # thread-safe (gh-106905), so that race can fail a page with "AST constructor recursion depth mismatch".
 os.environ.setdefault("LEUKO_WARM_UP_MODELS", "false")
+# Prediction jobs run in the test's process (several tests replace predict_sample or the model loader there); the
+# analysis worker process is exercised by tests/test_app_job_worker.py and the browser tests.
+os.environ.setdefault("LEUKO_JOB_WORKER", "thread")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"

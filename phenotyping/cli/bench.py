@@ -3,7 +3,8 @@
 ``python -m phenotyping bench ingest [--cells N]`` (ingest against a plain read+decode loop) or
 ``python -m phenotyping bench startup [--model DIR] [--cells N]`` (start-up of every command, torch imported or not,
 ``predict --manifest`` to its first batch) or ``python -m phenotyping bench results [--cells N]`` (a sample's results
-at scale)."""
+at scale) or ``python -m phenotyping bench app-job --model DIR [--cells N]`` (the app's prediction job against the
+CLI, in-process and in the worker process, watched or not)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model's stand-in at 4x28x28, and the end-to-end speed of ingest -> QC -> predict -> store "
                     "for N cells. Prints JSON with the machine it ran on. Figures depend on the load of the machine.",
     )
-    p.add_argument("what", nargs="?", choices=["model", "ingest", "startup", "results"], default="model",
+    p.add_argument("what", nargs="?", choices=["model", "ingest", "startup", "results", "app-job"], default="model",
                    help="model (default): the model and end-to-end timings; ingest: `ingest` of --cells synthetic "
                         "2x40x40 16-bit TIFFs against a loop that only reads and decodes them, in one run; startup: "
                         "--help of every command and non-model commands at work (time, torch imported or not), "
@@ -36,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "results: synthesise --cells cells (default 10^6) with predictions in a temporary DuckDB "
                         "file, then time the store's aggregations (differential, exclusions, markers; EM's point "
                         "estimate), gallery pages at --page-cells and --cells, peak memory, and the per-cell path "
-                        "against the aggregations on --compare-cells cells, as a ratio")
+                        "against the aggregations on --compare-cells cells, as a ratio; app-job: on --cells synthetic "
+                        "cells (default 1000) in one run, predict_sample as `predict --sample` runs it, the app's "
+                        "prediction job in-process and in the worker process, and both while a thread keeps the GIL "
+                        "busy as the job's open screen does, as ratios to the CLI (--repeats each)")
     p.add_argument("--model", type=Path, default=None, help="model folder (checkpoint.pt + model_card.json)")
     p.add_argument("--arch", type=comma_list, default=None, metavar="A[,B...]",
                    help="instead of --model: time these registered architectures untrained (random weights) at "
@@ -68,13 +72,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bench results: cells of the per-cell vs SQL comparison")
     p.add_argument("--bootstrap", type=int, default=1000, help="bench results: adjusted-count resamples")
     p.add_argument("--workdir", type=Path, default=None,
-                   help="bench results: where the temporary database goes (default: $TMPDIR)")
+                   help="bench results and app-job: where the temporary database goes (default: $TMPDIR)")
+    p.add_argument("--repeats", type=int, default=3, help="bench app-job: runs of each way (the median is reported)")
     p.set_defaults(func=run, commands=sub.choices)  # filled with every command by the time it runs
 
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "results":
         return _run_results(args)
+    if args.what == "app-job":
+        return _run_app_job(args)
     if args.what != "model":
         return _run_io(args)
     args.cells = 10_000 if args.cells is None else args.cells
@@ -152,4 +159,16 @@ def _run_results(args: argparse.Namespace) -> int:
     print("synthesising and measuring (a few minutes at 10^6 cells)...", file=sys.stderr)
     print_json(results_bench(cells, page_cells=args.page_cells, compare_cells=args.compare_cells,
                              n_bootstrap=args.bootstrap, workdir=args.workdir))
+    return 0
+
+
+# -- bench app-job: the app's prediction job against the CLI (phenotyping.jobs.bench) ---------------------------------
+def _run_app_job(args: argparse.Namespace) -> int:
+    from phenotyping.jobs.bench import app_job_bench
+
+    if args.model is None:
+        raise ValueError("bench app-job needs --model DIR (e.g. models/jurkat-hybrid)")
+    print("benchmarking the app's prediction job (a few minutes)...", file=sys.stderr)
+    print_json(app_job_bench(args.model, n_cells=1000 if args.cells is None else args.cells, repeats=args.repeats,
+                             batch_size=args.batch_size, workdir=args.workdir))
     return 0
