@@ -44,6 +44,7 @@ def ingest_set(
     create: Sample | None = None,
     derive: QdpcDerivation | None = None,
     workers: int | None = None,
+    on_commit: Callable[[list[int]], None] | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
@@ -67,6 +68,8 @@ def ingest_set(
             names its channels (also in ``extra["channel_names"]``), ``extra["derived"]`` says how it was made, and
             ``content_hash`` stays the hash of the file as given, so the same raw cell is still a duplicate.
         workers: decoding threads (default :func:`phenotyping.ingest._decode.decode_workers`; 1: none).
+        on_commit: called with the ids of each batch of cells just after it committed (``predict --manifest``
+            predicts them while the rest is ingested); an exception it raises ends the ingest there.
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -75,6 +78,7 @@ def ingest_set(
     """
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
     run.derive = derive
+    run.on_commit = on_commit
 
     def entries() -> Iterator[Entry]:
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
@@ -245,6 +249,7 @@ class _Run:
     pending: list[dict] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     derive: QdpcDerivation | None = None
+    on_commit: Callable[[list[int]], None] | None = None
 
     def flush(self) -> None:
         """Commit the pending cells (creating the sample with the first batch when ``create`` is set)."""
@@ -252,9 +257,12 @@ class _Run:
             rels = self.store.put_pack([(c.pop("_bytes"), c.pop("_suffix")) for c in self.pending])
             for c, rel in zip(self.pending, rels):
                 c["blob_path"] = rel
-            self.ids.extend(self.store.add_cells(self.sample_id, self.pending, actor=self.actor,
-                                                 create=None if self.ids else self.create))
+            ids = self.store.add_cells(self.sample_id, self.pending, actor=self.actor,
+                                       create=None if self.ids else self.create)
+            self.ids.extend(ids)
             self.pending.clear()
+            if self.on_commit is not None:
+                self.on_commit(list(ids))
 
 
 def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected_channels: int | None) -> _Run:
