@@ -192,3 +192,22 @@ def test_committed_cells_hold_the_ingest_until_released():
     cells.stop()
     with pytest.raises(StopIngest):
         cells.committed([5])
+
+
+@pytest.mark.parametrize("p", [1, 2, 37, 1600, 1601])
+def test_image_stats_quartiles_are_numpys_percentiles(p):
+    """The sort-based quartiles of the domain check's image statistics are np.percentile's numbers exactly (ties,
+    odd and even lengths, NaN)."""
+    from phenotyping.analysis.domain import _quartiles, image_stats
+
+    rng = np.random.default_rng(p)
+    for x in (rng.normal(680, 6, size=(6, 2, p)).round(), rng.integers(0, 3, size=(4, 3, p)).astype(float)):
+        assert np.array_equal(_quartiles(x), np.percentile(x, [25, 50, 75], axis=-1))
+    x = rng.random((3, 2, p))
+    x[1, 0, 0] = np.nan
+    assert np.array_equal(_quartiles(x), np.percentile(x, [25, 50, 75], axis=-1), equal_nan=True)
+    cells = [rng.integers(0, 9, size=(2, 5, 7)).astype(np.uint16) for _ in range(3)] + [rng.random((2, 3, 4, 4))]
+    want = [np.concatenate([np.percentile(c.reshape(2, -1).astype(float), 50, axis=1),
+                            np.subtract(*np.percentile(c.reshape(2, -1).astype(float), [75, 25], axis=1)),
+                            c.shape[-2:]]) for c in cells]
+    assert np.array_equal(image_stats(cells), np.array(want))

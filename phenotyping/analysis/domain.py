@@ -150,11 +150,31 @@ def image_stats(arrays: Sequence[np.ndarray]) -> np.ndarray:
         by_shape.setdefault(tuple(a.shape), []).append(i)
     for shape, idx in by_shape.items():  # one percentile call per shape; each row's figures are the same
         flat = np.stack([np.asarray(arrays[i], np.float64).reshape(shape[0], -1) for i in idx])  # (n, C, P)
-        q25, med, q75 = np.percentile(flat, [25, 50, 75], axis=2)                                   # (n, C) each
+        q25, med, q75 = _quartiles(flat)                                                           # (n, C) each
         size = np.broadcast_to(np.array([shape[-2], shape[-1]], np.float64), (len(idx), 2))
         for i, row in zip(idx, np.concatenate([med, q75 - q25, size], axis=1)):
             rows[i] = row
     return np.array(rows, np.float64).reshape(len(rows), -1)
+
+
+def _quartiles(flat: np.ndarray) -> np.ndarray:
+    """``np.percentile(flat, [25, 50, 75], axis=-1)`` (its default linear method, the same floating-point steps, so
+    the same numbers) from one sort along the last axis, which is several times faster on (n, C, P) arrays than
+    numpy's partition along a moved axis. Arrays holding NaN go to ``np.percentile`` itself."""
+    if np.isnan(flat).any():
+        return np.percentile(flat, [25, 50, 75], axis=-1)
+    s = np.sort(flat, axis=-1)
+    p = s.shape[-1]
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        v = (p - 1) * q                       # numpy's "virtual index" of the linear method
+        lo = p - 1 if v >= p - 1 else int(np.floor(v))
+        hi = p - 1 if v >= p - 1 else lo + 1
+        g = v - lo
+        a, b = s[..., lo], s[..., hi]
+        d = b - a
+        out.append(b - d * (1 - g) if g >= 0.5 else a + d * g)  # numpy's _lerp, from the nearer end
+    return np.stack(out)
 
 
 def _ranges(stats: np.ndarray) -> list[list[float]]:
