@@ -211,3 +211,16 @@ def test_image_stats_quartiles_are_numpys_percentiles(p):
                             np.subtract(*np.percentile(c.reshape(2, -1).astype(float), [75, 25], axis=1)),
                             c.shape[-2:]]) for c in cells]
     assert np.array_equal(image_stats(cells), np.array(want))
+
+
+def test_bench_first_batch_probe_reports_wall_and_cpu_seconds(model_dir, tmp_path):
+    """The start-up bench's `predict --manifest` probe: first batch, end, CPU seconds, on a tiny set."""
+    import os
+
+    from phenotyping.analysis.bench import _first_batch
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 3)
+    root = Path(__file__).resolve().parent.parent
+    out = _first_batch(model_dir, manifest, env={**os.environ, "LEUKO_DB_PATH": str(tmp_path / "x.duckdb")}, cwd=root)
+    assert out["exit_ok"], out["stderr_tail"]
+    assert 0 < out["first_batch_s"] <= out["end_to_end_s"] and out["cpu_s"] > 0
