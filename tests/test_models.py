@@ -123,7 +123,7 @@ def test_hybrid_wide_test_variant_keeps_the_wide_layout():
     assert c["num_heads"] == create_model("hybrid_wide").config["num_heads"]
 
 
-# ---------------------------------------------------------------- hybrid conv blocks: timm layers, old checkpoints
+# ---------------------------------------------------------------- hybrid conv blocks: ConvNormAct, old checkpoints
 def _randomise_bn(m: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for mod in m.modules():
@@ -136,15 +136,13 @@ def _randomise_bn(m: torch.nn.Module, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_hybrid_conv_blocks_compute_conv_bn_relu(dims):
-    """The timm ConvNormAct block (2D) and its 3D copy equal the former torch Conv → BatchNorm → ReLU."""
-    from timm.layers import ConvNormAct
-
+    """The ConvNormAct blocks (2D and 3D) equal the former torch Conv → BatchNorm → ReLU."""
     from phenotyping.models._base import conv_bn_act
+    from phenotyping.models._blocks import ConvNormAct
 
     m = create_model("test_hybrid" if dims == 2 else "test_hybrid3d", in_chans=2).eval()
     block = m.stem[0]
-    if dims == 2:
-        assert isinstance(block, ConvNormAct) and all(isinstance(b, ConvNormAct) for b in [*m.stem, *m.cnn])
+    assert all(isinstance(b, ConvNormAct) for b in [*m.stem, *m.cnn])
     _randomise_bn(m)
     old = conv_bn_act(dims, 2, block.conv.out_channels, 3, 2).eval()
     old.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in block.state_dict().items()})
@@ -155,7 +153,7 @@ def test_hybrid_conv_blocks_compute_conv_bn_relu(dims):
 
 @pytest.mark.parametrize("name", ["test_hybrid", "test_hybrid3d"])
 def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
-    """Checkpoints saved before the timm blocks (keys stem.0.0.weight, stem.0.1.running_mean…) load unchanged."""
+    """Checkpoints saved before the ConvNormAct blocks (keys stem.0.0.weight, stem.0.1.running_mean…) load unchanged."""
     import re
 
     from phenotyping.models.checkpoint import CHECKPOINT, load_model_dir, save_model_dir

@@ -3,6 +3,8 @@
 Modules (import the one you need; nothing here imports torch until a model runs):
 
 - :mod:`~phenotyping.analysis.inference`: ``predict_sample`` (decode → image QC → model → store), ``resolve_device``.
+- :mod:`~phenotyping.analysis.stream`: ``predict_stream``, the same over a sample while it is being ingested
+  (``predict --manifest``).
 - :mod:`~phenotyping.analysis.qc`: image-level QC (``check_images``, ``QCConfig``) and the "unidentified" flag.
 - :mod:`~phenotyping.analysis.results`: ``sample_results``, the one rule for which cells a differential counts;
   ``model_dir_for`` / ``load_card_for`` find a model's folder and card.

@@ -419,10 +419,12 @@ def _probe(argv: list[str], *, env: dict[str, str], cwd: Path) -> dict[str, Any]
 
 def _first_batch(model_dir: Path, manifest: Path, *, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """``predict --manifest`` as a user runs it: seconds from launch to the first batch's progress line, and to
-    the end."""
+    the end, and the CPU seconds (user + system, all threads) the process used: on a shared machine the CPU time
+    moves much less with the other load than the wall time does."""
     import subprocess
     import sys
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "phenotyping", "predict", "--model", str(model_dir), "--manifest",
                              str(manifest), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -437,8 +439,11 @@ def _first_batch(model_dir: Path, manifest: Path, *, env: dict[str, str], cwd: P
         if first is None and b" cells/s" in chunk:
             first = time.perf_counter() - t0
     proc.wait()
-    return {"first_batch_s": None if first is None else round(first, 3),
-            "end_to_end_s": round(time.perf_counter() - t0, 3), "exit_ok": proc.returncode == 0,
+    end = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"first_batch_s": None if first is None else round(first, 3), "end_to_end_s": round(end, 3),
+            "cpu_s": round(cpu, 3), "load_1min_after": round(os.getloadavg()[0], 2), "exit_ok": proc.returncode == 0,
             "stderr_tail": "" if proc.returncode == 0 else tail.decode(errors="replace")[-500:]}
 
 

@@ -144,12 +144,37 @@ def image_stat_names(n_channels: int) -> list[str]:
 def image_stats(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Per cell: per channel the median and interquartile range of its raw intensities, then height and width
     (the last two axes): ``(N, 2C + 2)`` float64. Arrays are channel-first (``(C, H, W)`` or ``(C, Z, H, W)``)."""
-    rows = []
-    for a in arrays:
-        flat = np.asarray(a, np.float64).reshape(a.shape[0], -1)
-        q25, med, q75 = np.percentile(flat, [25, 50, 75], axis=1)
-        rows.append(np.concatenate([med, q75 - q25, [a.shape[-2], a.shape[-1]]]))
+    rows: list[np.ndarray | None] = [None] * len(arrays)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(arrays):
+        by_shape.setdefault(tuple(a.shape), []).append(i)
+    for shape, idx in by_shape.items():  # one percentile call per shape; each row's figures are the same
+        flat = np.stack([np.asarray(arrays[i], np.float64).reshape(shape[0], -1) for i in idx])  # (n, C, P)
+        q25, med, q75 = _quartiles(flat)                                                           # (n, C) each
+        size = np.broadcast_to(np.array([shape[-2], shape[-1]], np.float64), (len(idx), 2))
+        for i, row in zip(idx, np.concatenate([med, q75 - q25, size], axis=1)):
+            rows[i] = row
     return np.array(rows, np.float64).reshape(len(rows), -1)
+
+
+def _quartiles(flat: np.ndarray) -> np.ndarray:
+    """``np.percentile(flat, [25, 50, 75], axis=-1)`` (its default linear method, the same floating-point steps, so
+    the same numbers) from one sort along the last axis, which is several times faster on (n, C, P) arrays than
+    numpy's partition along a moved axis. Arrays holding NaN go to ``np.percentile`` itself."""
+    if np.isnan(flat).any():
+        return np.percentile(flat, [25, 50, 75], axis=-1)
+    s = np.sort(flat, axis=-1)
+    p = s.shape[-1]
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        v = (p - 1) * q                       # numpy's "virtual index" of the linear method
+        lo = p - 1 if v >= p - 1 else int(np.floor(v))
+        hi = p - 1 if v >= p - 1 else lo + 1
+        g = v - lo
+        a, b = s[..., lo], s[..., hi]
+        d = b - a
+        out.append(b - d * (1 - g) if g >= 0.5 else a + d * g)  # numpy's _lerp, from the nearer end
+    return np.stack(out)
 
 
 def _ranges(stats: np.ndarray) -> list[list[float]]:

@@ -189,34 +189,60 @@ def predict_sample(
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
-    counts, domain = {"predicted": 0, "excluded": 0, "unidentified": 0}, RunScores(lm.card, sample_id, version)
-    codes: list[str | None] = []
-    unreadable = 0
+    run = _RunState(store, sample_id, lm, dev=dev, actor=actor, threshold=threshold, version=version, t0=t0,
+                    already=already, progress=progress)
     tell = _StageTeller(stage, already, len(cells), len(todo))
     try:
         for batch in _prefetch(store, todo, batch_size, lm, qc_cfg, pin=dev == "cuda", workers=decode_workers(dev),
                                tell=tell):
-            first = counts["predicted"] + counts["excluded"] + 1
-            span = f"cells {first}-{first + len(batch.cells) - 1} of {len(todo)}"
-            tell(f"predicting {span}", first - 1)
-            qc_rows, preds, unsure = _run_batch(batch, net, lm, dev, version, threshold, domain)
-            tell(f"saving {span}", first - 1)
-            store.set_qc(qc_rows, sample_id=sample_id, actor=actor)
-            store.add_predictions(preds, sample_id=sample_id, actor=actor)
-            unreadable += _tally(counts, codes, batch, qc_rows, len(preds), unsure)
-            if progress is not None:
-                n_done = already + counts["predicted"] + counts["excluded"]
-                rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - t0, 1e-9)
-                progress(n_done, len(cells), rate)
+            run.step(batch, net, total=len(cells), todo=len(todo), tell=tell)
     finally:
         if dev == "cpu":
             torch.set_num_threads(prev_threads)
-    return PredictionRun(
-        sample_id=sample_id, model_id=lm.id, model_version=version, device=dev, batch_size=batch_size,
-        total_cells=len(cells), already_done=already, predicted=counts["predicted"], excluded=counts["excluded"],
-        unidentified=counts["unidentified"], qc_counts={**count_reasons(codes), "unreadable": unreadable},
-        seconds=time.perf_counter() - t0, qc_config=qc_cfg.to_dict(), domain_check=domain.finish(store, actor),
-    )
+    return run.finish(total=len(cells), batch_size=batch_size, qc_cfg=qc_cfg)
+
+
+class _RunState:
+    """What a run has done so far, batch by batch: the counts, the QC codes and the domain scores; ``step``
+    predicts and commits one prepared batch (shared by :func:`predict_sample` and
+    :func:`phenotyping.analysis.stream.predict_stream`)."""
+
+    def __init__(self, store: Any, sample_id: str, lm: Any, *, dev: str, actor: str, threshold: float, version: str,
+                 t0: float, already: int, progress: ProgressFn | None):
+        self.store, self.sample_id, self.lm, self.dev, self.actor = store, sample_id, lm, dev, actor
+        self.threshold, self.version, self.t0, self.already, self.progress = threshold, version, t0, already, progress
+        self.counts = {"predicted": 0, "excluded": 0, "unidentified": 0}
+        self.domain = RunScores(lm.card, sample_id, version)
+        self.codes: list[str | None] = []
+        self.unreadable = 0
+
+    def step(self, batch: _Batch, net: Any, *, total: int, todo: int, tell: _StageTeller) -> None:
+        """Forward ``batch``, commit its QC outcomes and predictions, count them and report progress."""
+        counts = self.counts
+        first = counts["predicted"] + counts["excluded"] + 1
+        span = f"cells {first}-{first + len(batch.cells) - 1} of {todo}"
+        tell(f"predicting {span}", first - 1)
+        qc_rows, preds, unsure = _run_batch(batch, net, self.lm, self.dev, self.version, self.threshold, self.domain)
+        tell(f"saving {span}", first - 1)
+        self.store.set_qc(qc_rows, sample_id=self.sample_id, actor=self.actor)
+        self.store.add_predictions(preds, sample_id=self.sample_id, actor=self.actor)
+        self.unreadable += _tally(counts, self.codes, batch, qc_rows, len(preds), unsure)
+        if self.progress is not None:
+            n_done = self.already + counts["predicted"] + counts["excluded"]
+            rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - self.t0, 1e-9)
+            self.progress(n_done, total, rate)
+
+    def finish(self, *, total: int, batch_size: int, qc_cfg: QCConfig) -> PredictionRun:
+        """The run's record, after the domain verdict over the sample's scored cells is stored."""
+        c = self.counts
+        return PredictionRun(
+            sample_id=self.sample_id, model_id=self.lm.id, model_version=self.version, device=self.dev,
+            batch_size=batch_size, total_cells=total, already_done=self.already, predicted=c["predicted"],
+            excluded=c["excluded"], unidentified=c["unidentified"],
+            qc_counts={**count_reasons(self.codes), "unreadable": self.unreadable},
+            seconds=time.perf_counter() - self.t0, qc_config=qc_cfg.to_dict(),
+            domain_check=self.domain.finish(self.store, self.actor),
+        )
 
 
 def _input_refused(store: Any, sample_id: str, lm: Any, todo: Sequence[Any], version: str, actor: str, t0: float,
@@ -286,14 +312,19 @@ def _prediction_model(model: Any) -> Any:
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:
     """The sample's cells, and those still to predict: no prediction from ``model_id`` yet, not excluded as
     undecodable, and not counted by a reviewer over an image-QC exclusion (QC again would undo the override)."""
-    from phenotyping.schemas import QCState
-
     store.get_sample(sample_id)
     cells = store.list_cells(sample_id)
     done_ids = store.predicted_cell_ids(sample_id, model_id)
-    todo = [c for c in cells if c.id not in done_ids and c.qc_state != QCState.overridden
-            and not (c.qc_state == QCState.excluded and (c.qc_reason or "").startswith(UNREADABLE))]
-    return cells, todo
+    return cells, [c for c in cells if c.id not in done_ids and needs_qc(c)]
+
+
+def needs_qc(cell: Any) -> bool:
+    """Whether a run checks and predicts ``cell`` (when its model has not predicted it yet): not when a reviewer
+    counted it over an image-QC exclusion, nor when its file could not be decoded."""
+    from phenotyping.schemas import QCState
+
+    return cell.qc_state != QCState.overridden and not (
+        cell.qc_state == QCState.excluded and (cell.qc_reason or "").startswith(UNREADABLE))
 
 
 def _calibration(lm: Any) -> tuple[float, float]:

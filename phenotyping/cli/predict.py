@@ -5,9 +5,12 @@ Data: :mod:`phenotyping.analysis.distributed`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,35 +69,119 @@ def run(args: argparse.Namespace) -> int:
             actor = authenticated(store, args, "analyse").username
             store.get_sample(args.sample)  # an unknown sample fails before the model loads
             return _predict_and_report(store, args.sample, load_model_dir(args.model), args, actor=actor)
+    return _run_manifest(args)
+
+
+# The reason ingest gives a file whose channel count is not the expected one.
+_OTHER_CHANNELS = re.compile(r"^\d+ channel\(s\)( after derivation)?, but ")
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    """``--manifest``: ingest into a temporary store and predict each committed batch while the next ones are
+    ingested (:mod:`phenotyping.analysis.stream`), the model loading in a thread meanwhile.
+
+    The stream ingests with the model's channel count expected, so that no first pass over the whole set is
+    needed. Where that could differ from ingesting the set on its own (its majority channel count is not the
+    model's, nothing in it is usable, or cells the model cannot take) the run starts again the sequential way:
+    ingest everything as ``ingest`` does, then predict; that path stores and prints what it always did."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from phenotyping.ingest import ingest_set
-    from phenotyping.models.checkpoint import load_card
-    from phenotyping.schemas import Sample, Specimen
-    from phenotyping.store import Store
+    from phenotyping.models.checkpoint import load_card, load_model_dir
 
-    # The model (importing torch and timm takes seconds) loads in a thread while the files are ingested. No
-    # expected_channels: cells the model cannot take are ingested and judged by the domain check ("channels differ").
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as loader:
         loading = loader.submit(load_model_dir, args.model)
         channels = len((load_card(args.model).get("input") or {}).get("channels") or []) or None
         if channels is None:  # an older card without its input section: the checkpoint says
             channels = len(loading.result().preprocess.channels)
-        with tempfile.TemporaryDirectory(prefix="phenotyping-predict-") as tmp:
-            with Store(Path(tmp) / "predict.duckdb", image_dir=Path(tmp) / "images") as store:
-                store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
-                                           notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
-                ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
-                                 label_column=args.label_column)
-                if ing.rejected:
-                    print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: "
-                          f"{ing.rejected[0].reason}", file=sys.stderr)
-                lm = loading.result()
-                if len(lm.preprocess.channels) != channels:
-                    raise ValueError(f"{args.model}: its model card lists {channels} input channel(s) but its "
-                                     f"checkpoint {len(lm.preprocess.channels)}; the folder is inconsistent, "
-                                     "write it again with train or calibrate")
-                return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
+        with _temporary_store(args) as store:
+            done = _stream(store, args, loading, channels)
+        if done is not None:
+            return done
+        # No expected_channels: cells the model cannot take are ingested and judged by the domain check
+        # ("channels differ").
+        from phenotyping.ingest import ingest_set
+
+        with _temporary_store(args) as store:
+            ing = ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
+                             label_column=args.label_column)
+            _tell_rejected(ing)
+            lm = _same_channels(loading.result(), channels, args.model)
+            return _predict_and_report(store, MANIFEST_SAMPLE, lm, args, actor=TEMPORARY_ACTOR)
+
+
+@contextlib.contextmanager
+def _temporary_store(args: argparse.Namespace) -> Iterator[Any]:
+    """A store in a temporary folder (deleted afterwards) holding the empty sample the manifest goes into."""
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="phenotyping-predict-") as tmp:
+        with Store(Path(tmp) / "predict.duckdb", image_dir=Path(tmp) / "images") as store:
+            store.create_sample(Sample(id=MANIFEST_SAMPLE, specimen=Specimen.blood,
+                                       notes=f"temporary sample for {args.manifest}"), actor=TEMPORARY_ACTOR)
+            yield store
+
+
+def _stream(store: Any, args: argparse.Namespace, loading: Any, channels: int) -> int | None:
+    """Ingest on a thread and predict each committed batch here; None when the run must start again sequentially
+    (see :func:`_run_manifest`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phenotyping.analysis.stream import CommittedCells, InputRefused, predict_stream
+    from phenotyping.errors import IngestError
+    from phenotyping.ingest import ingest_set
+
+    cells = CommittedCells(store, MANIFEST_SAMPLE, hold_after=args.batch_size)  # until the model has loaded
+
+    def ingest() -> Any:
+        try:
+            return ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
+                              label_column=args.label_column, expected_channels=channels, on_commit=cells.committed)
+        finally:
+            cells.close()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as pool:
+        ingesting = pool.submit(ingest)
+        try:
+            lm = _same_channels(loading.result(), channels, args.model)
+            cells.release()
+            run_info = predict_stream(store, MANIFEST_SAMPLE, lm, cells, device=args.device,
+                                      batch_size=args.batch_size, progress=_progress, actor=TEMPORARY_ACTOR)
+        except InputRefused as e:
+            cells.stop()
+            return _again(f"cells the model does not take ({e.reason})")
+        except BaseException:
+            cells.stop()  # the ingest ends at its next commit; the pool waits for it
+            raise
+        try:
+            ing = ingesting.result()
+        except IngestError:  # e.g. no file with the model's channel count: the sequential path says what it is
+            return _again("no file was ingested")
+    other = sum(1 for r in ing.rejected if _OTHER_CHANNELS.match(r.reason))
+    usable = ing.ingested + ing.duplicates
+    if 2 * usable <= usable + other:  # ingest on its own would not pick the model's channel count
+        return _again(f"only {usable} of {usable + other} readable files have the model's {channels} channel(s)")
+    _tell_rejected(ing)
+    return _report(store, MANIFEST_SAMPLE, lm, run_info, args, actor=TEMPORARY_ACTOR)
+
+
+def _again(why: str) -> None:
+    print(f"\n{why}: ingesting the whole set first, then predicting", file=sys.stderr)
+    return None
+
+
+def _tell_rejected(ing: Any) -> None:
+    if ing.rejected:
+        print(f"{len(ing.rejected)} file(s) not ingested, e.g. {ing.rejected[0].file}: {ing.rejected[0].reason}",
+              file=sys.stderr)
+
+
+def _same_channels(lm: Any, channels: int, model_dir: Path) -> Any:
+    if len(lm.preprocess.channels) != channels:
+        raise ValueError(f"{model_dir}: its model card lists {channels} input channel(s) but its "
+                         f"checkpoint {len(lm.preprocess.channels)}; the folder is inconsistent, "
+                         "write it again with train or calibrate")
+    return lm
 
 
 def _run_ray(args: argparse.Namespace) -> int:
@@ -117,15 +204,22 @@ def _run_ray(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(done: int, total: int, rate: float) -> None:
+    print(f"\r{done}/{total} cells, {rate:.0f} cells/s", end="", file=sys.stderr, flush=True)
+
+
 def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Namespace, *, actor: str) -> int:
     from phenotyping.analysis.inference import predict_sample
-    from phenotyping.analysis.results import sample_results
-
-    def progress(done: int, total: int, rate: float) -> None:
-        print(f"\r{done}/{total} cells, {rate:.0f} cells/s", end="", file=sys.stderr, flush=True)
 
     run_info = predict_sample(store, sample_id, lm, device=args.device, batch_size=args.batch_size,
-                              progress=progress, actor=actor)
+                              progress=_progress, actor=actor)
+    return _report(store, sample_id, lm, run_info, args, actor=actor)
+
+
+def _report(store: Any, sample_id: str, lm: Any, run_info: Any, args: argparse.Namespace, *, actor: str) -> int:
+    """After the prediction run: the analysis model, the sample's results, the CSV and the printed JSON."""
+    from phenotyping.analysis.results import sample_results
+
     print(file=sys.stderr)
     if store.analysis_model(sample_id) is None:
         store.set_analysis_model(sample_id, lm.id, actor=actor)

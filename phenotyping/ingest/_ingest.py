@@ -46,6 +46,7 @@ def ingest_set(
     create: Sample | None = None,
     derive: QdpcDerivation | None = None,
     workers: int | None = None,
+    on_commit: Callable[[list[int]], None] | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
@@ -71,6 +72,8 @@ def ingest_set(
             names its channels (also in ``extra["channel_names"]``), ``extra["derived"]`` says how it was made, and
             ``content_hash`` stays the hash of the file as given, so the same raw cell is still a duplicate.
         workers: decoding threads (default :func:`phenotyping.ingest._decode.decode_workers`; 1: none).
+        on_commit: called with the ids of each batch of cells just after it committed (``predict --manifest``
+            predicts them while the rest is ingested); an exception it raises ends the ingest there.
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -79,6 +82,7 @@ def ingest_set(
     """
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
     run.derive = derive
+    run.on_commit = on_commit
 
     def entries(on_count: Callable[[int], None] | None = None) -> Iterator[Entry]:
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
@@ -292,6 +296,7 @@ class _Run:
     pending_bytes: int = 0
     ids: list[int] = field(default_factory=list)
     derive: QdpcDerivation | None = None
+    on_commit: Callable[[list[int]], None] | None = None
 
     writer: ThreadPoolExecutor | None = None  # commits batches in order, one at a time (see _commit_all)
     in_flight: Future | None = None
@@ -322,7 +327,10 @@ class _Run:
         rels = self.store.put_pack([(c.pop("_bytes"), c.pop("_suffix")) for c in batch])
         for c, rel in zip(batch, rels):
             c["blob_path"] = rel
-        return self.store.add_cells(self.sample_id, batch, actor=self.actor, create=create)
+        ids = self.store.add_cells(self.sample_id, batch, actor=self.actor, create=create)
+        if self.on_commit is not None:   # e.g. predict --manifest's stream: the batch is committed, predict it
+            self.on_commit(list(ids))
+        return ids
 
 
 def _start(store, sample_id: str, *, actor: str, create: Sample | None, expected_channels: int | None) -> _Run:

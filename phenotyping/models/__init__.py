@@ -10,7 +10,9 @@
 - :mod:`~phenotyping.models.forward`: ``predict_arrays`` (batched forward pass) and ``softmax``.
 
 Neural models return :class:`ModelOutput` (``logits`` (B, K), ``regression`` (B, M), ``features``, ``gates``).
-Importing this package does not import torch; the architectures load on the first ``create_model``/``list_models``.
+Importing this package does not import torch; an architecture file loads when one of its names is first built
+(``list_models`` loads them all). The hybrid and cnn files are plain torch (:mod:`~phenotyping.models._blocks`);
+only ``resnet``, ``vit``, ``vit3d`` and ``published`` import timm.
 """
 
 from phenotyping.models._registry import create_model, list_models, register_model

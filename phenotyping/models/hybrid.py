@@ -3,10 +3,10 @@
 Layout (2D; the 3D variant swaps in 3D convolutions and a (Z, H, W) token grid)::
 
     x (B, C, H, W)
-    └ stem: two stride-2 3×3 convs (timm ConvNormAct)       (B, S, H/4, W/4)
+    └ stem: two stride-2 3×3 convs (ConvNormAct)            (B, S, H/4, W/4)
       ├ CNN branch: 3×3 convs (local texture) → global avg  f_cnn (B, Wc)
       └ Transformer branch: avg-pool to a g×g token grid → 1×1 projection + learned position embedding →
-        timm ``Block`` × depth (global shape) → mean token  f_vit (B, E)
+        ``Block`` × depth (global shape) → mean token       f_vit (B, E)
     gate   g = sigmoid(MLP([f_cnn, f_vit]))                 (B, F)   per sample and per feature
     fused  = g ⊙ P_c f_cnn + (1 − g) ⊙ P_v f_vit            (B, F)
     heads: task gates sigmoid(W_t fused) re-weight ``fused`` separately for classification (K) and regression (M).
@@ -14,6 +14,9 @@ Layout (2D; the 3D variant swaps in 3D convolutions and a (Z, H, W) token grid):
 Compared with the published design (Behera & Nazir 2026, arXiv 2605.14717), whose "gate" is a softmax over two
 learned scalars shared by all cells, this gate depends on each cell's features. The early stride-4 stem and a fixed,
 small token grid (36 tokens in 2D) keep the forward pass cheap on a CPU; adaptive pooling makes any input size work.
+
+The layers come from :mod:`phenotyping.models._blocks` (plain torch, the names and arithmetic of the timm layers the
+first checkpoints were built with), so predicting with a hybrid imports neither timm nor torchvision.
 """
 
 from __future__ import annotations
@@ -21,48 +24,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import phenotyping._tv_shim  # noqa: F401  (must precede timm)
 import torch
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from phenotyping.models._base import CellModel, MultiTaskHead, base_config
+from phenotyping.models._blocks import Block, ConvNormAct, trunc_normal_
 from phenotyping.models._registry import register_model
 
-# Checkpoints written before the conv blocks were timm ConvNormAct named a block's layers "0" (conv) and "1" (norm).
+# Checkpoints written before the conv blocks were ConvNormAct named a block's layers "0" (conv) and "1" (norm).
 _LEGACY_KEY = re.compile(r"^(stem|cnn|cam_layer)\.(\d+)\.([01])\.(.+)$")
 
 
-class _BatchNormAct3d(nn.BatchNorm3d):
-    """BatchNorm3d followed by ReLU: the 3D counterpart of timm's ``BatchNormAct2d`` (same parameter names)."""
-
-    def __init__(self, num_features: int):
-        super().__init__(num_features)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
-
-
-class _ConvNormAct3d(nn.Module):
-    """3×3×3 conv (stride 1 along Z) → BatchNorm → ReLU, laid out like timm's ``ConvNormAct`` (conv, bn)."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv = nn.Conv3d(cin, cout, 3, (1, stride, stride), 1, bias=False)
-        self.bn = _BatchNormAct3d(cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
-
-
 def _conv_norm_act(dims: int, cin: int, cout: int, stride: int = 1) -> nn.Module:
-    """3×3 conv → BatchNorm → ReLU: timm ``ConvNormAct`` in 2D; timm has no 3D layers, so a same-named 3D copy."""
-    if dims == 2:
-        return ConvNormAct(cin, cout, 3, stride=stride, act_layer=nn.ReLU)
-    return _ConvNormAct3d(cin, cout, stride)
+    """3×3 conv → BatchNorm → ReLU (``conv``, ``bn``), in 2D or 3D (stride 1 along Z)."""
+    return ConvNormAct(cin, cout, 3, stride, dims=dims)
 
 
 class HybridGatedNet(CellModel):
@@ -74,7 +50,7 @@ class HybridGatedNet(CellModel):
         img_size: preprocessing size (H = W); the network itself accepts any size.
         dims: 2 for (B, C, H, W) input, 3 for z-stacks (B, C, Z, H, W).
         stem_width, cnn_width: channels of the stem and of the CNN branch.
-        embed_dim, depth, num_heads, mlp_ratio: Transformer branch (timm ``Block``).
+        embed_dim, depth, num_heads, mlp_ratio: Transformer branch (``_blocks.Block``).
         token_grid: tokens per side (tokens = g² in 2D, ``token_z``·g² in 3D).
         fuse_dim: width F of the fused feature. drop: dropout before the heads.
     """
@@ -117,7 +93,7 @@ class HybridGatedNet(CellModel):
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename the conv-block keys of checkpoints saved before the blocks were timm ``ConvNormAct``
+        """Rename the conv-block keys of checkpoints saved before the blocks were ``ConvNormAct``
         (``stem.0.0.weight`` → ``stem.0.conv.weight``, ``stem.0.1.running_mean`` → ``stem.0.bn.running_mean``);
         other keys pass through. The tensors are unchanged: the layers and their order are the same."""
         out = {}

@@ -1,0 +1,226 @@
+"""`predict --manifest` predicts each committed ingest batch while the rest is ingested (analysis/stream.py), and
+gives what ingesting everything first and then predicting gave: the same JSON, stored cells, QC, predictions,
+domain verdict and audit events, also where it has to start again sequentially."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import encode, save_tiny_model, synthetic_cell  # noqa: E402
+
+TIMING = ("seconds", "cells_per_second")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", ["disc", "ring"])
+
+
+def _write_set(root: Path, kinds: list[str], *, three_channel: set[int] = frozenset(), dup: int | None = None) -> Path:
+    """A manifest of synthetic 2-channel cells (``three_channel``: those rows get a third channel; ``dup``: that
+    row repeats row 0's file content)."""
+    rng = np.random.default_rng(5)
+    root.mkdir()
+    lines = ["cell_id,path,label"]
+    first = None
+    for i, kind in enumerate(kinds):
+        img = synthetic_cell(kind, rng)
+        if i in three_channel:
+            img = np.concatenate([img, img[:1]])
+        data = encode(img, "tiff")
+        first = first or data
+        (root / f"c{i:03d}.tif").write_bytes(first if i == dup else data)
+        lines.append(f"k{i:03d},c{i:03d}.tif,{kind}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+def _snapshot(store) -> dict:
+    """What the temporary store holds when the report is made, without times."""
+    from phenotyping.cli.predict import MANIFEST_SAMPLE
+
+    cells = [c.model_dump(exclude={"created_at"}) for c in store.list_cells(MANIFEST_SAMPLE)]
+    model_ids = sorted({e.after.get("model_id") for e in store.list_audit(action="predictions.save")})
+    preds = {m: [p.model_dump(exclude={"created_at"}) for p in store.list_predictions(MANIFEST_SAMPLE, m)]
+             for m in model_ids}
+    events = Counter(e.action for e in store.list_audit(limit=10_000))
+    saves = sorted(json.dumps({k: v for k, v in e.after.items()}, sort_keys=True)
+                   for e in store.list_audit(action="predictions.save"))
+    ingests = sorted(json.dumps({k: e.after.get(k) for k in ("first_id", "last_id", "digest", "cells")},
+                                sort_keys=True) for e in store.list_audit(action="cells.ingest"))
+    domain = {m: store.domain_check(MANIFEST_SAMPLE, m) for m in model_ids}
+    for d in domain.values():
+        if d:
+            d.pop("checked_at", None)
+    return {"cells": cells, "predictions": preds, "events": events, "saves": saves, "ingests": ingests,
+            "domain": domain}
+
+
+def _predict(monkeypatch, capsys, manifest: Path, model_dir: Path, *, stream: bool, batch: int = 5) -> dict:
+    import phenotyping.cli.predict as cli
+    import phenotyping.ingest._ingest as ingest
+    from phenotyping.__main__ import main
+
+    seen: dict = {}
+    report = cli._report
+
+    def spy(store, *a, **k):
+        seen["store"] = _snapshot(store)
+        return report(store, *a, **k)
+
+    streamed: list[bool] = []
+    stream_fn = cli._stream
+
+    def stream_or_not(*a, **k):
+        if not stream:
+            return None
+        out = stream_fn(*a, **k)
+        streamed.append(out is not None)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "BATCH", 4)  # several commits, not aligned with the prediction batches
+        m.setattr(cli, "_report", spy)
+        m.setattr(cli, "_stream", stream_or_not)
+        rc = main(["predict", "--model", str(model_dir), "--manifest", str(manifest), "--batch-size", str(batch),
+                   "--bootstrap", "20", "--device", "cpu"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out) if rc == 0 else None
+    for k in TIMING if out else ():
+        out["run"].pop(k)
+    return {"rc": rc, "json": out, "store": seen.get("store"), "streamed": streamed, "err": captured.err}
+
+
+def test_streaming_gives_what_ingest_then_predict_gave(monkeypatch, capsys, model_dir, tmp_path):
+    kinds = ["disc", "ring"] * 9 + ["blank", "disc"]
+    manifest = _write_set(tmp_path / "set", kinds, three_channel={7}, dup=12)
+    seq = _predict(monkeypatch, capsys, manifest, model_dir, stream=False)
+    st = _predict(monkeypatch, capsys, manifest, model_dir, stream=True)
+    assert st["streamed"] == [True] and seq["streamed"] == []
+    assert st["rc"] == seq["rc"] == 0
+    assert st["json"] == seq["json"]
+    assert st["store"] == seq["store"]
+    run = st["json"]["run"]
+    assert run["total_cells"] == 18 and run["predicted"] + run["excluded"] == 18  # 20 rows: one 3-channel, one dup
+    assert st["store"]["events"]["predictions.save"] == 4 and st["store"]["events"]["cells.ingest"] == 5
+    assert "2 file(s) not ingested" in st["err"] and "2 file(s) not ingested" in seq["err"]
+
+
+def test_a_set_of_another_channel_count_starts_again_sequentially(monkeypatch, capsys, model_dir, tmp_path):
+    """Most files have 3 channels: ingest on its own takes those (and the 2-channel model then refuses them), so
+    the stream, which expected 2, gives way to the sequential path and the command ends as it did."""
+    kinds = ["disc", "ring"] * 4
+    manifest = _write_set(tmp_path / "set", kinds, three_channel={0, 1, 2, 3, 4})
+    seq = _predict(monkeypatch, capsys, manifest, model_dir, stream=False)
+    st = _predict(monkeypatch, capsys, manifest, model_dir, stream=True)
+    assert st["streamed"] == [False]
+    assert (st["rc"], st["json"], st["store"]) == (seq["rc"], seq["json"], seq["store"])
+    note = "only 3 of 8 readable files have the model's 2 channel(s): ingesting the whole set first, then predicting\n"
+    assert st["err"].endswith(note + seq["err"])
+    assert "most of this set's images (5 of 8) have 3" in seq["err"]
+
+
+def test_a_minority_of_another_channel_count_streams(monkeypatch, capsys, model_dir, tmp_path):
+    """3 files of 8 with 3 channels: both ways reject those 3 and predict the rest alike."""
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 4, three_channel={1, 4, 6})
+    seq = _predict(monkeypatch, capsys, manifest, model_dir, stream=False)
+    st = _predict(monkeypatch, capsys, manifest, model_dir, stream=True)
+    assert st["streamed"] == [True] and st["rc"] == seq["rc"] == 0
+    assert st["json"] == seq["json"] and st["store"] == seq["store"]
+    assert st["json"]["run"]["total_cells"] == 5
+
+
+def test_a_set_without_one_usable_file_fails_as_before(monkeypatch, capsys, model_dir, tmp_path):
+    from phenotyping.__main__ import main
+
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "a.tif").write_bytes(b"not a tiff")
+    (root / "manifest.csv").write_text("cell_id,path\nk0,a.tif\n")
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(root / "manifest.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a.tif" in err
+
+
+def test_the_ingest_stops_when_the_prediction_fails(monkeypatch, capsys, model_dir, tmp_path):
+    """An error on the prediction side ends the ingest thread at its next commit and is what the command reports."""
+    import phenotyping.analysis.stream as stream
+    import phenotyping.ingest._ingest as ingest
+    from phenotyping.__main__ import main
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 10)
+    commits: list[int] = []
+    committed = stream.CommittedCells.committed
+
+    def counting(self, ids):
+        commits.append(len(ids))
+        return committed(self, ids)
+
+    def broken(*a, **k):
+        raise ValueError("model exploded")
+
+    monkeypatch.setattr(ingest, "BATCH", 2)
+    monkeypatch.setattr(stream.CommittedCells, "committed", counting)
+    monkeypatch.setattr(stream, "_prepare", broken)
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(manifest), "--batch-size", "2",
+               "--device", "cpu"])
+    assert rc == 2 and "model exploded" in capsys.readouterr().err
+    assert 0 < len(commits) < 10  # the ingest did not go on to the end
+
+
+def test_committed_cells_hold_the_ingest_until_released():
+    import threading
+
+    from phenotyping.analysis.stream import CommittedCells, StopIngest
+
+    cells = CommittedCells(store=None, sample_id="S", hold_after=4)
+    cells.committed([1, 2])  # below the hold: returns at once
+    t = threading.Thread(target=cells.committed, args=([3, 4],))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive()  # held
+    cells.release()
+    t.join(5)
+    assert not t.is_alive()
+    cells.stop()
+    with pytest.raises(StopIngest):
+        cells.committed([5])
+
+
+@pytest.mark.parametrize("p", [1, 2, 37, 1600, 1601])
+def test_image_stats_quartiles_are_numpys_percentiles(p):
+    """The sort-based quartiles of the domain check's image statistics are np.percentile's numbers exactly (ties,
+    odd and even lengths, NaN)."""
+    from phenotyping.analysis.domain import _quartiles, image_stats
+
+    rng = np.random.default_rng(p)
+    for x in (rng.normal(680, 6, size=(6, 2, p)).round(), rng.integers(0, 3, size=(4, 3, p)).astype(float)):
+        assert np.array_equal(_quartiles(x), np.percentile(x, [25, 50, 75], axis=-1))
+    x = rng.random((3, 2, p))
+    x[1, 0, 0] = np.nan
+    assert np.array_equal(_quartiles(x), np.percentile(x, [25, 50, 75], axis=-1), equal_nan=True)
+    cells = [rng.integers(0, 9, size=(2, 5, 7)).astype(np.uint16) for _ in range(3)] + [rng.random((2, 3, 4, 4))]
+    want = [np.concatenate([np.percentile(c.reshape(2, -1).astype(float), 50, axis=1),
+                            np.subtract(*np.percentile(c.reshape(2, -1).astype(float), [75, 25], axis=1)),
+                            c.shape[-2:]]) for c in cells]
+    assert np.array_equal(image_stats(cells), np.array(want))
+
+
+def test_bench_first_batch_probe_reports_wall_and_cpu_seconds(model_dir, tmp_path):
+    """The start-up bench's `predict --manifest` probe: first batch, end, CPU seconds, on a tiny set."""
+    import os
+
+    from phenotyping.analysis.bench import _first_batch
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 3)
+    root = Path(__file__).resolve().parent.parent
+    out = _first_batch(model_dir, manifest, env={**os.environ, "LEUKO_DB_PATH": str(tmp_path / "x.duckdb")}, cwd=root)
+    assert out["exit_ok"], out["stderr_tail"]
+    assert 0 < out["first_batch_s"] <= out["end_to_end_s"] and out["cpu_s"] > 0
