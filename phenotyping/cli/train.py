@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "card's lineage holds the parent and before/after metrics on held-out new cells")
     p.add_argument("--arch", default=None, help="registered model name (default: hybrid)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs; early stopping on validation (default 30; 15 with --init-from)")
+                   help="maximum epochs; early stopping on validation (default 30; 40 with --init-from)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, order, augmentation")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--classes", type=comma_list, default=None, help="keep only these labels, in this order (others dropped)")
@@ -51,12 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-targets", type=comma_list, default=[], help="targets to log-transform before standardising")
     p.add_argument("--img-size", type=int, default=None, help="input side length (default: image size, ≤ 64)")
     p.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training split to use")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64; 32 with --init-from")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64; 16 with --init-from")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where a neural model trains (default: LEUKO_DEVICE, auto); CUDA adds mixed precision")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3; 3e-4 with --init-from)")
     p.add_argument("--patience", type=int, default=None,
-                   help="epochs without validation improvement before stopping (default 6; 5 with --init-from)")
+                   help="epochs without validation improvement before stopping (default 6; 10 with --init-from)")
     p.add_argument("--loss", choices=["uncertainty", "fixed"], default="uncertainty",
                    help="multi-task weighting: learned uncertainty (Kendall 2018) or fixed equal weights")
     p.add_argument("--test-fraction", type=float, default=None,

@@ -12,9 +12,11 @@ early stopping saw.
 The child is a new model folder beside its parent, never the parent's own folder; registering it is the caller's
 business (the Models page registers it as not usable until someone with ``models.manage`` marks it usable).
 
-Defaults (:class:`FinetuneConfig`): 15 epochs at most, learning rate 3e-4 (train's default is 2e-3: a large rate
-would wash out what the parent learnt from few new cells), patience 5 epochs, batch 32, and 20 % validation and 20 %
-test shares of the new cells, per class (small data: every class keeps at least one training cell).
+Defaults (:class:`FinetuneConfig`): 40 epochs at most, learning rate 3e-4 (train's default is 2e-3: a large rate
+would wash out what the parent learnt from few new cells), batch 16 (a few dozen cells still give several steps an
+epoch), patience 10 epochs, and 20 % validation and 20 % test shares of the new cells, per class (small data: every
+class keeps at least one training cell). Chosen on the bccd adaptation benchmark (docs/BENCHMARKS.md, "Adapting to
+a lab"): 15 epochs at batch 32, or 1e-3 for 30 epochs, did worse.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ LINEAGE = "lineage"
 class FinetuneConfig:
     """Fine-tuning options (saved in the child's card under ``lineage.finetune``)."""
 
-    epochs: int = 15
+    epochs: int = 40
     lr: float = 3e-4
-    patience: int = 5
-    batch_size: int = 32
+    patience: int = 10
+    batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
