@@ -13,6 +13,8 @@ from pages._common import allowed, attempt, flash, get_runner, get_store, md, re
 from phenotyping.models.checkpoint import load_card
 from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
 from phenotyping.analysis.results import find_model_dirs
+from phenotyping.training.adapt import before_after_rows, mark_usable, reviewed_cells, submit_adaptation
+from phenotyping.training.finetune import FinetuneConfig
 from phenotyping.settings import get_settings
 
 # Architectures the Models screen trains, by the kind of cell: (C, H, W) images or (C, Z, H, W) z-stacks.
@@ -65,6 +67,37 @@ def proportions_rows(card: dict) -> list[dict[str, Any]]:
         rows.append(row)
     return rows if any(len(r) > 1 for r in rows) else []
 
+def adapt_tab() -> None:
+    """Fine-tune a registered model on the reviewed cells of chosen samples (a training-lane job)."""
+    if not registered:
+        st.info("Register a model first: adapting starts from one.")
+        return
+    st.caption("Fine-tunes the model on the cells reviewers reclassified or confirmed (their final labels, only the "
+               "model's classes); the adapted model keeps the model's classes and preprocessing, is registered not "
+               "usable, and its card shows before/after figures on reviewed cells it did not train on.")
+    parent_id = st.selectbox("Model to adapt", list(registered), key="adapt_parent")
+    asamples = st.multiselect("Samples whose reviewed cells to use", labelled, key="adapt_samples")
+    found = reviewed_cells(store, asamples, registered[parent_id]["card"].get("classes", []))
+    if asamples:
+        if found.n:
+            st.caption(f"{found.n:,} reviewed cells: {md(', '.join(f'{c} {n}' for c, n in found.per_class.items()))}")
+        else:
+            st.warning("None of these samples' cells has been reviewed (reclassified or confirmed) as one of the "
+                       "model's classes yet.")
+        if found.left_out:
+            st.caption(md(found.left_out_text()))
+    c1, c2 = st.columns([3, 1])
+    aname = c1.text_input("Name of the adapted model", placeholder="e.g. wbc-hybrid-our-lab", key="adapt_name")
+    aepochs = c2.number_input("Epochs", 1, 100, FinetuneConfig.epochs, key="adapt_epochs",
+                              help=f"fine-tuning: at most this many epochs, learning rate {FinetuneConfig.lr:g}")
+    if st.button("Start adapting", type="primary", disabled=not (asamples and found.n)):
+        ok, jid = attempt(submit_adaptation, runner, parent_id, asamples, aname.strip(), actor=user.username,
+                          epochs=int(aepochs))
+        if ok:
+            flash(f"Adaptation job {jid} started; the adapted model will be registered not usable.")
+            st.rerun()
+
+
 registered = {m["id"]: m for m in store.list_models()}
 found = find_model_dirs(settings.model_search_path())
 unregistered = {k: v for k, v in found.items() if k not in registered}
@@ -86,12 +119,15 @@ else:
 if admin and unregistered:
     c1, c2 = st.columns([3, 1])
     pick = c1.selectbox("Model folder found on disk", list(unregistered))
-    if c2.button("Register as usable", type="primary", width="stretch"):
-        ok, _ = attempt(store.register_model, pick, path=str(unregistered[pick]),
-                        card=load_card(unregistered[pick]), actor=user.username, usable=True)
+    picked_card = load_card(unregistered[pick])
+    adapted = bool(picked_card.get("lineage"))     # a fine-tuned child: usable only once marked so, after a look
+    if c2.button("Register (not usable yet)" if adapted else "Register as usable", type="primary", width="stretch"):
+        ok, _ = attempt(store.register_model, pick, path=str(unregistered[pick]), card=picked_card,
+                        actor=user.username, usable=not adapted)
         if ok:
             warm_up_models(store)
-            flash(f"{pick} registered and usable.")
+            flash(f"{pick} registered" + (": an adapted model; check its before/after figures, then mark it usable."
+                                          if adapted else " and usable."))
             st.rerun()
 
 if registered:
@@ -179,6 +215,20 @@ if registered:
             st.info("No benchmark recorded for this model. Measure its speed on this machine with:",
                     icon=":material/speed:")
             st.code(f"python -m phenotyping bench --model {m['path']} --cells 1000", language="bash")
+    if card.get("lineage"):
+        lin = card["lineage"]
+        added, held = lin.get("data_added") or {}, lin.get("held_out") or {}
+        st.markdown(f"**Adapted from** {md(lin['parent']['id'])} on {md(added.get('n_cells', '?'))} cells "
+                    f"({md(', '.join(f'{c} {n}' for c, n in (added.get('per_class') or {}).items()))})"
+                    + (f" of samples {md(', '.join(added['samples']))}" if added.get("samples") else "")
+                    + f"  \n**Before / after** on {md(held.get('n', '?'))} held-out cells it did not train on "
+                      f"({md(held.get('method', ''))})")
+        st.dataframe(before_after_rows(card), hide_index=True, width="stretch", key="before_after",
+                     column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                    for k in ("parent", "adapted", "change")})
+        if not m["usable"]:
+            st.warning("Not usable yet: nobody has marked this adapted model usable. Check the figures above (and "
+                       "evaluate it on other labelled samples) first.", icon=":material/pending:")
     for ev in card.get("evaluations", []):
         met = ev.get("metrics") or {}
         st.caption(f"Evaluated on {md(', '.join(ev.get('samples', [])))} by {md(ev.get('by', '?'))} at "
@@ -187,14 +237,15 @@ if registered:
     if admin:
         if st.button("Mark not usable" if m["usable"] else "Mark usable",
                      type="secondary" if m["usable"] else "primary"):
-            store.set_model_usable(mid, not m["usable"], actor=user.username)
-            flash(f"{mid} is now {'not ' if m['usable'] else ''}usable.")
-            st.rerun()
+            ok, _ = attempt(mark_usable, store, mid, not m["usable"], actor=user.username)
+            if ok:
+                flash(f"{mid} is now {'not ' if m['usable'] else ''}usable.")
+                st.rerun()
 
 labelled = [s["id"] for s in store.list_samples() if s["n_cells"]]
 if admin:
     st.divider()
-    t1, t2 = st.tabs(["Train a new model", "Evaluate a model"])
+    t1, t2, t3 = st.tabs(["Train a new model", "Evaluate a model", "Adapt to this lab's reviewed cells"])
     with t1:
         samples = st.multiselect("Samples with labelled cells (labels from the image set or the review)", labelled,
                                  key="train_samples")
@@ -234,6 +285,9 @@ if admin:
                     if ok:
                         flash(f"Evaluation job {jid} started.")
                         st.rerun()
+
+    with t3:
+        adapt_tab()
 
 jobs = [j for j in store.list_jobs(limit=30) if j["kind"] in ("train", "evaluate")]
 active = any(j["status"] not in FINISHED for j in jobs)

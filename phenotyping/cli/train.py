@@ -35,8 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first run K-fold cross-validation (grouped by --group-column when given) and record "
                         "per-fold and mean ± SD metrics in the JSON and the card; the saved model is then trained "
                         "on all cells as without --cv")
-    p.add_argument("--arch", default="hybrid", help="registered model name (default: hybrid)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs; early stopping on validation (default 30)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="fine-tune this model on the manifest's cells (its architecture, classes, preprocessing and "
+                        "target scaling kept; labels outside its classes refused); --out must be a new folder; the "
+                        "card's lineage holds the parent and before/after metrics on held-out new cells")
+    p.add_argument("--arch", default=None, help="registered model name (default: hybrid)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs; early stopping on validation (default 30; 40 with --init-from)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, order, augmentation")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--classes", type=comma_list, default=None, help="keep only these labels, in this order (others dropped)")
@@ -46,18 +51,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-targets", type=comma_list, default=[], help="targets to log-transform before standardising")
     p.add_argument("--img-size", type=int, default=None, help="input side length (default: image size, ≤ 64)")
     p.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training split to use")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64; 16 with --init-from")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where a neural model trains (default: LEUKO_DEVICE, auto); CUDA adds mixed precision")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--patience", type=int, default=6, help="epochs without validation improvement before stopping")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3; 3e-4 with --init-from)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="epochs without validation improvement before stopping (default 6; 10 with --init-from)")
     p.add_argument("--loss", choices=["uncertainty", "fixed"], default="uncertainty",
                    help="multi-task weighting: learned uncertainty (Kendall 2018) or fixed equal weights")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="held-out test share (0 = none)")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share (early stopping, calibration)")
-    p.add_argument("--normalisation", choices=["dataset", "per-image"], default="dataset",
-                   help="per-channel statistics of the training set, or each cell standardised by its own (more "
-                        "robust across sites)")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="held-out test share (0 = none; default 0.15, 0.2 with --init-from, which needs one)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="validation share (early stopping, calibration; default 0.15, 0.2 with --init-from)")
+    p.add_argument("--normalisation", choices=["dataset", "per-image"], default=None,
+                   help="per-channel statistics of the training set (default), or each cell standardised by its "
+                        "own (more robust across sites)")
     p.add_argument("--augment-appearance", action="store_true",
                    help="also augment scale, stain colour, blur and background (stained brightfield cells from "
                         "several sites; 2D only)")
@@ -72,8 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from phenotyping.cli._train_init import run_init, train_defaults
     from phenotyping.training.train import TrainConfig, train
 
+    if args.init_from is not None:
+        return run_init(args)
+    train_defaults(args)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be ≥ 1, got {args.epochs}")
     unknown_log = [t for t in args.log_targets if t not in args.target_columns]

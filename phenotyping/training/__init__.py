@@ -13,6 +13,11 @@ Modules:
 - :mod:`~phenotyping.training.postfit`: card sections fitted after training (prior, confident confusion, image-QC
   limits); ``calibrate_model_dir`` refreshes an older card.
 - :mod:`~phenotyping.training.licence`: the data set's licence, recorded in the card.
+- :mod:`~phenotyping.training.finetune`: ``finetune(parent_dir, manifest, …)`` (``train --init-from``): a model
+  adapted to new cells, its parent's classes and preprocessing kept, the card's ``lineage`` (parent, data added,
+  before/after on held-out new cells).
+- :mod:`~phenotyping.training.adapt`: the Models page's adaptation job over reviewed cells (``submit_adaptation``,
+  the child registered not usable; ``mark_usable``).
 
 What travels with a trained model (preprocessing, checkpoint format) is in :mod:`phenotyping.models`.
 Layer: above ``analysis`` (post-fit QC limits use its checks), below ``agreement``, ``jobs`` and ``cli``.
