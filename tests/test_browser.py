@@ -143,10 +143,16 @@ def test_review_workflow_in_chromium(server, tmp_path):
         def click_one(locator: Any) -> None:
             """Click the single element ``locator`` names; while a rerun still shows the previous run's copy of it
             beside the new one, wait for the rerun to settle (a stale copy can take the click and lose it)."""
+            from playwright.sync_api import Error as PlaywrightError
+
             for _ in range(20):
                 if locator.count() == 1:
-                    locator.click()
-                    return
+                    try:
+                        locator.click(timeout=10_000)
+                        return
+                    except PlaywrightError as e:   # a rerun drew a second copy between the count and the click
+                        if "strict mode violation" not in str(e):
+                            raise
                 idle()
                 page.wait_for_timeout(250)
             locator.last.click()
