@@ -172,13 +172,7 @@ def predict_sample(
     """
     import torch
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    lm = _prediction_model(model)
-    dev = resolve_device(device)
-    qc_cfg = qc_config or qc_config_from_card(lm.card)
-    _, threshold = _calibration(lm)
-    version = model_version(lm.card)
+    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size)
     t0 = time.perf_counter()
 
     cells, todo = _cells_to_predict(store, sample_id, lm.id)
@@ -307,6 +301,17 @@ def _prediction_model(model: Any) -> Any:
         raise ValueError(f"model {lm.id} is a classical baseline on pixels ({lm.card['architecture']['name']}); "
                          "sample prediction runs the neural models and kNN/SVM on their embeddings only")
     return lm
+
+
+def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None,
+               batch_size: int) -> tuple[Any, str, QCConfig, float, str]:
+    """What a prediction run settles first: the loaded model, the device, the QC limits (the card's unless given),
+    the unidentified threshold and the model version; refuses a batch size below 1."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    lm = _prediction_model(model)
+    _, threshold = _calibration(lm)
+    return lm, resolve_device(device), qc_config or qc_config_from_card(lm.card), threshold, model_version(lm.card)
 
 
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:

@@ -22,9 +22,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from phenotyping.analysis.domain import input_check
-from phenotyping.analysis.inference import (DEFAULT_BATCH_SIZE, PredictionRun, ProgressFn, _calibration, _prepare,
-                                            _prediction_model, _RunState, _StageTeller, cpu_threads, decode_workers,
-                                            model_version, needs_qc, qc_config_from_card, resolve_device)
+from phenotyping.analysis.inference import (DEFAULT_BATCH_SIZE, PredictionRun, ProgressFn, _prepare, _run_setup,
+                                            _RunState, _StageTeller, cpu_threads, decode_workers, needs_qc)
 from phenotyping.analysis.qc import QCConfig
 
 
@@ -173,13 +172,7 @@ def predict_stream(store: Any, sample_id: str, model: Any, cells: CommittedCells
     """
     import torch
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    lm = _prediction_model(model)
-    dev = resolve_device(device)
-    qc_cfg = qc_config or qc_config_from_card(lm.card)
-    _, threshold = _calibration(lm)
-    version = model_version(lm.card)
+    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size)
     t0 = time.perf_counter()
     net = lm.model.to(dev).eval()
     prev_threads = torch.get_num_threads()

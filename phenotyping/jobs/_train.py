@@ -30,11 +30,10 @@ class LabelledExport:
         return sum(self.excluded.values())
 
     def excluded_text(self) -> str:
-        """E.g. ``"14 cells labelled outside the classes left out (debris 12, other 2)"``, or ``""``."""
-        if not self.excluded:
-            return ""
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"{self.n_excluded} cell(s) labelled outside the classes left out ({parts})"
+        """E.g. ``"14 cell(s) labelled outside the classes left out (debris 12, other 2)"``, or ``""``."""
+        from phenotyping.training.adapt import left_out_text
+
+        return left_out_text(self.excluded, "cell(s) labelled outside the classes")
 
 
 def cell_label(cell: Any) -> str | None:

@@ -40,10 +40,15 @@ class ReviewedCells:
 
     def left_out_text(self) -> str:
         """E.g. ``"3 reviewed cell(s) with a label the parent lacks left out (debris 2, basophil 1)"``, or ``""``."""
-        if not self.left_out:
-            return ""
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"{sum(self.left_out.values())} reviewed cell(s) with a label the parent lacks left out ({parts})"
+        return left_out_text(self.left_out, "reviewed cell(s) with a label the parent lacks")
+
+
+def left_out_text(counts: dict[str, int], what: str) -> str:
+    """``"N <what> left out (label n, …)"``, the most frequent label first, or ``""`` when nothing was left out."""
+    if not counts:
+        return ""
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{sum(counts.values())} {what} left out ({parts})"
 
 
 def reviewed_cells(store: Any, sample_ids: Sequence[str], classes: Sequence[str]) -> ReviewedCells:
