@@ -70,6 +70,13 @@ _CELL_COLUMNS = ("cell_key", "content_hash", "source_file", "blob_path", "shape"
                  "targets", "extra")
 
 
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """``values`` as a 1-D object array (text or None each), the form DuckDB scans as a VARCHAR column."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def _cell_columns(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The cells' insert values as NumPy columns (text as object arrays; ``channels`` from each shape). The JSON
     columns are written by ``_json`` as everywhere in the store; a shape seen before reuses its text."""
@@ -89,10 +96,7 @@ def _cell_columns(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
         targets, extra = c.get("targets"), c.get("extra")
         values["targets"].append(_json(targets) if targets else "{}")
         values["extra"].append(_json(extra) if extra else "{}")
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        out[k] = np.empty(len(v), dtype=object)
-        out[k][:] = v
+    out: dict[str, Any] = {k: _objects(v) for k, v in values.items()}
     out["channels"] = np.asarray(channels, dtype=np.int32)
     return out
 
@@ -299,10 +303,9 @@ class CellRepository:
         results = list(results)
         if not results:
             return
-        import pandas as pd
-
-        batch = pd.DataFrame({"id": [int(i) for i, _, _ in results], "state": [st.value for _, st, _ in results],
-                              "reason": [r for _, _, r in results]})
+        batch = {"id": np.asarray([int(i) for i, _, _ in results], dtype=np.int64),
+                 "state": _objects([st.value for _, st, _ in results]),
+                 "reason": _objects([r for _, _, r in results])}   # NumPy columns, as add(): no pandas import
         with self._db.tx() as cur:
             self._db.refuse_if_signed(cur, sample_id, f"changing the image QC of {len(results)} cell(s)")
             cur.register("_qc_batch", batch)
