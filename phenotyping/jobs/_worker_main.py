@@ -124,12 +124,9 @@ def _predict(req: dict[str, Any], emit: Emit) -> None:
     from phenotyping.models.checkpoint import load_model_cached
 
     t0 = time.perf_counter()
-    lm = inf._prediction_model(load_model_cached(req["model_dir"]))
+    loaded = load_model_cached(req["model_dir"])
     load_s = time.perf_counter() - t0  # ~0 when the model was loaded before (warm-up, an earlier job)
-    dev = inf.resolve_device(req.get("device"))
-    qc_cfg = inf.qc_config_from_card(lm.card)
-    _, threshold = inf._calibration(lm)
-    version = inf.model_version(lm.card)
+    lm, dev, qc_cfg, threshold, version = inf._run_setup(loaded, req.get("device"), None, int(req["batch_size"]))
     names = lm.targets.names if lm.targets is not None else []
     emit({"event": "loaded", "model_id": lm.id, "model_version": version, "classes": list(lm.classes),
           "targets": list(names), "device": dev, "load_s": round(load_s, 4)})
