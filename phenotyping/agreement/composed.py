@@ -49,7 +49,7 @@ def predict_pool(model_dir: str | Path, manifest: str | Path, *, split: str | No
         rows = _select_split(rows, Path(model_dir), split)
     keep, y = match_labels(column(rows, label_column), lm.classes, drop_unknown=True, log=lambda m: None)
     rows = [rows[i] for i in keep]
-    x = lm.preprocess.normalise(load_images([r["path"] for r in rows], lm.preprocess.img_size), batched=True)
+    x = lm.preprocess.normalise(load_images([r["path"] for r in rows], lm.preprocess.img_size, crop=lm.preprocess.crop), batched=True)
     out = predict_arrays(lm.model, x)
     return {"classes": list(lm.classes), "card": lm.card, "y": np.asarray(y),
             "probs": softmax(out["logits"], lm.temperature)}

@@ -148,14 +148,13 @@ def explain_cell(store: Any, cell: Any, model_dir: str | Path, *, method: str = 
     A z-stack ``(C, Z, H, W)`` gets a ``(Z, H, W)`` map (occlusion hides one plane's square at a time). The model
     must take the cell's kind: a 2D model cannot explain a z-stack, nor a 3D model a 2D cell.
     """
-    from phenotyping.models.preprocess import fit_to_size
     from phenotyping.analysis.explain import grad_cam, occlusion_map
     from phenotyping.models.checkpoint import load_model_cached
 
     if method not in EXPLANATIONS:
         raise ValueError(f"unknown explanation {method!r}; choose one of {EXPLANATIONS}")
     lm = load_model_cached(model_dir)
-    sized = fit_to_size(cell_image(store, cell), lm.preprocess.img_size)
+    sized = lm.preprocess.size(cell_image(store, cell))
     dims = int(lm.model.config.get("dims", 2)) if getattr(lm.model, "config", None) else 2
     if sized.ndim - 1 != dims:
         kind = {2: "a 2D cell (C, H, W)", 3: "a z-stack (C, Z, H, W)"}
@@ -176,14 +175,13 @@ def explain_cell(store: Any, cell: Any, model_dir: str | Path, *, method: str = 
 
 def cell_features(store: Any, cells: Sequence[Any], model_dir: str | Path, *, batch_size: int = 256) -> np.ndarray:
     """Penultimate features ``(N, D)`` of the model for ``cells`` (2D or 3D, sized and normalised per the card)."""
-    from phenotyping.models.preprocess import fit_to_size
     from phenotyping.models.forward import predict_arrays
     from phenotyping.models.checkpoint import load_model_cached
 
     lm = load_model_cached(model_dir)
     out = []
     for i in range(0, len(cells), batch_size):
-        batch = np.stack([fit_to_size(cell_image(store, c), lm.preprocess.img_size) for c in cells[i:i + batch_size]])
+        batch = np.stack([lm.preprocess.size(cell_image(store, c)) for c in cells[i:i + batch_size]])
         out.append(predict_arrays(lm.model, lm.preprocess.normalise(batch, batched=True))["features"])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

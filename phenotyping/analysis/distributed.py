@@ -113,7 +113,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np
     Returns the batch's identifying columns, ``qc_state``/``qc_reason``, ``content_hash``, and ``x``: the
     normalised input (zeros for cells that did not pass)."""
     from phenotyping.analysis.qc import QCConfig, check_images
-    from phenotyping.models.preprocess import Preprocess, fit_to_size
+    from phenotyping.models.preprocess import Preprocess
 
     pre = Preprocess.from_dict(spec.preprocess)
     items = [{k: batch[k][i] for k in batch} for i in range(len(batch["row"]))]
@@ -126,7 +126,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np
     passed = [i for i in ok if states[i] == "passed"]
     x = None
     if passed:
-        fitted = np.stack([fit_to_size(decoded[i][0], pre.img_size) for i in passed])
+        fitted = np.stack([pre.size(decoded[i][0]) for i in passed])
         xp = pre.normalise(fitted, batched=True).astype(np.float32)
         x = np.zeros((len(items), *xp.shape[1:]), np.float32)
         x[passed] = xp

@@ -346,7 +346,6 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
     read and the start of the batch's QC."""
     import torch
 
-    from phenotyping.models.preprocess import fit_to_size
     from phenotyping.ingest import read_image
 
     arrays: list[np.ndarray | None] = []
@@ -370,8 +369,7 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
     x = None
     stats = image_stats([arrays[i] for i in passed]) if passed else None  # for the domain check
     if passed:
-        size = lm.preprocess.img_size
-        batch = np.stack([fit_to_size(arrays[i], size) for i in passed])  # (B, C, size, size) or (B, C, Z, …)
+        batch = np.stack([lm.preprocess.size(arrays[i]) for i in passed])  # (B, C, size, size) or (B, C, Z, …)
         x = torch.from_numpy(lm.preprocess.normalise(batch, batched=True))
         if pin:
             x = x.pin_memory()

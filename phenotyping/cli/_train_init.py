@@ -9,7 +9,8 @@ from phenotyping.cli._common import print_json
 
 #: ``train`` from scratch: the values of the options left unset (None) on the command line.
 SCRATCH_DEFAULTS = {"arch": "hybrid", "epochs": 30, "batch_size": 64, "lr": 2e-3, "patience": 6,
-                    "test_fraction": 0.15, "val_fraction": 0.15, "normalisation": "dataset"}
+                    "test_fraction": 0.15, "val_fraction": 0.15, "normalisation": "dataset",
+                    "crop": "none"}
 
 
 def train_defaults(args: argparse.Namespace) -> None:
@@ -34,13 +35,14 @@ def _refuse_changes(args: argparse.Namespace, parent: dict) -> None:
         "--group-column": args.group_column is not None, "--fraction": args.fraction != 1.0,
         "--specimen/--specimen-classes": bool(args.specimen_names or args.specimens),
         "--augment-appearance": args.augment_appearance,
+        "--crop": args.crop is not None and args.crop != inp.get("crop", "none"),
     }
     bad = [k for k, v in given.items() if v]
     if bad:
         raise ValueError(f"--init-from {args.init_from} keeps the parent's architecture ({arch}), classes "
                          f"({', '.join(parent.get('classes', []))}), input ({inp.get('img_size')} px, channels "
                          f"{', '.join(inp.get('channels', []))}, {(inp.get('normalisation') or {}).get('mode')} "
-                         f"normalisation), targets, augmentation and specimens; drop {', '.join(bad)}")
+                         f"normalisation, crop {inp.get('crop', 'none')}), targets, augmentation and specimens; drop {', '.join(bad)}")
     extra = [t for t in args.target_columns if t not in [x["name"] for x in parent.get("targets", [])]]
     if extra:
         raise ValueError(f"--target-columns {extra} are not targets of the parent model (it has "

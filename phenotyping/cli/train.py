@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-appearance", action="store_true",
                    help="also augment scale, stain colour, blur and background (stained brightfield cells from "
                         "several sites; 2D only)")
+    p.add_argument("--crop", choices=["none", "nucleus"], default=None,
+                   help="nucleus: crop every cell to a square around its stained nucleus before sizing, in training "
+                        "and in every prediction (RGB smears from analysers or cameras of different magnification; "
+                        "default none)")
     p.add_argument("--data-licence", default=None, help="licence of the training data (default: LICENSE beside it)")
     p.add_argument("--embed-model", type=Path, default=None, metavar="DIR",
                    help="with --arch knn/svm: fit on the penultimate features of this trained neural model (its "
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                       log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
-                      augment_appearance=args.augment_appearance,
+                      augment_appearance=args.augment_appearance, crop=args.crop,
                       model_overrides=dict(args.model_config),
                       embed_model=str(args.embed_model) if args.embed_model else None,
                       specimens=args.specimens, specimen_names=tuple(args.specimen_names or ()))

@@ -162,7 +162,7 @@ def _load_embedding_model(path: Path, source: dict[str, Any], preprocess: dict[s
         digest = file_sha256(c / CHECKPOINT)
         if card.get("id") == source["id"] and digest == source["checkpoint_sha256"]:
             lm = load_model_dir(c)
-            if lm.preprocess.to_dict() != preprocess:
+            if lm.preprocess != Preprocess.from_dict(preprocess):
                 raise NotFoundError(f"{path}: the embedding model in {c} preprocesses images differently from when "
                                     "this classifier was fitted; retrain the classifier")
             return lm

@@ -122,6 +122,16 @@ def fit_to_size(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def size_cell(img: np.ndarray, size: int, *, crop: str = "none") -> np.ndarray:
+    """A decoded cell to ``size`` × ``size``: :func:`fit_to_size`, or with ``crop`` (see
+    :mod:`phenotyping.models.crop`) the crop scaled to that size. Returns float32."""
+    if crop == "none":
+        return fit_to_size(img, size)
+    from phenotyping.models.crop import crop_and_size
+
+    return crop_and_size(img, crop, size)
+
+
 def _standardise_each(x: np.ndarray, *, batched: bool) -> np.ndarray:
     """Each cell's channels to zero mean, unit std over their own pixels (and z-planes)."""
     axes = tuple(range(2 if batched else 1, x.ndim))
@@ -145,11 +155,12 @@ class Preprocess:
     std: list[float]
     channel_specs: list[dict[str, Any]] = field(default_factory=list)
     mode: str = "dataset"
+    crop: str = "none"
 
     @classmethod
     def fit(cls, x: np.ndarray, channels: Sequence[str], specs: Sequence[ChannelSpec], *,
-            mode: str = "dataset") -> Preprocess:
-        """Per-channel statistics of ``x`` (N, C, …)."""
+            mode: str = "dataset", crop: str = "none") -> Preprocess:
+        """Per-channel statistics of ``x`` (N, C, …), already sized by :func:`size_cell` with the same ``crop``."""
         if mode not in ("dataset", "per_image"):
             raise ValueError(f"normalisation mode must be 'dataset' or 'per_image', got {mode!r}")
         if mode == "per_image":
@@ -158,7 +169,11 @@ class Preprocess:
         mean = x.mean(axes, dtype=np.float64)
         std = np.maximum(x.std(axes, dtype=np.float64), 1e-6)
         return cls(int(x.shape[-1]), list(channels), [float(v) for v in mean], [float(v) for v in std],
-                   [asdict(s) for s in specs], mode)
+                   [asdict(s) for s in specs], mode, crop)
+
+    def size(self, img: np.ndarray) -> np.ndarray:
+        """One decoded cell to the model's input size: :func:`size_cell` with this model's size and crop."""
+        return size_cell(img, self.img_size, crop=self.crop)
 
     def normalise(self, x: np.ndarray, *, batched: bool = False) -> np.ndarray:
         """``(x − mean) / std`` per channel; ``x`` is one cell ``(C, …)`` or, with ``batched``, ``(N, C, …)``."""

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from phenotyping.errors import ImageError
-from phenotyping.models.preprocess import ChannelSpec, Preprocess, fit_to_size
+from phenotyping.models.preprocess import ChannelSpec, Preprocess, size_cell
 
 IMAGE_FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -209,15 +209,20 @@ def read_cell(path: str | Path) -> np.ndarray:
     return read_image(data, str(p))
 
 
-def load_images(paths: Sequence[str | Path], size: int, *, progress: Callable[[int, int], None] | None = None
-                ) -> np.ndarray:
-    """Read and fit every image to ``size``: returns float32 ``(N, C, size, size)`` (or ``(N, C, Z, size, size)``).
+def load_images(paths: Sequence[str | Path], size: int, *, crop: str = "none",
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Read and size every image (``size_cell`` with ``crop``): float32 ``(N, C, size, size)`` (or
+    ``(N, C, Z, size, size)``).
 
     Raises ImageError naming the first file whose channel count or dimensionality differs from the first image's.
     """
     out: np.ndarray | None = None
     for i, p in enumerate(paths):
-        a = fit_to_size(read_cell(p), size)
+        raw = read_cell(p)
+        try:
+            a = size_cell(raw, size, crop=crop)
+        except ValueError as e:
+            raise ImageError(str(p), str(e)) from e
         if out is None:
             out = np.empty((len(paths),) + a.shape, np.float32)
         elif a.shape != out.shape[1:]:

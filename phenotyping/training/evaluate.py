@@ -141,7 +141,7 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_col
     rows = [rows[i] for i in keep]
     if not rows:
         raise PhenotypingError(f"no cells to evaluate in {manifest}")
-    x = load_images([r["path"] for r in rows], lm.preprocess.img_size)
+    x = load_images([r["path"] for r in rows], lm.preprocess.img_size, crop=lm.preprocess.crop)
     x = lm.preprocess.normalise(x, batched=True)
     out = predict_arrays(lm.model, x)
     result = classification_metrics(y, out["logits"].argmax(1), lm.classes)

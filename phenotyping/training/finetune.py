@@ -168,7 +168,7 @@ def _inputs(parent: Any, cells: Any, split: dict[str, np.ndarray], log: Callable
 
     pre, mc = parent.preprocess, parent.model.config
     t0 = time.perf_counter()
-    x = {k: load_images([cells.rows[int(i)]["path"] for i in idx], pre.img_size) for k, idx in split.items()}
+    x = {k: load_images([cells.rows[int(i)]["path"] for i in idx], pre.img_size, crop=pre.crop) for k, idx in split.items()}
     log(f"read {len(cells.rows)} images at {pre.img_size}×{pre.img_size} in {time.perf_counter() - t0:.1f}s")
     dims = 3 if x["train"].ndim == 5 else 2
     if x["train"].shape[1] != mc["in_chans"] or dims != mc.get("dims", 2):

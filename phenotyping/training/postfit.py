@@ -243,7 +243,7 @@ def calibrate_model_dir(model_dir: str | Path, manifest: str | Path | None = Non
     manifest, label_column, rows = _training_rows(card, model_dir, manifest)
     val = _select_split(rows, model_dir, "val")
     keep, y_val = match_labels(column(val, label_column), lm.classes, drop_unknown=False, log=lambda m: None)
-    x_val = lm.preprocess.normalise(load_images([val[i]["path"] for i in keep], lm.preprocess.img_size),
+    x_val = lm.preprocess.normalise(load_images([val[i]["path"] for i in keep], lm.preprocess.img_size, crop=lm.preprocess.crop),
                                     batched=True)
     probs = softmax(predict_arrays(lm.model, x_val)["logits"], lm.temperature)
     train_rows = _select_split(rows, model_dir, "train")
@@ -275,7 +275,6 @@ def _cells_for_domain(lm: Any, rows: Sequence[Mapping[str, Any]], max_cells: int
     model's penultimate features (N, D) and :func:`phenotyping.analysis.domain.image_stats` of the raw images."""
     from phenotyping.analysis.domain import image_stats
     from phenotyping.models.forward import predict_arrays
-    from phenotyping.models.preprocess import fit_to_size
     from phenotyping.training.data import read_cell
 
     pick = sorted(np.random.default_rng(seed).permutation(len(rows))[:max_cells].tolist())
@@ -288,7 +287,7 @@ def _cells_for_domain(lm: Any, rows: Sequence[Mapping[str, Any]], max_cells: int
             raw.append(a)
     if not raw:
         return [], None, np.zeros((0, 2 * n_chans + 2))
-    x = np.stack([fit_to_size(a, lm.preprocess.img_size) for a in raw])
+    x = np.stack([lm.preprocess.size(a) for a in raw])
     feats = predict_arrays(lm.model, lm.preprocess.normalise(x, batched=True))["features"]
     return kept, feats, image_stats(raw)
 

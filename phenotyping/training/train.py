@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from phenotyping.models.crop import RESIZE_TEXT as CROP_RESIZE
 
 INTENDED_USE = "research model, not clinically validated"
 CLASS_WEIGHTING = "balanced class weights n/(K·n_k) in the cross-entropy; no over-sampling (corrected once)"
@@ -37,9 +38,9 @@ class TrainConfig:
     the training split actually used (data-volume curves). ``classes``: keep only these labels (others dropped and
     counted). ``channels``: channel names (DPC names get direction-aware augmentation, see ``data.CHANNEL_PRESETS``);
     None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
-    ``model_overrides``: extra ``create_model`` keywords.
-    ``normalisation``: ``"dataset"`` or ``"per_image"`` (see ``data.Preprocess``). ``augment_appearance``: also
-    scale, stain, blur and background augmentation (``data.augment_appearance``; stained brightfield, 2D).
+    ``model_overrides``: extra ``create_model`` keywords. ``normalisation``: ``"dataset"`` or ``"per_image"`` (see
+    ``data.Preprocess``). ``augment_appearance``: also scale, stain, blur and background augmentation
+    (``data.augment_appearance``; stained brightfield, 2D). ``crop``: ``"none"`` or ``"nucleus"`` (``models.crop``).
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
@@ -65,6 +66,7 @@ class TrainConfig:
     augment: bool = True
     augment_appearance: bool = False
     normalisation: str = "dataset"
+    crop: str = "none"
     data_licence: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     embed_model: str | None = None
@@ -238,8 +240,8 @@ def train(manifest: str | Path, label_column: str, out: str | Path, *, target_co
     ``device``: where a neural model trains (``auto``, ``cpu``, ``cuda``; None reads ``LEUKO_DEVICE``), with mixed
     precision and pinned memory on CUDA only (:mod:`phenotyping.training.device`); the card records it.
 
-    Returns the model card; ``card_extra`` sections (e.g. ``cross_validation``) are added to it before it is written. Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns,
-    confounded groups, too few cells).
+    Returns the model card; ``card_extra`` sections (e.g. ``cross_validation``) are added to it before it is written.
+    Raises ValueError/KeyError/PhenotypingError for unusable input (missing columns, confounded groups, too few cells).
     """
     import torch
 
@@ -366,8 +368,10 @@ def _prepare_inputs(cells: _Cells, split: dict[str, np.ndarray], target_columns:
     used = np.concatenate([split["train"], split["val"], split["test"]])
     img_size = _image_size(rows[int(used[0])]["path"], config, emb)
     t0 = time.perf_counter()
-    x = {k: load_images([rows[i]["path"] for i in idx], img_size) if len(idx) else None for k, idx in split.items()}
-    log(f"read {len(used)} images at {img_size}×{img_size} in {time.perf_counter() - t0:.1f}s")
+    crop = emb.preprocess.crop if emb is not None else config.crop
+    x = {k: load_images([rows[i]["path"] for i in ix], img_size, crop=crop) if len(ix) else None
+         for k, ix in split.items()}
+    log(f"read {len(used)} images at {img_size}×{img_size}, crop {crop}, in {time.perf_counter() - t0:.1f}s")
     n_chans = x["train"].shape[1]
     dims = 3 if x["train"].ndim == 5 else 2
     names, names_from, pre = _preprocessing(x["train"], [rows[int(i)]["path"] for i in used], n_chans, dims, config,
@@ -398,7 +402,8 @@ def _preprocessing(train_images: np.ndarray, paths: Sequence[Path], n_chans: int
     specs = channel_specs(names)
     if config.augment and not classical:
         log(f"augmentation: {describe_augmentation(specs)}")
-    return names, names_from, Preprocess.fit(train_images, names, specs, mode=config.normalisation)
+    return names, names_from, Preprocess.fit(train_images, names, specs, mode=config.normalisation,
+                                             crop=config.crop)
 
 
 def _build_model(config: TrainConfig, data: _Inputs, n_classes: int, n_targets: int, emb: Any,
@@ -538,8 +543,7 @@ def _card(*, manifest: Path, out: Path, label_column: str, target_columns: Seque
         "embedding_model": dict(model.source) if emb is not None else None,
         "input": {"channels": data.channels, "channel_names_from": data.channels_from,
                   "channel_specs": pre.channel_specs, "img_size": data.img_size, "dims": data.dims,
-                  "resize": "longer side scaled to img_size by area averaging (never enlarged), then centre-padded "
-                            "with each channel's border median",
+                  "resize": CROP_RESIZE[pre.crop], "crop": pre.crop,
                   "normalisation": {"mode": pre.mode, "mean": pre.mean, "std": pre.std}},
         "classes": classes,
         "targets": [{"name": n, "log": lg, "mean": m, "std": s} for n, lg, m, s in
@@ -591,8 +595,6 @@ def _write_split(path: Path, ids: Sequence[str], split: dict[str, np.ndarray]) -
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["cell_id", "split"])
-        which = {int(i): "train" for i in split["train"]}
-        which.update({int(i): "val" for i in split["val"]})
-        which.update({int(i): "test" for i in split["test"]})
+        which = {int(i): k for k in ("train", "val", "test") for i in split[k]}
         for i in sorted(which):
             w.writerow([ids[i], which[i]])
