@@ -110,6 +110,8 @@ class PredictionRun:
     qc_config: dict[str, Any] = field(default_factory=dict)
     #: the verdict of :mod:`phenotyping.analysis.domain` over all the sample's checked cells (``DomainCheck.to_dict``)
     domain_check: dict[str, Any] | None = None
+    #: test-time augmentation, ``{"mode", "views"}`` (:func:`phenotyping.models.tta.tta_info`)
+    tta: dict[str, Any] = field(default_factory=lambda: {"mode": "none", "views": 1})
 
     @property
     def cells_per_second(self) -> float:
@@ -123,7 +125,7 @@ class PredictionRun:
             "already_done": self.already_done, "predicted": self.predicted, "excluded": self.excluded,
             "unidentified": self.unidentified, "qc_counts": self.qc_counts, "seconds": round(self.seconds, 3),
             "cells_per_second": round(self.cells_per_second, 1), "qc_config": self.qc_config,
-            "domain_check": self.domain_check,
+            "domain_check": self.domain_check, "tta": self.tta,
         }
 
 
@@ -149,6 +151,7 @@ def predict_sample(
     actor: str = "system",
     threads: int | None = None,
     stage: StageFn | None = None,
+    tta: str = "none",
 ) -> PredictionRun:
     """Run image QC and the model over every cell of ``sample_id`` that this model has not predicted yet.
 
@@ -165,6 +168,9 @@ def predict_sample(
         threads: CPU intra-op threads for torch (default: :func:`cpu_threads`).
         stage: told what the run is doing between the batches (:data:`StageFn`): reading images n/N, image QC,
             predicting, saving.
+        tta: ``"none"`` or ``"dihedral"`` (outputs averaged over the views that keep the cell's meaning,
+            :mod:`phenotyping.models.tta`); the predictions' model version then ends in ``+tta<views>``, and a
+            sample holding this model's predictions made the other way is refused (the two would mix).
 
     Image QC is part of a model's input (its thresholds come from the card), so every cell without a prediction from
     this model is checked again, including cells another model's QC excluded; only cells whose file could not be
@@ -172,14 +178,15 @@ def predict_sample(
     """
     import torch
 
-    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size)
+    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size, tta)
     t0 = time.perf_counter()
 
     cells, todo = _cells_to_predict(store, sample_id, lm.id)
+    _refuse_mixed_tta(store, sample_id, lm.id, version)
     already = len(cells) - len(todo)
     if (refused := _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)):
         return refused
-    net = lm.model.to(dev).eval()
+    net = prediction_net(lm, dev, tta)
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
@@ -193,7 +200,29 @@ def predict_sample(
     finally:
         if dev == "cpu":
             torch.set_num_threads(prev_threads)
-    return run.finish(total=len(cells), batch_size=batch_size, qc_cfg=qc_cfg)
+    return run.finish(total=len(cells), batch_size=batch_size, qc_cfg=qc_cfg, tta=tta)
+
+
+def prediction_net(lm: Any, dev: str, tta: str = "none") -> Any:
+    """The loaded model on ``dev`` in eval mode, wrapped for test-time augmentation ``tta``
+    (:func:`phenotyping.models.tta.with_tta`)."""
+    from phenotyping.models.tta import with_tta
+
+    return with_tta(lm.model.to(dev).eval(), lm.preprocess, tta)
+
+
+def _refuse_mixed_tta(store: Any, sample_id: str, model_id: str, version: str) -> None:
+    """Refuse a run whose test-time augmentation differs from that of the model's predictions already stored for
+    the sample: the run predicts only the cells without one, so the sample would count cells predicted both ways."""
+    from phenotyping.models.tta import version_tta_views
+
+    views = version_tta_views(version)
+    other = {v: n for v, n in store.prediction_versions(sample_id, model_id).items() if version_tta_views(v) != views}
+    if other:
+        held = ", ".join(f"{n} cell(s) as version {v!r}" for v, n in other.items())
+        how = "without test-time augmentation" if views == 1 else f"with {views}-view test-time augmentation"
+        raise ValueError(f"sample {sample_id} holds predictions of model {model_id} made another way ({held}); this "
+                         f"run ({how}, version {version!r}) would mix them. Predict with the same --tta as before")
 
 
 class _RunState:
@@ -226,8 +255,10 @@ class _RunState:
             rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - self.t0, 1e-9)
             self.progress(n_done, total, rate)
 
-    def finish(self, *, total: int, batch_size: int, qc_cfg: QCConfig) -> PredictionRun:
+    def finish(self, *, total: int, batch_size: int, qc_cfg: QCConfig, tta: str = "none") -> PredictionRun:
         """The run's record, after the domain verdict over the sample's scored cells is stored."""
+        from phenotyping.models.tta import tta_info
+
         c = self.counts
         return PredictionRun(
             sample_id=self.sample_id, model_id=self.lm.id, model_version=self.version, device=self.dev,
@@ -235,7 +266,7 @@ class _RunState:
             excluded=c["excluded"], unidentified=c["unidentified"],
             qc_counts={**count_reasons(self.codes), "unreadable": self.unreadable},
             seconds=time.perf_counter() - self.t0, qc_config=qc_cfg.to_dict(),
-            domain_check=self.domain.finish(self.store, self.actor),
+            domain_check=self.domain.finish(self.store, self.actor), tta=tta_info(tta, self.lm.preprocess),
         )
 
 
@@ -303,15 +334,19 @@ def _prediction_model(model: Any) -> Any:
     return lm
 
 
-def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None,
-               batch_size: int) -> tuple[Any, str, QCConfig, float, str]:
+def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None, batch_size: int,
+               tta: str = "none") -> tuple[Any, str, QCConfig, float, str]:
     """What a prediction run settles first: the loaded model, the device, the QC limits (the card's unless given),
-    the unidentified threshold and the model version; refuses a batch size below 1."""
+    the unidentified threshold and the model version (with ``+tta<views>`` under test-time augmentation
+    ``tta``); refuses a batch size below 1 and a ``tta`` the model's channels do not allow."""
+    from phenotyping.models.tta import tta_info, tta_version
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     lm = _prediction_model(model)
     _, threshold = _calibration(lm)
-    return lm, resolve_device(device), qc_config or qc_config_from_card(lm.card), threshold, model_version(lm.card)
+    version = tta_version(model_version(lm.card), tta_info(tta, lm.preprocess))
+    return lm, resolve_device(device), qc_config or qc_config_from_card(lm.card), threshold, version
 
 
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:

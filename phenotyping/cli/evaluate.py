@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only the cells of this split of the model's own training manifest (from its split.csv)")
     p.add_argument("--drop-unknown", action="store_true",
                    help="drop cells whose label the model does not know (reported on stderr) instead of failing")
+    p.add_argument("--tta", choices=["none", "dihedral"], default="none",
+                   help="test-time augmentation, as predict --tta: dihedral averages the outputs over the flips and "
+                        "90-degree rotations that keep the channels' meaning")
     p.set_defaults(func=run)
 
 
@@ -31,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
 
     print_json(evaluate_model_dir(args.model, args.manifest, label_column=args.label_column,
                                   target_columns=args.target_columns, split=args.split,
-                                  drop_unknown=args.drop_unknown))
+                                  drop_unknown=args.drop_unknown, tta=args.tta))
     return 0

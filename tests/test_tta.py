@@ -1,0 +1,249 @@
+"""Dihedral test-time augmentation (models/tta.py): the views a model's channels allow, the transforms on normalised
+inputs, the averaging wrapper, and `predict --tta` / `evaluate --tta`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import encode, save_tiny_model, synthetic_cell  # noqa: E402
+
+from phenotyping.models.preprocess import ChannelSpec, Preprocess, channel_specs  # noqa: E402
+from phenotyping.models.tta import (DihedralTTA, ViewTransform, dihedral_views, tta_info, tta_version,  # noqa: E402
+                                    version_tta_views)
+
+CLASSES = ["disc", "ring"]
+
+
+def _names(specs) -> list[str]:
+    return [v.name for v in dihedral_views(specs)]
+
+
+def test_symmetric_channels_get_the_eight_dihedral_views():
+    names = _names(channel_specs(["brightfield", "darkfield"]))
+    assert len(names) == 8 == len(set(names)) and names[0] == "identity"
+    assert {"rot90", "rot90+rot90+rot90", "hflip", "hflip+rot90"} <= set(names)
+
+
+def test_dpc_gets_the_flips_and_their_composition_only():
+    assert _names(channel_specs(["dpc_lr"])) == ["identity", "hflip", "vflip", "hflip+vflip"]
+    assert _names(channel_specs(["brightfield", "dpc_lr"])) == ["identity", "hflip", "vflip", "hflip+vflip"]
+
+
+def test_half_pupil_images_swap_and_a_lone_half_loses_its_flip():
+    assert _names(channel_specs(["DPC_Left", "DPC_Right"])) == ["identity", "hflip", "vflip", "hflip+vflip"]
+    assert _names(channel_specs(["DPC_Left", "Brightfield"])) == ["identity", "vflip"]
+    assert _names(channel_specs(["led_119"])) == ["identity"]
+    pre = Preprocess(8, ["led_119"], [0.0], [1.0], [vars(s) for s in channel_specs(["led_119"])])
+    with pytest.raises(ValueError, match="no flip or rotation keeps the meaning"):
+        tta_info("dihedral", pre)
+    with pytest.raises(ValueError, match="not one of none, dihedral"):
+        tta_info("d4", pre)
+
+
+def _raw_view(raw: np.ndarray, ops, specs: list[ChannelSpec]) -> np.ndarray:
+    """A view applied in raw intensity, channel by channel, as the specs describe (the reference)."""
+    index = {s.name: i for i, s in enumerate(specs)}
+    x = raw
+    for op in ops:
+        if op == "rot90":
+            x = np.rot90(x, 1, axes=(-2, -1))
+            continue
+        g = np.flip(x, -1 if op == "hflip" else -2)
+        out = np.empty_like(g)
+        for c, s in enumerate(specs):
+            rule = getattr(s, op)
+            out[:, c] = -g[:, c] if rule == "negate" else g[:, index[rule[5:]]] if rule.startswith("swap:") else g[:, c]
+        x = out
+    return np.ascontiguousarray(x)
+
+
+@pytest.mark.parametrize("mode", ["dataset", "per_image"])
+@pytest.mark.parametrize("channels", [["dpc_lr", "brightfield"], ["DPC_Left", "DPC_Right", "DF_50"],
+                                      ["brightfield", "darkfield"]])
+@pytest.mark.parametrize("shape", [(3, 12, 12), (3, 4, 12, 12)], ids=["2d", "3d"])
+def test_a_view_of_the_normalised_input_is_the_normalised_raw_view(mode, channels, shape):
+    rng = np.random.default_rng(1)
+    specs = channel_specs(channels)
+    c = len(channels)
+    raw = rng.normal(0, 1, size=(2, c, *shape[1:])) * rng.uniform(5, 50, (1, c) + (1,) * (len(shape) - 1)) + \
+        rng.uniform(-200, 800, (1, c) + (1,) * (len(shape) - 1))
+    raw = raw.astype(np.float32)
+    pre = Preprocess(shape[-1], channels, list(rng.uniform(-100, 500, c)), list(rng.uniform(3, 60, c)),
+                     [vars(s) for s in specs], mode)
+    xn = torch.from_numpy(pre.normalise(raw, batched=True))
+    transform = ViewTransform(pre)
+    views = dihedral_views(specs)
+    assert len(views) in (4, 8)
+    for view in views:
+        want = pre.normalise(_raw_view(raw, view.ops, specs), batched=True)
+        got = transform(xn, view).numpy()
+        np.testing.assert_allclose(got, want, atol=2e-4, err_msg=f"{mode} {channels} {view.name}")
+    if any(s.hflip == "negate" for s in specs):  # the negation of a raw channel in dataset mode, written out
+        h = next(v for v in views if v.ops == ("hflip",))
+        m, sd = pre.mean[0], pre.std[0]
+        np.testing.assert_allclose(transform(xn, h)[:, 0].numpy(),
+                                   -np.flip(xn[:, 0].numpy(), -1) - 2 * m / sd, atol=2e-4)
+
+
+def _tiny_net(in_chans: int = 2, dims: int = 2):
+    from phenotyping.models import create_model
+
+    torch.manual_seed(0)
+    name = "test_hybrid3d" if dims == 3 else "test_hybrid"
+    return create_model(name, in_chans=in_chans, num_classes=3, num_targets=1, img_size=16).eval()
+
+
+class _Invariant(torch.nn.Module):
+    """``net`` over the input averaged across the views: exactly invariant to them."""
+
+    def __init__(self, net, pre):
+        super().__init__()
+        self.net, self.transform, self.views = net, ViewTransform(pre), dihedral_views(pre.specs())
+
+    def forward(self, x):
+        return self.net(sum(self.transform(x, v) for v in self.views) / len(self.views))
+
+
+def _pre(channels, size=16, dims=2):
+    specs = channel_specs(channels)
+    return Preprocess(size, channels, [100.0 * (i + 1) for i in range(len(channels))],
+                      [10.0 * (i + 2) for i in range(len(channels))], [vars(s) for s in specs])
+
+
+@pytest.mark.parametrize("channels", [["brightfield", "darkfield"], ["dpc_lr", "brightfield"]])
+def test_the_wrapper_leaves_an_invariant_model_unchanged(channels):
+    pre = _pre(channels)
+    inv = _Invariant(_tiny_net(), pre)
+    x = torch.randn(3, 2, 16, 16)
+    with torch.inference_mode():
+        plain, tta = inv(x), DihedralTTA(inv, pre)(x)
+    for a, b in zip(plain[:3], tta[:3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels,dims", [(["brightfield", "darkfield"], 2), (["dpc_lr", "brightfield"], 2),
+                                           (["brightfield", "darkfield"], 3)])
+def test_tta_differs_from_one_view_but_not_between_views_of_the_input(channels, dims):
+    pre = _pre(channels)
+    net = _tiny_net(dims=dims)
+    tta = DihedralTTA(net, pre).eval()
+    x = torch.randn(3, 2, *((4,) if dims == 3 else ()), 16, 16)
+    with torch.inference_mode():
+        ref, plain = tta(x), net(x)
+        assert not torch.allclose(ref.logits, plain.logits, atol=1e-4)
+        for view in tta.views:
+            o = tta(tta.transform(x, view))
+            for a, b in zip(ref[:3], o[:3]):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_versions_say_how_many_views():
+    assert tta_version("m-1", {"mode": "none", "views": 1}) == "m-1"
+    assert tta_version("m-1", {"mode": "dihedral", "views": 8}) == "m-1+tta8"
+    assert [version_tta_views(v) for v in ("m-1", "m-1+tta8", "m-1+tta4", "+tta8", "m+ttax")] == [1, 8, 4, 1, 1]
+
+
+# -- predict and evaluate -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", CLASSES)
+
+
+def _manifest(root: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(3)
+    root.mkdir()
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell_id", "path", "label", "cd16"])
+        for i, kind in enumerate(["disc", "ring"] * (n // 2)):
+            (root / f"c{i}.tif").write_bytes(encode(synthetic_cell(kind, rng), "tiff"))
+            w.writerow([f"k{i}", f"c{i}.tif", kind, 4.0 + i])
+    return root / "manifest.csv"
+
+
+def test_predict_manifest_with_tta_records_it_and_its_version(model_dir, tmp_path, capsys):
+    from phenotyping.__main__ import main
+
+    manifest = _manifest(tmp_path / "set")
+    got = {}
+    for mode in ("none", "dihedral"):
+        out = tmp_path / f"{mode}.csv"
+        assert main(["predict", "--model", str(model_dir), "--manifest", str(manifest), "--bootstrap", "0",
+                     "--device", "cpu", "--tta", mode, "--out", str(out)]) == 0
+        got[mode] = (json.loads(capsys.readouterr().out), list(csv.DictReader(out.open())))
+    plain, tta = got["none"][0], got["dihedral"][0]
+    assert plain["tta"] == {"mode": "none", "views": 1} and plain["run"]["model_version"] == "tiny-0001"
+    assert tta["tta"] == {"mode": "dihedral", "views": 8} == tta["run"]["tta"]
+    assert tta["run"]["model_version"] == "tiny-0001+tta8"
+    p_plain = [float(r["p_disc"]) for r in got["none"][1]]
+    p_tta = [float(r["p_disc"]) for r in got["dihedral"][1]]
+    assert len(p_tta) == 6 and not np.allclose(p_plain, p_tta, atol=1e-6)
+
+
+def _fill(store, n: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    cells = []
+    for i, kind in enumerate(["disc", "ring"] * (n // 2)):
+        digest, rel = store.put_blob(encode(synthetic_cell(kind, rng), "tiff"), suffix=".tif")
+        cells.append({"cell_key": f"c{i:03d}", "content_hash": digest, "source_file": f"c{i:03d}.tif",
+                      "blob_path": rel, "shape": (2, 20, 20), "dtype": "uint16"})
+    store.add_cells("S1", cells, actor="tester")
+
+
+def test_predict_sample_with_tta_stores_its_version_and_refuses_to_mix(store, sample, model_dir):
+    from phenotyping.analysis.inference import predict_sample
+
+    _fill(store)
+    run = predict_sample(store, "S1", model_dir, device="cpu", batch_size=4, tta="dihedral")
+    assert run.tta == {"mode": "dihedral", "views": 8} and run.model_version == "tiny-0001+tta8"
+    assert {p.model_version for p in store.list_predictions("S1", "tiny-0001")} == {"tiny-0001+tta8"}
+    assert store.prediction_versions("S1", "tiny-0001") == {"tiny-0001+tta8": 6}
+    assert store.domain_check("S1", "tiny-0001")["model_version"] == "tiny-0001+tta8"
+    with pytest.raises(ValueError, match="made another way .*6 cell\\(s\\) as version 'tiny-0001\\+tta8'"):
+        predict_sample(store, "S1", model_dir, device="cpu", tta="none")
+    again = predict_sample(store, "S1", model_dir, device="cpu", tta="dihedral")  # the same way: resumes
+    assert again.predicted == 0 and again.already_done == 6
+
+
+def test_predict_cli_sample_with_tta(model_dir, tmp_path, capsys, monkeypatch):
+    from argon2 import PasswordHasher
+
+    from phenotyping.__main__ import main
+    from phenotyping.auth import create_first_admin
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.settings import Settings
+    from phenotyping.store import Store
+
+    monkeypatch.delenv("LEUKO_PASSWORD", raising=False)
+    monkeypatch.setattr("phenotyping.auth._hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    db = tmp_path / "lab.duckdb"
+    with Store(db, image_dir=Settings(db_path=db).image_dir()) as store:
+        create_first_admin(store, "admin", "correct horse battery staple 1")
+        store.create_sample(Sample(id="S1", specimen=Specimen.blood), actor="admin")
+        _fill(store)
+    (tmp_path / "pw").write_text("correct horse battery staple 1\n")
+    rc = main(["predict", "--model", str(model_dir), "--sample", "S1", "--db", str(db), "--tta", "dihedral",
+               "--bootstrap", "0", "--device", "cpu", "--user", "admin", "--user-password-file", str(tmp_path / "pw")])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tta"] == {"mode": "dihedral", "views": 8}
+    with Store(db, image_dir=Settings(db_path=db).image_dir(), read_only=True) as store:
+        assert store.prediction_versions("S1", "tiny-0001") == {"tiny-0001+tta8": 6}
+
+
+def test_evaluate_with_tta_uses_the_wrapper(model_dir, tmp_path):
+    from phenotyping.training.evaluate import evaluate_model_dir
+
+    manifest = _manifest(tmp_path / "set")
+    plain = evaluate_model_dir(model_dir, manifest, label_column="label", log=lambda m: None)
+    tta = evaluate_model_dir(model_dir, manifest, label_column="label", log=lambda m: None, tta="dihedral")
+    assert plain["tta"] == {"mode": "none", "views": 1} and tta["tta"] == {"mode": "dihedral", "views": 8}
+    assert plain["n"] == tta["n"] == 6
+    assert tta["targets"]["cd16"]["mae"] != pytest.approx(plain["targets"]["cd16"]["mae"], abs=1e-6)
