@@ -247,3 +247,28 @@ def test_evaluate_with_tta_uses_the_wrapper(model_dir, tmp_path):
     assert plain["tta"] == {"mode": "none", "views": 1} and tta["tta"] == {"mode": "dihedral", "views": 8}
     assert plain["n"] == tta["n"] == 6
     assert tta["targets"]["cd16"]["mae"] != pytest.approx(plain["targets"]["cd16"]["mae"], abs=1e-6)
+
+
+def test_bench_times_the_model_and_the_pipeline_with_tta(model_dir):
+    from phenotyping.analysis.bench import end_to_end, model_speed
+    from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.models.tta import with_tta
+
+    lm = load_model_dir(model_dir)
+    speed = model_speed(with_tta(lm.model, lm.preprocess, "dihedral"), (2, 20, 20), batch_size=4, min_seconds=0.0,
+                        warmup=0)
+    assert speed.arch == "test_hybrid" and speed.cells_per_s > 0
+    e2e = end_to_end(model_dir, n_cells=4, batch_size=4, tta="dihedral")
+    assert e2e["tta"]["views"] == 8 and e2e["tta"]["model_version"] == "tiny-0001+tta8"
+    assert e2e["tta"]["predicted"] == e2e["predicted"]
+
+
+def test_calibration_metrics_on_four_cells_worked_by_hand():
+    from phenotyping.training.calibration import calibration_metrics
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    m = calibration_metrics(probs, np.array([0, 1, 1, 1]), threshold=0.65)
+    # one cell per bin: |1 − 0.9|, |0 − 0.6|, |1 − 0.7|, |1 − 0.8|, each weighted 1/4
+    assert m["ece"] == pytest.approx(0.3) and m["accuracy"] == 0.75 and m["mean_confidence"] == pytest.approx(0.75)
+    assert m["nll"] == pytest.approx(-np.log([0.9, 0.4, 0.7, 0.8]).mean())
+    assert m["below_threshold"] == 0.25 and m["accuracy_above_threshold"] == 1.0

@@ -11,8 +11,10 @@ from phenotyping.cli._common import print_json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model folder on a labelled manifest (JSON)",
                        description="Print n, accuracy, balanced_accuracy, macro_f1, kappa, per_class, confusion (rows "
-                                   "true, columns predicted), predicted_proportions, true_proportions and targets "
-                                   "(pearson, spearman, mae, ccc) as JSON.")
+                                   "true, columns predicted), predicted_proportions, true_proportions, targets "
+                                   "(pearson, spearman, mae, ccc), calibration (mean_confidence, accuracy, nll, ece, "
+                                   "below_threshold, accuracy_above_threshold: the card's temperature-scaled "
+                                   "probabilities and unidentified threshold) and tta as JSON.")
     p.add_argument("--model", required=True, type=Path, help="model folder (checkpoint.pt + model_card.json)")
     p.add_argument("--manifest", required=True, type=Path, help="manifest.csv or ImageFolder folder")
     p.add_argument("--label-column", default=None, help="default: the column the model was trained on")

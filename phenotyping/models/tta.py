@@ -150,6 +150,7 @@ class DihedralTTA(nn.Module):
     def __init__(self, net: Any, preprocess: Preprocess):
         super().__init__()
         self.net = net
+        self.config = dict(getattr(net, "config", None) or {})
         self.views = dihedral_views(preprocess.specs())
         self.transform = ViewTransform(preprocess)
 

@@ -121,10 +121,14 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_col
         drop_unknown: drop (and report) cells whose label the model does not know instead of failing.
         tta: ``"none"`` or ``"dihedral"``: the model's outputs averaged over the views that keep the cells' meaning,
             the wrapper ``predict --tta`` uses (:mod:`phenotyping.models.tta`); recorded as ``tta`` in the result.
+
+    ``calibration`` in the result: :func:`phenotyping.training.calibration.calibration_metrics` of the card's
+    temperature-scaled probabilities (with its unidentified threshold), e.g. to see how TTA moves them.
     """
     from phenotyping.models.checkpoint import load_model_dir
-    from phenotyping.models.forward import predict_arrays
+    from phenotyping.models.forward import predict_arrays, softmax
     from phenotyping.models.tta import tta_info, with_tta
+    from phenotyping.training.calibration import calibration_metrics
     from phenotyping.training.data import column, load_images, load_rows, parse_targets
 
     lm = load_model_dir(model_dir)
@@ -151,6 +155,8 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_col
     out = predict_arrays(with_tta(lm.model, lm.preprocess, tta), x)
     result = classification_metrics(y, out["logits"].argmax(1), lm.classes)
     result["tta"] = tta_run
+    threshold = (lm.card.get("calibration") or {}).get("unidentified_threshold")
+    result["calibration"] = calibration_metrics(softmax(out["logits"], lm.temperature), y, threshold=threshold)
     result["targets"] = {}
     if target_columns:
         true = parse_targets(rows, target_columns)
