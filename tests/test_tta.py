@@ -272,3 +272,17 @@ def test_calibration_metrics_on_four_cells_worked_by_hand():
     assert m["ece"] == pytest.approx(0.3) and m["accuracy"] == 0.75 and m["mean_confidence"] == pytest.approx(0.75)
     assert m["nll"] == pytest.approx(-np.log([0.9, 0.4, 0.7, 0.8]).mean())
     assert m["below_threshold"] == 0.25 and m["accuracy_above_threshold"] == 1.0
+
+
+def test_the_app_worker_refuses_a_sample_predicted_with_tta(store, sample, model_dir):
+    """The app's prediction job runs without TTA: on a sample the CLI predicted with it, it stops before the worker
+    process is started (the job thread's check, as predict_sample's)."""
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.jobs.worker import ProcessWorker
+
+    _fill(store)
+    predict_sample(store, "S1", model_dir, device="cpu", tta="dihedral")
+    worker = ProcessWorker()
+    with pytest.raises(ValueError, match="without test-time augmentation, version 'tiny-0001'"):
+        worker.predict(store, "S1", model_dir, device="cpu")
+    assert worker.pid is None and worker.starts == 0
