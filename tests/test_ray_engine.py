@@ -195,3 +195,21 @@ def test_ray_engine_with_tta_equals_the_local_engine_with_tta(tmp_path, cell_set
         assert p.model_version == "tiny-0001+tta8"
         for c in CLASSES:
             assert abs(rows[keys[p.cell_id]][f"p_{c}"] - p.probabilities[c]) < 1e-4
+
+
+def test_import_refuses_a_run_without_tta_into_a_sample_predicted_with_it(tmp_path, ray_result, cell_set, model_dir):
+    from phenotyping.analysis.distributed import import_predictions
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    out, _ = ray_result
+    with Store(tmp_path / "s.duckdb", image_dir=tmp_path / "images") as store:
+        store.create_sample(Sample(id="T", specimen=Specimen.blood), actor="tester")
+        ingest_set(store, cell_set, "T", actor="tester", expected_channels=2)
+        predict_sample(store, "T", model_dir, device="cpu", actor="tester", tta="dihedral")
+        before = store.prediction_versions("T", "tiny-0001")
+        with pytest.raises(ValueError, match="made another way"):
+            import_predictions(store, "T", out, actor="tester")
+        assert store.prediction_versions("T", "tiny-0001") == before

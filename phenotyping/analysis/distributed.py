@@ -379,14 +379,17 @@ def import_predictions(store: Any, sample_id: str, path: str | Path, *, actor: s
     rejections), then each result row is matched to its cell by cell id and checked against the stored file's
     SHA-256 (a file changed since the run is refused, naming it). Image-QC outcomes and predictions are committed
     per batch through :meth:`~phenotyping.store.Store.set_qc` and :meth:`~phenotyping.store.Store.add_predictions`;
-    cells that already have a prediction from this model are kept (a rerun after an interruption resumes).
+    cells that already have a prediction from this model are kept (a rerun after an interruption resumes). A file
+    predicted with another test-time augmentation than the model's predictions the sample holds is refused.
     """
     import pyarrow.parquet as pq
 
+    from phenotyping.analysis.inference import _refuse_mixed_tta
     from phenotyping.schemas import Prediction, QCState
 
     meta = read_result_meta(path)
     store.get_sample(sample_id)
+    _refuse_mixed_tta(store, sample_id, meta["model_id"], meta["model_version"])  # with/without --tta, not both
     table = pq.read_table(path)
     rows = table.to_pylist()
     wanted = [r for r in rows if r["qc_state"] != "rejected"]
