@@ -286,3 +286,20 @@ def test_the_app_worker_refuses_a_sample_predicted_with_tta(store, sample, model
     with pytest.raises(ValueError, match="without test-time augmentation, version 'tiny-0001'"):
         worker.predict(store, "S1", model_dir, device="cpu")
     assert worker.pid is None and worker.starts == 0
+
+
+def test_a_refused_input_still_says_which_tta_was_asked_for(store, sample, model_dir):
+    from phenotyping.analysis.inference import predict_sample
+
+    rng = np.random.default_rng(0)
+    img = np.concatenate([synthetic_cell("disc", rng), synthetic_cell("ring", rng)[:1]])  # 3 channels
+    digest, rel = store.put_blob(encode(img, "tiff"), suffix=".tif")
+    store.add_cells("S1", [{"cell_key": "c3", "content_hash": digest, "source_file": "c3.tif", "blob_path": rel,
+                            "shape": (3, 20, 20), "dtype": "uint16"}], actor="tester")
+    from phenotyping.models.checkpoint import load_model_dir
+
+    lm = load_model_dir(model_dir)
+    lm.card["input"] = {"channels": ["brightfield", "darkfield"], "dims": 2}  # what input_check compares with
+    run = predict_sample(store, "S1", lm, device="cpu", tta="dihedral")
+    assert run.predicted == 0 and run.domain_check["in_distribution"] is False
+    assert run.tta == {"mode": "dihedral", "views": 8} and run.model_version == "tiny-0001+tta8"

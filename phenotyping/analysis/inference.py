@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,9 @@ def predict_sample(
     _refuse_mixed_tta(store, sample_id, lm.id, version)
     already = len(cells) - len(todo)
     if (refused := _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)):
-        return refused
+        from phenotyping.models.tta import tta_info
+
+        return replace(refused, tta=tta_info(tta, lm.preprocess))
     net = prediction_net(lm, dev, tta)
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
