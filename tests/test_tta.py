@@ -261,6 +261,7 @@ def test_bench_times_the_model_and_the_pipeline_with_tta(model_dir):
     e2e = end_to_end(model_dir, n_cells=4, batch_size=4, tta="dihedral")
     assert e2e["tta"]["views"] == 8 and e2e["tta"]["model_version"] == "tiny-0001+tta8"
     assert e2e["tta"]["predicted"] == e2e["predicted"]
+    assert "tta" not in end_to_end(model_dir, n_cells=4, batch_size=4)  # a plain bench's record is unchanged
 
 
 def test_calibration_metrics_on_four_cells_worked_by_hand():

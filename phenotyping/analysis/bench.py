@@ -241,12 +241,15 @@ def end_to_end(model_dir: str | Path, *, n_cells: int, device: str = "cpu", batc
             t2 = time.perf_counter()
             again = None if tta == "none" else _predict_again(store, lm, device, batch_size, tta, t2 - t1, n)
     total = t2 - t0
-    return {"source": source, "cells": n, "ingested": ing.ingested, "predicted": run.predicted,
-            "excluded": run.excluded, "qc_counts": run.qc_counts, "ingest_s": round(t1 - t0, 3),
-            "predict_s": round(t2 - t1, 3), "total_s": round(total, 3),
-            "cells_per_s": round(n / total, 1) if total > 0 else None,
-            "predict_cells_per_s": round(n / (t2 - t1), 1) if t2 > t1 else None,
-            "device": run.device, "batch_size": batch_size, "tta": again}
+    out = {"source": source, "cells": n, "ingested": ing.ingested, "predicted": run.predicted,
+           "excluded": run.excluded, "qc_counts": run.qc_counts, "ingest_s": round(t1 - t0, 3),
+           "predict_s": round(t2 - t1, 3), "total_s": round(total, 3),
+           "cells_per_s": round(n / total, 1) if total > 0 else None,
+           "predict_cells_per_s": round(n / (t2 - t1), 1) if t2 > t1 else None,
+           "device": run.device, "batch_size": batch_size}
+    if again is not None:
+        out["tta"] = again
+    return out
 
 
 def _predict_again(store: Any, lm: Any, device: str, batch_size: int, tta: str, plain_s: float,
