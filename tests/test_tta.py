@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 from conftest import encode, save_tiny_model, synthetic_cell  # noqa: E402
 
 from phenotyping.models.preprocess import ChannelSpec, Preprocess, channel_specs  # noqa: E402
-from phenotyping.models.tta import (DihedralTTA, ViewTransform, dihedral_views, tta_info, tta_version,  # noqa: E402
-                                    version_tta_views)
+from phenotyping.analysis.inference import tta_version, version_tta_views  # noqa: E402
+from phenotyping.models.tta import DihedralTTA, ViewTransform, dihedral_views, tta_info  # noqa: E402
 
 CLASSES = ["disc", "ring"]
 
@@ -148,6 +148,19 @@ def test_versions_say_how_many_views():
     assert tta_version("m-1", {"mode": "none", "views": 1}) == "m-1"
     assert tta_version("m-1", {"mode": "dihedral", "views": 8}) == "m-1+tta8"
     assert [version_tta_views(v) for v in ("m-1", "m-1+tta8", "m-1+tta4", "+tta8", "m+ttax")] == [1, 8, 4, 1, 1]
+
+
+def test_the_version_check_imports_no_torch():
+    """The app's job thread refuses a mixed sample before the worker process runs, and imports no torch for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from phenotyping.analysis.inference import _refuse_mixed_tta as r\n"
+            "class S:\n    def prediction_versions(self, s, m): return {'m+tta8': 3}\n"
+            "try:\n    r(S(), 'S1', 'm', 'm')\nexcept ValueError as e:\n    print('refused', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "refused False"
 
 
 # -- predict and evaluate -----------------------------------------------------------------------------------------------

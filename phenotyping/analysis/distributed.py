@@ -282,8 +282,7 @@ def _run_pipeline(ray: Any, pa: Any, pq: Any, items: list[dict[str, Any]], spec:
                   progress: Callable[[int, int], None] | None, about: dict[str, Any], tta: dict[str, Any]
                   ) -> dict[str, Any]:
     """Build the Ray Data pipeline and stream its output, in order, into the Parquet file."""
-    from phenotyping.analysis.inference import model_version
-    from phenotyping.models.tta import tta_version
+    from phenotyping.analysis.inference import model_version, tta_version
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True

@@ -77,6 +77,20 @@ def model_version(card: dict[str, Any]) -> str:
     return str(card.get("version") or card["id"])
 
 
+def tta_version(version: str, tta: dict[str, Any]) -> str:
+    """The model version stored with a run's predictions under test-time augmentation ``tta`` (``{"mode",
+    "views"}``, :func:`phenotyping.models.tta.tta_info`): ``version`` without it, ``<version>+tta<views>`` with it,
+    so a prediction made with TTA is never taken for one without."""
+    return version if tta["mode"] == "none" else f"{version}+tta{tta['views']}"
+
+
+def version_tta_views(version: str) -> int:
+    """The views a stored model version was predicted with: ``N`` for ``…+ttaN``, else 1 (no torch import: the
+    app's job thread checks this too)."""
+    head, sep, tail = version.rpartition("+tta")
+    return int(tail) if sep and head and tail.isdigit() else 1
+
+
 def qc_config_from_card(card: dict[str, Any]) -> QCConfig:
     """The card's ``qc`` section (image-QC thresholds learned from the model's training images) as a QCConfig.
 
@@ -216,8 +230,6 @@ def prediction_net(lm: Any, dev: str, tta: str = "none") -> Any:
 def _refuse_mixed_tta(store: Any, sample_id: str, model_id: str, version: str) -> None:
     """Refuse a run whose test-time augmentation differs from that of the model's predictions already stored for
     the sample: the run predicts only the cells without one, so the sample would count cells predicted both ways."""
-    from phenotyping.models.tta import version_tta_views
-
     views = version_tta_views(version)
     other = {v: n for v, n in store.prediction_versions(sample_id, model_id).items() if version_tta_views(v) != views}
     if other:
@@ -341,7 +353,7 @@ def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None, batch
     """What a prediction run settles first: the loaded model, the device, the QC limits (the card's unless given),
     the unidentified threshold and the model version (with ``+tta<views>`` under test-time augmentation
     ``tta``); refuses a batch size below 1 and a ``tta`` the model's channels do not allow."""
-    from phenotyping.models.tta import tta_info, tta_version
+    from phenotyping.models.tta import tta_info
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")

@@ -140,7 +140,8 @@ class DihedralTTA(nn.Module):
     calibration was fitted on single-view logits: averaging over views that disagree shrinks the logits, so the
     temperature-scaled probabilities of a TTA run tend to be less confident than a single view's, and the card's
     unidentified threshold and validation confusion (the corrections) describe the model without TTA. Predictions
-    made with TTA are therefore stored under their own model version (:func:`tta_version`); recalibrating with TTA
+    made with TTA are therefore stored under their own model version
+    (:func:`phenotyping.analysis.inference.tta_version`); recalibrating with TTA
     is not done here. The features are averaged too, so the domain check of a TTA run compares averaged features
     with a reference built from single-view ones.
 
@@ -188,14 +189,3 @@ def with_tta(net: Any, preprocess: Preprocess, mode: str) -> Any:
     """``net`` itself for ``"none"``, else ``net`` wrapped in :class:`DihedralTTA` (see :func:`tta_info`)."""
     return net if tta_info(mode, preprocess)["mode"] == "none" else DihedralTTA(net, preprocess)
 
-
-def tta_version(version: str, info: dict[str, Any]) -> str:
-    """The model version stored with a run's predictions: ``version`` without TTA, ``<version>+tta<views>`` with
-    it, so a prediction made with TTA is never taken for one without."""
-    return version if info["mode"] == "none" else f"{version}+tta{info['views']}"
-
-
-def version_tta_views(version: str) -> int:
-    """The views a stored model version was predicted with: ``N`` for ``…+ttaN``, else 1."""
-    head, sep, tail = version.rpartition("+tta")
-    return int(tail) if sep and head and tail.isdigit() else 1
