@@ -167,3 +167,49 @@ def test_cli_ray_engine_needs_a_parquet_out_and_refuses_zips(tmp_path, model_dir
     assert main(["predict", "--engine", "ray", "--model", str(model_dir), "--manifest", str(tmp_path / "set.zip"),
                  "--out", str(tmp_path / "r.parquet")]) == 2
     assert "unzip" in capsys.readouterr().err
+
+
+def test_ray_engine_with_tta_equals_the_local_engine_with_tta(tmp_path, cell_set, model_dir):
+    """--engine ray --tta dihedral: the actors average the same views; the file's version says +tta8."""
+    from phenotyping.analysis.distributed import predict_with_ray, read_result_meta
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    small = cell_set.parent / "tta-small.csv"  # the first 40 cells (paths are relative to the set's folder)
+    small.write_text("\n".join(cell_set.read_text().splitlines()[:41]) + "\n")
+    out = tmp_path / "tta.parquet"
+    summary = predict_with_ray(small, model_dir, out, batch_size=16, num_cpus=2, tta="dihedral")
+    assert summary["tta"] == {"mode": "dihedral", "views": 8}
+    assert read_result_meta(out)["model_version"] == "tiny-0001+tta8"
+    rows = {r["cell_key"]: r for r in pq.read_table(out).to_pylist()}
+    with Store(tmp_path / "local.duckdb", image_dir=tmp_path / "images") as store:
+        store.create_sample(Sample(id="L", specimen=Specimen.blood), actor="tester")
+        ingest_set(store, small, "L", actor="tester", expected_channels=2)
+        predict_sample(store, "L", model_dir, device="cpu", batch_size=16, actor="tester", tta="dihedral")
+        keys = {c.id: c.cell_key for c in store.list_cells("L")}
+        preds = store.list_predictions("L", "tiny-0001")
+    assert len(preds) > 30
+    for p in preds:
+        assert p.model_version == "tiny-0001+tta8"
+        for c in CLASSES:
+            assert abs(rows[keys[p.cell_id]][f"p_{c}"] - p.probabilities[c]) < 1e-4
+
+
+def test_import_refuses_a_run_without_tta_into_a_sample_predicted_with_it(tmp_path, ray_result, cell_set, model_dir):
+    from phenotyping.analysis.distributed import import_predictions
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.ingest import ingest_set
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    out, _ = ray_result
+    with Store(tmp_path / "s.duckdb", image_dir=tmp_path / "images") as store:
+        store.create_sample(Sample(id="T", specimen=Specimen.blood), actor="tester")
+        ingest_set(store, cell_set, "T", actor="tester", expected_channels=2)
+        predict_sample(store, "T", model_dir, device="cpu", actor="tester", tta="dihedral")
+        before = store.prediction_versions("T", "tiny-0001")
+        with pytest.raises(ValueError, match="made another way"):
+            import_predictions(store, "T", out, actor="tester")
+        assert store.prediction_versions("T", "tiny-0001") == before

@@ -420,7 +420,7 @@ def test_evaluate_cli_prints_the_contract_keys(trained, capsys):
                  "--label-column", "cell_type"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"n", "accuracy", "balanced_accuracy", "macro_f1", "kappa", "per_class", "confusion",
-                        "predicted_proportions", "true_proportions", "targets"}
+                        "predicted_proportions", "true_proportions", "targets", "calibration", "tta"}
     assert res["n"] == 48 and set(res["per_class"]["disc"]) == {"precision", "recall", "f1", "n"}
     assert sum(map(sum, res["confusion"])) == 48
 

@@ -143,18 +143,20 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np
 
 
 class ModelActor:
-    """A Ray actor holding one loaded model; called on decoded batches, it adds the prediction columns."""
+    """A Ray actor holding one loaded model (wrapped for test-time augmentation ``tta``, as the local engine
+    does); called on decoded batches, it adds the prediction columns."""
 
-    def __init__(self, model_dir: str, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir: str, device: str = "cpu", threads: int | None = None, tta: str = "none"):
         import torch
 
+        from phenotyping.analysis.inference import prediction_net
         from phenotyping.models.checkpoint import load_model_dir
 
         self.lm = load_model_dir(model_dir)
         self.device = device
         if device == "cpu" and threads:
             torch.set_num_threads(threads)
-        self.net = self.lm.model.to(device).eval()
+        self.net = prediction_net(self.lm, device, tta)
         self.threshold = float((self.lm.card.get("calibration") or {}).get("unidentified_threshold", 0.0))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -226,14 +228,16 @@ def _ray_init(ray: Any, address: str | None, num_cpus: int | None) -> None:
 def predict_with_ray(source: str | Path, model_dir: str | Path, out: str | Path, *, address: str | None = None,
                      batch_size: int = 256, actors: int | None = None, label_column: str | None = None,
                      max_bytes: int = 64 * 1024 * 1024, max_pixels: int | None = None, max_files: int | None = None,
-                     num_cpus: int | None = None, progress: Callable[[int, int], None] | None = None
-                     ) -> dict[str, Any]:
+                     num_cpus: int | None = None, progress: Callable[[int, int], None] | None = None,
+                     tta: str = "none") -> dict[str, Any]:
     """Predict every cell of a manifest or folder on Ray and write one Parquet row per cell to ``out``.
 
     ``address``: a running cluster (``ray start --head`` prints it; ``auto`` finds the local one); without it a
     local Ray instance is started (``num_cpus`` caps it) and stopped afterwards. ``actors``: model actors (default:
     one per GPU of the cluster, else one). The Parquet file is written beside ``out`` and renamed into place when
-    complete, so an interrupted run leaves no partial result under that name.
+    complete, so an interrupted run leaves no partial result under that name. ``tta``: test-time augmentation in
+    the actors (``"none"`` or ``"dihedral"``, :mod:`phenotyping.models.tta`); the file's model version then ends in
+    ``+tta<views>``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -241,6 +245,7 @@ def predict_with_ray(source: str | Path, model_dir: str | Path, out: str | Path,
     from phenotyping.ingest._image import MAX_PLANE_PIXELS
     from phenotyping.ingest._sources import MAX_FILES_PER_SET
     from phenotyping.models.checkpoint import load_model_dir
+    from phenotyping.models.tta import tta_info
 
     ray = _ray()
     source, out = Path(source), Path(out)
@@ -250,6 +255,7 @@ def predict_with_ray(source: str | Path, model_dir: str | Path, out: str | Path,
     lm = load_model_dir(model_dir)
     if "qc" not in lm.card or "unidentified_threshold" not in (lm.card.get("calibration") or {}):
         raise ValueError(f"model card of {lm.id} lacks its qc section or calibration; calibrate the model first")
+    tta_run = tta_info(tta, lm.preprocess)  # refused before any work when the channels allow no view
     items = list_entries(source, label_column=label_column, max_bytes=max_bytes,
                          max_files=max_files or MAX_FILES_PER_SET)
     if not items:
@@ -261,7 +267,7 @@ def predict_with_ray(source: str | Path, model_dir: str | Path, out: str | Path,
     _ray_init(ray, address, num_cpus)
     try:
         summary = _run_pipeline(ray, pa, pq, items, spec, lm, Path(model_dir), out, batch_size=batch_size,
-                                actors=actors, progress=progress,
+                                actors=actors, progress=progress, tta=tta_run,
                                 about={"source": str(source.resolve()), "label_column": label_column})
     finally:
         if started_here:
@@ -273,8 +279,11 @@ def predict_with_ray(source: str | Path, model_dir: str | Path, out: str | Path,
 
 def _run_pipeline(ray: Any, pa: Any, pq: Any, items: list[dict[str, Any]], spec: DecodeSpec, lm: Any,
                   model_dir: Path, out: Path, *, batch_size: int, actors: int | None,
-                  progress: Callable[[int, int], None] | None, about: dict[str, Any]) -> dict[str, Any]:
+                  progress: Callable[[int, int], None] | None, about: dict[str, Any], tta: dict[str, Any]
+                  ) -> dict[str, Any]:
     """Build the Ray Data pipeline and stream its output, in order, into the Parquet file."""
+    from phenotyping.analysis.inference import model_version, tta_version
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # progress goes through ``progress``; stderr stays readable
@@ -287,13 +296,14 @@ def _run_pipeline(ray: Any, pa: Any, pq: Any, items: list[dict[str, Any]], spec:
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size + 1, 4 * cpus)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy")
     ds = ds.map_batches(ModelActor, fn_constructor_kwargs={"model_dir": str(model_dir.resolve()), "device": device,
-                                                           "threads": None if gpus else max(1, cpus // n_actors)},
+                                                           "threads": None if gpus else max(1, cpus // n_actors),
+                                                           "tta": tta["mode"]},
                         batch_size=batch_size, batch_format="numpy", concurrency=n_actors,
                         num_gpus=1 if gpus else 0)
     names = lm.targets.names if lm.targets is not None else []
     pred_cols = ["predicted_class", "confidence", "unidentified", *[f"p_{c}" for c in lm.classes], *names]
-    meta = {"model_id": lm.id, "model_version": str(lm.card.get("version") or lm.id), "classes": lm.classes,
-            "targets": names, "engine": "ray", "channels": spec.expected_channels, **about}
+    meta = {"model_id": lm.id, "model_version": tta_version(model_version(lm.card), tta), "classes": lm.classes,
+            "targets": names, "engine": "ray", "channels": spec.expected_channels, "tta": tta, **about}
     tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = {s: 0 for s in STATES}
@@ -321,7 +331,7 @@ def _run_pipeline(ray: Any, pa: Any, pq: Any, items: list[dict[str, Any]], spec:
     os.replace(tmp, out)
     return {"engine": "ray", "model_id": lm.id, "cells": sum(counts.values()), **counts,
             "unidentified": unidentified, "actors": n_actors, "device": device, "cluster_cpus": cpus,
-            "cluster_gpus": gpus}
+            "cluster_gpus": gpus, "tta": tta}
 
 
 def _table(pa: Any, cols: dict[str, list[Any]], classes: list[str], targets: list[str]) -> Any:
@@ -368,14 +378,17 @@ def import_predictions(store: Any, sample_id: str, path: str | Path, *, actor: s
     rejections), then each result row is matched to its cell by cell id and checked against the stored file's
     SHA-256 (a file changed since the run is refused, naming it). Image-QC outcomes and predictions are committed
     per batch through :meth:`~phenotyping.store.Store.set_qc` and :meth:`~phenotyping.store.Store.add_predictions`;
-    cells that already have a prediction from this model are kept (a rerun after an interruption resumes).
+    cells that already have a prediction from this model are kept (a rerun after an interruption resumes). A file
+    predicted with another test-time augmentation than the model's predictions the sample holds is refused.
     """
     import pyarrow.parquet as pq
 
+    from phenotyping.analysis.inference import _refuse_mixed_tta
     from phenotyping.schemas import Prediction, QCState
 
     meta = read_result_meta(path)
     store.get_sample(sample_id)
+    _refuse_mixed_tta(store, sample_id, meta["model_id"], meta["model_version"])  # with/without --tta, not both
     table = pq.read_table(path)
     rows = table.to_pylist()
     wanted = [r for r in rows if r["qc_state"] != "rejected"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,20 @@ def model_version(card: dict[str, Any]) -> str:
     return str(card.get("version") or card["id"])
 
 
+def tta_version(version: str, tta: dict[str, Any]) -> str:
+    """The model version stored with a run's predictions under test-time augmentation ``tta`` (``{"mode",
+    "views"}``, :func:`phenotyping.models.tta.tta_info`): ``version`` without it, ``<version>+tta<views>`` with it,
+    so a prediction made with TTA is never taken for one without."""
+    return version if tta["mode"] == "none" else f"{version}+tta{tta['views']}"
+
+
+def version_tta_views(version: str) -> int:
+    """The views a stored model version was predicted with: ``N`` for ``…+ttaN``, else 1 (no torch import: the
+    app's job thread checks this too)."""
+    head, sep, tail = version.rpartition("+tta")
+    return int(tail) if sep and head and tail.isdigit() else 1
+
+
 def qc_config_from_card(card: dict[str, Any]) -> QCConfig:
     """The card's ``qc`` section (image-QC thresholds learned from the model's training images) as a QCConfig.
 
@@ -110,6 +124,8 @@ class PredictionRun:
     qc_config: dict[str, Any] = field(default_factory=dict)
     #: the verdict of :mod:`phenotyping.analysis.domain` over all the sample's checked cells (``DomainCheck.to_dict``)
     domain_check: dict[str, Any] | None = None
+    #: test-time augmentation, ``{"mode", "views"}`` (:func:`phenotyping.models.tta.tta_info`)
+    tta: dict[str, Any] = field(default_factory=lambda: {"mode": "none", "views": 1})
 
     @property
     def cells_per_second(self) -> float:
@@ -123,7 +139,7 @@ class PredictionRun:
             "already_done": self.already_done, "predicted": self.predicted, "excluded": self.excluded,
             "unidentified": self.unidentified, "qc_counts": self.qc_counts, "seconds": round(self.seconds, 3),
             "cells_per_second": round(self.cells_per_second, 1), "qc_config": self.qc_config,
-            "domain_check": self.domain_check,
+            "domain_check": self.domain_check, "tta": self.tta,
         }
 
 
@@ -149,6 +165,7 @@ def predict_sample(
     actor: str = "system",
     threads: int | None = None,
     stage: StageFn | None = None,
+    tta: str = "none",
 ) -> PredictionRun:
     """Run image QC and the model over every cell of ``sample_id`` that this model has not predicted yet.
 
@@ -165,6 +182,9 @@ def predict_sample(
         threads: CPU intra-op threads for torch (default: :func:`cpu_threads`).
         stage: told what the run is doing between the batches (:data:`StageFn`): reading images n/N, image QC,
             predicting, saving.
+        tta: ``"none"`` or ``"dihedral"`` (outputs averaged over the views that keep the cell's meaning,
+            :mod:`phenotyping.models.tta`); the predictions' model version then ends in ``+tta<views>``, and a
+            sample holding this model's predictions made the other way is refused (the two would mix).
 
     Image QC is part of a model's input (its thresholds come from the card), so every cell without a prediction from
     this model is checked again, including cells another model's QC excluded; only cells whose file could not be
@@ -172,14 +192,17 @@ def predict_sample(
     """
     import torch
 
-    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size)
+    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size, tta)
     t0 = time.perf_counter()
 
     cells, todo = _cells_to_predict(store, sample_id, lm.id)
+    _refuse_mixed_tta(store, sample_id, lm.id, version)
     already = len(cells) - len(todo)
     if (refused := _input_refused(store, sample_id, lm, todo, version, actor, t0, len(cells), batch_size, dev)):
-        return refused
-    net = lm.model.to(dev).eval()
+        from phenotyping.models.tta import tta_info
+
+        return replace(refused, tta=tta_info(tta, lm.preprocess))
+    net = prediction_net(lm, dev, tta)
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
@@ -193,7 +216,27 @@ def predict_sample(
     finally:
         if dev == "cpu":
             torch.set_num_threads(prev_threads)
-    return run.finish(total=len(cells), batch_size=batch_size, qc_cfg=qc_cfg)
+    return run.finish(total=len(cells), batch_size=batch_size, qc_cfg=qc_cfg, tta=tta)
+
+
+def prediction_net(lm: Any, dev: str, tta: str = "none") -> Any:
+    """The loaded model on ``dev`` in eval mode, wrapped for test-time augmentation ``tta``
+    (:func:`phenotyping.models.tta.with_tta`)."""
+    from phenotyping.models.tta import with_tta
+
+    return with_tta(lm.model.to(dev).eval(), lm.preprocess, tta)
+
+
+def _refuse_mixed_tta(store: Any, sample_id: str, model_id: str, version: str) -> None:
+    """Refuse a run whose test-time augmentation differs from that of the model's predictions already stored for
+    the sample: the run predicts only the cells without one, so the sample would count cells predicted both ways."""
+    views = version_tta_views(version)
+    other = {v: n for v, n in store.prediction_versions(sample_id, model_id).items() if version_tta_views(v) != views}
+    if other:
+        held = ", ".join(f"{n} cell(s) as version {v!r}" for v, n in other.items())
+        how = "without test-time augmentation" if views == 1 else f"with {views}-view test-time augmentation"
+        raise ValueError(f"sample {sample_id} holds predictions of model {model_id} made another way ({held}); this "
+                         f"run ({how}, version {version!r}) would mix them. Predict with the same --tta as before")
 
 
 class _RunState:
@@ -226,8 +269,10 @@ class _RunState:
             rate = (counts["predicted"] + counts["excluded"]) / max(time.perf_counter() - self.t0, 1e-9)
             self.progress(n_done, total, rate)
 
-    def finish(self, *, total: int, batch_size: int, qc_cfg: QCConfig) -> PredictionRun:
+    def finish(self, *, total: int, batch_size: int, qc_cfg: QCConfig, tta: str = "none") -> PredictionRun:
         """The run's record, after the domain verdict over the sample's scored cells is stored."""
+        from phenotyping.models.tta import tta_info
+
         c = self.counts
         return PredictionRun(
             sample_id=self.sample_id, model_id=self.lm.id, model_version=self.version, device=self.dev,
@@ -235,7 +280,7 @@ class _RunState:
             excluded=c["excluded"], unidentified=c["unidentified"],
             qc_counts={**count_reasons(self.codes), "unreadable": self.unreadable},
             seconds=time.perf_counter() - self.t0, qc_config=qc_cfg.to_dict(),
-            domain_check=self.domain.finish(self.store, self.actor),
+            domain_check=self.domain.finish(self.store, self.actor), tta=tta_info(tta, self.lm.preprocess),
         )
 
 
@@ -303,15 +348,19 @@ def _prediction_model(model: Any) -> Any:
     return lm
 
 
-def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None,
-               batch_size: int) -> tuple[Any, str, QCConfig, float, str]:
+def _run_setup(model: Any, device: str | None, qc_config: QCConfig | None, batch_size: int,
+               tta: str = "none") -> tuple[Any, str, QCConfig, float, str]:
     """What a prediction run settles first: the loaded model, the device, the QC limits (the card's unless given),
-    the unidentified threshold and the model version; refuses a batch size below 1."""
+    the unidentified threshold and the model version (with ``+tta<views>`` under test-time augmentation
+    ``tta``); refuses a batch size below 1 and a ``tta`` the model's channels do not allow."""
+    from phenotyping.models.tta import tta_info
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     lm = _prediction_model(model)
     _, threshold = _calibration(lm)
-    return lm, resolve_device(device), qc_config or qc_config_from_card(lm.card), threshold, model_version(lm.card)
+    version = tta_version(model_version(lm.card), tta_info(tta, lm.preprocess))
+    return lm, resolve_device(device), qc_config or qc_config_from_card(lm.card), threshold, version
 
 
 def _cells_to_predict(store: Any, sample_id: str, model_id: str) -> tuple[list[Any], list[Any]]:

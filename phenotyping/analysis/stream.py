@@ -23,7 +23,8 @@ from typing import Any
 
 from phenotyping.analysis.domain import input_check
 from phenotyping.analysis.inference import (DEFAULT_BATCH_SIZE, PredictionRun, ProgressFn, _prepare, _run_setup,
-                                            _RunState, _StageTeller, cpu_threads, decode_workers, needs_qc)
+                                            _RunState, _StageTeller, cpu_threads, decode_workers, needs_qc,
+                                            prediction_net)
 from phenotyping.analysis.qc import QCConfig
 
 
@@ -160,11 +161,11 @@ def _stream_batches(store: Any, chunks: _Chunks, lm: Any, qc_cfg: QCConfig, *, p
 def predict_stream(store: Any, sample_id: str, model: Any, cells: CommittedCells, *, device: str | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, qc_config: QCConfig | None = None,
                    progress: ProgressFn | None = None, actor: str = "system", threads: int | None = None,
-                   ) -> PredictionRun:
+                   tta: str = "none") -> PredictionRun:
     """:func:`~phenotyping.analysis.inference.predict_sample` over a fresh sample that ``cells`` is filling.
 
     Returns once the ingest has closed ``cells`` and every cell is predicted. ``progress(done, total, rate)`` gets
-    the cells committed so far as ``total``.
+    the cells committed so far as ``total``. ``tta``: test-time augmentation, as for ``predict_sample``.
 
     Raises:
         InputRefused: a batch holds cells the model does not take; nothing is stored about it (predict the whole
@@ -172,9 +173,9 @@ def predict_stream(store: Any, sample_id: str, model: Any, cells: CommittedCells
     """
     import torch
 
-    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size)
+    lm, dev, qc_cfg, threshold, version = _run_setup(model, device, qc_config, batch_size, tta)
     t0 = time.perf_counter()
-    net = lm.model.to(dev).eval()
+    net = prediction_net(lm, dev, tta)
     prev_threads = torch.get_num_threads()
     if dev == "cpu":
         torch.set_num_threads(threads or cpu_threads())
@@ -189,4 +190,4 @@ def predict_stream(store: Any, sample_id: str, model: Any, cells: CommittedCells
     finally:
         if dev == "cpu":
             torch.set_num_threads(prev_threads)
-    return run.finish(total=chunks.seen, batch_size=batch_size, qc_cfg=qc_cfg)
+    return run.finish(total=chunks.seen, batch_size=batch_size, qc_cfg=qc_cfg, tta=tta)

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "training manifest); without this flag, synthetic TIFFs are written first")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per model measurement")
     p.add_argument("--no-standin", action="store_true", help="skip the published-model stand-in")
+    p.add_argument("--tta", choices=["none", "dihedral"], default="none",
+                   help="bench model: also time the model under this test-time augmentation (as predict --tta), "
+                        "with its cost ratio, and predict the end-to-end sample a second time with it")
     p.add_argument("--model-only", action="store_true", help="skip the end-to-end run")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: instead of the model timings, run the local engine and `predict --engine ray` (plus "
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_json(run_bench(args.model, device=args.device, n_cells=args.cells, batch_size=args.batch_size,
                          from_files=source, min_seconds=args.seconds, standin=not args.no_standin,
-                         end_to_end_run=not args.model_only))
+                         end_to_end_run=not args.model_only, tta=args.tta))
     return 0
 
 

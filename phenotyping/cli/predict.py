@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run image QC and a model over every cell of a stored sample (--sample) or of a manifest/image "
                     "folder (--manifest; held in a temporary store that is deleted afterwards). Predictions are "
                     "committed per batch, so an interrupted run keeps its work and a rerun resumes. Prints JSON "
-                    '{"run", "qc_counts", "differential", "domain_check"} (raw and prior-shift-corrected composition with CIs, '
+                    '{"run", "qc_counts", "differential", "domain_check", "tta"} (raw and prior-shift-corrected composition with CIs, '
                     "exclusions per reason, marker expression); --out writes one CSV row per cell.",
     )
     p.add_argument("--model", required=True, type=Path, help="model folder (checkpoint.pt + model_card.json)")
@@ -47,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="default: the LEUKO_DEVICE setting (auto: CUDA when available, else CPU)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", choices=["none", "dihedral"], default="none",
+                   help="test-time augmentation: dihedral averages the model's logits, targets and features over "
+                        "the flips and 90-degree rotations that keep the channels' meaning (8 views for symmetric "
+                        "channels, 4 for DPC; about that many times the model's cost); the predictions' model "
+                        "version then ends in +tta<views>, and the JSON records {\"mode\", \"views\"} as tta")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the corrected CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--label-column", default=None, help="with --manifest: the reference-class column, if any")
@@ -146,7 +151,8 @@ def _stream(store: Any, args: argparse.Namespace, loading: Any, channels: int) -
             lm = _same_channels(loading.result(), channels, args.model)
             cells.release()
             run_info = predict_stream(store, MANIFEST_SAMPLE, lm, cells, device=args.device,
-                                      batch_size=args.batch_size, progress=_progress, actor=TEMPORARY_ACTOR)
+                                      batch_size=args.batch_size, progress=_progress, actor=TEMPORARY_ACTOR,
+                                      tta=args.tta)
         except InputRefused as e:
             cells.stop()
             return _again(f"cells the model does not take ({e.reason})")
@@ -198,7 +204,7 @@ def _run_ray(args: argparse.Namespace) -> int:
 
     summary = predict_with_ray(args.manifest, args.model, args.out, address=args.address,
                                batch_size=args.batch_size, actors=args.actors, label_column=args.label_column,
-                               progress=progress)
+                               progress=progress, tta=args.tta)
     print(file=sys.stderr)
     print_json(summary)
     return 0
@@ -212,7 +218,7 @@ def _predict_and_report(store: Any, sample_id: str, lm: Any, args: argparse.Name
     from phenotyping.analysis.inference import predict_sample
 
     run_info = predict_sample(store, sample_id, lm, device=args.device, batch_size=args.batch_size,
-                              progress=_progress, actor=actor)
+                              progress=_progress, actor=actor, tta=args.tta)
     return _report(store, sample_id, lm, run_info, args, actor=actor)
 
 
@@ -239,7 +245,7 @@ def _report(store: Any, sample_id: str, lm: Any, run_info: Any, args: argparse.N
         print(f"warning: out of distribution: {domain['reason']}", file=sys.stderr)
     print_json({"sample_id": sample_id, "model_id": lm.id, "run": run_info.to_dict(), "qc_counts": counts,
                 "differential": diff, "specimen_check": None if check is None else check.to_dict(),
-                "domain_check": domain})
+                "domain_check": domain, "tta": run_info.tta})
     return 0
 
 

@@ -223,11 +223,12 @@ class ProcessWorker:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         card = load_card(model_dir)
         inf.qc_config_from_card(card)  # a card without QC thresholds fails here, before the worker is asked
+        version = inf.model_version(card)
+        inf._refuse_mixed_tta(store, sample_id, str(card["id"]), version)  # e.g. the CLI predicted it with --tta
         with self._lock:  # after a warm-up or another job still using the worker, which this run does not time
             self._ensure()
             t0 = time.perf_counter()
             cells, todo = inf._cells_to_predict(store, sample_id, str(card["id"]))  # the same rule as in-process
-            version = inf.model_version(card)
             if input_check(card, sorted({tuple(c.shape) for c in todo})) is not None:
                 return inf._input_refused(store, sample_id, _CardOnly(card), todo, version, actor, t0, len(cells),
                                           batch_size, inf.resolve_device(device))

@@ -149,6 +149,7 @@ class Store:
     add_predictions = _delegate("predictions", PredictionRepository.add)
     predicted_cell_ids = _delegate("predictions", PredictionRepository.cell_ids)
     list_predictions = _delegate("predictions", PredictionRepository.list)
+    prediction_versions = _delegate("predictions", PredictionRepository.versions)
     delete_predictions = _delegate("predictions", PredictionRepository.delete)
     result_counts = _delegate("predictions", PredictionRepository.result_counts)
     result_markers = _delegate("predictions", PredictionRepository.result_markers)

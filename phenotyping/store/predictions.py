@@ -86,6 +86,12 @@ class PredictionRepository:
         return {int(r[0]) for r in self._db.cursor().execute(
             "SELECT cell_id FROM predictions WHERE sample_id = ? AND model_id = ?", [sample_id, model_id]).fetchall()}
 
+    def versions(self, sample_id: str, model_id: str) -> dict[str, int]:
+        """The model versions of the sample's predictions by ``model_id``, with how many cells each."""
+        return {str(v): int(n) for v, n in self._db.cursor().execute(
+            "SELECT model_version, count(*) FROM predictions WHERE sample_id = ? AND model_id = ? GROUP BY ALL "
+            "ORDER BY model_version", [sample_id, model_id]).fetchall()}
+
     def list(self, sample_id: str, model_id: str) -> list[Prediction]:
         return [Prediction(
             cell_id=r["cell_id"], model_id=r["model_id"], model_version=r["model_version"],

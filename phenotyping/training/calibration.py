@@ -57,3 +57,27 @@ def unidentified_threshold(probs: np.ndarray, y: np.ndarray, *, target_accuracy:
             "val_accuracy_kept": float(correct[kept].mean()) if kept.any() else None,
             "val_review_fraction": float(1 - kept.mean())}
     return p, info
+
+
+def calibration_metrics(probs: np.ndarray, y: np.ndarray, *, threshold: float | None = None,
+                        bins: int = 10) -> dict[str, float | None]:
+    """How well calibrated probabilities ``probs`` (N, K) fit labels ``y`` (N,): mean top probability, accuracy,
+    NLL (natural log), expected calibration error over ``bins`` equal-width bins of the top probability (bin
+    weights = their share of cells; Guo et al. 2017), and with ``threshold`` (the card's unidentified threshold) the
+    share of cells below it and the accuracy of the others."""
+    p = np.asarray(probs, np.float64)
+    y = np.asarray(y)
+    if len(y) == 0:
+        return {"mean_confidence": None, "accuracy": None, "nll": None, "ece": None}
+    conf, correct = p.max(1), p.argmax(1) == y
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    ece = sum(abs(correct[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    out: dict[str, float | None] = {
+        "mean_confidence": float(conf.mean()), "accuracy": float(correct.mean()),
+        "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()), "ece": float(ece)}
+    if threshold is not None:
+        kept = conf >= threshold
+        out["below_threshold"] = float(1 - kept.mean())
+        out["accuracy_above_threshold"] = float(correct[kept].mean()) if kept.any() else None
+    return out

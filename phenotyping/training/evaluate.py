@@ -109,7 +109,8 @@ def _log(msg: str) -> None:
 
 def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_column: str | None = None,
                        target_columns: Sequence[str] | None = None, split: str | None = None,
-                       drop_unknown: bool = False, log: Callable[[str], None] = _log) -> dict[str, Any]:
+                       drop_unknown: bool = False, log: Callable[[str], None] = _log, tta: str = "none"
+                       ) -> dict[str, Any]:
     """Evaluate a saved model on a manifest (or ImageFolder folder) and return the ``evaluate`` JSON document.
 
     Args:
@@ -118,12 +119,20 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_col
         split: ``"train"``, ``"val"`` or ``"test"`` to keep only the cells of that split of the model's own training
             manifest (by ``cell_id`` from ``split.csv`` in the model folder).
         drop_unknown: drop (and report) cells whose label the model does not know instead of failing.
+        tta: ``"none"`` or ``"dihedral"``: the model's outputs averaged over the views that keep the cells' meaning,
+            the wrapper ``predict --tta`` uses (:mod:`phenotyping.models.tta`); recorded as ``tta`` in the result.
+
+    ``calibration`` in the result: :func:`phenotyping.training.calibration.calibration_metrics` of the card's
+    temperature-scaled probabilities (with its unidentified threshold), e.g. to see how TTA moves them.
     """
     from phenotyping.models.checkpoint import load_model_dir
-    from phenotyping.models.forward import predict_arrays
+    from phenotyping.models.forward import predict_arrays, softmax
+    from phenotyping.models.tta import tta_info, with_tta
+    from phenotyping.training.calibration import calibration_metrics
     from phenotyping.training.data import column, load_images, load_rows, parse_targets
 
     lm = load_model_dir(model_dir)
+    tta_run = tta_info(tta, lm.preprocess)
     label_column = label_column or lm.card["training"]["label_column"]
     known_targets = lm.targets.names if lm.targets else []
     explicit_targets = target_columns is not None
@@ -143,8 +152,11 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, *, label_col
         raise PhenotypingError(f"no cells to evaluate in {manifest}")
     x = load_images([r["path"] for r in rows], lm.preprocess.img_size, crop=lm.preprocess.crop)
     x = lm.preprocess.normalise(x, batched=True)
-    out = predict_arrays(lm.model, x)
+    out = predict_arrays(with_tta(lm.model, lm.preprocess, tta), x)
     result = classification_metrics(y, out["logits"].argmax(1), lm.classes)
+    result["tta"] = tta_run
+    threshold = (lm.card.get("calibration") or {}).get("unidentified_threshold")
+    result["calibration"] = calibration_metrics(softmax(out["logits"], lm.temperature), y, threshold=threshold)
     result["targets"] = {}
     if target_columns:
         true = parse_targets(rows, target_columns)
