@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def site_metrics(model: Path, manifest: Path, split: str) -> dict[str, dict]:
+def site_metrics(model: Path, manifest: Path, split: str, *, tta: str = "none") -> dict[str, dict]:
     from phenotyping.models.checkpoint import load_model_dir
     from phenotyping.models.forward import predict_arrays
+    from phenotyping.models.tta import with_tta
     from phenotyping.training.data import load_images, load_rows
     from phenotyping.training.evaluate import classification_metrics
 
     lm = load_model_dir(model)
+    net = with_tta(lm.model, lm.preprocess, tta)
     rows = load_rows(manifest)
     if split != "all":
         with (model / "split.csv").open(newline="", encoding="utf-8") as fh:
@@ -40,8 +42,9 @@ def site_metrics(model: Path, manifest: Path, split: str) -> dict[str, dict]:
         by_site[r["site"]].append(r)
     out = {}
     for site, rs in sorted(by_site.items()):
-        x = lm.preprocess.normalise(load_images([r["path"] for r in rs], lm.preprocess.img_size), batched=True)
-        pred = predict_arrays(lm.model, x)["logits"].argmax(1)
+        x = lm.preprocess.normalise(load_images([r["path"] for r in rs], lm.preprocess.img_size,
+                                                crop=lm.preprocess.crop), batched=True)
+        pred = predict_arrays(net, x)["logits"].argmax(1)
         y = np.array([lm.classes.index(r["cell_type"]) for r in rs])
         m = classification_metrics(y, pred, lm.classes)
         out[site] = {"n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--manifest", required=True, type=Path, help="from docs/make_wbc_manifest.py (has a site column)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--tta", choices=["none", "dihedral"], default="none", help="as predict --tta")
     args = p.parse_args(argv)
-    print(json.dumps(site_metrics(args.model, args.manifest, args.split), indent=1))
+    print(json.dumps(site_metrics(args.model, args.manifest, args.split, tta=args.tta), indent=1))
     return 0
 
 

@@ -31,6 +31,20 @@ def shared_data(*parts: str) -> Path:
     return p
 
 
+def three_site_wbc_manifest(out_dir: Path) -> Path:
+    """The three-site WBC manifest the shipped ``models/wbc-hybrid`` was trained on (``docs/make_wbc_manifest.py``:
+    links to ../shared/data, no copies) written in ``out_dir``, or skip when a site's data are absent."""
+    import subprocess
+    import sys
+
+    for parts in (("wbc-smear", "segwbc-d1"), ("wbc-smear", "bccd"), ("wbc-pbc",)):
+        shared_data(*parts)
+    out = out_dir / "manifest.csv"
+    subprocess.run([sys.executable, str(PROJECT_ROOT / "docs" / "make_wbc_manifest.py"), "--out", str(out),
+                    "--data", str(SHARED_DATA)], check=True, capture_output=True)
+    return out
+
+
 def cell_array(h: int = 32, w: int = 32, c: int = 1, dtype=np.uint8, seed: int = 0) -> np.ndarray:
     """A textured disc on a flat background, channel-first."""
     rng = np.random.default_rng(seed)

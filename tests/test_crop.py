@@ -158,3 +158,16 @@ def test_fine_tuning_refuses_another_crop(cropped_model, tmp_path, capsys):
                "cell_type", "--crop", "none", "--out", str(tmp_path / "child")])
     assert rc != 0
     assert "crop nucleus" in capsys.readouterr().err and not (tmp_path / "child").exists()
+
+
+def test_a_fine_tuned_child_keeps_the_crop(cropped_model, tmp_path):
+    from phenotyping.__main__ import main
+    from phenotyping.models.checkpoint import load_model_dir
+
+    root, out = cropped_model
+    rc = main(["train", "--init-from", str(out), "--manifest", str(root / "manifest.csv"), "--label-column",
+               "cell_type", "--epochs", "1", "--out", str(tmp_path / "child")])
+    assert rc == 0
+    card = json.loads((tmp_path / "child" / "model_card.json").read_text())
+    assert card["input"]["crop"] == "nucleus" and card["training"]["config"]["crop"] == "nucleus"
+    assert load_model_dir(tmp_path / "child").preprocess.crop == "nucleus"

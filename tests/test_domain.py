@@ -299,31 +299,35 @@ def _subset(tmp: Path, name: str, paths: list[Path]) -> Path:
     return folder / "manifest.csv"
 
 
-def _split_paths(model: Path, manifest: Path, split: str, n: int) -> list[Path]:
+def _split_paths(model: Path, manifest: Path, split: str, n: int, *, site: str | None = None) -> list[Path]:
     from phenotyping.training.data import load_rows
 
     with (model / "split.csv").open(newline="") as fh:
         ids = {r["cell_id"] for r in csv.DictReader(fh) if r["split"] == split}
-    return [r["path"] for r in load_rows(manifest) if r["cell_id"] in ids][:n]
+    return [r["path"] for r in load_rows(manifest) if r["cell_id"] in ids and site in (None, r.get("site"))][:n]
 
 
 @pytest.mark.slow
 def test_shipped_models_say_in_for_their_own_held_out_cells_and_out_for_other_sites(tmp_path, capsys):
-    from conftest import PROJECT_ROOT
+    from conftest import PROJECT_ROOT, three_site_wbc_manifest
     from phenotyping.training.data import load_rows
 
     jurkat = shared_data("ifc-jurkat-labelfree", "manifest.csv")
     segwbc = shared_data("wbc-smear", "segwbc-d1", "manifest.csv")
     bccd = shared_data("wbc-smear", "bccd")
     jm, wm = PROJECT_ROOT / "models" / "jurkat-hybrid", PROJECT_ROOT / "models" / "wbc-hybrid"
+    wbc = three_site_wbc_manifest(tmp_path / "wbc3")
     cases = [
         (jm, _subset(tmp_path, "jurkat-test", _split_paths(jm, jurkat, "test", 200)), True, "features like"),
         (jm, _subset(tmp_path, "bccd", [r["path"] for r in load_rows(bccd)][:20]), False,
          "channels differ: model takes 2, sample has 3"),
-        (wm, _subset(tmp_path, "segwbc-val", _split_paths(wm, segwbc, "val", 200)), True, "features like"),
+        (jm, _subset(tmp_path, "segwbc", [r["path"] for r in load_rows(segwbc)][:20]), False,
+         "channels differ: model takes 2, sample has 3"),
         (wm, _subset(tmp_path, "jurkat", [r["path"] for r in load_rows(jurkat)][:20]), False,
          "channels differ: model takes 3, sample has 2"),
-    ]
+    ] + [  # held-out cells of each of the WBC model's three sites
+        (wm, _subset(tmp_path, f"{site}-val", _split_paths(wm, wbc, "val", 200, site=site)), True, "features like")
+        for site in ("segwbc-d1", "bccd", "pbc")]
     for model, manifest, expected, reason in cases:
         check = _predict(model, manifest, capsys)["domain_check"]
         assert check["in_distribution"] is expected and check["reason"].startswith(reason), (model.name, check)

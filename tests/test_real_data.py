@@ -49,7 +49,7 @@ def test_jurkat_targets_and_groups_are_kept(store):
     assert c.extra["montage"].startswith("CP") and c.dtype == "uint16" and c.shape == (2, 40, 40)
 
 
-# -- the shipped WBC model (models/wbc-hybrid, trained on segwbc-d1; its image QC checked at all three sites) ------
+# -- the shipped WBC model (models/wbc-hybrid, trained on segwbc-d1, bccd and PBC; its image QC checked at each site) ---
 def _wbc_card() -> dict:
     import json
 

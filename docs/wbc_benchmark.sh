@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Reproduces "WBC across three sites" in docs/BENCHMARKS.md and the shipped models/wbc-hybrid (2-core CPU, nice'd).
+# Usage: bash docs/wbc_benchmark.sh WORKDIR      (WORKDIR outside the repository: it gets links to ../shared/data)
+# Writes WORKDIR/{all,nobccd,noseg,bccd,seg}/manifest.csv, the model folders WORKDIR/runs/<name>/ with their
+# train JSON and logs, and the per-site evaluations WORKDIR/runs/<name>.<what>.json.
+set -euo pipefail
+W=${1:?usage: wbc_benchmark.sh WORKDIR}
+PY=".venv/bin/python"
+M="docs/make_wbc_manifest.py"
+mkdir -p "$W/runs"
+$PY $M --out "$W/all/manifest.csv"
+$PY $M --out "$W/nobccd/manifest.csv" --without bccd
+$PY $M --out "$W/noseg/manifest.csv" --without segwbc-d1
+$PY $M --out "$W/bccd/manifest.csv" --only bccd
+$PY $M --out "$W/seg/manifest.csv" --only segwbc-d1
+ATTR="$($PY $M --attribution)"
+COMMON=(--label-column cell_type --arch hybrid --img-size 64 --epochs 30 --patience 8 --normalisation per-image
+        --augment-appearance --crop nucleus --seed 0 --data-licence "$ATTR")
+train() {  # name, manifest, extra args…  (skips a run already written)
+  local name=$1 manifest=$2; shift 2
+  [ -f "$W/runs/$name/model_card.json" ] && return 0
+  nice -n 5 $PY -m phenotyping train --manifest "$manifest" "${COMMON[@]}" "$@" --out "$W/runs/$name" \
+    > "$W/runs/$name.json" 2> "$W/runs/$name.log"
+}
+sites() {  # name, manifest, split, out suffix, extra args…
+  local name=$1 manifest=$2 split=$3 what=$4; shift 4
+  nice -n 5 $PY docs/wbc_site_eval.py --model "$W/runs/$name" --manifest "$manifest" --split "$split" "$@" \
+    > "$W/runs/$name.$what.json"
+}
+
+# 1. all three sites: 70/15/15 split stratified by class; test split per site, plain and with dihedral TTA
+train all-hybrid "$W/all/manifest.csv"
+# image-QC thresholds from every site's training cells (each threshold the smallest per-site 1st percentile)
+$PY -m phenotyping calibrate --model "$W/runs/all-hybrid" --manifest "$W/all/manifest.csv" --qc-group-column site \
+  > "$W/runs/all-hybrid.calibrate.json"
+sites all-hybrid "$W/all/manifest.csv" test sites-test
+sites all-hybrid "$W/all/manifest.csv" test sites-test-tta --tta dihedral
+
+# 2. leave one site out: train on the other two (85/15 train/validation), score every cell of the left-out site
+train nobccd-hybrid "$W/nobccd/manifest.csv" --test-fraction 0
+sites nobccd-hybrid "$W/bccd/manifest.csv" all on-bccd
+sites nobccd-hybrid "$W/bccd/manifest.csv" all on-bccd-tta --tta dihedral
+train noseg-hybrid "$W/noseg/manifest.csv" --test-fraction 0
+sites noseg-hybrid "$W/seg/manifest.csv" all on-seg
+sites noseg-hybrid "$W/seg/manifest.csv" all on-seg-tta --tta dihedral
+
+# 3. the domain check of each leave-one-site-out model on its left-out site (predict prints "domain_check")
+D=../shared/data
+nice -n 5 $PY -m phenotyping predict --model "$W/runs/nobccd-hybrid" --manifest "$D/wbc-smear/bccd" \
+  --out "$W/runs/nobccd-hybrid.on-bccd.cells.csv" > "$W/runs/nobccd-hybrid.on-bccd.predict.json"
+nice -n 5 $PY -m phenotyping predict --model "$W/runs/noseg-hybrid" --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" \
+  --out "$W/runs/noseg-hybrid.on-seg.cells.csv" > "$W/runs/noseg-hybrid.on-seg.predict.json"
