@@ -47,6 +47,38 @@ sites noseg-hybrid "$W/seg/manifest.csv" all on-seg-tta --tta dihedral
 # 3. the domain check of each leave-one-site-out model on its left-out site (predict prints "domain_check")
 D=../shared/data
 nice -n 5 $PY -m phenotyping predict --model "$W/runs/nobccd-hybrid" --manifest "$D/wbc-smear/bccd" \
-  --out "$W/runs/nobccd-hybrid.on-bccd.cells.csv" > "$W/runs/nobccd-hybrid.on-bccd.predict.json"
+  --bootstrap 0 --out "$W/runs/nobccd-hybrid.on-bccd.cells.csv" > "$W/runs/nobccd-hybrid.on-bccd.predict.json"
 nice -n 5 $PY -m phenotyping predict --model "$W/runs/noseg-hybrid" --manifest "$D/wbc-smear/segwbc-d1/manifest.csv" \
-  --out "$W/runs/noseg-hybrid.on-seg.cells.csv" > "$W/runs/noseg-hybrid.on-seg.predict.json"
+  --bootstrap 0 --out "$W/runs/noseg-hybrid.on-seg.cells.csv" > "$W/runs/noseg-hybrid.on-seg.predict.json"
+# ... and on copies of each model's own validation cells per site (up to 200; predict refuses paths that leave the
+# manifest's folder, so the cells are copied into WORKDIR/subs/<model>-<site>-val)
+own_val() {  # model name, its manifest
+  local name=$1 manifest=$2
+  for site in $($PY -c "import csv,sys; print(' '.join(sorted({r['site'] for r in csv.DictReader(open(sys.argv[1]))})))" "$manifest"); do
+    local d="$W/subs/$name-$site-val"
+    $PY - "$manifest" "$W/runs/$name/split.csv" "$site" "$d" <<'PY'
+import csv, shutil, os, sys
+from pathlib import Path
+manifest, split_csv, site, out = sys.argv[1:5]
+split = {r["cell_id"]: r["split"] for r in csv.DictReader(open(split_csv))}
+rows = [r for r in csv.DictReader(open(manifest)) if r["site"] == site and split.get(r["cell_id"]) == "val"][:200]
+Path(out).mkdir(parents=True, exist_ok=True)
+with open(Path(out) / "manifest.csv", "w", newline="") as fh:
+    w = csv.writer(fh)
+    w.writerow(["cell_id", "path", "cell_type"])
+    for i, r in enumerate(rows):
+        dest = f"{i:04d}{Path(r['path']).suffix}"
+        shutil.copyfile(os.path.realpath(Path(manifest).parent / r["path"]), Path(out) / dest)
+        w.writerow([r["cell_id"], dest, r["cell_type"]])
+PY
+    nice -n 5 $PY -m phenotyping predict --model "$W/runs/$name" --manifest "$d/manifest.csv" --bootstrap 0 \
+      --out "$d/cells.csv" > "$W/runs/$name.own-$site-val.predict.json"
+  done
+}
+own_val all-hybrid "$W/all/manifest.csv"
+own_val nobccd-hybrid "$W/nobccd/manifest.csv"
+own_val noseg-hybrid "$W/noseg/manifest.csv"
+
+# 4. ablation: the bccd-left-out run without the nucleus crop (full frames fitted to 64 px)
+train nobccd-nocrop "$W/nobccd/manifest.csv" --test-fraction 0 --crop none
+sites nobccd-nocrop "$W/bccd/manifest.csv" all on-bccd
