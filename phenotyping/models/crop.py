@@ -33,6 +33,15 @@ RESIZE_TEXT = {
 }
 
 
+def border_median(a: np.ndarray) -> np.ndarray:
+    """Each channel's median over the outermost rows and columns of every plane of ``a`` (``(C, H, W)`` or
+    ``(C, Z, H, W)``): the background level used to pad or refill a frame. Returns ``(C,)``."""
+    h, w = a.shape[-2:]
+    flat = a.reshape(a.shape[0], -1, h, w)
+    border = np.concatenate([flat[..., 0, :], flat[..., -1, :], flat[..., :, 0], flat[..., :, -1]], -1)
+    return np.median(border.reshape(a.shape[0], -1), 1)
+
+
 def _otsu_upper(s: np.ndarray, bins: int = 64) -> float:
     """The upper threshold of a three-class Otsu split of ``s`` on [0, 1] (Liao et al. 2001: the two thresholds
     that maximise the between-class variance). A smear has three levels of stain, background, red cells and
@@ -96,9 +105,8 @@ def crop_nucleus(img: np.ndarray) -> np.ndarray:
     cy, cx, half = nucleus_box(a)
     n = max(2, int(round(2 * half)))
     y0, x0 = int(round(cy - half)), int(round(cx - half))
-    border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1)
     out = np.empty((3, n, n), np.float32)
-    out[...] = np.median(border, axis=1)[:, None, None]
+    out[...] = border_median(a)[:, None, None]
     ys, xs, ye, xe = max(0, y0), max(0, x0), min(h, y0 + n), min(w, x0 + n)
     out[:, ys - y0:ye - y0, xs - x0:xe - x0] = a[:, ys:ye, xs:xe]
     return out

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phenotyping.models.crop import border_median, crop_and_size
+
 
 @dataclass(frozen=True)
 class ChannelSpec:
@@ -112,9 +114,7 @@ def fit_to_size(img: np.ndarray, size: int) -> np.ndarray:
         h, w = nh, nw
     if (h, w) == (size, size):
         return np.ascontiguousarray(a)
-    flat = a.reshape(a.shape[0], -1, h, w)
-    border = np.concatenate([flat[..., 0, :], flat[..., -1, :], flat[..., :, 0], flat[..., :, -1]], -1)
-    fill = np.median(border.reshape(a.shape[0], -1), 1).astype(np.float32)
+    fill = border_median(a).astype(np.float32)
     out = np.empty(a.shape[:-2] + (size, size), np.float32)
     out[...] = fill.reshape((-1,) + (1,) * (a.ndim - 1))
     top, left = (size - h) // 2, (size - w) // 2
@@ -127,8 +127,6 @@ def size_cell(img: np.ndarray, size: int, *, crop: str = "none") -> np.ndarray:
     :mod:`phenotyping.models.crop`) the crop scaled to that size. Returns float32."""
     if crop == "none":
         return fit_to_size(img, size)
-    from phenotyping.models.crop import crop_and_size
-
     return crop_and_size(img, crop, size)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from phenotyping.errors import ImageError
-from phenotyping.models.preprocess import ChannelSpec, Preprocess, size_cell
+from phenotyping.models.preprocess import ChannelSpec, Preprocess, border_median, size_cell
 
 IMAGE_FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -126,8 +126,7 @@ def augment_appearance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"appearance augmentation expects a 2D cell (C, H, W), got shape {x.shape}")
     a = x.astype(np.float32)
     c, h, w = a.shape
-    border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1)  # (C, 2H + 2W)
-    bg = np.median(border, axis=1)
+    bg = border_median(a)
     zoom = float(np.exp(rng.uniform(np.log(0.75), np.log(1.3))))
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
     a = ndimage.affine_transform(a - bg[:, None, None], np.array([1.0, 1 / zoom, 1 / zoom]),
