@@ -235,3 +235,27 @@ def test_calibration_on_smear_crops_keeps_the_checks_and_passes_each_site():
     assert check_image(np.full_like(blank, 220) + blank % 2, cfg).code == EMPTY
     with pytest.raises(ValueError, match="one group per image"):
         calibrate_qc(big, groups=["a"])
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 9), (6, 40, 40), (2, 63, 31)])
+def test_morphology_by_shifts_is_ndimages_bit_for_bit(shape):
+    """QC's closing, hole filling and dilation with the in-plane cross equal scipy.ndimage's with that structure,
+    on noise, blobs (holes, objects touching the frame's edge), and empty and full frames."""
+    from scipy import ndimage
+
+    from phenotyping.analysis.qc import _dilate_cross, _erode_cross, _fill_holes, _in_plane
+
+    cross = _in_plane(ndimage.generate_binary_structure(2, 1))
+    rng = np.random.default_rng(shape[1])
+    masks = [rng.random(shape) > p for p in (0.3, 0.5, 0.8)]
+    masks.append(ndimage.gaussian_filter(rng.random(shape), (0, 1.5, 1.5)) > 0.5)
+    masks.append(ndimage.gaussian_filter(rng.random(shape), (0, 1.5, 1.5)) < 0.5)
+    masks += [np.zeros(shape, bool), np.ones(shape, bool)]
+    for m in masks:
+        assert np.array_equal(_dilate_cross(m), ndimage.binary_dilation(m, structure=cross))
+        assert np.array_equal(_erode_cross(m), ndimage.binary_erosion(m, structure=cross))
+        closed = _erode_cross(_dilate_cross(m))
+        assert np.array_equal(closed, ndimage.binary_closing(m, structure=cross, iterations=1))
+        assert np.array_equal(_fill_holes(closed), ndimage.binary_fill_holes(closed, structure=cross))
+        assert np.array_equal(_dilate_cross(_dilate_cross(m)), ndimage.binary_dilation(m, structure=cross,
+                                                                                        iterations=2))
