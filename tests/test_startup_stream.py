@@ -1,6 +1,7 @@
 """`predict --manifest` predicts each committed ingest batch while the rest is ingested (analysis/stream.py), and
 gives what ingesting everything first and then predicting gave: the same JSON, stored cells, QC, predictions,
-domain verdict and audit events, also where it has to start again sequentially."""
+domain verdict and audit events, also where it has to start again sequentially. Only the ingest's grouping differs
+where the prediction batch is smaller than an ingest batch: the stream's first commit is one prediction batch."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _snapshot(store) -> dict:
             "domain": domain}
 
 
-def _predict(monkeypatch, capsys, manifest: Path, model_dir: Path, *, stream: bool, batch: int = 5) -> dict:
+def _predict(monkeypatch, capsys, manifest: Path, model_dir: Path, *, stream: bool, batch: int = 5,
+             ingest_batch: int = 4) -> dict:
     import phenotyping.cli.predict as cli
     import phenotyping.ingest._ingest as ingest
     from phenotyping.__main__ import main
@@ -86,7 +88,7 @@ def _predict(monkeypatch, capsys, manifest: Path, model_dir: Path, *, stream: bo
         return out
 
     with monkeypatch.context() as m:
-        m.setattr(ingest, "BATCH", 4)  # several commits, not aligned with the prediction batches
+        m.setattr(ingest, "BATCH", ingest_batch)  # several commits, not aligned with the prediction batches
         m.setattr(cli, "_report", spy)
         m.setattr(cli, "_stream", stream_or_not)
         rc = main(["predict", "--model", str(model_dir), "--manifest", str(manifest), "--batch-size", str(batch),
@@ -111,6 +113,109 @@ def test_streaming_gives_what_ingest_then_predict_gave(monkeypatch, capsys, mode
     assert run["total_cells"] == 18 and run["predicted"] + run["excluded"] == 18  # 20 rows: one 3-channel, one dup
     assert st["store"]["events"]["predictions.save"] == 4 and st["store"]["events"]["cells.ingest"] == 5
     assert "2 file(s) not ingested" in st["err"] and "2 file(s) not ingested" in seq["err"]
+
+
+def test_the_stream_commits_one_prediction_batch_first(monkeypatch, capsys, model_dir, tmp_path):
+    """With prediction batches (3) smaller than ingest batches (8) the stream's first commit is 3 cells, so that its
+    first prediction need not wait for 8 files; then full ingest batches. What is predicted and stored is the same
+    as ingesting everything first: only the ingest events' grouping and so the pack files differ."""
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 10)
+    seq = _predict(monkeypatch, capsys, manifest, model_dir, stream=False, batch=3, ingest_batch=8)
+    st = _predict(monkeypatch, capsys, manifest, model_dir, stream=True, batch=3, ingest_batch=8)
+    assert st["streamed"] == [True] and st["rc"] == seq["rc"] == 0 and st["json"] == seq["json"]
+    cells = {k: [{f: v for f, v in c.items() if f != "blob_path"} for c in r["store"]["cells"]] for k, r in
+             (("seq", seq), ("st", st))}
+    assert cells["st"] == cells["seq"]
+    for k in ("predictions", "saves", "domain"):
+        assert st["store"][k] == seq["store"][k]
+    sizes = lambda r: sorted((json.loads(e)["first_id"], json.loads(e)["cells"]) for e in r["store"]["ingests"])  # noqa: E731
+    assert sizes(seq) == [(1, 8), (9, 8), (17, 4)]
+    assert sizes(st) == [(1, 3), (4, 8), (12, 8), (20, 1)]
+
+
+def test_the_ingest_waits_until_the_first_batch_is_saved(monkeypatch, capsys, model_dir, tmp_path):
+    """Held after its first commit, the ingest goes on only once the first prediction batch is saved, so that
+    the first batch does not share the interpreter with the ingest of the next ones."""
+    import phenotyping.analysis.stream as stream
+    import phenotyping.ingest._ingest as ingest
+    from phenotyping.__main__ import main
+    from phenotyping.store import Store
+
+    order: list[str] = []
+    committed, save = stream.CommittedCells.committed, Store.add_predictions
+
+    def counting(self, ids):
+        order.append(f"commit {len(ids)}")
+        return committed(self, ids)
+
+    def saving(self, preds, **k):
+        order.append(f"save {len(preds)}")
+        return save(self, preds, **k)
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 6)
+    monkeypatch.setattr(ingest, "BATCH", 4)
+    monkeypatch.setattr(stream.CommittedCells, "committed", counting)
+    monkeypatch.setattr(Store, "add_predictions", saving)
+    rc = main(["predict", "--model", str(model_dir), "--manifest", str(manifest), "--batch-size", "2",
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert order[:3] == ["commit 2", "save 2", "commit 4"]
+    assert order.count("save 2") == 6 and sum(int(o.split()[1]) for o in order if o.startswith("commit")) == 12
+
+
+def test_the_first_batch_is_checked_while_the_model_loads(model_dir, tmp_path):
+    """Given a model still loading (a Future) and its card, predict_stream reads and QCs the first batch before
+    the model is there, and predicts what predict_sample predicts."""
+    import threading
+    from concurrent.futures import Future
+
+    import phenotyping.analysis.stream as stream
+    from phenotyping.analysis.inference import predict_sample
+    from phenotyping.ingest import ingest_set
+    from phenotyping.models.checkpoint import load_card, load_model_dir
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 5)
+    lm = load_model_dir(model_dir)
+    preds = {}
+    for name in ("seq", "st"):
+        with Store(tmp_path / f"{name}.duckdb", image_dir=tmp_path / f"img-{name}") as store:
+            store.create_sample(Sample(id="S", specimen=Specimen.blood), actor="t")
+            if name == "seq":
+                ingest_set(store, manifest, "S", actor="t")
+                predict_sample(store, "S", lm, device="cpu", batch_size=4)
+            else:
+                loading: Future = Future()
+                checked = threading.Event()
+                read_and_check = stream._read_and_check
+
+                def spy(*a, **k):
+                    out = read_and_check(*a, **k)
+                    checked.set()
+                    return out
+
+                cells = stream.CommittedCells(store, "S", hold_after=4)
+                feeder = threading.Thread(target=lambda: (ingest_set(store, manifest, "S", actor="t",
+                                                                     on_commit=cells.committed, first_batch=4),
+                                                          cells.close()))
+                feeder.start()
+                stream._read_and_check = spy
+                try:
+                    out: dict = {}
+                    runner = threading.Thread(target=lambda: out.update(run=stream.predict_stream(
+                        store, "S", loading, cells, card=load_card(model_dir), device="cpu", batch_size=4)))
+                    runner.start()
+                    assert checked.wait(30) and not loading.done()  # QC'd before the model was there
+                    loading.set_result(lm)
+                    runner.join(60)
+                    feeder.join(60)
+                finally:
+                    stream._read_and_check = read_and_check
+                assert out["run"].predicted + out["run"].excluded == 10
+            preds[name] = [(p.cell_id, p.predicted_class, round(p.confidence, 6))
+                           for p in store.list_predictions("S", lm.id)]
+    assert preds["st"] == preds["seq"] and len(preds["seq"]) > 0
 
 
 def test_a_set_of_another_channel_count_starts_again_sequentially(monkeypatch, capsys, model_dir, tmp_path):
@@ -224,3 +329,15 @@ def test_bench_first_batch_probe_reports_wall_and_cpu_seconds(model_dir, tmp_pat
     out = _first_batch(model_dir, manifest, env={**os.environ, "LEUKO_DB_PATH": str(tmp_path / "x.duckdb")}, cwd=root)
     assert out["exit_ok"], out["stderr_tail"]
     assert 0 < out["first_batch_s"] <= out["end_to_end_s"] and out["cpu_s"] > 0
+
+
+def test_bench_startup_warms_up_then_times_predict():
+    """`bench startup`: help and work probes without torch, a warm-up predict on 64 cells, then the timed one."""
+    from phenotyping.analysis.bench import startup_bench
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "jurkat-hybrid"
+    out = startup_bench(["samples"], model_dir=shipped, n_cells=20)
+    assert out["help"]["samples"]["exit_ok"] and out["non_model_commands_without_torch"] is True
+    warm, timed = out["predict_manifest_warmup_64_cells"], out["predict_manifest"]
+    assert warm["exit_ok"] and timed["exit_ok"] and timed["cells"] == 20
+    assert 0 < timed["first_batch_s"] <= timed["end_to_end_s"]

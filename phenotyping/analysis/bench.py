@@ -485,10 +485,13 @@ def startup_bench(commands: Sequence[str], *, model_dir: Path | None = None, n_c
     import os
 
     root = Path(__file__).resolve().parents[2]
-    out: dict[str, Any] = {"machine": machine(torch_info=False), "help": {}, "work": {}}
+    out: dict[str, Any] = {"machine": machine(torch_info=False), "help": {}, "work": {},
+                           "bytecode": "cached (PYTHONDONTWRITEBYTECODE is dropped from the probes' environment, as "
+                                       "an installed package has its .pyc files; a warm-up run writes them)"}
     with tempfile.TemporaryDirectory(prefix="phenotyping-bench-startup-") as tmp:
         tmpd = Path(tmp)
-        env = {**os.environ, "LEUKO_DB_PATH": str(tmpd / "leuko.duckdb")}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["LEUKO_DB_PATH"] = str(tmpd / "leuko.duckdb")
         for name in commands:
             out["help"][name] = _probe([name, "--help"], env=env, cwd=root)
         small = write_synthetic_set(tmpd / "small", 64, 2, 40)
@@ -499,6 +502,8 @@ def startup_bench(commands: Sequence[str], *, model_dir: Path | None = None, n_c
             card = json.loads((Path(model_dir) / "model_card.json").read_text(encoding="utf-8"))
             channels, size = len(card["input"]["channels"]), int(card["input"]["img_size"])
             manifest = write_synthetic_set(tmpd / "set", n_cells, channels, size)
+            warm = write_synthetic_set(tmpd / "warm", 64, channels, size)
+            out["predict_manifest_warmup_64_cells"] = _first_batch(Path(model_dir).resolve(), warm, env=env, cwd=root)
             out["predict_manifest"] = {"cells": n_cells, "model": str(model_dir),
                                        **_first_batch(Path(model_dir).resolve(), manifest, env=env, cwd=root)}
     out["non_model_commands_without_torch"] = all(

@@ -393,8 +393,25 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
              tell: _StageTeller | None = None) -> _Batch:
     """Read, decode, QC, fit and normalise one batch (runs on the background thread); ``tell`` hears each image
     read and the start of the batch's QC."""
-    import torch
+    return _to_batch(_read_and_check(store, cells, qc_cfg, tell), lm, pin)
 
+
+@dataclass
+class _Checked:
+    """A batch read and QC'd, not yet fitted to a model (:func:`_read_and_check`): needs only the QC limits."""
+
+    cells: list[Any]
+    arrays: list[np.ndarray | None]
+    qc: list[QCResult | None]
+    errors: list[str | None]
+    passed: list[int]
+    stats: Any
+
+
+def _read_and_check(store: Any, cells: Sequence[Any], qc_cfg: QCConfig,
+                    tell: _StageTeller | None = None) -> _Checked:
+    """The model-free half of :func:`_prepare`: read and decode each cell, run image QC, and take the passed cells'
+    image statistics (for the domain check)."""
     from phenotyping.ingest import read_image
 
     arrays: list[np.ndarray | None] = []
@@ -415,14 +432,23 @@ def _prepare(store: Any, cells: Sequence[Any], lm: Any, qc_cfg: QCConfig, pin: b
     for i, r in zip(ok, check_images([arrays[i] for i in ok], qc_cfg)):
         qc[i] = r
     passed = [i for i in ok if qc[i].passed]  # type: ignore[union-attr]
+    stats = image_stats([arrays[i] for i in passed]) if passed else None
+    return _Checked(list(cells), arrays, qc, errors, passed, stats)
+
+
+def _to_batch(checked: _Checked, lm: Any, pin: bool) -> _Batch:
+    """The model's half of :func:`_prepare`: the passed cells fitted to ``lm``'s input and normalised, as a tensor
+    (pinned when ``pin``)."""
+    import torch
+
     x = None
-    stats = image_stats([arrays[i] for i in passed]) if passed else None  # for the domain check
-    if passed:
-        batch = np.stack([lm.preprocess.size(arrays[i]) for i in passed])  # (B, C, size, size) or (B, C, Z, …)
+    if checked.passed:
+        arrays = checked.arrays
+        batch = np.stack([lm.preprocess.size(arrays[i]) for i in checked.passed])  # (B, C, size, size) or (B, C, Z, …)
         x = torch.from_numpy(lm.preprocess.normalise(batch, batched=True))
         if pin:
             x = x.pin_memory()
-    return _Batch(list(cells), qc, errors, x, passed, stats)
+    return _Batch(checked.cells, checked.qc, checked.errors, x, checked.passed, checked.stats)
 
 
 def decode_workers(device: str) -> int:

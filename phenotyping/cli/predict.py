@@ -95,11 +95,13 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as loader:
         loading = loader.submit(load_model_dir, args.model)
-        channels = len((load_card(args.model).get("input") or {}).get("channels") or []) or None
+        card = load_card(args.model)
+        channels = len((card.get("input") or {}).get("channels") or []) or None
         if channels is None:  # an older card without its input section: the checkpoint says
             channels = len(loading.result().preprocess.channels)
+        checked = loader.submit(lambda: _same_channels(loading.result(), channels, args.model))
         with _temporary_store(args) as store:
-            done = _stream(store, args, loading, channels)
+            done = _stream(store, args, checked, card, channels)
         if done is not None:
             return done
         # No expected_channels: cells the model cannot take are ingested and judged by the domain check
@@ -127,32 +129,34 @@ def _temporary_store(args: argparse.Namespace) -> Iterator[Any]:
             yield store
 
 
-def _stream(store: Any, args: argparse.Namespace, loading: Any, channels: int) -> int | None:
-    """Ingest on a thread and predict each committed batch here; None when the run must start again sequentially
-    (see :func:`_run_manifest`)."""
+def _stream(store: Any, args: argparse.Namespace, loading: Any, card: dict, channels: int) -> int | None:
+    """Ingest on a thread and predict each committed batch here, the first read and QC'd while the model loads
+    (``loading``, a future of it; ``card`` its card); None when the run must start again sequentially (see
+    :func:`_run_manifest`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from phenotyping.analysis.stream import CommittedCells, InputRefused, predict_stream
     from phenotyping.errors import IngestError
     from phenotyping.ingest import ingest_set
 
-    cells = CommittedCells(store, MANIFEST_SAMPLE, hold_after=args.batch_size)  # until the model has loaded
+    # The ingest commits one batch, then waits until the model has loaded and predicted it (predict_stream).
+    cells = CommittedCells(store, MANIFEST_SAMPLE, hold_after=args.batch_size)
 
     def ingest() -> Any:
         try:
             return ingest_set(store, args.manifest, MANIFEST_SAMPLE, actor=TEMPORARY_ACTOR,
-                              label_column=args.label_column, expected_channels=channels, on_commit=cells.committed)
+                              label_column=args.label_column, expected_channels=channels, on_commit=cells.committed,
+                              first_batch=args.batch_size)
         finally:
             cells.close()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as pool:
         ingesting = pool.submit(ingest)
         try:
-            lm = _same_channels(loading.result(), channels, args.model)
-            cells.release()
-            run_info = predict_stream(store, MANIFEST_SAMPLE, lm, cells, device=args.device,
+            run_info = predict_stream(store, MANIFEST_SAMPLE, loading, cells, card=card, device=args.device,
                                       batch_size=args.batch_size, progress=_progress, actor=TEMPORARY_ACTOR,
                                       tta=args.tta)
+            lm = loading.result()
         except InputRefused as e:
             cells.stop()
             return _again(f"cells the model does not take ({e.reason})")

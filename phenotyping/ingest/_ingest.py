@@ -47,6 +47,7 @@ def ingest_set(
     derive: QdpcDerivation | None = None,
     workers: int | None = None,
     on_commit: Callable[[list[int]], None] | None = None,
+    first_batch: int | None = None,
 ) -> IngestResult:
     """Ingest a folder, .zip, manifest.csv or single image into a sample.
 
@@ -74,6 +75,8 @@ def ingest_set(
         workers: decoding threads (default :func:`phenotyping.ingest._decode.decode_workers`; 1: none).
         on_commit: called with the ids of each batch of cells just after it committed (``predict --manifest``
             predicts them while the rest is ingested); an exception it raises ends the ingest there.
+        first_batch: cells in the first committed batch (default :data:`BATCH`), so that ``on_commit`` hears of
+            cells, and its consumer starts, before a whole batch of :data:`BATCH` is read; later batches are full.
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -83,6 +86,10 @@ def ingest_set(
     run = _start(store, sample_id, actor=actor, create=create, expected_channels=expected_channels)
     run.derive = derive
     run.on_commit = on_commit
+    if first_batch is not None:
+        if first_batch < 1:
+            raise ValueError(f"first_batch must be at least 1, got {first_batch}")
+        run.first_batch = first_batch
 
     def entries(on_count: Callable[[int], None] | None = None) -> Iterator[Entry]:
         return iter_source(Path(source), label_column=label_column, max_bytes=max_bytes,
@@ -116,7 +123,8 @@ def _commit_all(run: _Run, decoded: Iterable[tuple[Entry, Decoded | str]], progr
                     progress(seen, None)
                     last_report = time.monotonic()
                 _add_entry(run, entry, result)
-                if len(run.pending) >= BATCH or run.pending_bytes >= BATCH_BYTES:
+                full = BATCH if run.batches or run.first_batch is None else min(run.first_batch, BATCH)
+                if len(run.pending) >= full or run.pending_bytes >= BATCH_BYTES:
                     run.flush()
             run.flush()
         finally:
@@ -297,6 +305,7 @@ class _Run:
     ids: list[int] = field(default_factory=list)
     derive: QdpcDerivation | None = None
     on_commit: Callable[[list[int]], None] | None = None
+    first_batch: int | None = None  # cells in the first committed batch when not BATCH (see ingest_set)
 
     writer: ThreadPoolExecutor | None = None  # commits batches in order, one at a time (see _commit_all)
     in_flight: Future | None = None
