@@ -341,3 +341,37 @@ def test_bench_startup_warms_up_then_times_predict():
     warm, timed = out["predict_manifest_warmup_64_cells"], out["predict_manifest"]
     assert warm["exit_ok"] and timed["exit_ok"] and timed["cells"] == 20
     assert 0 < timed["first_batch_s"] <= timed["end_to_end_s"]
+
+
+def test_first_batch_ingest_reads_nothing_more_until_its_commit_is_heard(monkeypatch, tmp_path):
+    """ingest_set(first_batch=3): the first commit holds 3 cells, and no fourth file is decoded before on_commit
+    has returned for it (a slow consumer there keeps the interpreter); every cell is then ingested as without it."""
+    import time
+
+    import phenotyping.ingest._ingest as ingest
+    from phenotyping.schemas import Sample, Specimen
+    from phenotyping.store import Store
+
+    manifest = _write_set(tmp_path / "set", ["disc", "ring"] * 6)
+    decoded: list[str] = []
+    decode = ingest.decode_entry
+
+    def counting(entry, **k):
+        decoded.append(entry.name)
+        return decode(entry, **k)
+
+    heard: list[tuple[int, int]] = []
+
+    def on_commit(ids):
+        heard.append((len(ids), len(decoded)))
+        time.sleep(0.2 if len(heard) == 1 else 0)
+
+    monkeypatch.setattr(ingest, "decode_entry", counting)
+    monkeypatch.setattr(ingest, "BATCH", 4)
+    with Store(tmp_path / "s.duckdb", image_dir=tmp_path / "img") as store:
+        store.create_sample(Sample(id="S", specimen=Specimen.blood), actor="t")
+        with pytest.raises(ValueError, match="first_batch"):
+            ingest.ingest_set(store, manifest, "S", actor="t", first_batch=0)
+        res = ingest.ingest_set(store, manifest, "S", actor="t", on_commit=on_commit, first_batch=3,
+                                expected_channels=2)
+    assert heard[0] == (3, 3) and [n for n, _ in heard] == [3, 4, 4, 1] and res.ingested == 12

@@ -77,6 +77,8 @@ def ingest_set(
             predicts them while the rest is ingested); an exception it raises ends the ingest there.
         first_batch: cells in the first committed batch (default :data:`BATCH`), so that ``on_commit`` hears of
             cells, and its consumer starts, before a whole batch of :data:`BATCH` is read; later batches are full.
+            No further file is read until ``on_commit`` has returned for that first batch (a consumer that holds
+            the ingest there has the interpreter to itself).
 
     Raises:
         IngestError: the source cannot be read, holds more than ``max_files`` files, its images have no majority
@@ -126,6 +128,8 @@ def _commit_all(run: _Run, decoded: Iterable[tuple[Entry, Decoded | str]], progr
                 full = BATCH if run.batches or run.first_batch is None else min(run.first_batch, BATCH)
                 if len(run.pending) >= full or run.pending_bytes >= BATCH_BYTES:
                     run.flush()
+                    if run.batches == 1 and run.first_batch is not None:
+                        run.wait()  # nothing more is read until the first batch's on_commit has returned
             run.flush()
         finally:
             _settle_majority(run)
