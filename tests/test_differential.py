@@ -259,3 +259,31 @@ def test_marker_units_come_from_the_card_and_values_keep_three_figures():
     rows = {(r.label, r.target): r for r in marker_rows(s, card)}
     assert rows[("neutrophil", "CD16")].unit == "MFI" and rows[("neutrophil", "CD16")].median == 297000.0
     assert rows[("neutrophil", "CD3")].unit == "a.u." and rows[("neutrophil", "CD3")].median == pytest.approx(1.23)
+
+
+def test_clopper_pearson_is_the_beta_quantiles_bit_for_bit():
+    """The interval from scipy.special.betaincinv is scipy.stats.beta.ppf's, number for number (small and large n,
+    both confidences the reports use)."""
+    from scipy.stats import beta
+
+    from phenotyping.analysis.differential import clopper_pearson
+
+    for n in [*range(1, 60), 200, 1000, 4500, 10**6]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for conf in (0.95, 0.99):
+                a = 1 - conf
+                want = (0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1)),
+                        1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k)))
+                assert clopper_pearson(k, n, confidence=conf) == want
+
+
+def test_a_sample_report_without_apart_classes_imports_no_scipy_stats():
+    """predict's report path (results, differential, specimens) loads without scipy.stats and scipy.optimize
+    (0.5-1.5 s of imports here), which only the corrections and apart-reported classes need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, phenotyping.analysis.results; "
+            "print(sorted(m for m in ('scipy.stats', 'scipy.optimize') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

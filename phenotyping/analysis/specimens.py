@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from phenotyping.agreement.stats import clopper_pearson
 from phenotyping.schemas import Specimen
 
 SECTION = "specimens"
@@ -254,6 +253,9 @@ def apart_counts(labels: Sequence[str], spec: SpecimenSpec, *, confidence: float
     ``k / (k + n)`` mapped through ``p -> 100 p / (1 - p)`` (monotone, so exact as well). Noted: ``100 k / m``
     with ``m`` the counted plus noted cells, Clopper-Pearson CI.
     """
+    if spec.per_100_leukocytes or spec.noted:  # here, not at the top: agreement.stats brings scipy.stats (0.4-0.9 s),
+        from phenotyping.agreement.stats import clopper_pearson  # which a sample without such classes never needs
+
     n = sum(1 for lab in labels if lab in spec.counted)
     m = n + sum(1 for lab in labels if lab in spec.noted)
     out = []
