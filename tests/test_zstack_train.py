@@ -203,9 +203,31 @@ def test_grouped_cv_through_the_cli(zset, tmp_path, capsys):
         vals = [f[m] for f in cv["folds"]]
         assert cv["summary"][m]["mean"] == pytest.approx(np.mean(vals))
         assert cv["summary"][m]["sd"] == pytest.approx(np.std(vals, ddof=1))
+    shares = [f["unidentified_share"] for f in cv["folds"]]
+    assert all(0 <= v <= 1 for v in shares) and cv["summary"]["unidentified_share"]["mean"] == pytest.approx(
+        np.mean(shares))
     r = cv["summary"]["pearson"]["depth"]
     assert r["n_folds"] == sum(f["pearson"]["depth"] is not None for f in cv["folds"])
     assert sum(card["split"]["n"].values()) == 3 * 8          # the final model: all cells, the usual split
+
+
+def test_review_queue_of_a_fold_uses_the_validation_threshold():
+    """Validation: 80 sure and right, 20 unsure and wrong → the threshold queues the unsure; held-out: 10 sure and
+    right, 10 less sure than any validation cell → half queued, the kept ones all right."""
+    from phenotyping.training.cv import review_queue
+
+    def logits(n, margin, right):
+        z = np.zeros((n, 3))
+        z[:, 0 if right else 1] = margin
+        return z
+
+    val = np.vstack([logits(80, 5.0, True), logits(20, 0.5, False)])
+    test = np.vstack([logits(10, 5.0, True), logits(10, 0.2, True)])
+    q = review_queue(val, np.zeros(100, int), test, np.zeros(20, int))
+    assert q["unidentified_share"] == pytest.approx(0.5)
+    assert q["confident_accuracy"] == 1.0
+    q = review_queue(val, np.zeros(100, int), logits(4, 0.1, True), np.zeros(4, int))
+    assert q == {"unidentified_share": 1.0, "confident_accuracy": None}
 
 
 def test_ungrouped_folds_are_stratified_and_cover_every_cell():

@@ -18,6 +18,7 @@ import numpy as np
 from phenotyping.training.train import TrainConfig
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+QUEUE = ("unidentified_share", "confident_accuracy")
 
 
 def _stderr(msg: str) -> None:
@@ -85,12 +86,32 @@ def _fold_split(cells: Any, test: np.ndarray, config: TrainConfig, fold: int) ->
     return {"train": train, "val": val, "test": test}
 
 
-def _fold_result(fold: int, split: dict[str, np.ndarray], met: dict[str, Any], cells: Any) -> dict[str, Any]:
-    """One fold's record: sizes, held-out groups, the three class metrics and each target's Pearson r."""
+def review_queue(val_logits: np.ndarray, y_val: np.ndarray, test_logits: np.ndarray,
+                 y_test: np.ndarray) -> dict[str, float | None]:
+    """The held-out fold's "unidentified" review queue as a shipped model would form it: temperature and threshold
+    fitted on the fold's validation cells (as :func:`~phenotyping.training.train.train` fits the card's), then the
+    share of held-out cells below the threshold and the accuracy of those above it (None when none is)."""
+    from phenotyping.models.forward import softmax
+    from phenotyping.training.calibration import fit_temperature, unidentified_threshold
+
+    temperature = fit_temperature(val_logits, y_val)
+    threshold, _ = unidentified_threshold(softmax(val_logits, temperature), y_val)
+    probs = softmax(test_logits, temperature)
+    kept = probs.max(1) >= threshold
+    correct = probs.argmax(1) == np.asarray(y_test)
+    return {"unidentified_share": float(1 - kept.mean()),
+            "confident_accuracy": float(correct[kept].mean()) if kept.any() else None}
+
+
+def _fold_result(fold: int, split: dict[str, np.ndarray], met: dict[str, Any], cells: Any,
+                 queue: dict[str, float | None]) -> dict[str, Any]:
+    """One fold's record: sizes, held-out groups, the three class metrics, the review queue (:func:`review_queue`)
+    and each target's Pearson r."""
     out: dict[str, Any] = {"fold": fold + 1, "n": {k: int(len(v)) for k, v in split.items()}}
     if cells.groups is not None:
         out["test_groups"] = sorted({str(cells.groups[i]) for i in split["test"]})
     out.update({m: float(met[m]) for m in METRICS})
+    out.update(queue)
     out["pearson"] = {t: v["pearson"] for t, v in met.get("targets", {}).items()}
     return out
 
@@ -103,8 +124,9 @@ def _mean_sd(values: Sequence[float | None]) -> dict[str, float | int | None]:
 
 
 def summarise(folds: Sequence[dict[str, Any]], target_columns: Sequence[str]) -> dict[str, Any]:
-    """Mean ± SD over folds of each metric, and of each target's Pearson r (under ``"pearson"``)."""
-    out: dict[str, Any] = {m: _mean_sd([f[m] for f in folds]) for m in METRICS}
+    """Mean ± SD over folds of each metric and of the review queue's share and confident accuracy, and of each
+    target's Pearson r (under ``"pearson"``)."""
+    out: dict[str, Any] = {m: _mean_sd([f.get(m) for f in folds]) for m in METRICS + QUEUE}
     out["pearson"] = {t: _mean_sd([f["pearson"].get(t) for f in folds]) for t in target_columns}
     return out
 
@@ -143,10 +165,12 @@ def cross_validate(manifest: str | Path, label_column: str, *, k: int, target_co
         else:
             tr._fit_classical(model, data, config, flog)
         model.eval()
-        met, _ = tr._metrics(model, data, "test", cells.classes, target_columns)
-        folds.append(_fold_result(f, split, met, cells))
+        met, o = tr._metrics(model, data, "test", cells.classes, target_columns)
+        _, o_val = tr._metrics(model, data, "val", cells.classes, target_columns)
+        queue = review_queue(o_val["logits"], data.y["val"], o["logits"], data.y["test"])
+        folds.append(_fold_result(f, split, met, cells, queue))
         flog(f"held-out accuracy {met['accuracy']:.3f}, balanced {met['balanced_accuracy']:.3f}, "
-             f"macro-F1 {met['macro_f1']:.3f} on {len(test)} cells")
+             f"macro-F1 {met['macro_f1']:.3f}, unidentified {queue['unidentified_share']:.1%} on {len(test)} cells")
     summary = summarise(folds, target_columns)
     log(f"{k}-fold CV: " + ", ".join(f"{m} {summary[m]['mean']:.3f} ± {summary[m]['sd']:.3f}" for m in METRICS))
     return {"k": k, "method": (f"StratifiedGroupKFold by {group_column}" if group_column else "StratifiedKFold")
