@@ -8,6 +8,7 @@ from phenotyping.analysis.domain import banner as domain_banner, stored_check
 from pages._common import (allowed, attempt, get_runner, get_store, lock_notice, md, pick_sample, require_user,
                            result_metrics, sample_header, sample_results_cached, show_differential, signed_version)
 from phenotyping.analysis.specimens import ROLES, specimen_check
+from phenotyping.settings import get_settings
 from phenotyping.jobs import FINISHED, active_job, compatible_models, rerun_note, submit_prediction, usable_models
 
 store = get_store()
@@ -118,7 +119,7 @@ jobs = store.list_jobs(sample_id=sample_id, kind="predict", limit=1)
 running = bool(jobs) and jobs[0]["status"] not in FINISHED
 
 
-@st.fragment(run_every=0.5 if running else None)
+@st.fragment(run_every=get_settings().job_poll_s if running else None)
 def job_panel() -> None:
     latest = store.list_jobs(sample_id=sample_id, kind="predict", limit=1)
     if not latest:

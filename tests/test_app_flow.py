@@ -244,6 +244,50 @@ def test_analyse_shows_the_running_jobs_model_and_what_a_rerun_does(lab, app_env
     store.update_job(jid, status="failed", message="stopped")
 
 
+def test_the_job_panel_refreshes_at_the_configured_interval(lab, app_env, monkeypatch):
+    """LEUKO_JOB_POLL_S sets how often the running job's panel reruns (each rerun costs the server and the browser
+    CPU that the job shares on a small machine); a finished job's panel does not poll at all."""
+    import streamlit as st
+
+    from phenotyping.settings import get_settings
+
+    seen = []
+    real = st.fragment
+
+    def spy(func=None, *, run_every=None):
+        seen.append(run_every)
+        return real(func, run_every=run_every) if func is not None else real(run_every=run_every)
+
+    monkeypatch.setattr(st, "fragment", spy)
+    monkeypatch.setenv("LEUKO_JOB_POLL_S", "2.5")
+    get_settings.cache_clear()
+    store, _ = lab
+    at = app("rev", "analyse")                      # the app's start marks jobs it did not start as stopped
+    assert seen == [None]                           # no job: no polling
+    jid = store.create_job("predict", actor="rev", sample_id="S1", params={"model_id": "toy-1"}, total=12)
+    store.update_job(jid, status="running", message="predicting cells 1-12 of 12")
+    at.run()
+    assert not at.exception and seen[-1] == 2.5
+    store.update_job(jid, status="failed", message="stopped")
+    seen.clear()
+    at.run()
+    assert not at.exception and seen and 2.5 not in seen
+
+
+def test_a_job_poll_interval_out_of_range_is_refused_by_name(monkeypatch):
+    import pydantic
+
+    from phenotyping.settings import Settings
+
+    monkeypatch.setenv("LEUKO_JOB_POLL_S", "0.01")
+    try:
+        Settings()
+    except pydantic.ValidationError as e:
+        assert "job_poll_s" in str(e)
+    else:
+        raise AssertionError("a 10 ms poll was accepted")
+
+
 # -- Users ------------------------------------------------------------------------------------------------------------
 def test_users_form_keeps_what_was_typed_and_says_what_a_username_may_be(lab):
     from tests.test_app import PASSWORD
