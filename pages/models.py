@@ -13,6 +13,7 @@ from pages._common import allowed, attempt, flash, get_runner, get_store, md, re
 from phenotyping.models.checkpoint import load_card
 from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
 from phenotyping.analysis.results import find_model_dirs
+from phenotyping.training.cv import cv_rows
 from phenotyping.training.adapt import before_after_rows, mark_usable, reviewed_cells, submit_adaptation
 from phenotyping.training.finetune import FinetuneConfig
 from phenotyping.settings import get_settings
@@ -151,8 +152,15 @@ if registered:
                 f"**Targets** {md(', '.join(t['name'] for t in card.get('targets', [])) or 'none')}  \n"
                 f"**Training data** {md(training.get('n_cells', '?'))} cells · "
                 f"{md(training.get('data_licence') or 'licence not stated')}")
-    tab_class, tab_prop, tab_hist, tab_bench = st.tabs(
-        ["Per class", "Predicted vs true proportions", "Training history", "Benchmark"])
+    cv = cv_rows(card)
+    if cv:
+        st.markdown(f"**{card['cross_validation']['k']}-fold cross-validation** (cells of held-out folds): "
+                    + " · ".join(f"{r['figure']} {fmt(r['mean'])} ± {fmt(r['SD'])}" for r in cv))
+    if not test and cv:
+        st.caption("No test split: the model was trained on all labelled cells (a validation share for early "
+                   "stopping and calibration); its figures on unseen cells are the cross-validation's.")
+    tab_class, tab_prop, tab_hist, tab_bench, tab_cv = st.tabs(
+        ["Per class", "Predicted vs true proportions", "Training history", "Benchmark", "Cross-validation"])
     with tab_class:
         per_class = {split: (card.get(split) or {}).get("per_class") for split in ("validation", "test")}
         rows = []
@@ -215,6 +223,13 @@ if registered:
             st.info("No benchmark recorded for this model. Measure its speed on this machine with:",
                     icon=":material/speed:")
             st.code(f"python -m phenotyping bench --model {m['path']} --cells 1000", language="bash")
+    with tab_cv:
+        if cv:
+            st.dataframe(cv, hide_index=True, width="stretch", key="cv_folds",
+                         column_config={k: st.column_config.NumberColumn(format="%.3f") for k in cv[0] if k != "figure"})
+            st.caption(md(card["cross_validation"].get("method", "")))
+        else:
+            st.caption("The card records no cross-validation (`train --cv K` runs one).")
     if card.get("lineage"):
         lin = card["lineage"]
         added, held = lin.get("data_added") or {}, lin.get("held_out") or {}

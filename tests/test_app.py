@@ -479,6 +479,26 @@ def test_models_screen_shows_proportions_and_benchmark_and_survives_missing_figu
     assert dict(zip(rows["measure"], rows["value"]))["end_to_end.cells_per_s"] == "212.5"
 
 
+def test_models_screen_shows_a_cards_cross_validation_when_it_has_no_test_split(lab, app_env):
+    from phenotyping.training.cv import summarise
+
+    store, _ = lab
+    folds = [{"fold": i + 1, "accuracy": a, "balanced_accuracy": a, "macro_f1": a - 0.1, "unidentified_share": 0.2,
+              "confident_accuracy": 0.9, "pearson": {}} for i, a in enumerate([0.7, 0.8, 0.9])]
+    card = {**CARD, "id": "toy-cv", "test": None,
+            "cross_validation": {"k": 3, "method": "StratifiedKFold (shuffled, seed 0)", "folds": folds,
+                                 "summary": summarise(folds, [])}}
+    store.register_model("toy-cv", path=str(app_env / "toy-model"), card=card, actor="admin", usable=False)
+    at = app("admin", "models")
+    next(s for s in at.selectbox if s.label == "Model").select("toy-cv").run()
+    assert not at.exception, at.exception
+    assert any("3-fold cross-validation" in m.value and "accuracy 0.800 ± 0.100" in m.value
+               and "unidentified share 0.200" in m.value for m in at.markdown)
+    assert any("No test split" in c.value for c in at.caption)
+    rows = table(at, "figure")
+    assert list(rows["fold 3"])[0] == 0.9 and "accuracy above the threshold" in list(rows["figure"])
+
+
 def test_users_screen_creates_changes_and_deactivates_accounts(lab):
     store, _ = lab
     at = app("admin", "users")

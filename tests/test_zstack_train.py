@@ -263,3 +263,20 @@ def test_cv_refuses_unusable_k(zset, tmp_path, capsys, argv, message):
     assert _train_cli(zset, tmp_path / "never", "test_cnn3d", *argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_cv_rows_show_every_recorded_figure_per_fold_and_skip_unrecorded_ones():
+    from phenotyping.training.cv import cv_rows, summarise
+
+    folds = [{"fold": 1, "accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.5, "pearson": {"dna": 0.9}},
+             {"fold": 2, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.6, "pearson": {"dna": 0.95}}]
+    rows = cv_rows({"cross_validation": {"k": 2, "folds": folds, "summary": summarise(folds, ["dna"])}})
+    assert [r["figure"] for r in rows] == ["accuracy", "balanced accuracy", "macro-F1", "Pearson r (dna)"]
+    assert rows[0]["mean"] == pytest.approx(0.75) and rows[0]["fold 1"] == 0.7 and rows[0]["fold 2"] == 0.8
+    assert rows[-1]["fold 2"] == 0.95
+    for f in folds:
+        f.update(unidentified_share=0.2, confident_accuracy=None)
+    rows = cv_rows({"cross_validation": {"k": 2, "folds": folds, "summary": summarise(folds, ["dna"])}})
+    assert "unidentified share" in [r["figure"] for r in rows]
+    assert "accuracy above the threshold" not in [r["figure"] for r in rows]   # no fold kept a cell
+    assert cv_rows({}) == []

@@ -177,3 +177,22 @@ def cross_validate(manifest: str | Path, label_column: str, *, k: int, target_co
             + f" (shuffled, seed {config.seed}); each fold's model trained on the other folds (a validation share "
               "of them for early stopping) and scored on the held-out fold; SD is the sample SD over folds",
             "group_column": group_column, "n_cells": len(cells.rows), "folds": folds, "summary": summary}
+
+
+#: The cross-validation figures a model card shows, in this order, with their labels.
+SHOWN = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
+         ("unidentified_share", "unidentified share"), ("confident_accuracy", "accuracy above the threshold"))
+
+
+def cv_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's ``cross_validation`` section as table rows: one per figure (each target's Pearson r included),
+    with its mean, SD and every fold's value (``fold 1`` …); empty when the card has none. Figures an older card did
+    not record (the review queue before it was measured) are left out."""
+    cv = card.get("cross_validation") or {}
+    summary, folds = cv.get("summary") or {}, cv.get("folds") or []
+    figures = [(label, summary.get(key), [f.get(key) for f in folds]) for key, label in SHOWN]
+    figures += [(f"Pearson r ({t})", s, [(f.get("pearson") or {}).get(t) for f in folds])
+                for t, s in (summary.get("pearson") or {}).items()]
+    return [{"figure": label, "mean": s["mean"], "SD": s.get("sd")}
+            | {f"fold {f.get('fold', i + 1)}": v for i, (f, v) in enumerate(zip(folds, values))}
+            for label, s, values in figures if s and s.get("mean") is not None]
