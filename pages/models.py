@@ -156,6 +156,8 @@ if registered:
     if cv:
         st.markdown(f"**{card['cross_validation']['k']}-fold cross-validation** (cells of held-out folds): "
                     + " · ".join(f"{r['figure']} {fmt(r['mean'])} ± {fmt(r['SD'])}" for r in cv))
+    if card.get("model_selection"):
+        st.caption(f"**Why this architecture:** {md(card['model_selection'])}")
     if not test and cv:
         st.caption("No test split: the model was trained on all labelled cells (a validation share for early "
                    "stopping and calibration); its figures on unseen cells are the cross-validation's.")

@@ -185,8 +185,11 @@ def test_review_workflow_in_chromium(server, tmp_path):
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("heading", name="Samples", exact=True).first).to_be_visible(timeout=UI_MS)
 
-        # Models: register the shipped model as usable
+        # Models: register the shipped hybrid as usable (models/ holds more than one: pick it by name)
         nav("Models")
+        page.get_by_role("combobox", name="Model folder found on disk").click()
+        page.get_by_role("option", name=MODEL_ID, exact=True).click()
+        idle()
         page.get_by_role("button", name="Register as usable").click()
         expect(page.get_by_text(f"{MODEL_ID} registered and usable")).to_be_visible(timeout=SERVER_MS)
         page.get_by_role("tab", name="Predicted vs true proportions").click()

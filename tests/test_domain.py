@@ -316,9 +316,13 @@ def test_shipped_models_say_in_for_their_own_held_out_cells_and_out_for_other_si
     segwbc = shared_data("wbc-smear", "segwbc-d1", "manifest.csv")
     bccd = shared_data("wbc-smear", "bccd")
     jm, wm = PROJECT_ROOT / "models" / "jurkat-hybrid", PROJECT_ROOT / "models" / "wbc-hybrid"
+    jc = PROJECT_ROOT / "models" / "jurkat-cnn"       # trained on all labelled cells: its validation cells held out
     wbc = three_site_wbc_manifest(tmp_path / "wbc3")
     cases = [
         (jm, _subset(tmp_path, "jurkat-test", _split_paths(jm, jurkat, "test", 200)), True, "features like"),
+        (jc, _subset(tmp_path, "jurkat-val", _split_paths(jc, jurkat, "val", 200)), True, "features like"),
+        (jc, _subset(tmp_path, "bccd-c", [r["path"] for r in load_rows(bccd)][:20]), False,
+         "channels differ: model takes 2, sample has 3"),
         (jm, _subset(tmp_path, "bccd", [r["path"] for r in load_rows(bccd)][:20]), False,
          "channels differ: model takes 2, sample has 3"),
         (jm, _subset(tmp_path, "segwbc", [r["path"] for r in load_rows(segwbc)][:20]), False,

@@ -178,7 +178,7 @@ def test_checkpoint_with_the_old_conv_block_keys_still_loads(name, tmp_path):
     assert torch.equal(a.logits, b.logits) and torch.equal(a.regression, b.regression)
 
 
-@pytest.mark.parametrize("folder", ["jurkat-hybrid", "wbc-hybrid"])
+@pytest.mark.parametrize("folder", ["jurkat-cnn", "jurkat-hybrid", "wbc-hybrid"])
 def test_shipped_models_load(folder):
     from pathlib import Path
 

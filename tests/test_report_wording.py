@@ -229,7 +229,8 @@ def test_imaging_falls_back_to_the_channel_names(channels, expected):
     assert modality({"input": {"channels": channels}}) == expected
 
 
-@pytest.mark.parametrize("model, word", [("wbc-hybrid", "stained"), ("jurkat-hybrid", "label-free")])
+@pytest.mark.parametrize("model, word", [("wbc-hybrid", "stained"), ("jurkat-hybrid", "label-free"),
+                                         ("jurkat-cnn", "label-free")])
 def test_shipped_model_cards_say_how_their_cells_were_imaged(model, word):
     card = json.loads((PROJECT_ROOT / "models" / model / "model_card.json").read_text())
     assert word in card["modality"]

@@ -161,8 +161,9 @@ def test_committed_cards_declare_their_specimens():
 
     wbc = json.loads((PROJECT_ROOT / "models/wbc-hybrid/model_card.json").read_text())
     assert specimen_check(wbc, "blood").declared and not specimen_check(wbc, "balf").declared
-    jurkat = json.loads((PROJECT_ROOT / "models/jurkat-hybrid/model_card.json").read_text())
-    assert jurkat["specimens"] == {} and not specimen_check(jurkat, "blood").declared
+    for folder in ("jurkat-hybrid", "jurkat-cnn"):
+        jurkat = json.loads((PROJECT_ROOT / "models" / folder / "model_card.json").read_text())
+        assert jurkat["specimens"] == {} and not specimen_check(jurkat, "blood").declared
 
 
 # -- the report, its PDF and FHIR ------------------------------------------------------------------------------------

@@ -459,6 +459,7 @@ def test_two_epochs_on_real_jurkat_slice_beat_chance(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("folder, data", [("jurkat-hybrid", ("ifc-jurkat-labelfree", "manifest.csv")),
+                                          ("jurkat-cnn", ("ifc-jurkat-labelfree", "manifest.csv")),
                                           ("wbc-hybrid", None)])
 def test_shipped_models_reproduce_their_cards_validation_metrics(folder, data, tmp_path):
     """The shipped checkpoints, loaded by this version of the code, still give the validation metrics their cards
