@@ -76,7 +76,7 @@ class Settings(BaseSettings):
                                "(LEUKO_JOB_WORKER): process = one analysis worker process per server, which the "
                                "screens' reruns cannot slow down (phenotyping.jobs.worker); thread = a thread of "
                                "the server process")
-    job_poll_s: float = Field(0.5, ge=0.1, le=10.0,
+    job_poll_s: float = Field(1.0, ge=0.1, le=10.0,
                               description="seconds between two refreshes of the Analyse screen's job panel while "
                                           "a job runs (LEUKO_JOB_POLL_S); each refresh is a rerun of the panel in "
                                           "the server and a redraw in the browser")
