@@ -19,6 +19,9 @@ from phenotyping.training.train import TrainConfig
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 QUEUE = ("unidentified_share", "confident_accuracy")
+#: How a model card names each figure of :data:`METRICS` and :data:`QUEUE`, in that order.
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
+          "unidentified_share": "unidentified share", "confident_accuracy": "accuracy above the threshold"}
 
 
 def _stderr(msg: str) -> None:
@@ -92,15 +95,12 @@ def review_queue(val_logits: np.ndarray, y_val: np.ndarray, test_logits: np.ndar
     fitted on the fold's validation cells (as :func:`~phenotyping.training.train.train` fits the card's), then the
     share of held-out cells below the threshold and the accuracy of those above it (None when none is)."""
     from phenotyping.models.forward import softmax
-    from phenotyping.training.calibration import fit_temperature, unidentified_threshold
+    from phenotyping.training.calibration import calibration_metrics, fit_temperature, unidentified_threshold
 
     temperature = fit_temperature(val_logits, y_val)
     threshold, _ = unidentified_threshold(softmax(val_logits, temperature), y_val)
-    probs = softmax(test_logits, temperature)
-    kept = probs.max(1) >= threshold
-    correct = probs.argmax(1) == np.asarray(y_test)
-    return {"unidentified_share": float(1 - kept.mean()),
-            "confident_accuracy": float(correct[kept].mean()) if kept.any() else None}
+    held = calibration_metrics(softmax(test_logits, temperature), y_test, threshold=threshold)
+    return {"unidentified_share": held["below_threshold"], "confident_accuracy": held["accuracy_above_threshold"]}
 
 
 def _fold_result(fold: int, split: dict[str, np.ndarray], met: dict[str, Any], cells: Any,
@@ -179,18 +179,13 @@ def cross_validate(manifest: str | Path, label_column: str, *, k: int, target_co
             "group_column": group_column, "n_cells": len(cells.rows), "folds": folds, "summary": summary}
 
 
-#: The cross-validation figures a model card shows, in this order, with their labels.
-SHOWN = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
-         ("unidentified_share", "unidentified share"), ("confident_accuracy", "accuracy above the threshold"))
-
-
 def cv_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     """The card's ``cross_validation`` section as table rows: one per figure (each target's Pearson r included),
     with its mean, SD and every fold's value (``fold 1`` …); empty when the card has none. Figures an older card did
     not record (the review queue before it was measured) are left out."""
     cv = card.get("cross_validation") or {}
     summary, folds = cv.get("summary") or {}, cv.get("folds") or []
-    figures = [(label, summary.get(key), [f.get(key) for f in folds]) for key, label in SHOWN]
+    figures = [(LABELS[key], summary.get(key), [f.get(key) for f in folds]) for key in METRICS + QUEUE]
     figures += [(f"Pearson r ({t})", s, [(f.get("pearson") or {}).get(t) for f in folds])
                 for t, s in (summary.get("pearson") or {}).items()]
     return [{"figure": label, "mean": s["mean"], "SD": s.get("sd")}
