@@ -1,7 +1,9 @@
 """Per-site metrics of a WBC model on one split of its three-site manifest (docs/BENCHMARKS.md).
 
 ``evaluate --split test`` scores the whole split; this breaks it down by the manifest's ``site`` column, each site
-scored on the classes it has (accuracy, macro-F1, per-class recall). ``--split all`` scores every cell of the manifest
+scored on the classes it has (accuracy, macro-F1, per-class recall; ``accuracy_site_classes_only``: the accuracy
+when the model may only choose among the classes the site's labels contain, which shows how many errors are calls of
+classes the site never labels). ``--split all`` scores every cell of the manifest
 (for a site the model never saw).
 
     python docs/wbc_site_eval.py --model models/wbc-hybrid --manifest /tmp/wbc3/all/manifest.csv --split test
@@ -44,10 +46,14 @@ def site_metrics(model: Path, manifest: Path, split: str, *, tta: str = "none") 
     for site, rs in sorted(by_site.items()):
         x = lm.preprocess.normalise(load_images([r["path"] for r in rs], lm.preprocess.img_size,
                                                 crop=lm.preprocess.crop), batched=True)
-        pred = predict_arrays(net, x)["logits"].argmax(1)
+        logits = predict_arrays(net, x)["logits"]
+        pred = logits.argmax(1)
         y = np.array([lm.classes.index(r["cell_type"]) for r in rs])
         m = classification_metrics(y, pred, lm.classes)
+        absent = np.setdiff1d(np.arange(len(lm.classes)), np.unique(y))
+        closed = np.where(np.isin(np.arange(len(lm.classes)), absent), -np.inf, logits).argmax(1)
         out[site] = {"n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                     "accuracy_site_classes_only": round(float((closed == y).mean()), 4),
                      "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["n"]},
                      "n_per_class": {c: v["n"] for c, v in m["per_class"].items() if v["n"]}}
     return out

@@ -56,3 +56,62 @@ def test_dataset_applies_it_only_when_asked_and_before_per_image_normalisation()
     a, b = plain[0][0], varied[0][0]
     assert a.shape == b.shape and not np.allclose(a, b)
     assert abs(float(b.mean())) < 0.2  # still standardised per image
+
+
+def test_hue_matrix_keeps_grey_and_a_third_turn_permutes_the_channels():
+    from phenotyping.training.data import hue_saturation_matrix
+
+    grey = np.array([0.4, 0.4, 0.4])
+    for theta, sat in ((0.7, 1.3), (-2.0, 0.5), (3.1, 0.0)):
+        assert np.allclose(hue_saturation_matrix(theta, sat) @ grey, grey)
+    third = hue_saturation_matrix(2 * np.pi / 3, 1.0)
+    assert np.allclose(third @ np.array([1.0, 0.0, 0.0]), [0.0, 1.0, 0.0], atol=1e-9)
+    assert np.allclose(hue_saturation_matrix(1.0, 0.0) @ np.array([0.9, 0.3, 0.0]), [0.4, 0.4, 0.4])
+
+
+def test_hue_augmentation_keeps_brightness_and_changes_hue():
+    from phenotyping.training.data import augment_hue
+
+    x = _cell()
+    outs = [augment_hue(x, np.random.default_rng(s)) for s in range(20)]
+    for o in outs:
+        assert o.shape == x.shape and o.dtype == np.float32
+        assert np.allclose(o.sum(0), x.sum(0), rtol=1e-4)  # the grey-axis component is kept pixel by pixel
+    nucleus = x[:, 16, 16]
+    hues = {tuple(np.round(o[:, 16, 16] - o[:, 16, 16].mean()).astype(int)) for o in outs}
+    assert len(hues) > 10  # the nucleus colour is drawn anew
+    assert any(np.allclose(o[:, 16, 16], o[:, 16, 16].mean()) for o in outs)  # some draws remove the colour
+    assert np.array_equal(augment_hue(x, np.random.default_rng(3)), augment_hue(x, np.random.default_rng(3)))
+    assert not np.allclose(outs[0][:, 16, 16], nucleus)
+    with pytest.raises(ValueError, match="RGB cell"):
+        augment_hue(x[:2], np.random.default_rng(0))
+
+
+def test_dataset_shifts_hue_only_when_asked():
+    x = np.stack([_cell(seed=s) for s in range(4)])
+    pre = Preprocess.fit(x, ["red", "green", "blue"], channel_specs(["red", "green", "blue"]), mode="per_image")
+    plain = CellDataset(x, np.zeros(4, np.int64), np.zeros((4, 0)), pre, augment_seed=0, appearance=True)
+    hued = CellDataset(x, np.zeros(4, np.int64), np.zeros((4, 0)), pre, augment_seed=0, appearance=True, hue=True)
+    assert not np.allclose(plain[0][0], hued[0][0])
+    assert np.array_equal(hued[1][0], hued[1][0])
+
+
+def test_train_refuses_hue_shift_on_cells_that_are_not_rgb(tmp_path):
+    from phenotyping.training.train import TrainConfig, train
+    from test_adapt import write_site
+
+    manifest = write_site(tmp_path / "a", 12, seed=0)
+    with pytest.raises(ValueError, match="2D RGB cells.*2 channel"):
+        train(manifest, "cell_type", tmp_path / "m", config=TrainConfig(
+            arch="test_hybrid", epochs=1, augment_appearance=True, augment_hue=True), log=lambda m: None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_hue_shift_needs_appearance_augmentation(tmp_path, capsys):
+    from phenotyping.__main__ import main
+    from test_adapt import write_site
+
+    manifest = write_site(tmp_path / "a", 12, seed=0)
+    rc = main(["train", "--manifest", str(manifest), "--label-column", "cell_type", "--arch", "test_hybrid",
+               "--epochs", "1", "--augment-hue", "--out", str(tmp_path / "m")])
+    assert rc != 0 and "--augment-hue" in capsys.readouterr().err

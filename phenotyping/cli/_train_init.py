@@ -34,7 +34,7 @@ def _refuse_changes(args: argparse.Namespace, parent: dict) -> None:
         "--embed-model": args.embed_model is not None, "--cv": args.cv is not None,
         "--group-column": args.group_column is not None, "--fraction": args.fraction != 1.0,
         "--specimen/--specimen-classes": bool(args.specimen_names or args.specimens),
-        "--augment-appearance": args.augment_appearance,
+        "--augment-appearance": args.augment_appearance, "--augment-hue": args.augment_hue,
         "--crop": args.crop is not None and args.crop != inp.get("crop", "none"),
     }
     bad = [k for k, v in given.items() if v]

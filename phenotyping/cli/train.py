@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-appearance", action="store_true",
                    help="also augment scale, stain colour, blur and background (stained brightfield cells from "
                         "several sites; 2D only)")
+    p.add_argument("--augment-hue", action="store_true",
+                   help="with --augment-appearance: also shift the stain's hue over the whole circle, scale its "
+                        "saturation and sometimes remove it (RGB; a stain of another site)")
     p.add_argument("--crop", choices=["none", "nucleus"], default=None,
                    help="nucleus: crop every cell to a square around its stained nucleus before sizing, in training "
                         "and in every prediction (RGB smears from analysers or cameras of different magnification; "
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     train_defaults(args)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be ≥ 1, got {args.epochs}")
+    if args.augment_hue and not args.augment_appearance:
+        raise ValueError("--augment-hue extends --augment-appearance; give both")
     unknown_log = [t for t in args.log_targets if t not in args.target_columns]
     if unknown_log:
         raise ValueError(f"--log-targets {unknown_log} are not among --target-columns {args.target_columns}")
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                       log_targets=tuple(args.log_targets), classes=tuple(args.classes) if args.classes else None,
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
-                      augment_appearance=args.augment_appearance, crop=args.crop,
+                      augment_appearance=args.augment_appearance, augment_hue=args.augment_hue, crop=args.crop,
                       model_overrides=dict(args.model_config),
                       embed_model=str(args.embed_model) if args.embed_model else None,
                       specimens=args.specimens, specimen_names=tuple(args.specimen_names or ()))

@@ -63,8 +63,9 @@ def column(rows: Sequence[dict[str, Any]], name: str, *, where: str = "manifest"
 # ----------------------------------------------------------------------------------------------------- channels
 
 
-def describe_augmentation(specs: Sequence[ChannelSpec]) -> str:
-    """One line saying which flips/rotations :func:`augment` draws for these channels and what each does."""
+def describe_augmentation(specs: Sequence[ChannelSpec], appearance: bool = False, hue: bool = False) -> str:
+    """One line saying which flips/rotations :func:`augment` draws for these channels and what each does, and
+    whether :func:`augment_appearance` (with its hue shift) follows."""
     parts = []
     for attr, label in (("hflip", "horizontal flip"), ("vflip", "vertical flip")):
         never = [s.name for s in specs if getattr(s, attr) == "never"]
@@ -78,7 +79,16 @@ def describe_augmentation(specs: Sequence[ChannelSpec]) -> str:
         parts.append(label + (f" ({'; '.join(how)})" if how else ""))
     fixed = [s.name for s in specs if not s.rot90]
     parts.append(f"no 90° rotations (direction-dependent: {', '.join(fixed)})" if fixed else "90° rotations")
-    return ", ".join(parts)
+    extra = ("; scale, stain, blur and background" + (", stain hue over the whole circle" if hue else "")
+             if appearance else "")
+    return ", ".join(parts) + extra
+
+
+def check_hue_augmentation(hue: bool, appearance: bool, n_channels: int, dims: int) -> None:
+    """Raise ValueError unless the hue shift is asked of 2D RGB cells under appearance augmentation."""
+    if hue and (n_channels != 3 or dims != 2 or not appearance):
+        raise ValueError(f"augment_hue shifts the hue of 2D RGB cells under augment_appearance; these images have "
+                         f"{n_channels} channel(s), {dims}D" + ("" if appearance else ", and augment_appearance is off"))
 
 
 def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generator) -> np.ndarray:
@@ -110,15 +120,39 @@ def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generato
     return np.ascontiguousarray(out)
 
 
-def augment_appearance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def hue_saturation_matrix(theta: float, saturation: float) -> np.ndarray:
+    """3 × 3 matrix that rotates RGB colours about the grey axis by ``theta`` radians (a hue shift) and scales their
+    distance from it by ``saturation`` (0 = grey, 1 = unchanged). Grey levels, and hence brightness, are kept."""
+    k = np.full(3, 1 / np.sqrt(3))
+    grey = np.outer(k, k)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return grey + saturation * (np.cos(theta) * (np.eye(3) - grey) + np.sin(theta) * cross)
+
+
+def augment_hue(x: np.ndarray, rng: np.random.Generator, *, p_grey: float = 0.2) -> np.ndarray:
+    """A stain of another hue: the colours of an RGB cell ``(3, H, W)`` rotated about the grey axis by an angle drawn
+    uniformly from the whole circle, their saturation scaled by a factor in [0.4, 1.6], or (probability ``p_grey``)
+    removed. The relations between the colours of one cell (nucleus against granules against background) survive a
+    common rotation; their absolute hue, which differs from site to site, does not. Returns float32."""
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"hue augmentation expects an RGB cell (3, H, W), got shape {x.shape}")
+    if rng.random() < p_grey:
+        m = hue_saturation_matrix(0.0, 0.0)
+    else:
+        m = hue_saturation_matrix(rng.uniform(-np.pi, np.pi), float(np.exp(rng.uniform(np.log(0.4), np.log(1.6)))))
+    return np.ascontiguousarray(np.einsum("ij,jhw->ihw", m, x.astype(np.float32)), dtype=np.float32)
+
+
+def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: bool = False) -> np.ndarray:
     """Site-to-site variation of a stained brightfield cell ``(C, H, W)``: scale, stain, blur and background.
 
     Drawn once per call, in this order: a zoom by a factor in [0.75, 1.3] about the centre (the frame refilled with
     each channel's border median, the background); a gamma in [0.7, 1.4] on the intensities scaled to the image's
     own range, then a random mixing of the channels (identity + N(0, 0.06²) per entry: a shift of stain hue) and a
     gain in [0.8, 1.2] per channel; with probability 0.4 a Gaussian blur of σ in [0.3, 1.2] px; and a linear
-    illumination ramp of up to ±8 % across the frame. Returns a new float32 array of the same shape. Per-image
-    normalisation afterwards removes any remaining overall gain and offset.
+    illumination ramp of up to ±8 % across the frame. With ``hue`` (RGB cells only) the colour mixing is followed by
+    :func:`augment_hue`, a shift of the stain's hue over the whole circle. Returns a new float32 array of the same
+    shape. Per-image normalisation afterwards removes any remaining overall gain and offset.
     """
     from scipy import ndimage
 
@@ -137,6 +171,8 @@ def augment_appearance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     a = lo + span * ((a - lo) / span) ** rng.uniform(0.7, 1.4)
     mix = np.eye(c) + rng.normal(0.0, 0.06, size=(c, c))
     a = np.einsum("ij,jhw->ihw", mix, a) * rng.uniform(0.8, 1.2, size=(c, 1, 1))
+    if hue:
+        a = augment_hue(a, rng)
     if rng.random() < 0.4:
         a = ndimage.gaussian_filter(a, sigma=(0, *(2 * [rng.uniform(0.3, 1.2)])), mode="nearest")
     yy, xx = np.mgrid[:h, :w]
@@ -174,6 +210,11 @@ def image_channel_names(path: str | Path) -> list[str] | None:
     except Exception as e:  # tifffile raises TiffFileError, ValueError… for a corrupt header
         raise ImageError(str(p), f"cannot read the TIFF metadata: {e}") from e
     return names
+
+
+def default_channel_names(c: int) -> list[str]:
+    """The names given to ``c`` channels that carry none: red, green, blue for three, else ch0, ch1, …"""
+    return ["red", "green", "blue"] if c == 3 else [f"ch{i}" for i in range(c)]
 
 
 def channel_names_from_images(paths: Sequence[str | Path]) -> list[str] | None:
@@ -320,16 +361,17 @@ class CellDataset:
 
     ``images`` are fitted to size but not normalised; augmentation (if ``rng_seed`` is given) happens before
     normalisation so sign flips of DPC channels act on the physical values; ``appearance`` adds
-    :func:`augment_appearance` (stained brightfield cells from several sites). ``set_epoch`` reseeds augmentation so
-    runs are reproducible.
+    :func:`augment_appearance` (stained brightfield cells from several sites), ``hue`` its hue shift.
+    ``set_epoch`` reseeds augmentation so runs are reproducible.
     """
 
     def __init__(self, images: np.ndarray, y: np.ndarray, targets: np.ndarray, pre: Preprocess, *,
-                 augment_seed: int | None = None, appearance: bool = False):
+                 augment_seed: int | None = None, appearance: bool = False, hue: bool = False):
         self.images, self.y, self.targets, self.pre = images, y, targets, pre
         self.specs = pre.specs()
         self.augment_seed = augment_seed
         self.appearance = appearance
+        self.hue = hue
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -344,7 +386,7 @@ class CellDataset:
             rng = np.random.default_rng((self.augment_seed, self.epoch, i))
             x = augment(x, self.specs, rng)
             if self.appearance:
-                x = augment_appearance(x, rng)
+                x = augment_appearance(x, rng, hue=self.hue)
         return self.pre.normalise(x), int(self.y[i]), self.targets[i]
 
 

@@ -40,7 +40,7 @@ class TrainConfig:
     None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
     ``model_overrides``: extra ``create_model`` keywords. ``normalisation``: ``"dataset"`` or ``"per_image"`` (see
     ``data.Preprocess``). ``augment_appearance``: also scale, stain, blur and background augmentation
-    (``data.augment_appearance``; stained brightfield, 2D). ``crop``: ``"none"`` or ``"nucleus"`` (``models.crop``).
+    (``data.augment_appearance``; 2D), ``augment_hue`` with a hue shift (RGB). ``crop``: ``"none"`` or ``"nucleus"``.
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
@@ -65,6 +65,7 @@ class TrainConfig:
     channels: tuple[str, ...] | None = None
     augment: bool = True
     augment_appearance: bool = False
+    augment_hue: bool = False
     normalisation: str = "dataset"
     crop: str = "none"
     data_licence: str | None = None
@@ -100,10 +101,6 @@ def _check_unique_ids(ids: Sequence[str], rows: Sequence[dict[str, Any]], manife
         seen[cid] = i
 
 
-def _default_channels(c: int) -> list[str]:
-    return ["red", "green", "blue"] if c == 3 else [f"ch{i}" for i in range(c)]
-
-
 def _embedding_model(config: TrainConfig, classical: bool, log: Callable[[str], None]) -> Any:
     """Load the neural model whose penultimate features a kNN/SVM is fitted on (``--embed-model``)."""
     from phenotyping.models.checkpoint import load_model_dir
@@ -124,7 +121,7 @@ def _embedding_model(config: TrainConfig, classical: bool, log: Callable[[str], 
 def _embedding_channels(emb: Any, config: TrainConfig, paths: Sequence[Path], n_chans: int, dims: int,
                         log: Callable[[str], None]) -> tuple[list[str], str]:
     """The embedding model's channel names, checked against the images (count, 2D/3D, and names where known)."""
-    from phenotyping.training.data import channel_names_from_images
+    from phenotyping.training.data import channel_names_from_images, default_channel_names
 
     mc = emb.model.config
     if n_chans != mc["in_chans"] or dims != mc.get("dims", 2):
@@ -135,7 +132,7 @@ def _embedding_channels(emb: Any, config: TrainConfig, paths: Sequence[Path], n_
     given = list(config.channels) if config.channels else channel_names_from_images(paths)
     if given is not None and [g.lower() for g in given] != [n.lower() for n in names]:
         generic = str(emb.card.get("input", {}).get("channel_names_from", "")).startswith("generic") or \
-            names == _default_channels(len(names))
+            names == default_channel_names(len(names))
         if not generic:
             raise ValueError(f"the images' channels are {given} but the embedding model {emb.id} was trained on "
                              f"{names}; use images with those channels in that order")
@@ -148,7 +145,7 @@ def _channel_names(config: TrainConfig, paths: Sequence[Path], n_chans: int,
                    log: Callable[[str], None]) -> tuple[list[str], str]:
     """Channel names and where they came from: ``--channels``, else the images' metadata, else generic names
     (said on stderr: generic channels are treated as symmetric under flips and rotations)."""
-    from phenotyping.training.data import channel_names_from_images
+    from phenotyping.training.data import channel_names_from_images, default_channel_names
 
     found = channel_names_from_images(paths)
     if config.channels:
@@ -165,7 +162,7 @@ def _channel_names(config: TrainConfig, paths: Sequence[Path], n_chans: int,
                              f"{n_chans}; fix the file's metadata or pass --channels")
         log(f"channels from the images' metadata: {', '.join(found)}")
         return found, "image metadata"
-    names = _default_channels(n_chans)
+    names = default_channel_names(n_chans)
     log(f"note: the images carry no channel names and --channels was not given: channels {', '.join(names)} are "
         "treated as symmetric under flips and 90° rotations. If any is direction-dependent (DPC), name the channels "
         "with --channels (e.g. dpc_left,dpc_right or DPC) to get direction-aware augmentation")
@@ -362,7 +359,7 @@ def _prepare_inputs(cells: _Cells, split: dict[str, np.ndarray], target_columns:
     """Read and size the images of every split, name the channels, fit the normalisation and the target
     standardisation on the training split (or take the embedding model's preprocessing)."""
     from phenotyping.models.preprocess import TargetScaler
-    from phenotyping.training.data import load_images
+    from phenotyping.training.data import check_hue_augmentation, load_images
 
     rows = cells.rows
     used = np.concatenate([split["train"], split["val"], split["test"]])
@@ -374,6 +371,7 @@ def _prepare_inputs(cells: _Cells, split: dict[str, np.ndarray], target_columns:
     log(f"read {len(used)} images at {img_size}×{img_size}, crop {crop}, in {time.perf_counter() - t0:.1f}s")
     n_chans = x["train"].shape[1]
     dims = 3 if x["train"].ndim == 5 else 2
+    check_hue_augmentation(config.augment_hue, config.augment_appearance, n_chans, dims)
     names, names_from, pre = _preprocessing(x["train"], [rows[int(i)]["path"] for i in used], n_chans, dims, config,
                                             classical=classical, emb=emb, log=log)
     scaler = None
@@ -401,7 +399,7 @@ def _preprocessing(train_images: np.ndarray, paths: Sequence[Path], n_chans: int
     names, names_from = _channel_names(config, paths, n_chans, log)
     specs = channel_specs(names)
     if config.augment and not classical:
-        log(f"augmentation: {describe_augmentation(specs)}")
+        log(f"augmentation: {describe_augmentation(specs, config.augment_appearance, config.augment_hue)}")
     return names, names_from, Preprocess.fit(train_images, names, specs, mode=config.normalisation,
                                              crop=config.crop)
 
@@ -461,7 +459,7 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
     opt = torch.optim.AdamW(params, lr=config.lr)
     ds = CellDataset(data.x["train"], data.y["train"], data.z["train"], data.pre,
                      augment_seed=config.seed if config.augment else None,
-                     appearance=config.augment and config.augment_appearance)
+                     appearance=config.augment and config.augment_appearance, hue=config.augment and config.augment_hue)
     gen = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=gen,
                                          drop_last=len(ds) > config.batch_size, pin_memory=plan.pin_memory)
