@@ -115,3 +115,39 @@ def test_cli_hue_shift_needs_appearance_augmentation(tmp_path, capsys):
     rc = main(["train", "--manifest", str(manifest), "--label-column", "cell_type", "--arch", "test_hybrid",
                "--epochs", "1", "--augment-hue", "--out", str(tmp_path / "m")])
     assert rc != 0 and "--augment-hue" in capsys.readouterr().err
+
+
+def test_hue_share_sets_how_often_the_shift_is_drawn(monkeypatch):
+    import phenotyping.training.data as data
+
+    calls = []
+    monkeypatch.setattr(data, "augment_hue", lambda a, rng: calls.append(1) or a)
+    x = _cell()
+    for share, lo, hi in ((0.0, 0, 0), (0.5, 60, 140), (1.0, 200, 200)):
+        calls.clear()
+        for s in range(200):
+            data.augment_appearance(x, np.random.default_rng(s), hue=share)
+        assert lo <= len(calls) <= hi, (share, len(calls))
+
+
+def test_hue_share_outside_zero_to_one_is_refused(tmp_path, capsys):
+    from phenotyping.__main__ import main
+    from phenotyping.training.data import check_hue_augmentation
+    from test_adapt import write_site
+
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        check_hue_augmentation(-0.1, True, 3, 2)
+    check_hue_augmentation(0.5, True, 3, 2)
+    manifest = write_site(tmp_path / "a", 12, seed=0)
+    rc = main(["train", "--manifest", str(manifest), "--label-column", "cell_type", "--arch", "test_hybrid",
+               "--epochs", "1", "--augment-appearance", "--augment-hue", "1.5", "--out", str(tmp_path / "m")])
+    assert rc != 0 and "SHARE must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_the_training_log_line_names_the_appearance_augmentation():
+    from phenotyping.training.data import describe_augmentation
+
+    specs = channel_specs(["red", "green", "blue"])
+    assert "stain" not in describe_augmentation(specs)
+    assert describe_augmentation(specs, True).endswith("; scale, stain, blur and background")
+    assert describe_augmentation(specs, True, 0.5).endswith("stain hue over the whole circle (50% of draws)")

@@ -69,9 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-appearance", action="store_true",
                    help="also augment scale, stain colour, blur and background (stained brightfield cells from "
                         "several sites; 2D only)")
-    p.add_argument("--augment-hue", action="store_true",
+    p.add_argument("--augment-hue", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
                    help="with --augment-appearance: also shift the stain's hue over the whole circle, scale its "
-                        "saturation and sometimes remove it (RGB; a stain of another site)")
+                        "saturation and sometimes remove it, in SHARE of the draws (default 1 when given; RGB; "
+                        "a stain of another site)")
     p.add_argument("--crop", choices=["none", "nucleus"], default=None,
                    help="nucleus: crop every cell to a square around its stained nucleus before sizing, in training "
                         "and in every prediction (RGB smears from analysers or cameras of different magnification; "
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs must be ≥ 1, got {args.epochs}")
     if args.augment_hue and not args.augment_appearance:
         raise ValueError("--augment-hue extends --augment-appearance; give both")
+    if not 0 <= args.augment_hue <= 1:
+        raise ValueError(f"--augment-hue SHARE must be in [0, 1], got {args.augment_hue}")
     unknown_log = [t for t in args.log_targets if t not in args.target_columns]
     if unknown_log:
         raise ValueError(f"--log-targets {unknown_log} are not among --target-columns {args.target_columns}")

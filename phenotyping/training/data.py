@@ -63,7 +63,7 @@ def column(rows: Sequence[dict[str, Any]], name: str, *, where: str = "manifest"
 # ----------------------------------------------------------------------------------------------------- channels
 
 
-def describe_augmentation(specs: Sequence[ChannelSpec], appearance: bool = False, hue: bool = False) -> str:
+def describe_augmentation(specs: Sequence[ChannelSpec], appearance: bool = False, hue: float = 0.0) -> str:
     """One line saying which flips/rotations :func:`augment` draws for these channels and what each does, and
     whether :func:`augment_appearance` (with its hue shift) follows."""
     parts = []
@@ -79,13 +79,16 @@ def describe_augmentation(specs: Sequence[ChannelSpec], appearance: bool = False
         parts.append(label + (f" ({'; '.join(how)})" if how else ""))
     fixed = [s.name for s in specs if not s.rot90]
     parts.append(f"no 90° rotations (direction-dependent: {', '.join(fixed)})" if fixed else "90° rotations")
-    extra = ("; scale, stain, blur and background" + (", stain hue over the whole circle" if hue else "")
+    extra = ("; scale, stain, blur and background" + (f", stain hue over the whole circle ({hue:.0%} of draws)" if hue else "")
              if appearance else "")
     return ", ".join(parts) + extra
 
 
-def check_hue_augmentation(hue: bool, appearance: bool, n_channels: int, dims: int) -> None:
-    """Raise ValueError unless the hue shift is asked of 2D RGB cells under appearance augmentation."""
+def check_hue_augmentation(hue: float, appearance: bool, n_channels: int, dims: int) -> None:
+    """Raise ValueError unless the hue shift (a probability in [0, 1]) is asked of 2D RGB cells under appearance
+    augmentation."""
+    if not 0 <= hue <= 1:
+        raise ValueError(f"augment_hue is the share of training draws that get a hue shift, in [0, 1]; got {hue}")
     if hue and (n_channels != 3 or dims != 2 or not appearance):
         raise ValueError(f"augment_hue shifts the hue of 2D RGB cells under augment_appearance; these images have "
                          f"{n_channels} channel(s), {dims}D" + ("" if appearance else ", and augment_appearance is off"))
@@ -143,15 +146,15 @@ def augment_hue(x: np.ndarray, rng: np.random.Generator, *, p_grey: float = 0.2)
     return np.ascontiguousarray(np.einsum("ij,jhw->ihw", m, x.astype(np.float32)), dtype=np.float32)
 
 
-def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: bool = False) -> np.ndarray:
+def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: float = 0.0) -> np.ndarray:
     """Site-to-site variation of a stained brightfield cell ``(C, H, W)``: scale, stain, blur and background.
 
     Drawn once per call, in this order: a zoom by a factor in [0.75, 1.3] about the centre (the frame refilled with
     each channel's border median, the background); a gamma in [0.7, 1.4] on the intensities scaled to the image's
     own range, then a random mixing of the channels (identity + N(0, 0.06²) per entry: a shift of stain hue) and a
     gain in [0.8, 1.2] per channel; with probability 0.4 a Gaussian blur of σ in [0.3, 1.2] px; and a linear
-    illumination ramp of up to ±8 % across the frame. With ``hue`` (RGB cells only) the colour mixing is followed by
-    :func:`augment_hue`, a shift of the stain's hue over the whole circle. Returns a new float32 array of the same
+    illumination ramp of up to ±8 % across the frame. With ``hue`` > 0 (RGB cells only) the colour mixing is followed,
+    with that probability, by :func:`augment_hue`, a shift of the stain's hue over the whole circle. Returns a new float32 array of the same
     shape. Per-image normalisation afterwards removes any remaining overall gain and offset.
     """
     from scipy import ndimage
@@ -171,7 +174,7 @@ def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: bool = F
     a = lo + span * ((a - lo) / span) ** rng.uniform(0.7, 1.4)
     mix = np.eye(c) + rng.normal(0.0, 0.06, size=(c, c))
     a = np.einsum("ij,jhw->ihw", mix, a) * rng.uniform(0.8, 1.2, size=(c, 1, 1))
-    if hue:
+    if hue >= 1 or (hue > 0 and rng.random() < hue):
         a = augment_hue(a, rng)
     if rng.random() < 0.4:
         a = ndimage.gaussian_filter(a, sigma=(0, *(2 * [rng.uniform(0.3, 1.2)])), mode="nearest")
@@ -361,12 +364,12 @@ class CellDataset:
 
     ``images`` are fitted to size but not normalised; augmentation (if ``rng_seed`` is given) happens before
     normalisation so sign flips of DPC channels act on the physical values; ``appearance`` adds
-    :func:`augment_appearance` (stained brightfield cells from several sites), ``hue`` its hue shift.
+    :func:`augment_appearance` (stained brightfield cells from several sites), ``hue`` the probability of its hue shift.
     ``set_epoch`` reseeds augmentation so runs are reproducible.
     """
 
     def __init__(self, images: np.ndarray, y: np.ndarray, targets: np.ndarray, pre: Preprocess, *,
-                 augment_seed: int | None = None, appearance: bool = False, hue: bool = False):
+                 augment_seed: int | None = None, appearance: bool = False, hue: float = 0.0):
         self.images, self.y, self.targets, self.pre = images, y, targets, pre
         self.specs = pre.specs()
         self.augment_seed = augment_seed

@@ -196,7 +196,7 @@ def _train_config(parent: Any, config: FinetuneConfig) -> Any:
                        img_size=parent.preprocess.img_size, classes=tuple(parent.classes),
                        channels=tuple(parent.preprocess.channels), augment=bool(pc.get("augment", True)),
                        augment_appearance=bool(pc.get("augment_appearance", False)),
-                       augment_hue=bool(pc.get("augment_hue", False)),
+                       augment_hue=float(pc.get("augment_hue") or 0.0),
                        normalisation=parent.preprocess.mode, crop=parent.preprocess.crop,
                        data_licence=config.data_licence,
                        log_targets=tuple(t.get("name") for t in parent.card.get("targets", []) if t.get("log")))
