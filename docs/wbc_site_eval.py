@@ -50,8 +50,7 @@ def site_metrics(model: Path, manifest: Path, split: str, *, tta: str = "none") 
         pred = logits.argmax(1)
         y = np.array([lm.classes.index(r["cell_type"]) for r in rs])
         m = classification_metrics(y, pred, lm.classes)
-        absent = np.setdiff1d(np.arange(len(lm.classes)), np.unique(y))
-        closed = np.where(np.isin(np.arange(len(lm.classes)), absent), -np.inf, logits).argmax(1)
+        closed = np.where(np.isin(np.arange(len(lm.classes)), y), logits, -np.inf).argmax(1)
         out[site] = {"n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                      "accuracy_site_classes_only": round(float((closed == y).mean()), 4),
                      "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["n"]},

@@ -79,9 +79,11 @@ def describe_augmentation(specs: Sequence[ChannelSpec], appearance: bool = False
         parts.append(label + (f" ({'; '.join(how)})" if how else ""))
     fixed = [s.name for s in specs if not s.rot90]
     parts.append(f"no 90° rotations (direction-dependent: {', '.join(fixed)})" if fixed else "90° rotations")
-    extra = ("; scale, stain, blur and background" + (f", stain hue over the whole circle ({hue:.0%} of draws)" if hue else "")
-             if appearance else "")
-    return ", ".join(parts) + extra
+    if appearance:
+        parts[-1] += "; scale, stain, blur and background"
+        if hue:
+            parts.append(f"stain hue over the whole circle ({hue:.0%} of draws)")
+    return ", ".join(parts)
 
 
 def check_hue_augmentation(hue: float, appearance: bool, n_channels: int, dims: int) -> None:
@@ -91,7 +93,8 @@ def check_hue_augmentation(hue: float, appearance: bool, n_channels: int, dims: 
         raise ValueError(f"augment_hue is the share of training draws that get a hue shift, in [0, 1]; got {hue}")
     if hue and (n_channels != 3 or dims != 2 or not appearance):
         raise ValueError(f"augment_hue shifts the hue of 2D RGB cells under augment_appearance; these images have "
-                         f"{n_channels} channel(s), {dims}D" + ("" if appearance else ", and augment_appearance is off"))
+                         f"{n_channels} channel(s), {dims}D"
+                         + ("" if appearance else ", and augment_appearance is off"))
 
 
 def augment(x: np.ndarray, specs: Sequence[ChannelSpec], rng: np.random.Generator) -> np.ndarray:
@@ -153,9 +156,10 @@ def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: float = 
     each channel's border median, the background); a gamma in [0.7, 1.4] on the intensities scaled to the image's
     own range, then a random mixing of the channels (identity + N(0, 0.06²) per entry: a shift of stain hue) and a
     gain in [0.8, 1.2] per channel; with probability 0.4 a Gaussian blur of σ in [0.3, 1.2] px; and a linear
-    illumination ramp of up to ±8 % across the frame. With ``hue`` > 0 (RGB cells only) the colour mixing is followed,
-    with that probability, by :func:`augment_hue`, a shift of the stain's hue over the whole circle. Returns a new float32 array of the same
-    shape. Per-image normalisation afterwards removes any remaining overall gain and offset.
+    illumination ramp of up to ±8 % across the frame. With ``hue`` > 0 (RGB cells only) the colour mixing is
+    followed, with that probability, by :func:`augment_hue`, a shift of the stain's hue over the whole circle.
+    Returns a new float32 array of the same shape. Per-image normalisation afterwards removes any remaining overall
+    gain and offset.
     """
     from scipy import ndimage
 
@@ -174,7 +178,7 @@ def augment_appearance(x: np.ndarray, rng: np.random.Generator, *, hue: float = 
     a = lo + span * ((a - lo) / span) ** rng.uniform(0.7, 1.4)
     mix = np.eye(c) + rng.normal(0.0, 0.06, size=(c, c))
     a = np.einsum("ij,jhw->ihw", mix, a) * rng.uniform(0.8, 1.2, size=(c, 1, 1))
-    if hue >= 1 or (hue > 0 and rng.random() < hue):
+    if hue >= 1 or (hue > 0 and rng.random() < hue):  # a share of 1 draws no number: its stream stays as it was
         a = augment_hue(a, rng)
     if rng.random() < 0.4:
         a = ndimage.gaussian_filter(a, sigma=(0, *(2 * [rng.uniform(0.3, 1.2)])), mode="nearest")

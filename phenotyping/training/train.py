@@ -40,7 +40,8 @@ class TrainConfig:
     None reads them from the images' metadata (all images must agree), else generic names treated as symmetric.
     ``model_overrides``: extra ``create_model`` keywords. ``normalisation``: ``"dataset"`` or ``"per_image"`` (see
     ``data.Preprocess``). ``augment_appearance``: also scale, stain, blur and background augmentation
-    (``data.augment_appearance``; 2D), ``augment_hue`` with a hue shift in that share of draws (RGB). ``crop``: ``"none"`` or ``"nucleus"``.
+    (``data.augment_appearance``; 2D), ``augment_hue`` with a hue shift in that share of draws (RGB).
+    ``crop``: ``"none"`` or ``"nucleus"``.
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
@@ -459,7 +460,7 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
     opt = torch.optim.AdamW(params, lr=config.lr)
     ds = CellDataset(data.x["train"], data.y["train"], data.z["train"], data.pre,
                      augment_seed=config.seed if config.augment else None,
-                     appearance=config.augment and config.augment_appearance, hue=config.augment_hue if config.augment else 0.0)
+                     appearance=config.augment and config.augment_appearance, hue=config.augment_hue)
     gen = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=gen,
                                          drop_last=len(ds) > config.batch_size, pin_memory=plan.pin_memory)
