@@ -16,6 +16,32 @@ import numpy as np
 
 #: How the neural models of this project weight classes (written by ``train`` as ``training.class_weighting``).
 BALANCED_PREFIX = "balanced class weights"
+#: ``train --class-weights sqrt``: the square root of the balanced weights.
+SQRT_PREFIX = "square-root balanced class weights"
+
+#: ``train --class-weights`` choices: the power of the balanced weight ``n / (K n_k)`` each puts in the
+#: cross-entropy, and the card's ``training.class_weighting`` text (whose prefix :func:`posterior_prior` reads).
+CLASS_WEIGHTINGS: dict[str, tuple[float, str]] = {
+    "balanced": (1.0, BALANCED_PREFIX + " n/(K·n_k) in the cross-entropy; no over-sampling (corrected once)"),
+    "sqrt": (0.5, SQRT_PREFIX + " (n/(K·n_k))^0.5 in the cross-entropy; no over-sampling (corrected once)"),
+    "none": (0.0, "no class weights in the cross-entropy (unweighted; no over-sampling)"),
+}
+
+
+def _weighting(kind: str) -> tuple[float, str]:
+    if kind not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting {kind!r} is not one of {', '.join(CLASS_WEIGHTINGS)}")
+    return CLASS_WEIGHTINGS[kind]
+
+
+def class_weight_power(kind: str) -> float:
+    """The power of the balanced weights a ``--class-weights`` choice uses; ValueError naming the choices."""
+    return _weighting(kind)[0]
+
+
+def class_weighting_text(kind: str) -> str:
+    """The card text of a ``--class-weights`` choice; ValueError naming the choices for any other."""
+    return _weighting(kind)[1]
 
 
 def posterior_prior(classes: Sequence[str], train_counts: Sequence[int], class_weighting: str) -> dict[str, Any]:
@@ -26,7 +52,8 @@ def posterior_prior(classes: Sequence[str], train_counts: Sequence[int], class_w
         train_counts: training cells per class, in the order of ``classes``.
         class_weighting: the card's ``training.class_weighting`` text.
 
-    Balanced class weights make the effective prior uniform over the classes seen in training; no weights (kNN)
+    Balanced class weights make the effective prior uniform over the classes seen in training; square-root balanced
+    weights make it proportional to ``n_k · n_k^-0.5 = √n_k``; no weights (kNN, ``--class-weights none``)
     leave the training frequencies. An SVM with balanced weights is followed by Platt scaling fitted on unweighted
     labels, which re-anchors its probabilities to the training frequencies.
     """
@@ -39,6 +66,9 @@ def posterior_prior(classes: Sequence[str], train_counts: Sequence[int], class_w
         present = counts > 0
         p = present / present.sum()
         basis = "uniform over the training classes (balanced class weights in the loss)"
+    elif class_weighting.startswith(SQRT_PREFIX):
+        p = np.sqrt(counts) / np.sqrt(counts).sum()
+        basis = "proportional to the square root of the training class counts (square-root class weights in the loss)"
     else:
         p = counts / counts.sum()
         basis = "training class frequencies (" + class_weighting + ")"

@@ -10,7 +10,7 @@ from phenotyping.cli._common import print_json
 #: ``train`` from scratch: the values of the options left unset (None) on the command line.
 SCRATCH_DEFAULTS = {"arch": "hybrid", "epochs": 30, "batch_size": 64, "lr": 2e-3, "patience": 6,
                     "test_fraction": 0.15, "val_fraction": 0.15, "normalisation": "dataset",
-                    "crop": "none"}
+                    "crop": "none", "class_weights": "balanced"}
 
 
 def train_defaults(args: argparse.Namespace) -> None:
@@ -36,13 +36,15 @@ def _refuse_changes(args: argparse.Namespace, parent: dict) -> None:
         "--specimen/--specimen-classes": bool(args.specimen_names or args.specimens),
         "--augment-appearance": args.augment_appearance, "--augment-hue": args.augment_hue,
         "--crop": args.crop is not None and args.crop != inp.get("crop", "none"),
+        "--class-weights": args.class_weights is not None and args.class_weights !=
+        ((parent.get("training") or {}).get("config") or {}).get("class_weights", "balanced"),
     }
     bad = [k for k, v in given.items() if v]
     if bad:
         raise ValueError(f"--init-from {args.init_from} keeps the parent's architecture ({arch}), classes "
                          f"({', '.join(parent.get('classes', []))}), input ({inp.get('img_size')} px, channels "
                          f"{', '.join(inp.get('channels', []))}, {(inp.get('normalisation') or {}).get('mode')} "
-                         f"normalisation, crop {inp.get('crop', 'none')}), targets, augmentation and specimens; drop {', '.join(bad)}")
+                         f"normalisation, crop {inp.get('crop', 'none')}), targets, augmentation, class weights and specimens; drop {', '.join(bad)}")
     extra = [t for t in args.target_columns if t not in [x["name"] for x in parent.get("targets", [])]]
     if extra:
         raise ValueError(f"--target-columns {extra} are not targets of the parent model (it has "

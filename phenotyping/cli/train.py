@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="epochs without validation improvement before stopping (default 6; 10 with --init-from)")
     p.add_argument("--loss", choices=["uncertainty", "fixed"], default="uncertainty",
                    help="multi-task weighting: learned uncertainty (Kendall 2018) or fixed equal weights")
+    p.add_argument("--class-weights", choices=["balanced", "sqrt", "none"], default=None,
+                   help="cross-entropy class weights of a neural model: balanced n/(K·n_k) (default; rare classes "
+                        "weigh as much as common ones), sqrt (their square root: rare classes still learnt, less "
+                        "accuracy traded on common ones) or none; the card's posterior prior follows")
     p.add_argument("--test-fraction", type=float, default=None,
                    help="held-out test share (0 = none; default 0.15, 0.2 with --init-from, which needs one)")
     p.add_argument("--val-fraction", type=float, default=None,
@@ -100,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--augment-hue extends --augment-appearance; give both")
     if not 0 <= args.augment_hue <= 1:
         raise ValueError(f"--augment-hue SHARE must be in [0, 1], got {args.augment_hue}")
+    if args.class_weights != "balanced":
+        from phenotyping.models._registry import model_family
+
+        if model_family(args.arch) == "classical":
+            raise ValueError(f"--class-weights {args.class_weights} is for neural models; {args.arch} keeps its own "
+                             "(kNN none, SVM balanced)")
     unknown_log = [t for t in args.log_targets if t not in args.target_columns]
     if unknown_log:
         raise ValueError(f"--log-targets {unknown_log} are not among --target-columns {args.target_columns}")
@@ -110,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                       channels=tuple(args.channels) if args.channels else None, data_licence=args.data_licence,
                       normalisation=args.normalisation.replace("-", "_"),
                       augment_appearance=args.augment_appearance, augment_hue=args.augment_hue, crop=args.crop,
+                      class_weights=args.class_weights,
                       model_overrides=dict(args.model_config),
                       embed_model=str(args.embed_model) if args.embed_model else None,
                       specimens=args.specimens, specimen_names=tuple(args.specimen_names or ()))

@@ -356,10 +356,13 @@ def split_indices(labels: Sequence[str], groups: Sequence[str] | None = None, *,
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Balanced class weights ``n / (K · n_k)`` (classes absent from ``y`` get weight 0), float32 (K,)."""
+def class_weights(y: np.ndarray, num_classes: int, power: float = 1.0) -> np.ndarray:
+    """Balanced class weights ``(n / (K · n_k))^power`` (classes absent from ``y`` get weight 0), float32 (K,).
+
+    ``power`` 1 is fully balanced, 0.5 the square root (rare classes still learnt, without trading as much accuracy
+    on the common ones), 0 unweighted (every present class 1)."""
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 0.0)
+    w = np.where(counts > 0, (len(y) / (num_classes * np.maximum(counts, 1))) ** power, 0.0)
     return w.astype(np.float32)
 
 

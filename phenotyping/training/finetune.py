@@ -197,6 +197,7 @@ def _train_config(parent: Any, config: FinetuneConfig) -> Any:
                        channels=tuple(parent.preprocess.channels), augment=bool(pc.get("augment", True)),
                        augment_appearance=bool(pc.get("augment_appearance", False)),
                        augment_hue=float(pc.get("augment_hue") or 0.0),
+                       class_weights=str(pc.get("class_weights", "balanced")),
                        normalisation=parent.preprocess.mode, crop=parent.preprocess.crop,
                        data_licence=config.data_licence,
                        log_targets=tuple(t.get("name") for t in parent.card.get("targets", []) if t.get("log")))

@@ -2,7 +2,7 @@
 
 Steps: read rows → split (stratified; grouped when a group column is given) → read and size images → per-channel
 normalisation and target standardisation fitted on the training split → fit (neural: AdamW, cosine learning rate,
-uncertainty-weighted multi-task loss with balanced class weights, early stopping on validation macro-F1 + mean
+multi-task loss with balanced, square-root or no class weights, early stopping on validation macro-F1 + mean
 Pearson; classical: one fit) → temperature scaling and the review threshold on the validation split → card.
 Everything random is seeded from ``TrainConfig.seed``; on CPU a rerun with the same seed gives the same weights.
 """
@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from phenotyping.analysis.prior import class_weight_power, class_weighting_text
 from phenotyping.models.crop import RESIZE_TEXT as CROP_RESIZE
 
 INTENDED_USE = "research model, not clinically validated"
-CLASS_WEIGHTING = "balanced class weights n/(K·n_k) in the cross-entropy; no over-sampling (corrected once)"
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TrainConfig:
     ``model_overrides``: extra ``create_model`` keywords. ``normalisation``: ``"dataset"`` or ``"per_image"`` (see
     ``data.Preprocess``). ``augment_appearance``: also scale, stain, blur and background augmentation
     (``data.augment_appearance``; 2D), ``augment_hue`` with a hue shift in that share of draws (RGB).
-    ``crop``: ``"none"`` or ``"nucleus"``.
+    ``crop``: ``"none"`` or ``"nucleus"``. ``class_weights``: a key of ``analysis.prior.CLASS_WEIGHTINGS`` (neural).
     ``embed_model``: a trained neural model's folder; a kNN/SVM ``arch`` is then fitted on that model's penultimate
     features instead of pixels, with that model's preprocessing (size, channels, normalisation).
     ``specimens`` / ``specimen_names``: the card's specimens section, whole or as names with roles from the class
@@ -67,6 +67,7 @@ class TrainConfig:
     augment: bool = True
     augment_appearance: bool = False
     augment_hue: float = 0.0
+    class_weights: str = "balanced"
     normalisation: str = "dataset"
     crop: str = "none"
     data_licence: str | None = None
@@ -440,7 +441,7 @@ def _metrics(model: Any, data: _Inputs, split: str, classes: Sequence[str], targ
 
 def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_columns: Sequence[str],
                 config: TrainConfig, log: Callable[[str], None], plan: Any) -> _Fit:
-    """AdamW on the multi-task loss (balanced class weights), one epoch of linear warm-up then a cosine learning
+    """AdamW on the multi-task loss (``config.class_weights``), one epoch of linear warm-up then a cosine learning
     rate; early stopping on :func:`_score` of the validation split. Trains on ``plan.device``
     (:class:`~phenotyping.training.device.DevicePlan`); leaves ``model`` on the CPU with its best epoch's weights."""
     import torch
@@ -450,7 +451,7 @@ def _fit_neural(model: Any, data: _Inputs, classes: Sequence[str], target_column
     from phenotyping.training.losses import make_loss
 
     n_params = sum(p.numel() for p in model.parameters())
-    weights = torch.from_numpy(class_weights(data.y["train"], len(classes)))
+    weights = torch.from_numpy(class_weights(data.y["train"], len(classes), class_weight_power(config.class_weights)))
     loss_fn = make_loss(config.loss, len(target_columns), weights).to(plan.device)
     model.to(plan.device)
     log(f"training on {plan.describe()}")
@@ -551,8 +552,8 @@ def _card(*, manifest: Path, out: Path, label_column: str, target_columns: Seque
                      "data_licence_terms": licence,
                      "n_cells": len(cells.rows), "label_column": label_column, "target_columns": list(target_columns),
                      "group_column": group_column, "config": {**asdict(config), "img_size": data.img_size},
-                     "class_weighting": CLASS_WEIGHTING if getattr(model, "is_neural", True) else
-                     ("SVM class_weight=balanced" if model.config.get("kind") == "svm" else "none (kNN)"),
+                     "class_weighting": class_weighting_text(config.class_weights) if getattr(model, "is_neural", True)
+                     else ("SVM class_weight=balanced" if model.config.get("kind") == "svm" else "none (kNN)"),
                      "class_proportions": {c: float(n / max(train_counts.sum(), 1))
                                            for c, n in zip(classes, train_counts)},
                      "loss_weights": fit.loss_weights,
