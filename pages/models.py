@@ -13,7 +13,7 @@ from pages._common import allowed, attempt, flash, get_runner, get_store, md, re
 from phenotyping.models.checkpoint import load_card
 from phenotyping.jobs import FINISHED, label_counts, submit_evaluation, submit_training, warm_up_models
 from phenotyping.analysis.results import find_model_dirs
-from phenotyping.training.cv import cv_rows
+from phenotyping.training.cv import cv_text_rows
 from phenotyping.training.adapt import before_after_rows, mark_usable, reviewed_cells, submit_adaptation
 from phenotyping.training.finetune import FinetuneConfig
 from phenotyping.settings import get_settings
@@ -152,10 +152,10 @@ if registered:
                 f"**Targets** {md(', '.join(t['name'] for t in card.get('targets', [])) or 'none')}  \n"
                 f"**Training data** {md(training.get('n_cells', '?'))} cells · "
                 f"{md(training.get('data_licence') or 'licence not stated')}")
-    cv = cv_rows(card)
+    cv = cv_text_rows(card)
     if cv:
         st.markdown(f"**{card['cross_validation']['k']}-fold cross-validation** (cells of held-out folds): "
-                    + " · ".join(f"{r['figure']} {fmt(r['mean'])} ± {fmt(r['SD'])}" for r in cv))
+                    + " · ".join(f"{r['figure']} {r['mean']} ± {r['SD']}" for r in cv))
     if card.get("model_selection"):
         st.caption(f"**Why this architecture:** {md(card['model_selection'])}")
     if not test and cv:
@@ -227,8 +227,7 @@ if registered:
             st.code(f"python -m phenotyping bench --model {m['path']} --cells 1000", language="bash")
     with tab_cv:
         if cv:
-            st.dataframe(cv, hide_index=True, width="stretch", key="cv_folds",
-                         column_config={k: st.column_config.NumberColumn(format="%.3f") for k in cv[0] if k != "figure"})
+            st.dataframe(cv, hide_index=True, width="stretch", key="cv_folds")
             st.caption(md(card["cross_validation"].get("method", "")))
         else:
             st.caption("The card records no cross-validation (`train --cv K` runs one).")

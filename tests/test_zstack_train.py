@@ -280,3 +280,17 @@ def test_cv_rows_show_every_recorded_figure_per_fold_and_skip_unrecorded_ones():
     assert "unidentified share" in [r["figure"] for r in rows]
     assert "accuracy above the threshold" not in [r["figure"] for r in rows]   # no fold kept a cell
     assert cv_rows({}) == []
+
+
+def test_cv_text_rows_show_the_share_of_cells_as_a_percentage_and_scores_as_decimals():
+    from phenotyping.training.cv import cv_text_rows, summarise
+
+    folds = [{"fold": 1, "accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.5, "unidentified_share": 0.18,
+              "confident_accuracy": 0.8},
+             {"fold": 2, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.6, "unidentified_share": 0.2,
+              "confident_accuracy": None}]
+    rows = {r["figure"]: r for r in cv_text_rows({"cross_validation": {"k": 2, "folds": folds,
+                                                                        "summary": summarise(folds, [])}})}
+    assert rows["unidentified share"]["mean"] == "19.0 %" and rows["unidentified share"]["fold 1"] == "18.0 %"
+    assert rows["accuracy"]["mean"] == "0.750" and rows["accuracy"]["fold 2"] == "0.800"
+    assert rows["accuracy above the threshold"]["fold 2"] == "—"

@@ -22,6 +22,8 @@ QUEUE = ("unidentified_share", "confident_accuracy")
 #: How a model card names each figure of :data:`METRICS` and :data:`QUEUE`, in that order.
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
           "unidentified_share": "unidentified share", "confident_accuracy": "accuracy above the threshold"}
+#: Figures that are shares of the cells, shown as percentages (the other figures are 0–1 scores shown as such).
+PERCENT_FIGURES = frozenset({LABELS["unidentified_share"]})
 
 
 def _stderr(msg: str) -> None:
@@ -191,3 +193,14 @@ def cv_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"figure": label, "mean": s["mean"], "SD": s.get("sd")}
             | {f"fold {f.get('fold', i + 1)}": v for i, (f, v) in enumerate(zip(folds, values))}
             for label, s, values in figures if s and s.get("mean") is not None]
+
+
+def cv_text_rows(card: dict[str, Any]) -> list[dict[str, str]]:
+    """:func:`cv_rows` formatted for display: a share of cells (:data:`PERCENT_FIGURES`) as a percentage with one
+    decimal, every other figure with three decimals, "—" for a fold that has none."""
+    def text(figure: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            return "—"
+        return f"{100 * value:.1f} %" if figure in PERCENT_FIGURES else f"{value:.3f}"
+
+    return [{k: v if k == "figure" else text(row["figure"], v) for k, v in row.items()} for row in cv_rows(card)]
