@@ -14,7 +14,7 @@ $PY $M --out "$W/noseg/manifest.csv" --without segwbc-d1
 $PY $M --out "$W/bccd/manifest.csv" --only bccd
 $PY $M --out "$W/seg/manifest.csv" --only segwbc-d1
 ATTR="$($PY $M --attribution)"
-COMMON=(--label-column cell_type --arch hybrid --img-size 64 --epochs 30 --patience 8 --normalisation per-image
+COMMON=(--label-column cell_type --arch hybrid --img-size 96 --epochs 30 --patience 10 --normalisation per-image
         --augment-appearance --crop nucleus --seed 0 --data-licence "$ATTR")
 train() {  # name, manifest, extra args…  (skips a run already written)
   local name=$1 manifest=$2; shift 2
@@ -79,6 +79,13 @@ own_val all-hybrid "$W/all/manifest.csv"
 own_val nobccd-hybrid "$W/nobccd/manifest.csv"
 own_val noseg-hybrid "$W/noseg/manifest.csv"
 
-# 4. ablation: the bccd-left-out run without the nucleus crop (full frames fitted to 64 px)
-train nobccd-nocrop "$W/nobccd/manifest.csv" --test-fraction 0 --crop none
+# 4. ablations. The bccd-left-out run without the nucleus crop (full frames fitted to 64 px) and with it, both at
+# the 64-px input of the model shipped until 2026-12-03; and the all-sites run at 64 px and with hybrid_wide at 64 px
+train nobccd-nocrop "$W/nobccd/manifest.csv" --test-fraction 0 --crop none --img-size 64 --patience 8
 sites nobccd-nocrop "$W/bccd/manifest.csv" all on-bccd
+train nobccd-hybrid64 "$W/nobccd/manifest.csv" --test-fraction 0 --img-size 64 --patience 8
+sites nobccd-hybrid64 "$W/bccd/manifest.csv" all on-bccd
+train all-hybrid64 "$W/all/manifest.csv" --img-size 64 --patience 8
+sites all-hybrid64 "$W/all/manifest.csv" test sites-test
+train all-wide64 "$W/all/manifest.csv" --img-size 64 --arch hybrid_wide --epochs 40
+sites all-wide64 "$W/all/manifest.csv" test sites-test
