@@ -493,10 +493,10 @@ def test_models_screen_shows_a_cards_cross_validation_when_it_has_no_test_split(
     next(s for s in at.selectbox if s.label == "Model").select("toy-cv").run()
     assert not at.exception, at.exception
     assert any("3-fold cross-validation" in m.value and "accuracy 0.800 ± 0.100" in m.value
-               and "unidentified share 0.200" in m.value for m in at.markdown)
+               and "unidentified share 20.0 % ± 0.0 %" in m.value for m in at.markdown)
     assert any("No test split" in c.value for c in at.caption)
     rows = table(at, "figure")
-    assert list(rows["fold 3"])[0] == 0.9 and "accuracy above the threshold" in list(rows["figure"])
+    assert list(rows["fold 3"])[0] == "0.900" and "accuracy above the threshold" in list(rows["figure"])
 
 
 def test_users_screen_creates_changes_and_deactivates_accounts(lab):
