@@ -40,10 +40,13 @@ if sample_id is None:
     st.stop()
 sample_header(store, sample_id)
 # the domain check of the analysis run (phenotyping.analysis.domain): out of distribution is shown first, in red
+# (each message in a container drawn on every run, so the widgets below keep their place: see ``workbench``)
 _domain = domain_banner(stored_check(store, sample_id))
-if _domain:
-    st.error(md(_domain), icon=":material/report:")
-show_flash()
+with st.container():
+    if _domain:
+        st.error(md(_domain), icon=":material/report:")
+with st.container():
+    show_flash()
 if store.analysis_model(sample_id) is None:
     st.info("This sample has not been analysed yet: run a model on the Analyse screen first.")
     st.stop()
@@ -222,39 +225,55 @@ def cell_grid(page_cells: list, *, can_review: bool) -> None:
 
 @st.fragment
 def workbench(sample_id: str, n_bootstrap: int) -> None:
-    """The differential and the gallery: what a tick, a page turn, a reclassification or a confirmation changes."""
+    """The differential and the gallery: what a tick, a page turn, a reclassification or a confirmation changes.
+
+    Each part sits in a container of its own, drawn on every run, so that a widget keeps its place in the page
+    whether or not a message, a warning or the pager shows: a fragment run that a click cuts short then cannot leave a
+    second, dead copy of the pager or a button beside the live one (Streamlit keys its elements by place)."""
     res = sample_results_cached(store, sample_id, n_bootstrap=n_bootstrap)
     by_id = {r.cell.id: r for r in res.cells}
-    show_flash()
-    summary(res)
-    group, cells = gallery_cells(res)
+    with st.container():
+        show_flash()
+    with st.container():
+        summary(res)
+    with st.container():
+        group, cells = gallery_cells(res)
     n_pages = max(1, -(-len(cells) // PAGE_SIZE))
-    page_key = f"page_{sample_id}_{group}"
-    if int(st.session_state.get(page_key, 1)) > n_pages:
-        st.session_state[page_key] = n_pages
-    page = 1
-    if n_pages > 1:
-        p1, p2, p3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-        page = p1.number_input(f"Page (of {n_pages})", 1, n_pages, key=page_key)
-        p2.button("Previous page", key="page_previous", on_click=turn_page, args=(page_key, -1, n_pages),
-                  disabled=page <= 1, width="stretch", shortcut=PREVIOUS_KEY)
-        p3.button("Next page", key="page_next", on_click=turn_page, args=(page_key, 1, n_pages),
-                  disabled=page >= n_pages, width="stretch", shortcut=NEXT_KEY)
+    with st.container():
+        page = pager(f"page_{sample_id}_{group}", n_pages)
     page_cells = cells[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     selected = picked() & set(by_id)
     locked = signed_version(store, sample_id)
     can_review = locked is None and allowed(user, "review")
-    if locked is not None:
-        lock_notice(locked, "the review of its cells")
-    elif can_review:
-        with st.container(border=True):
-            action_bar(page_cells, selected, by_id)
-    if not page_cells:
-        st.caption("The unidentified queue is empty: every doubtful cell has a reviewed label. Pick a class above to "
-                   "see its cells." if group == "Unidentified queue" else "No cells here.")
-    cell_grid(page_cells, can_review=can_review)
-    if selected:
-        explanation(by_id.get(min(selected)))
+    with st.container():
+        if locked is not None:
+            lock_notice(locked, "the review of its cells")
+        elif can_review:
+            with st.container(border=True):
+                action_bar(page_cells, selected, by_id)
+    with st.container():
+        if not page_cells:
+            st.caption("The unidentified queue is empty: every doubtful cell has a reviewed label. Pick a class "
+                       "above to see its cells." if group == "Unidentified queue" else "No cells here.")
+        cell_grid(page_cells, can_review=can_review)
+    with st.container():
+        if selected:
+            explanation(by_id.get(min(selected)))
+
+
+def pager(page_key: str, n_pages: int) -> int:
+    """The page of the gallery to show (1-based), with its number field and previous/next buttons (keys K/J)."""
+    if int(st.session_state.get(page_key, 1)) > n_pages:
+        st.session_state[page_key] = n_pages
+    if n_pages <= 1:
+        return 1
+    p1, p2, p3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    page = p1.number_input(f"Page (of {n_pages})", 1, n_pages, key=page_key)
+    p2.button("Previous page", key="page_previous", on_click=turn_page, args=(page_key, -1, n_pages),
+              disabled=page <= 1, width="stretch", shortcut=PREVIOUS_KEY)
+    p3.button("Next page", key="page_next", on_click=turn_page, args=(page_key, 1, n_pages),
+              disabled=page >= n_pages, width="stretch", shortcut=NEXT_KEY)
+    return int(page)
 
 
 def explanation(first: object) -> None:

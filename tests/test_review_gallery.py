@@ -107,3 +107,34 @@ def test_a_tick_does_not_decode_the_page_again(lab, monkeypatch):
     at.checkbox(key=f"pick_{ids[3]}").check().run()
     assert not at.exception
     assert len(calls) == first
+
+
+def _place(block: object, key: str, path: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """Where the widget ``key`` sits in the page: the child index at every level of the element tree."""
+    for i, child in getattr(block, "children", {}).items():
+        if getattr(child, "key", None) == key:
+            return (*path, i)
+        found = _place(child, key, (*path, i))
+        if found is not None:
+            return found
+    return None
+
+
+def test_the_gallery_widgets_keep_their_place_when_a_message_shows(lab):
+    """Streamlit keys an element by its place: when a confirmation message shows and the "Signing is blocked" warning
+    goes, the group picker, the action buttons and the remaining cells' boxes must stay where they were, or a gallery
+    run cut short by the next click leaves a dead copy of a widget beside the live one (seen in chromium under load:
+    two pagers, and the J key lost)."""
+    store, ids = lab
+    at = app("rev", "review")
+    keys = ["group_S1", "order", "select_page", f"pick_{ids[0]}"]
+    before = {k: _place(at.main, k) for k in keys}
+    assert all(before.values()), before
+    assert any("Signing is blocked" in w.value for w in at.warning)
+    for cid in ids[1:2]:
+        at.checkbox(key=f"pick_{cid}").check()
+    at.run()
+    at.button(key="confirm_selected").click().run()
+    assert not at.exception
+    assert any("1 cell(s) confirmed as predicted" in s.value for s in at.success)   # a message above the gallery
+    assert {k: _place(at.main, k) for k in keys} == before
